@@ -1,0 +1,105 @@
+"""Suite-wide pytest set-up: Hypothesis profiles, the device fixture, the header and the reports.
+
+Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` set picks ``ci``):
+  ci       deterministic (derandomize, no database), few examples: what CI and `nox -s cpu` run
+  dev      random, a local database, a few more examples: day-to-day work
+  gpu      deterministic, sized for the GPU tier on one H200
+  nightly  random, many examples: a long search for new counterexamples
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from gemma2_regress import report, versions
+
+_COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", derandomize=True, database=None, max_examples=12, **_COMMON)
+settings.register_profile("dev", max_examples=25, **_COMMON)
+settings.register_profile("gpu", derandomize=True, database=None, max_examples=40, **_COMMON)
+settings.register_profile("nightly", max_examples=400, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One xdist worker per GPU, each pinned to its own device before CUDA is initialised.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    gpus = os.environ.get("GEMMA2_REGRESS_GPUS")  # set by `nox -s gpu` to the device count
+    if worker.startswith("gw") and gpus and int(gpus) > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker[2:]) % int(gpus))
+    try:  # Unsloth's kernel is torch.compile'd; Hypothesis draws many configurations, and past
+        import torch._dynamo  # dynamo's default 8 recompiles it would silently run eagerly instead.
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 512)
+    except ImportError:
+        pass
+    config._gemma2_started = time.time()  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from hypothesis import settings as s
+
+    return [f"gemma2-regress: {versions.one_line()}", f"hypothesis profile: {s._current_profile}"]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """Every device-generic property runs once per device; ``cuda`` only in the GPU tier."""
+    if request.param == "cuda" and not _cuda_available():
+        pytest.skip("no CUDA GPU visible (the GPU tier needs one; the CPU tier covers the rest)")
+    return request.param
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An xdist worker hands its measurements to the controller, which reports them all.
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["gemma2_records"] = report.RECORDS
+
+
+def pytest_testnodedown(node, error) -> None:
+    report.RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_records", []))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workeroutput"):
+        return
+    rows = report.worst_by_property()
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)")
+    tr.write_line(f"{'property':34} {'target':52} {'examples':>8} {'bad':>4} {'worst':>8}")
+    for r in rows:
+        tr.write_line(
+            f"{r['property'][:34]:34} {r['target'][:52]:52} {r['examples']:>8} {r['bad']:>4} {r['worst_ratio']:>8.3g}"
+        )
+    out = os.environ.get("GEMMA2_REGRESS_REPORT", "reports/summary.json")
+    report.write_json_atomic(
+        out,
+        {
+            "versions": versions.versions(),
+            "exit_status": int(exitstatus),
+            "wall_s": round(time.time() - config._gemma2_started, 1),  # type: ignore[attr-defined]
+            "properties": rows,
+            "records": report.RECORDS,
+        },
+    )
+    tr.write_line(f"summary JSON: {out}")

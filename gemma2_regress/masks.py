@@ -1,0 +1,75 @@
+"""Which keys a query may see: the causal, sliding-window and padding rules, stated once.
+
+Convention (transformers 5.x ``sliding_window_overlay`` and Google's gemma_pytorch): a sliding
+window of ``W`` lets the query at absolute position ``i`` see key ``j`` iff ``i - W < j <= i``,
+i.e. ``W`` keys including itself. A global (``window=None``) layer lets it see every ``j <= i``.
+The legacy ``AttentionMaskConverter(sliding_window=W)`` and FlashAttention's ``window_size=(W, 0)``
+admit one key more (``i - W <= j <= i``); Unsloth corrects for that, and the window-boundary
+tests pin which of the two a target implements.
+
+With a cached prefix (``q_len < kv_len``) the queries are the *last* ``q_len`` positions: query row
+``r`` sits at absolute position ``kv_len - q_len + r``. Padding is a per-row ``key_valid`` vector
+(1 = real token, 0 = pad), as in a Hugging Face 2-D ``attention_mask``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def allowed(
+    q_len: int,
+    kv_len: int,
+    window: int | None,
+    key_valid: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean visibility: ``(q_len, kv_len)`` without padding, ``(bsz, q_len, kv_len)`` with it.
+
+    ``key_valid`` is ``(bsz, kv_len)``; a padded key is invisible to every query of its row.
+    """
+    if q_len > kv_len:
+        raise ValueError(f"q_len ({q_len}) must not exceed kv_len ({kv_len})")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    dev = key_valid.device if key_valid is not None else device
+    i = torch.arange(kv_len - q_len, kv_len, device=dev)[:, None]  # absolute query positions
+    j = torch.arange(kv_len, device=dev)[None, :]
+    vis = j <= i
+    if window is not None:
+        vis = vis & (i - j < window)
+    if key_valid is None:
+        return vis
+    return vis[None] & key_valid.bool()[:, None, :]
+
+
+def additive(vis: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Turn a boolean visibility into an additive mask: 0 where visible, ``finfo(dtype).min`` where not.
+
+    A finite minimum (not ``-inf``) is what transformers and Unsloth use, so that a fully masked
+    row (a padded query) softmaxes to finite numbers instead of NaN.
+    """
+    out = torch.zeros(vis.shape, dtype=dtype, device=vis.device)
+    return out.masked_fill(~vis, torch.finfo(dtype).min)
+
+
+def padding_from_lengths(bsz: int, seq_len: int, pads: list[int], side: str) -> torch.Tensor:
+    """A 2-D ``attention_mask`` (1 real, 0 pad) with ``pads[b]`` pad tokens on ``side`` of row ``b``."""
+    if side not in ("left", "right", "none"):
+        raise ValueError(f"padding side must be 'left', 'right' or 'none', got {side!r}")
+    mask = torch.ones(bsz, seq_len, dtype=torch.long)
+    for b, p in enumerate(pads):
+        if p == 0 or side == "none":
+            continue
+        if side == "left":
+            mask[b, :p] = 0
+        else:
+            mask[b, seq_len - p :] = 0
+    return mask
+
+
+def valid_queries(key_valid: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
+    """``(bsz, q_len)`` bool: the query rows whose own token is real (compared against the oracle)."""
+    if key_valid is None:
+        return None
+    return key_valid[:, key_valid.shape[1] - q_len :].bool()

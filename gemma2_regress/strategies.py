@@ -1,0 +1,128 @@
+"""Hypothesis strategies for attention cases, leaning on the places where attention code breaks.
+
+Lengths cluster at window boundaries (1, W-1, W, W+1, 2W-1, 2W, 2W+1) and at multiples of 64/128
+plus or minus one; queries are sometimes fewer than keys (a cached prefix); padding is none, left
+or right, with one row sometimes fully padded; logits are scaled into tanh's curved range.
+``small_window_cases`` uses windows of 1..64 for many cheap examples; ``real_window_cases`` uses
+Gemma-2's real W = 4096 (lengths 4095..4097, 8191..8193) for a few expensive ones.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from .cases import GEMMA2_WINDOW, Case
+
+# (n_heads, n_kv_heads): MHA, GQA 2:1 and 4:1, MQA
+HEAD_LAYOUTS = [(4, 2), (2, 2), (4, 1), (8, 2), (2, 1)]
+# Below ~1 the cap is linear; around 50 (the Gemma-2 cap) tanh bends; far above it saturates.
+LOGIT_STDS = [0.5, 5.0, 25.0, 50.0, 100.0]
+
+
+def boundary_lengths(window: int, upto: int) -> st.SearchStrategy[int]:
+    """Lengths in 1..upto that sit on or next to a window boundary or a tile boundary."""
+    special = {1, 2, window - 1, window, window + 1, 2 * window - 1, 2 * window, 2 * window + 1}
+    special |= {m + d for m in (64, 128, 256) for d in (-1, 0, 1)}
+    special = sorted(n for n in special if 1 <= n <= upto)
+    return st.one_of(st.sampled_from(special), st.integers(1, upto))
+
+
+@st.composite
+def small_window_cases(
+    draw: st.DrawFn,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
+    max_elems: int = 2**22,
+    allow_global: bool = True,
+) -> Case:
+    """Cheap cases: window 1..64 (or global), up to ~3 windows long, batch 1..8, any padding."""
+    window = draw(st.one_of(st.integers(1, 64), st.sampled_from([1, 2, 16, 32, 64])))
+    if allow_global and draw(st.booleans()) and draw(st.booleans()):
+        window_used: int | None = None
+    else:
+        window_used = window
+    kv_len = draw(boundary_lengths(window, 3 * window + 2))
+    q_len = draw(st.one_of(st.just(kv_len), st.integers(1, kv_len)))
+    n_heads, n_kv = draw(st.sampled_from(HEAD_LAYOUTS))
+    head_dim = draw(st.sampled_from([8, 16, 32]))
+    bsz = draw(st.integers(1, 8))
+    while bsz > 1 and bsz * n_heads * q_len * kv_len > max_elems:
+        bsz -= 1
+    pads, side = draw(paddings(bsz, kv_len))
+    return Case(
+        bsz=bsz,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        q_len=q_len,
+        kv_len=kv_len,
+        window=window_used,
+        pad_side=side,
+        pads=pads,
+        dtype=draw(st.sampled_from(dtypes)),
+        softcap=50.0,
+        scalar=draw(st.sampled_from([float(head_dim), 16.0, 256.0])),
+        logit_std=draw(st.sampled_from(LOGIT_STDS)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@st.composite
+def paddings(draw: st.DrawFn, bsz: int, kv_len: int) -> tuple[tuple[int, ...], str]:
+    """Per-row pad counts and side; sometimes one row is entirely padding."""
+    side = draw(st.sampled_from(["none", "left", "right"]))
+    if side == "none":
+        return (), "none"
+    pads = [draw(st.integers(0, max(0, kv_len - 1))) for _ in range(bsz)]
+    if bsz > 1 and draw(st.booleans()):
+        pads[draw(st.integers(0, bsz - 1))] = kv_len  # a fully padded row
+    return tuple(pads), side
+
+
+@st.composite
+def real_window_cases(
+    draw: st.DrawFn,
+    dtypes: tuple[str, ...] = ("float32",),
+    lengths: tuple[int, ...] = (4095, 4096, 4097, 8191, 8192, 8193),
+    max_bsz: int = 2,
+) -> Case:
+    """Gemma-2's real window (4096) with lengths that cross it; small heads keep CPU memory sane."""
+    kv_len = draw(st.sampled_from(lengths))
+    q_len = draw(st.sampled_from([kv_len, kv_len, 1, 64]))
+    # Past 2W the float64 score matrix alone is ~1 GB a row: keep one row there.
+    bsz = 1 if kv_len > 2 * GEMMA2_WINDOW - 2 else draw(st.integers(1, max_bsz))
+    pads, side = draw(paddings(bsz, kv_len))
+    return Case(
+        bsz=bsz,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=16,
+        q_len=q_len,
+        kv_len=kv_len,
+        window=draw(st.sampled_from([GEMMA2_WINDOW, GEMMA2_WINDOW, None])),
+        pad_side=side,
+        pads=pads,
+        dtype=draw(st.sampled_from(dtypes)),
+        softcap=50.0,
+        scalar=draw(st.sampled_from([16.0, 256.0])),
+        logit_std=draw(st.sampled_from(LOGIT_STDS)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+# The 2024 crash: an evaluation batch longer than the window, with a padding attention_mask.
+CRASH_2024 = Case(
+    bsz=2,
+    n_heads=2,
+    n_kv_heads=1,
+    head_dim=16,
+    q_len=4200,
+    kv_len=4200,
+    window=GEMMA2_WINDOW,
+    pad_side="left",
+    pads=(7, 0),
+    dtype="float32",
+    softcap=50.0,
+    scalar=16.0,
+    logit_std=25.0,
+    seed=853,
+)

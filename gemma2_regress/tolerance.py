@@ -1,0 +1,97 @@
+"""The one tolerance rule, used by every comparison in the suite.
+
+    err(x)  = max |x - golden|            over the compared positions, in float64
+    passes  iff  target is finite everywhere  and  err(target) <= K * err(baseline) + FLOOR[dtype]
+
+``golden`` is the oracle in float64; ``baseline`` is the same naive math in the target's dtype, so
+``err(baseline)`` measures what that precision costs on *this* input. A correct kernel in the same
+dtype lands near ratio 1 (it rounds differently, not worse); a wrong mask, scale or cap shows up
+as an error of order of the values themselves, far above any K.
+
+Why these constants (measured, see README "Tolerances"): on CPU in float32 Unsloth's kernel's
+error over the baseline's stayed below 2 across the Hypothesis CI profile; on an H200 (bf16,
+max-autotune kernels with a different reduction order) it stayed below 3. K = 4 leaves headroom
+over both; the floor covers cases where the baseline is exact by luck (err(baseline) ~ 0) and is
+a few ulps of an O(1) output in each dtype. Gradients get ``K_GRAD`` (reductions over kv_len are
+longer and reordered more freely). NaN or inf in the target always fails, also at padded
+positions: a NaN there would poison the next layer through ``0 * NaN``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+K = 4.0
+K_GRAD = 8.0
+FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The measurements behind one verdict; ``ratio`` is err(target) / (K * err(baseline) + floor)."""
+
+    err_target: float
+    err_baseline: float
+    bound: float
+    finite: bool
+    where: tuple[int, ...] | None
+
+    @property
+    def ratio(self) -> float:
+        return self.err_target / self.bound if self.finite else float("inf")
+
+    @property
+    def ok(self) -> bool:
+        return self.finite and self.err_target <= self.bound
+
+    @property
+    def kind(self) -> str:
+        """``ok``, ``nan`` (non-finite output) or ``mismatch``."""
+        return "ok" if self.ok else ("nan" if not self.finite else "mismatch")
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}: err(target)={self.err_target:.3g} err(baseline)={self.err_baseline:.3g} "
+            f"bound={self.bound:.3g} ratio={self.ratio:.3g} worst at {self.where}"
+        )
+
+
+def compare(
+    target: torch.Tensor,
+    golden: torch.Tensor,
+    baseline: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    valid: torch.Tensor | None = None,
+    k: float = K,
+) -> Comparison:
+    """Measure ``target`` against ``golden`` and ``baseline``; ``valid`` selects compared positions.
+
+    All three share a shape whose leading dims ``valid`` (bool) broadcasts over, e.g. outputs
+    ``(b, q, features)`` with ``valid`` ``(b, q)``.
+    """
+    if target.shape != golden.shape or baseline.shape != golden.shape:
+        raise ValueError(
+            f"shape mismatch: target {tuple(target.shape)}, golden {tuple(golden.shape)}, "
+            f"baseline {tuple(baseline.shape)}"
+        )
+    finite = bool(torch.isfinite(target).all())
+    t = target.detach().to(torch.float64).cpu()
+    g = golden.detach().to(torch.float64).cpu()
+    b = baseline.detach().to(torch.float64).cpu()
+    dt = (t - g).abs()
+    db = (b - g).abs()
+    if valid is not None:
+        sel = valid.cpu().bool()
+        while sel.dim() < dt.dim():
+            sel = sel[..., None]
+        dt = dt.masked_fill(~sel, 0.0)
+        db = db.masked_fill(~sel, 0.0)
+    dt = torch.nan_to_num(dt, nan=float("inf"))
+    err_t = float(dt.max()) if dt.numel() else 0.0
+    err_b = float(db.max()) if db.numel() else 0.0
+    where = tuple(int(i) for i in torch.unravel_index(dt.argmax(), dt.shape)) if dt.numel() else None
+    bound = k * err_b + FLOOR[dtype]
+    return Comparison(err_t, err_b, bound, finite, where)

@@ -1,0 +1,157 @@
+"""The one door to Unsloth's Gemma-2 attention code, discovering what the installed release accepts.
+
+Unsloth's internals move between releases (the kernel's last argument was ``q_len`` and became
+``kv_len``; mask builders were renamed). Rather than a table of versions, this module reads the
+installed release: it imports Unsloth (with ``UNSLOTH_ALLOW_CPU=1`` where there is no GPU), finds
+the kernels by name, reads from the source of ``Gemma2Attention_fast_forward`` which length the
+model hands the kernel, and builds masks with the same helpers ``LlamaModel_fast_forward`` uses.
+Every attribute is looked up at call time, so a run-time patch (a planted mutant) takes effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import importlib.metadata
+import inspect
+import os
+import re
+import types
+from typing import Any, Callable
+
+import torch
+
+
+class UnslothUnavailable(RuntimeError):
+    """Unsloth is not installed or does not import here; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Unsloth:
+    """Handles on the installed Unsloth release's Gemma-2 attention pieces."""
+
+    version: str
+    kernels_module: types.ModuleType
+    llama_module: types.ModuleType
+    gemma2_module: types.ModuleType
+    length_arg: str  # "kv_len" or "q_len": what the model passes as the kernel's last argument
+
+    def kernel(self, name: str) -> Callable[..., torch.Tensor]:
+        """``slow_attention_softcapping`` or ``slow_inference_attention_softcapping``, looked up now."""
+        return getattr(self.kernels_module, name)
+
+    # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
+    def _converters(self) -> tuple[Any, Any]:
+        base = self.llama_module.AttentionMaskConverter
+        sliding = getattr(self.llama_module, "Gemma2AttentionMaskConverter", None)
+        return base, sliding
+
+    def static_masks(
+        self, n: int, window: int, dtype: torch.dtype, device: str | torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static ``(n, n)`` sliding and global masks (``self.SWA_mask`` / ``self.GA_mask``)."""
+        base, sliding = self._converters()
+        if sliding is not None:
+            swa_conv = sliding(is_causal=True, sliding_window=window)
+        else:  # releases before the Gemma-2 converter passed the window to the legacy one
+            swa_conv = base(is_causal=True, sliding_window=window)
+        swa = swa_conv.to_causal_4d(1, n, n, dtype=dtype, device=device).squeeze(0).squeeze(0)
+        ga = base(is_causal=True).to_causal_4d(1, n, n, dtype=dtype, device=device)
+        return swa, ga.squeeze(0).squeeze(0)
+
+    def eval_masks(
+        self,
+        attention_mask: torch.Tensor,
+        q_len: int,
+        window: int,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-call 4-D sliding and global masks built from a 2-D ``attention_mask`` (evaluation).
+
+        ``attention_mask`` is ``(bsz, kv_len)``; the queries are its last ``q_len`` positions.
+        """
+        base, sliding = self._converters()
+        kv_len = attention_mask.shape[-1]
+        if sliding is not None:
+            swa = sliding(is_causal=True, sliding_window=window).to_4d(
+                attention_mask, q_len, dtype, kv_len
+            )
+            ga = base(is_causal=True).to_4d(attention_mask, q_len, dtype, kv_len)
+            return swa, ga
+        prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
+        embeds = torch.empty(attention_mask.shape[0], q_len, 1, dtype=dtype, device=attention_mask.device)
+        past = kv_len - q_len
+        swa = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past, sliding_window=window)
+        ga = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past)
+        return swa, ga
+
+    def decode_masks(
+        self, attention_mask: torch.Tensor, window: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The 4-D masks ``Gemma2Model_fast_forward_inference`` builds for one decoded token."""
+        prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
+        bsz, kv_len = attention_mask.shape
+        embeds = torch.empty(bsz, 1, 1, dtype=dtype, device=attention_mask.device)
+        swa = prep(attention_mask, (bsz, 1), embeds, kv_len - 1, sliding_window=window)
+        ga = prep(attention_mask, (bsz, 1), embeds, kv_len - 1)
+        return swa, ga
+
+
+def attention_module_stub(
+    n_heads: int, n_kv_heads: int, head_dim: int, scalar: float, softcap: float
+) -> types.SimpleNamespace:
+    """The ``self`` the kernels read: ``.config`` (heads, kv heads, scalar, cap), ``.head_dim``,
+    ``.num_key_value_groups``. Plain attributes, as a Gemma2Attention module carries them."""
+    config = types.SimpleNamespace(
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        query_pre_attn_scalar=scalar,
+        attn_logit_softcapping=softcap,
+    )
+    return types.SimpleNamespace(
+        config=config, head_dim=head_dim, num_key_value_groups=n_heads // n_kv_heads
+    )
+
+
+def _length_arg(gemma2_module: types.ModuleType) -> str:
+    """Which length ``Gemma2Attention_fast_forward`` passes the slow kernel as its last argument."""
+    src = inspect.getsource(gemma2_module.Gemma2Attention_fast_forward)
+    m = re.search(r"\(\s*Q\s*,\s*K\s*,\s*V\s*,\s*causal_mask\s*,\s*self\s*,\s*bsz\s*,\s*(\w+)\s*\)", src)
+    if not m:
+        raise UnslothUnavailable(
+            "could not find the slow-kernel call in Gemma2Attention_fast_forward of this Unsloth; "
+            "update gemma2_regress/unsloth_adapter.py for the new call shape"
+        )
+    return "kv_len" if "kv" in m.group(1) else "q_len"
+
+
+def installed_version() -> str | None:
+    """The installed Unsloth version, without importing it (None if not installed)."""
+    try:
+        return importlib.metadata.version("unsloth")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def load() -> Unsloth:
+    """Import the installed Unsloth once and return handles on its Gemma-2 attention code."""
+    version = installed_version()
+    if version is None:
+        raise UnslothUnavailable(
+            "unsloth is not installed in this environment; run `nox -s cpu` (it installs it) or "
+            "`pip install unsloth==<version>`"
+        )
+    if not torch.cuda.is_available():
+        os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    try:
+        importlib.import_module("unsloth")
+        kernels = importlib.import_module("unsloth.kernels.flex_attention")
+        llama = importlib.import_module("unsloth.models.llama")
+        gemma2 = importlib.import_module("unsloth.models.gemma2")
+    except Exception as exc:  # noqa: BLE001 - any import failure means "this build is unusable"
+        raise UnslothUnavailable(f"unsloth {version} does not import here: {type(exc).__name__}: {exc}") from exc
+    return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2))

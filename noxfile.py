@@ -1,0 +1,120 @@
+"""nox sessions: `nox -s cpu` (default), `gpu`, `lint`, `regress` (GPU tier if a GPU is visible, else CPU).
+
+Every session passes its positional arguments on to pytest: `nox -s cpu -- -k window -x`.
+The Unsloth release under test is chosen with GEMMA2_REGRESS_UNSLOTH:
+  latest (default)   the newest release on PyPI, with neighbours it accepts (gemma2_regress/install.py)
+  2026.10.9          an exact release
+  installed          whatever is already installed in the session's environment (no install step)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))
+from gemma2_regress import install  # noqa: E402
+
+nox.options.sessions = ["cpu"]
+nox.options.default_venv_backend = "venv"
+if hasattr(nox.options, "reuse_venv"):
+    nox.options.reuse_venv = "yes"
+else:  # older nox
+    nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+MARKER = ".gemma2-regress-installed.json"
+
+
+def _venv_python(session: nox.Session) -> str | None:
+    bin_dir = getattr(session, "bin", None)
+    if not bin_dir or not isinstance(session.virtualenv, nox.virtualenv.VirtualEnv):
+        return None  # --no-venv: the current interpreter
+    return str(Path(bin_dir) / "python")
+
+
+def install_unsloth(session: nox.Session) -> str:
+    """Install the chosen Unsloth release (once per environment); return its version."""
+    wanted = os.environ.get("GEMMA2_REGRESS_UNSLOTH", "latest")
+    python = _venv_python(session)
+    marker = Path(session.virtualenv.location) / MARKER if python else None
+    if wanted == "installed" or python is None:
+        session.log("GEMMA2_REGRESS_UNSLOTH=installed or --no-venv: using the Unsloth already installed")
+        session.install("-e", ".", "--no-deps") if python else None
+        return "installed"
+    have = json.loads(marker.read_text()) if marker and marker.exists() else None
+    try:
+        version = install.resolve_version(wanted)
+    except install.InstallError as exc:
+        if have and wanted == "latest":
+            session.warn(f"{exc}; reusing the environment's unsloth {have['unsloth']}")
+            return have["unsloth"]
+        session.error(str(exc))
+    if have and have.get("unsloth") == version:
+        session.log(f"unsloth {version} already installed in {session.virtualenv.location}")
+    else:
+        session.log(f"installing unsloth {version} and the neighbours it accepts (CPU builds)")
+        try:
+            steps = install.install(version, python=python)
+        except (install.InstallError, subprocess.CalledProcessError) as exc:
+            session.error(f"installing unsloth {version} failed: {exc}")
+        session.install("-e", ".", "--no-deps")
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"unsloth": version, "plan": steps}))
+        tmp.replace(marker)  # written last and atomically: a half-built env is rebuilt next time
+    return version
+
+
+def _pytest(session: nox.Session, *args: str) -> None:
+    python = _venv_python(session) or sys.executable
+    session.run(python, "-m", "pytest", *args, *session.posargs, external=True)
+
+
+@nox.session(python=PYTHON)
+def cpu(session: nox.Session) -> None:
+    """Everything that needs no GPU: the oracle, Unsloth's kernels on CPU, fixtures, self-tests."""
+    version = install_unsloth(session)
+    session.log(f"CPU tier against unsloth {version}")
+    workers = os.environ.get("GEMMA2_REGRESS_WORKERS", "2")
+    _pytest(session, "-m", "not gpu", "-n", workers, "--dist", "loadgroup", "--junitxml", "reports/cpu-junit.xml")
+
+
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """The GPU tier. On an air-gapped runner: `nox -s gpu --no-venv` uses the current interpreter."""
+    if not shutil.which("nvidia-smi") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        session.skip("no NVIDIA GPU visible: the GPU tier needs one (run `nox -s cpu` for the rest)")
+    install_unsloth(session)
+    count = subprocess.run(
+        [_venv_python(session) or sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True
+    ).stdout.strip()
+    n = int(count or "0")
+    if n == 0:
+        session.skip("torch sees no CUDA device: the GPU tier needs one")
+    xdist = ["-n", str(n), "--dist", "loadgroup"] if n > 1 else ["-p", "no:xdist"]
+    session.env.setdefault("HYPOTHESIS_PROFILE", "gpu")
+    session.env["GEMMA2_REGRESS_GPUS"] = str(n)
+    _pytest(session, "-m", "gpu", *xdist, "--junitxml", "reports/gpu-junit.xml")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=False)
+def regress(session: nox.Session) -> None:
+    """The suite's main job: the GPU tier where a GPU is visible, the CPU tier everywhere."""
+    if shutil.which("nvidia-smi"):
+        session.notify("gpu", session.posargs)
+    session.notify("cpu", session.posargs)

@@ -1,0 +1,39 @@
+"""Unsloth's slow softcapping kernels against the float64 oracle, on CPU (and CUDA in the GPU tier).
+
+Each kernel is fed four kinds of masks (targets.MASK_SOURCES): ones the oracle builds, and the ones
+Unsloth's own builders produce for training (static 2-D) and evaluation (per-call 4-D), so a bug in
+either the kernel or the mask that reaches it shows up here.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given, settings
+
+from gemma2_regress import strategies, targets
+from gemma2_regress.properties import check_kernel_matches_oracle
+from gemma2_regress.strategies import CRASH_2024
+
+pytestmark = pytest.mark.unsloth
+KERNEL_TARGETS = [pytest.param(t, id=t.name) for t in targets.kernel_targets()]
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@given(case=strategies.small_window_cases())
+def test_small_windows(target: targets.KernelTarget, case, device: str) -> None:
+    """Windows of 1..64 and lengths around them: many cheap examples."""
+    if not target.supports(case):
+        case = case.__class__(**{**case.__dict__, "pad_side": "none", "pads": ()})
+    check_kernel_matches_oracle(target, case, device)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@settings(max_examples=3)
+@given(case=strategies.real_window_cases())
+@example(case=CRASH_2024)
+def test_real_window(target: targets.KernelTarget, case, device: str) -> None:
+    """Gemma-2's real 4096 window, crossed: 4095..4097 and 8191..8193 tokens, with the 2024 case pinned."""
+    if not target.supports(case):
+        case = case.__class__(**{**case.__dict__, "pad_side": "none", "pads": ()})
+    check_kernel_matches_oracle(target, case, device)
