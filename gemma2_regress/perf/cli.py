@@ -1,0 +1,179 @@
+"""Command line: ``python -m gemma2_regress.perf [run|plot|compare] ...`` (``run`` when omitted).
+
+run      measure the grid (``--quick`` default, ``--full``, ``--smoke`` for CPU), print the table,
+         write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``
+plot     draw the PNGs from a perf JSON (on any machine with matplotlib)
+compare  the gate: candidate JSON vs baseline JSON; exit 0 pass, 1 fail, 2 bad input
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import report
+
+DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gemma2_regress.perf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="measure (the default command)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument(
+        "--quick",
+        dest="preset",
+        action="store_const",
+        const="quick",
+        help="2B and 9B, lengths 1024..32768 (4095-4097, 8192), batch 1; 9B batch 8 at 4096, 8192 (default on a GPU)",
+    )
+    g.add_argument(
+        "--full",
+        dest="preset",
+        action="store_const",
+        const="full",
+        help="2B and 9B, lengths 1024..32768, batch 1, 2, 4, 8",
+    )
+    g.add_argument(
+        "--smoke",
+        dest="preset",
+        action="store_const",
+        const="smoke",
+        help="a tiny CPU shape around a 32 window (default without a GPU)",
+    )
+    r.add_argument("--models", help="comma list of 2b, 9b, tiny (replaces the preset's)")
+    r.add_argument("--layers", help="sliding, global or both (default both)")
+    r.add_argument("--lengths", help="e.g. 1024,4095..4097,8192")
+    r.add_argument("--batch", help="e.g. 1,2,4,8")
+    r.add_argument("--impls", default="unsloth,flex,sdpa", help="comma list of unsloth, flex, sdpa")
+    r.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
+    r.add_argument("--repeats", type=int, default=7, help="timed calls per implementation and mode (median)")
+    r.add_argument("--warmup", type=int, default=2, help="untimed calls first, the first included (>= 1)")
+    r.add_argument(
+        "--budget-s",
+        type=float,
+        default=-1.0,
+        help="stop starting new cells after this many seconds (quick: 200; 0 = no budget)",
+    )
+    r.add_argument("--device", help="cuda (default when visible) or cpu")
+    r.add_argument("--dtype", default="bfloat16")
+    r.add_argument("--out", default="reports/perf", help="output folder (default reports/perf)")
+    r.add_argument(
+        "--plant-slowdown",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="FACTOR",
+        help="plant a mutant: Unsloth's kernel evaluated FACTOR (default 2) times per call",
+    )
+    r.add_argument(
+        "--gate-demo",
+        action="store_true",
+        help="afterwards, re-measure two cells clean and planted and show the gate pass and fail",
+    )
+    r.add_argument("--no-plot", action="store_true", help="skip the PNGs")
+    r.add_argument("--no-compile-flex", action="store_true", help="run flex attention eagerly (CPU default)")
+    r.add_argument("--label", default="", help="a free-text name stored in the JSON (e.g. the env)")
+    pl = sub.add_parser("plot", help="draw PNGs from a perf JSON")
+    pl.add_argument("json")
+    pl.add_argument("--out", help="folder for the PNGs (default: next to the JSON)")
+    c = sub.add_parser("compare", help="gate: candidate vs baseline perf JSON")
+    c.add_argument("candidate")
+    c.add_argument("baseline")
+    c.add_argument("--threshold", type=float, default=1.25, help="time ratio that fails (default 1.25)")
+    c.add_argument(
+        "--mem-threshold", type=float, default=1.10, help="peak-memory ratio that fails (default 1.10)"
+    )
+    c.add_argument(
+        "--basis",
+        choices=("sdpa", "raw"),
+        default="sdpa",
+        help="sdpa: normalise by each run's in-run SDPA floor (default); raw: compare medians",
+    )
+    c.add_argument("--json", help="also write the rows to this JSON file")
+    return p
+
+
+def _run(a: argparse.Namespace) -> int:
+    import torch
+
+    from . import grid, impls, plot, table
+    from .bench import Options, run
+    from .demo import gate_demo
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = a.preset or ("quick" if device.startswith("cuda") else "smoke")
+    if not a.preset and device == "cpu" and not (a.models or a.lengths):
+        print("perf: no CUDA GPU visible: running the CPU smoke grid (--smoke); the Gemma-2 grid needs a GPU")
+    if a.warmup < 1 or a.repeats < 1:
+        raise ValueError("--warmup and --repeats must be >= 1")
+    budget = DEFAULT_BUDGET[preset] if a.budget_s < 0 else (a.budget_s or None)
+    opts = Options(
+        cells=grid.select(preset, a.models, a.layers, a.lengths, a.batch),
+        impls=grid.parse_names(a.impls, impls.IMPLS, "impls"),
+        modes=grid.parse_names(a.modes, grid.MODES, "modes"),
+        repeats=a.repeats,
+        warmup=a.warmup,
+        budget_s=budget,
+        device=device,
+        dtype=a.dtype,
+        out=Path(a.out),
+        plant_slowdown=a.plant_slowdown,
+        compile_flex=not a.no_compile_flex and device.startswith("cuda"),
+        label=a.label,
+    )
+    payload = run(opts)  # prints the table's rows as the cells complete
+    text = table.render(payload)
+    print(table.legend(payload))
+    out = Path(a.out)
+    (out / "table.txt").write_text(text + "\n")
+    if a.gate_demo:
+        demo = gate_demo(payload, opts)
+        report.write_json_atomic(out / "gate_demo.json", demo)
+    if not a.no_plot:
+        if plot.available():
+            for p in plot.plot(out / "perf.json"):
+                print(f"plot: {p}")
+        else:
+            print(
+                f"plots skipped: no matplotlib here; later: python -m gemma2_regress.perf plot {out / 'perf.json'}"
+            )
+    print(f"perf JSON: {out / 'perf.json'}  table: {out / 'table.txt'}")
+    return 0
+
+
+def _compare(a: argparse.Namespace) -> int:
+    from .gatecheck import compare, render
+
+    ok, rows = compare(a.candidate, a.baseline, a.threshold, mem_threshold=a.mem_threshold, basis=a.basis)
+    print(render(ok, rows, a.threshold))
+    if a.json:
+        report.write_json_atomic(a.json, {"ok": ok, "threshold": a.threshold, "rows": rows})
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return _run(a)
+        if a.cmd == "plot":
+            from .plot import plot
+
+            for p in plot(a.json, a.out):
+                print(f"plot: {p}")
+            return 0
+        return _compare(a)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"perf: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,226 @@
+"""The implementations compared, each prepared for one cell and called as ``fn(mode)``.
+
+- ``unsloth``  Unsloth's real ``slow_attention_softcapping`` (through ``unsloth_adapter``), fed the
+  static 2-D mask Unsloth's own builders make for the no-padding case (``SWA_mask`` for sliding
+  layers, ``GA_mask`` for global ones, built at ``max_seq_length`` = the cell's length), exactly as
+  ``LlamaModel_fast_forward`` hands it to the kernel. It materialises the full score matrix.
+- ``flex``     ``torch.nn.attention.flex_attention`` with a ``t * tanh(x / t)`` ``score_mod`` and a
+  causal / sliding-window ``mask_mod`` (block-sparse), ``torch.compile``'d: the best softcapping
+  attention PyTorch offers on the same GPU. Same semantics as Unsloth's path.
+- ``sdpa``     ``scaled_dot_product_attention(is_causal=True)`` *without* softcap and *without* the
+  window: a floor (what fused causal attention costs), not the same function.
+
+Every implementation reads the same Q ``(b, h, n, d)``, K/V ``(b, kv_h, n, d)`` tensors of a cell.
+``mode`` is ``fwd`` (the forward of a training step: grad enabled, activations saved, then freed)
+or ``fwdbwd`` (forward and backward to Q, K and V).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .. import unsloth_adapter
+from .grid import Cell
+
+IMPLS = ("unsloth", "flex", "sdpa")
+Call = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Tensors:
+    """A cell's inputs: q, k, v (leaf tensors requiring grad) and an upstream gradient buffer."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    grad: torch.Tensor  # flat, numel == q.numel(); viewed in each output's layout
+
+    def zero_grads(self) -> None:
+        self.q.grad = self.k.grad = self.v.grad = None
+
+
+def make_tensors(cell: Cell, device: str | torch.device, dtype: torch.dtype, seed: int = 0) -> Tensors:
+    """Inputs whose scaled logits have std ~ the softcap (tanh's curved range), as training sees."""
+    s = cell.shape
+    g = torch.Generator(device=device).manual_seed(seed)
+    m = math.sqrt(s.softcap * math.sqrt(s.scalar) / math.sqrt(s.head_dim))
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=device, dtype=dtype) * scale).requires_grad_(True)
+
+    b, n, d = cell.batch, cell.length, s.head_dim
+    q = rnd(b, s.n_heads, n, d, scale=m)
+    k = rnd(b, s.n_kv_heads, n, d, scale=m)
+    v = rnd(b, s.n_kv_heads, n, d)
+    grad = torch.randn(q.numel(), generator=g, device=device, dtype=dtype)
+    return Tensors(q, k, v, grad)
+
+
+def _runner(t: Tensors, forward: Callable[[], torch.Tensor]) -> Call:
+    def call(mode: str) -> None:
+        t.zero_grads()
+        with torch.enable_grad():
+            out = forward()
+            if mode == "fwdbwd":
+                out.backward(t.grad.view(out.shape))
+        del out
+
+    return call
+
+
+# --- Unsloth ----------------------------------------------------------------------------------
+@functools.cache
+def _module_stub(model: str) -> object:
+    """One ``self`` per model shape, reused so that compiled graphs' guards keep matching."""
+    from .grid import MODELS
+
+    s = MODELS[model]
+    return unsloth_adapter.attention_module_stub(s.n_heads, s.n_kv_heads, s.head_dim, s.scalar, s.softcap)
+
+
+def prepare_unsloth(cell: Cell, t: Tensors) -> Call:
+    u = unsloth_adapter.load()
+    n, dev, dt = cell.length, t.q.device, t.q.dtype
+    swa, ga = u.static_masks(n, cell.shape.window, dt, dev)
+    mask = swa if cell.window is not None else ga
+    del swa, ga
+    mod = _module_stub(cell.model)
+
+    def forward() -> torch.Tensor:
+        fn = u.kernel("slow_attention_softcapping")  # looked up per call: a planted patch takes effect
+        return fn(t.q, t.k, t.v, mask, mod, cell.batch, n)
+
+    return _runner(t, forward)
+
+
+@contextlib.contextmanager
+def planted_slowdown(factor: int = 2) -> Iterator[None]:
+    """Plant a performance mutant in the real Unsloth: ``slow_attention_softcapping`` evaluates the
+    real kernel ``factor`` times and returns their mean (bit-identical for factor 2: (a + a) / 2 == a),
+    so forward and backward do ``factor`` x the work and hold ``factor`` x the activations."""
+    if factor < 2:
+        raise ValueError(f"--plant-slowdown factor must be >= 2 (got {factor})")
+    u = unsloth_adapter.load()
+    real = u.kernels_module.slow_attention_softcapping
+
+    def slow_attention_softcapping(*args, **kwargs):  # same name: crash signatures stay readable
+        acc = real(*args, **kwargs)
+        for _ in range(factor - 1):
+            acc = acc + real(*args, **kwargs)
+        return acc / factor
+
+    slow_attention_softcapping.planted_factor = factor  # type: ignore[attr-defined]
+    u.kernels_module.slow_attention_softcapping = slow_attention_softcapping
+    try:
+        yield
+    finally:
+        u.kernels_module.slow_attention_softcapping = real
+
+
+# --- flex attention ---------------------------------------------------------------------------
+@functools.cache
+def _tanh_softcap(cap: float) -> Callable:
+    def tanh_softcap(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    tanh_softcap.__name__ = f"tanh_softcap_{cap:g}"
+    return tanh_softcap
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+@functools.cache
+def _sliding(window: int) -> Callable:
+    """Query i sees key j iff i - W < j <= i (W keys including itself), as ``masks.allowed``."""
+
+    def sliding(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    sliding.__name__ = f"sliding_window_{window}"
+    return sliding
+
+
+@functools.cache
+def _flex_fn(compiled: bool) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if compiled else flex_attention
+
+
+@functools.cache
+def _block_mask(window: int | None, n: int, device: str) -> object:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask_mod = _causal if window is None else _sliding(window)
+    return create_block_mask(mask_mod, None, None, n, n, device=device)
+
+
+def prepare_flex(cell: Cell, t: Tensors, compiled: bool = True) -> Call:
+    s = cell.shape
+    bm = _block_mask(cell.window, cell.length, str(t.q.device))
+    fn, mod, scale = _flex_fn(compiled), _tanh_softcap(s.softcap), s.scalar**-0.5
+
+    def forward() -> torch.Tensor:
+        return fn(t.q, t.k, t.v, score_mod=mod, block_mask=bm, scale=scale, enable_gqa=True)
+
+    return _runner(t, forward)
+
+
+# --- SDPA floor -------------------------------------------------------------------------------
+def _fused_backends() -> list:
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
+def prepare_sdpa(cell: Cell, t: Tensors) -> Call:
+    """Causal fused attention without softcap or window; GQA native if a fused backend takes it,
+    else K/V repeated per call (inside the timing). ``sdpa_mode`` on the call says which."""
+    from torch.nn.attention import sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    scale = cell.shape.scalar**-0.5
+    restrict = t.q.is_cuda
+
+    def attn(k: torch.Tensor, v: torch.Tensor, gqa: bool) -> torch.Tensor:
+        ctx = sdpa_kernel(_fused_backends()) if restrict else contextlib.nullcontext()
+        with ctx:
+            return sdpa(t.q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+
+    try:  # probe on a 16-token slice: does a fused backend take GQA here?
+        with torch.no_grad():
+            q, k, v = (x[:1, :, :16].detach() for x in (t.q, t.k, t.v))
+            ctx = sdpa_kernel(_fused_backends()) if restrict else contextlib.nullcontext()
+            with ctx:
+                sdpa(q, k, v, is_causal=True, enable_gqa=True)
+        mode = "gqa"
+    except RuntimeError:
+        mode = "repeated-kv"
+    if mode == "gqa":
+        call = _runner(t, lambda: attn(t.k, t.v, True))
+    else:
+        groups = cell.shape.n_heads // cell.shape.n_kv_heads
+        call = _runner(
+            t, lambda: attn(t.k.repeat_interleave(groups, 1), t.v.repeat_interleave(groups, 1), False)
+        )
+    call.sdpa_mode = mode  # type: ignore[attr-defined]
+    return call
+
+
+def prepare(name: str, cell: Cell, t: Tensors, compile_flex: bool = True) -> Call:
+    """The named implementation, ready for ``cell``; an unknown name lists the known ones."""
+    if name == "unsloth":
+        return prepare_unsloth(cell, t)
+    if name == "flex":
+        return prepare_flex(cell, t, compiled=compile_flex)
+    if name == "sdpa":
+        return prepare_sdpa(cell, t)
+    raise ValueError(f"unknown implementation {name!r}; choose from {', '.join(IMPLS)}")

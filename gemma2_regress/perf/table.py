@@ -1,0 +1,81 @@
+"""The printed table: one line per (cell, mode), one column group per implementation.
+
+Each group reads ``<median ms> <x vs best softcapping impl> <peak MiB>``; ``oom`` / ``err`` /
+``skip`` replace the figures where a call did not run. The last column is Unsloth's achieved
+useful TFLOP/s and its fraction of the measured matmul ceiling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+W = 24  # width of one implementation's column group
+
+
+def header(impls: Sequence[str]) -> str:
+    head = f"{'model':5} {'layer':7} {'len':>6} {'b':>2} {'mode':6} |"
+    for i in impls:
+        head += f" {i + ' ms  x  MiB':>{W}} |"
+    return head + " unsloth TFLOP/s (ceiling %)"
+
+
+def _fmt(r: dict | None) -> str:
+    if not r:
+        return "-"
+    st = r.get("status", "")
+    if st == "ok":
+        x = r.get("x_best_softcap") or r.get("x_best")
+        mib = r.get("peak_mib")
+        mib_s = f"{mib:.0f}" if mib is not None else "n/a"
+        return f"{r['median_ms']:.3f} {x:.2f}x {mib_s}" if x else f"{r['median_ms']:.3f} {mib_s}"
+    if st == "oom":
+        return "oom*" if r.get("inferred_from") else "oom"
+    if st.startswith("skipped"):
+        return "skip"
+    return "err " + st.split(":", 2)[1][:14] if ":" in st else "err"
+
+
+def rows(rec: dict, impls: Sequence[str], modes: Sequence[str]) -> list[str]:
+    """The table lines of one cell record."""
+    out = []
+    for m in modes:
+        line = f"{rec['model']:5} {rec['layer']:7} {rec['length']:>6} {rec['batch']:>2} {m:6} |"
+        for i in impls:
+            line += f" {_fmt(rec['results'].get(i, {}).get(m)):>{W}} |"
+        u = rec["results"].get("unsloth", {}).get(m, {})
+        if u.get("status") == "ok":
+            frac = u.get("frac_of_ceiling")
+            line += f" {u['tflops']:.1f}" + (f" ({100 * frac:.1f}%)" if frac else "")
+        out.append(line)
+    return out
+
+
+def render(payload: dict) -> str:
+    """The whole table for a payload, with its legend."""
+    impls, modes = payload["options"]["impls"], payload["options"]["modes"]
+    c = payload.get("ceiling", {})
+    lines = [
+        f"device: {payload['device']}  dtype: {payload['dtype']}  timer: {payload['timer']}  "
+        f"unsloth: {payload['versions'].get('unsloth')}  torch: {payload['versions'].get('torch')}",
+        f"ceilings: {c.get('matmul', {}).get('what')} = {c.get('matmul', {}).get('tflops', 0):.0f} TFLOP/s, "
+        f"{c.get('copy', {}).get('what')} = {c.get('copy', {}).get('gbps', 0):.0f} GB/s",
+        header(impls),
+    ]
+    for rec in payload["cells"]:
+        lines.extend(rows(rec, impls, modes))
+    lines.append(legend(payload))
+    return "\n".join(lines)
+
+
+def legend(payload: dict) -> str:
+    """How to read the table, and what this run's ceilings were."""
+    c = payload.get("ceiling", {})
+    text = (
+        "x = median / best softcapping implementation's median (unsloth, flex; for sdpa: / best of all); "
+        "MiB = peak extra memory of one call;\noom* = not tried: a smaller cell already ran out of memory; "
+        f"ceilings this run: {c.get('matmul', {}).get('tflops', 0):.0f} TFLOP/s, "
+        f"{c.get('copy', {}).get('gbps', 0):.0f} GB/s; wall {payload.get('wall_s')} s"
+    )
+    if payload.get("options", {}).get("plant_slowdown"):
+        text += f"\nPLANTED SLOWDOWN x{payload['options']['plant_slowdown']} was active in this run"
+    return text
