@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, settings
 
 from gemma2_regress import report, versions
 
+pytest_plugins = ["gemma2_regress.costs"]  # the suite's own cost per tier/target (docs/perf.md)
+
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", derandomize=True, database=None, max_examples=12, **_COMMON)
 settings.register_profile("dev", max_examples=25, **_COMMON)

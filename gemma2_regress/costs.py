@@ -1,0 +1,151 @@
+"""The suite's own cost: time per Hypothesis example and first-call (compile) time, per tier and target.
+
+A pytest plugin (registered from conftest with ``pytest_plugins``). For every test call it times
+each Hypothesis example by wrapping ``test.hypothesis.inner_test`` (the hook Hypothesis keeps
+reassignable for exactly this kind of wrapper); a test without Hypothesis counts as one example.
+At the end of the run it prints, per (tier, target):
+
+- ``first s``   the first example run in the process for that tier and target (where compilation
+  lands: Unsloth's kernel is ``torch.compile``'d); the largest over xdist workers;
+- ``ms/example`` the median of all other examples, the steady-state cost of one example;
+- tests, examples and the total time inside examples.
+
+Tier is the ``device`` parameter (``cpu``/``cuda``) where a test has one, else ``gpu`` for tests
+marked ``gpu`` and ``cpu`` otherwise; target is the ``target`` parameter's name, else
+``(<test module>)``.
+The same figures go to ``reports/costs.json`` (``GEMMA2_REGRESS_COSTS`` overrides the path), so
+later changes can be held to them. Cost: two ``perf_counter`` calls per example.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+
+import pytest
+
+RECORDS: list[dict] = []  # one per test call: tier, target, test, example seconds (in run order)
+
+
+def _tier_and_target(item: pytest.Item) -> tuple[str, str]:
+    params = getattr(getattr(item, "callspec", None), "params", {}) or {}
+    tier = params.get("device") or ("gpu" if item.get_closest_marker("gpu") else "cpu")
+    target = params.get("target")
+    name = getattr(target, "name", None) or (str(target) if target is not None else f"({item.path.stem})")
+    return str(tier), name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    hyp = getattr(getattr(item, "obj", None), "hypothesis", None)
+    inner = getattr(hyp, "inner_test", None)
+    times: list[float] = []
+    if inner is not None:
+
+        @functools.wraps(inner)
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                times.append(time.perf_counter() - t0)
+
+        hyp.inner_test = timed
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        total = time.perf_counter() - t0
+        if inner is not None:
+            hyp.inner_test = inner
+        tier, target = _tier_and_target(item)
+        RECORDS.append(
+            {
+                "test": item.nodeid,
+                "tier": tier,
+                "target": target,
+                "examples_s": times if inner is not None else [total],
+                "call_s": total,
+                "hypothesis": inner is not None,
+            }
+        )
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (tier, target), in first-seen order; see the module docstring for the columns.
+
+    Records of one process keep run order; a record may carry ``worker`` (xdist) so that the
+    first example is taken per process and the largest of those is reported.
+    """
+    groups: dict[tuple[str, str], dict] = {}
+    firsts: dict[tuple[str, str, str], float] = {}
+    for r in records:
+        key = (r["tier"], r["target"])
+        g = groups.setdefault(
+            key, {"tier": key[0], "target": key[1], "tests": 0, "examples": 0, "rest": [], "total_s": 0.0}
+        )
+        ex = r["examples_s"]
+        g["tests"] += 1
+        g["examples"] += len(ex)
+        g["total_s"] += sum(ex)
+        if not ex:
+            continue
+        fkey = (*key, r.get("worker", ""))
+        if fkey not in firsts:
+            firsts[fkey] = ex[0]
+            g["rest"].extend(ex[1:])
+        else:
+            g["rest"].extend(ex)
+    rows = []
+    for key, g in groups.items():
+        first = max((v for k, v in firsts.items() if k[:2] == key), default=0.0)
+        rows.append(
+            {
+                "tier": g["tier"],
+                "target": g["target"],
+                "tests": g["tests"],
+                "examples": g["examples"],
+                "first_s": round(first, 3),
+                "ms_per_example": round(1e3 * statistics.median(g["rest"]), 2) if g["rest"] else None,
+                "total_s": round(g["total_s"], 2),
+            }
+        )
+    return rows
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # an xdist worker hands its records to the controller
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        session.config.workeroutput["gemma2_costs"] = [{**r, "worker": worker} for r in RECORDS]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_costs", []))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workeroutput") or not RECORDS:
+        return
+    from . import report
+
+    rows = summarize(RECORDS)
+    tr = terminalreporter
+    tr.section("gemma2-regress: suite cost per tier/target (first = first example in a process: compile)")
+    tr.write_line(
+        f"{'tier':5} {'target':52} {'tests':>5} {'examples':>8} {'first s':>8} {'ms/example':>10} {'total s':>8}"
+    )
+    for r in rows:
+        per = f"{r['ms_per_example']:.1f}" if r["ms_per_example"] is not None else "-"
+        tr.write_line(
+            f"{r['tier'][:5]:5} {r['target'][:52]:52} {r['tests']:>5} {r['examples']:>8} "
+            f"{r['first_s']:>8.2f} {per:>10} {r['total_s']:>8.1f}"
+        )
+    path = os.environ.get("GEMMA2_REGRESS_COSTS", "reports/costs.json")
+    try:
+        report.write_json_atomic(path, {"rows": rows, "tests": RECORDS})
+        tr.write_line(f"suite cost JSON: {path}")
+    except OSError as exc:
+        tr.write_line(f"suite cost JSON not written ({exc})")

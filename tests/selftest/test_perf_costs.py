@@ -1,0 +1,54 @@
+"""The suite-cost plugin (gemma2_regress.costs): per-example times, first-call grouping, summary."""
+
+from __future__ import annotations
+
+import json
+
+from gemma2_regress import costs
+
+pytest_plugins = ["pytester"]
+
+
+def test_summarize_separates_first_example_per_process():
+    recs = [
+        {"tier": "cpu", "target": "k[a]", "examples_s": [8.0, 0.01, 0.03], "worker": "gw0"},
+        {"tier": "cpu", "target": "k[a]", "examples_s": [0.02, 0.02], "worker": "gw0"},
+        {"tier": "cpu", "target": "k[a]", "examples_s": [5.0, 0.02], "worker": "gw1"},
+        {"tier": "cuda", "target": "k[a]", "examples_s": [16.0]},
+    ]
+    rows = {(r["tier"], r["target"]): r for r in costs.summarize(recs)}
+    cpu = rows[("cpu", "k[a]")]
+    assert (cpu["tests"], cpu["examples"], cpu["first_s"]) == (3, 7, 8.0)  # the larger worker's first call
+    assert cpu["ms_per_example"] == 20.0  # median of the 5 non-first examples
+    assert rows[("cuda", "k[a]")]["ms_per_example"] is None and rows[("cuda", "k[a]")]["first_s"] == 16.0
+
+
+def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
+    pytester.makepyfile(
+        """
+        import pytest
+        from hypothesis import given, settings, strategies as st
+
+        @pytest.mark.parametrize("device", ["cpu"])
+        @settings(max_examples=7, database=None, derandomize=True)
+        @given(x=st.integers())
+        def test_h(device, x):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    out = pytester.path / "costs.json"
+    monkeypatch.setenv("GEMMA2_REGRESS_COSTS", str(out))
+    before = len(costs.RECORDS)
+    result = pytester.runpytest_inprocess("-p", "gemma2_regress.costs", "-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*suite cost per tier/target*", "*cpu*(test_plugin_times_each_hypothesis_example)*"]
+    )
+    data = json.loads(out.read_text())
+    by_test = {t["test"].split("::")[-1]: t for t in data["tests"]}
+    assert by_test["test_h[cpu]"]["hypothesis"] and len(by_test["test_h[cpu]"]["examples_s"]) == 7
+    assert not by_test["test_plain"]["hypothesis"] and len(by_test["test_plain"]["examples_s"]) == 1
+    del costs.RECORDS[before:]  # the inner run shares this module: leave the outer run's records alone
