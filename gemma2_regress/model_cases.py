@@ -1,0 +1,179 @@
+"""Model-level cases: token batches for the tiny Gemma-2, drawn around and beyond the 4096 window.
+
+A ``ModelCase`` fixes batch size, length, padding, whether an ``attention_mask`` is passed, train or
+eval mode, the dtype Unsloth runs in, the checkpoint's init and the token seed; ``inputs`` turns it
+into ``(input_ids, attention_mask, labels)`` with ``tiny.token_batch``.
+
+Why so few lengths: Unsloth's kernels are ``torch.compile``d with max-autotune; a new shape can
+cost seconds to tens of seconds of compilation, a repeated one milliseconds. Lengths come from a
+short ``sampled_from`` list (the window's edges 4095/4096/4097, 2W = 8192 and 4W = 16384), batch sizes
+from 1..8 capped by what a float64 eager reference of that length fits in, so compiled shapes repeat
+across examples. The same strategies with ``window``/``lengths`` shrunk drive the CPU validation of
+the properties on transformers alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from hypothesis import strategies as st
+
+from . import tiny
+from .cases import DTYPES, GEMMA2_WINDOW
+
+W = GEMMA2_WINDOW
+LENGTHS = (W - 1, W, W + 1, 2 * W, 4 * W)
+# The float64 eager reference holds a few (bsz, heads, L, L) float64 tensors per layer: cap bsz * L^2.
+MAX_ROWS_BY_LENGTH = ((W + 1, 8), (2 * W + 1, 4), (4 * W, 1))
+MODES = ("eval", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    """One model-level problem. ``pads[b]`` pad tokens on ``pad_side`` of row ``b``.
+
+    ``with_mask=False`` passes no attention_mask (then nothing is padded). ``mode="train"`` runs
+    the model in training mode, where Unsloth drops the attention_mask when labels are passed: such
+    cases are only drawn with right padding or none (a causal model's real positions never see a
+    right pad), which keeps them comparable with transformers, which always applies the mask.
+    """
+
+    bsz: int = 1
+    seq_len: int = 4097
+    pad_side: str = "none"
+    pads: tuple[int, ...] = ()
+    with_mask: bool = True
+    with_labels: bool = True
+    mode: str = "eval"
+    dtype: str = "float32"
+    init: str = "large"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.pads and len(self.pads) != self.bsz:
+            problems.append(f"{len(self.pads)} pad counts for bsz {self.bsz}")
+        if any(p < 0 or p > self.seq_len for p in self.pads):
+            problems.append(f"pads {self.pads} outside 0..{self.seq_len}")
+        if self.padded and not self.with_mask:
+            problems.append("padding without an attention_mask cannot be compared; set with_mask=True")
+        if self.pads and all(p >= self.seq_len for p in self.pads):
+            problems.append("every row fully padded: no position to compare")
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} not one of {MODES}")
+        if self.mode == "train" and self.with_labels and self.pad_side == "left" and self.padded:
+            problems.append("train mode with labels drops the mask in Unsloth: use right padding")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} not one of {sorted(DTYPES)}")
+        if self.init not in tiny.INITS:
+            problems.append(f"init {self.init!r} not one of {tiny.INITS}")
+        if problems:
+            raise ValueError("invalid ModelCase: " + "; ".join(problems))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def padded(self) -> bool:
+        return self.pad_side != "none" and any(self.pads)
+
+    def short(self) -> str:
+        pad = f" pad={self.pad_side}{list(self.pads)}" if self.padded else ""
+        mask = "mask" if self.with_mask else "nomask"
+        labels = "" if self.with_labels else " nolabels"
+        return f"b{self.bsz} L{self.seq_len}{pad} {mask}{labels} {self.mode} {self.dtype} init={self.init} seed={self.seed}"
+
+    def inputs(self, config: object) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(input_ids, attention_mask or None, labels or None)``; see ``labels_for``."""
+        side = self.pad_side if self.padded else "none"
+        pads = self.pads if self.padded else ()
+        ids, mask = tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)
+        labels = labels_for(ids, mask) if self.with_labels else None
+        return ids, (mask if self.with_mask else None), labels
+
+    def valid(self, config: object) -> torch.Tensor:
+        """``(bsz, seq_len)`` bool: the positions holding a real token (the ones compared)."""
+        side = self.pad_side if self.padded else "none"
+        pads = self.pads if self.padded else ()
+        return tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)[
+            1
+        ].bool()
+
+
+def labels_for(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels = the tokens, -100 at pads *and* at the first real token after a pad.
+
+    The causal-LM loss predicts label ``t`` from the logits at ``t - 1``; after a left pad that is a
+    pad query whose logits are whatever an implementation makes of a query that may see nothing
+    (no defined answer). Ignoring that one label keeps the loss a function of real positions only.
+    """
+    labels = ids.masked_fill(mask == 0, -100)
+    after_pad = torch.zeros_like(mask, dtype=torch.bool)
+    after_pad[:, 1:] = (mask[:, :-1] == 0) & (mask[:, 1:] == 1)
+    return labels.masked_fill(after_pad, -100)
+
+
+def budget(fraction: float, at_least: int = 1) -> int:
+    """A share of the active Hypothesis profile's ``max_examples`` (the main property takes it all; the
+    costlier ones a fraction), so ``--hypothesis-profile`` scales the whole GPU tier together."""
+    from hypothesis import settings
+
+    return max(at_least, int(settings().max_examples * fraction))
+
+
+def max_rows(seq_len: int, table: tuple[tuple[int, int], ...] = MAX_ROWS_BY_LENGTH) -> int:
+    """The largest batch drawn at ``seq_len`` (memory of the float64 reference)."""
+    for upto, rows in table:
+        if seq_len <= upto:
+            return rows
+    return 1
+
+
+@st.composite
+def model_cases(
+    draw: st.DrawFn,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
+    lengths: tuple[int, ...] = LENGTHS,
+    modes: tuple[str, ...] = MODES,
+    inits: tuple[str, ...] = ("large", "default"),
+    max_bsz: int = 8,
+    rows_table: tuple[tuple[int, int], ...] = MAX_ROWS_BY_LENGTH,
+    window: int = W,
+) -> ModelCase:
+    """Cases for the logits-and-loss property: every axis of issue 3 item 1, shapes from a short list."""
+    seq_len = draw(st.sampled_from(lengths))
+    bsz = draw(st.integers(1, min(max_bsz, max_rows(seq_len, rows_table))))
+    mode = draw(st.sampled_from(modes))
+    with_labels = draw(st.booleans()) if mode == "train" else draw(st.sampled_from([True, True, False]))
+    with_mask = draw(st.booleans())
+    sides = ["none", "left", "right"] if with_mask else ["none"]
+    if mode == "train" and with_labels:
+        sides = [s for s in sides if s != "left"]
+    side = draw(st.sampled_from(sides))
+    pads: tuple[int, ...] = ()
+    if side != "none":
+        pads = tuple(draw(pad_counts(seq_len, window)) for _ in range(bsz))
+        if bsz > 1 and draw(st.booleans()):
+            pads = (*pads[:-1], seq_len)  # one row entirely padding
+        if not any(pads):
+            pads = (7, *pads[1:])
+    return ModelCase(
+        bsz=bsz,
+        seq_len=seq_len,
+        pad_side=side,
+        pads=pads,
+        with_mask=with_mask,
+        with_labels=with_labels,
+        mode=mode,
+        dtype=draw(st.sampled_from(dtypes)),
+        init=draw(st.sampled_from(inits)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def pad_counts(seq_len: int, window: int = W) -> st.SearchStrategy[int]:
+    """Pad counts that matter: none, one, a few, enough to pull a row back under the window."""
+    special = sorted({0, 1, 7, 64, seq_len - window + 1 if seq_len > window else 3, seq_len // 2})
+    return st.sampled_from([p for p in special if 0 <= p < seq_len])

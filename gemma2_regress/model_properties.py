@@ -1,0 +1,378 @@
+"""Model-level property functions, shared by the GPU tier (Unsloth) and their CPU validation (transformers).
+
+Each function takes a ``target`` (a ``model_targets`` target: Unsloth's model on the GPU, or the
+eager twin when the property itself is being validated on CPU), a ``golden`` (eager float64) and a
+``baseline`` (eager, in the target's dtype), runs one example, judges it with the one tolerance rule
+(``tolerance.compare``), records it (``report.record``: property, target, verdict, worst ratio,
+case, peak GPU memory, compile vs run seconds), prints one line, and asserts.
+
+Metamorphic properties (KV cache, batch row, padded row) compare the target's *variant* (cached,
+batched, padded) against the reference's *canonical* form (full forward, row alone, unpadded), so
+one comparison says both "equals the canonical form" and "is as accurate as the dtype allows".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import hypothesis
+import torch
+
+from . import masks, model_targets, report, tolerance, verdicts
+from .model_cases import ModelCase
+from .versions import one_line
+
+# Greedy generation: a differing token is a failure unless the reference's top-2 logits at that step
+# are closer than this (a near tie that any rounding may flip). Set from the logit error each dtype
+# shows at model level: ~1e-6 in float32, ~1e-2 in bfloat16 (UNSLOTH_FACTS.md).
+TIE_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
+
+_write: Callable[[str], None] = print
+
+
+def set_writer(write: Callable[[str], None]) -> None:
+    """Where the per-example lines go (tests hand in pytest's terminal writer so they are not captured)."""
+    global _write
+    _write = write
+
+
+@contextlib.contextmanager
+def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
+    """Bookkeeping around one example: peak memory, compile/run seconds, record and one printed line.
+
+    The body stores ``verdict`` and ``ratio`` (and optionally ``detail``) in the yielded dict; an
+    exception is recorded as a ``crash:`` verdict and re-raised.
+    """
+    model_targets.reset_peak()
+    t = model_targets.TIMINGS
+    c0, r0, w0 = t.compile_s, t.run_s, time.perf_counter()
+    box: dict[str, Any] = {"verdict": "ok", "ratio": 0.0, "detail": ""}
+    try:
+        yield box
+    except AssertionError:
+        raise
+    except Exception as exc:
+        box["verdict"], box["ratio"], box["detail"] = (
+            verdicts.crash_signature(exc),
+            float("inf"),
+            repr(exc)[:200],
+        )
+        raise
+    finally:
+        extra = dict(
+            peak_gib=round(model_targets.peak_gib(), 3),
+            compile_s=round(t.compile_s - c0, 3),
+            run_s=round(t.run_s - r0, 3),
+            wall_s=round(time.perf_counter() - w0, 3),
+        )
+        report.record(prop, target, box["verdict"], box["ratio"], case, **extra)
+        _write(
+            f"[{prop}] {target} | {case} | {box['verdict']} ratio={box['ratio']:.3g} | "
+            f"compile {extra['compile_s']:.1f}s run {extra['run_s']:.2f}s wall {extra['wall_s']:.1f}s "
+            f"peak {extra['peak_gib']:.2f} GiB {box['detail']}"
+        )
+
+
+def _judge(
+    box: dict[str, Any], prop: str, target: str, case: str, parts: dict[str, tolerance.Comparison]
+) -> None:
+    """Fold named comparisons into the box and assert them all."""
+    worst = max(parts.values(), key=lambda c: c.ratio)
+    bad = {k: c for k, c in parts.items() if not c.ok}
+    box["ratio"] = worst.ratio
+    box["verdict"] = (
+        "ok" if not bad else ("nan" if any(c.kind == "nan" for c in bad.values()) else "mismatch")
+    )
+    try:
+        hypothesis.target(min(worst.ratio, 1e6), label=f"{prop}:{target}")
+    except hypothesis.errors.InvalidArgument:
+        pass  # outside @given
+    detail = "; ".join(f"{k}: {c.describe()}" for k, c in parts.items())
+    assert not bad, f"{prop} failed for {target}\n  case: {case}\n  {detail}\n  versions: {one_line()}"
+
+
+# --- item 1: logits and loss ------------------------------------------------------------------------
+
+
+def check_logits_and_loss(target: Any, golden: Any, baseline: Any, case: ModelCase) -> None:
+    """Logits at every real position and the loss equal the eager reference's (one tolerance rule)."""
+    ids, mask, labels = case.inputs(target.config)
+    valid = case.valid(target.config)
+    with example("model_logits_loss", target.name, case.short()) as box:
+        t = target.forward(ids, mask, labels, mode=case.mode)
+        with torch.no_grad():
+            g = golden.forward(ids, mask, labels, mode=case.mode)
+            b = baseline.forward(ids, mask, labels, mode=case.mode)
+        dt = case.torch_dtype
+        parts = {"logits": tolerance.compare(t.logits, g.logits, b.logits, dtype=dt, valid=valid)}
+        if labels is not None:
+            parts["loss"] = tolerance.compare(t.loss.reshape(()), g.loss, b.loss, dtype=dt)
+        _judge(box, "model_logits_loss", target.name, case.short(), parts)
+
+
+# --- item 2: a training step ------------------------------------------------------------------------
+
+
+def check_attention_grads(target: Any, golden: Any, baseline: Any, case: ModelCase) -> None:
+    """loss.backward() gradients of every q/k/v/o projection weight equal the reference's, under
+    ``tolerance.K_GRAD`` (a backward reduces over the sequence and batch, reordered more freely)."""
+    ids, mask, labels = case.inputs(target.config)
+    if labels is None:
+        raise ValueError("a training step needs labels: draw the case with with_labels=True")
+    with example("model_attention_grads", target.name, case.short()) as box:
+        lt, gt = target.attention_grads(ids, mask, labels)
+        lg, gg = golden.attention_grads(ids, mask, labels)
+        lb, gb = baseline.attention_grads(ids, mask, labels)
+        if set(gt) != set(gg):
+            raise RuntimeError(
+                f"parameter names differ: target {sorted(gt)[:4]}..., reference {sorted(gg)[:4]}..."
+            )
+        dt = case.torch_dtype
+        parts = {"loss": tolerance.compare(lt.reshape(()), lg, lb, dtype=dt)}
+        for name in sorted(gg):
+            short = name.replace("model.layers.", "L").replace(".self_attn.", ".").removesuffix(".weight")
+            parts[short] = tolerance.compare(gt[name], gg[name], gb[name], dtype=dt, k=tolerance.K_GRAD)
+        _judge(box, "model_attention_grads", target.name, case.short(), parts)
+
+
+# --- item 3: consistency ----------------------------------------------------------------------------
+
+
+def check_kv_cache(
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    split: int,
+    dtype: torch.dtype,
+) -> None:
+    """Prefill ``:split`` into a KV cache, then run ``split:``: equals the full forward at ``split:``."""
+    case = f"b{ids.shape[0]} L{ids.shape[1]} prefix{split}+{ids.shape[1] - split} {_mask_text(mask)} {_dt(dtype)}"
+    with example("model_kv_cache", target.name, case) as box:
+        t = target.forward_cached(ids, mask, split)
+        with torch.no_grad():
+            g = golden.forward(ids, mask).logits[:, split:]
+            b = baseline.forward(ids, mask).logits[:, split:]
+        valid = None if mask is None else mask[:, split:].bool()
+        parts = {"suffix_logits": tolerance.compare(t, g, b, dtype=dtype, valid=valid)}
+        _judge(box, "model_kv_cache", target.name, case, parts)
+
+
+def check_row_alone(
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    row: int,
+    dtype: torch.dtype,
+) -> None:
+    """Row ``row`` of a batch gives the logits that row gives alone."""
+    case = f"b{ids.shape[0]} L{ids.shape[1]} row{row} {_mask_text(mask)} {_dt(dtype)}"
+    alone_mask = None if mask is None else mask[row : row + 1]
+    with example("model_batch_row", target.name, case) as box:
+        t = target.forward(ids, mask).logits[row : row + 1]
+        with torch.no_grad():
+            g = golden.forward(ids[row : row + 1], alone_mask).logits
+            b = baseline.forward(ids[row : row + 1], alone_mask).logits
+        valid = None if alone_mask is None else alone_mask.bool()
+        _judge(
+            box,
+            "model_batch_row",
+            target.name,
+            case,
+            {"row_logits": tolerance.compare(t, g, b, dtype=dtype, valid=valid)},
+        )
+
+
+def check_padded_row(
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    ids: torch.Tensor,
+    pad: int,
+    side: str,
+    dtype: torch.dtype,
+    companion: torch.Tensor | None = None,
+) -> None:
+    """A row padded by ``pad`` tokens on ``side`` (with its attention_mask) gives, at its real
+    positions, the logits of the same row unpadded. ``companion`` (an unpadded row of length
+    ``n + pad``) rides along in the batch so that the padded row is not alone."""
+    n = ids.shape[1]
+    pad_id = target.config.pad_token_id
+    row = torch.full((1, n + pad), pad_id, dtype=ids.dtype)
+    sl = slice(pad, n + pad) if side == "left" else slice(0, n)
+    row[:, sl] = ids
+    am = masks.padding_from_lengths(1, n + pad, [pad], side)
+    batch, bmask = row, am
+    if companion is not None:
+        batch = torch.cat([row, companion], 0)
+        bmask = torch.cat([am, torch.ones_like(companion)], 0)
+    case = f"L{n} pad={side}{pad} batch{batch.shape[0]} {_dt(dtype)}"
+    with example("model_padded_row", target.name, case) as box:
+        t = target.forward(batch, bmask).logits[:1, sl]
+        with torch.no_grad():
+            g = golden.forward(ids, None).logits
+            b = baseline.forward(ids, None).logits
+        _judge(
+            box,
+            "model_padded_row",
+            target.name,
+            case,
+            {"real_positions": tolerance.compare(t, g, b, dtype=dtype)},
+        )
+
+
+def check_generation(
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    max_new_tokens: int,
+    dtype: torch.dtype,
+) -> None:
+    """Greedy generation gives the reference's tokens (up to a near tie, see ``TIE_MARGIN``); the
+    logits of the first step follow the tolerance rule."""
+    case = f"b{ids.shape[0]} prompt{ids.shape[1]} new{max_new_tokens} {_mask_text(mask)} {_dt(dtype)}"
+    with example("model_generate", target.name, case) as box:
+        tok_t, sc_t = target.generate(ids, mask, max_new_tokens)
+        tok_g, sc_g = golden.generate(ids, mask, max_new_tokens)
+        _, sc_b = baseline.generate(ids, mask, max_new_tokens)
+        parts = {"first_step_logits": tolerance.compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype)}
+        problems = token_disagreements(tok_t.cpu(), tok_g.cpu(), sc_g.cpu(), TIE_MARGIN[dtype])
+        box["detail"] = f"tokens {tok_t.cpu().tolist()} vs reference {tok_g.cpu().tolist()}"
+        if problems:
+            box["verdict"], box["ratio"] = "mismatch", float("inf")
+            raise AssertionError(
+                f"model_generate failed for {target.name}\n  case: {case}\n  "
+                + "; ".join(problems)
+                + f"\n  versions: {one_line()}"
+            )
+        _judge(box, "model_generate", target.name, case, parts)
+
+
+def token_disagreements(
+    tokens: torch.Tensor, ref_tokens: torch.Tensor, ref_scores: torch.Tensor, margin: float
+) -> list[str]:
+    """Per row, the first step where ``tokens`` leave ``ref_tokens`` while the reference's choice was
+    clear (top-1 minus top-2 logit >= ``margin``). After a near tie the rows may rightly diverge, so
+    comparison of that row stops there."""
+    problems = []
+    for r in range(ref_tokens.shape[0]):
+        for s in range(ref_tokens.shape[1]):
+            if tokens[r, s] == ref_tokens[r, s]:
+                continue
+            top2 = ref_scores[r, s].double().topk(2).values
+            gap = float(top2[0] - top2[1])
+            if gap >= margin:
+                problems.append(
+                    f"row {r} step {s}: token {int(tokens[r, s])} != {int(ref_tokens[r, s])} (reference margin {gap:.3g})"
+                )
+            break
+    return problems
+
+
+# --- item 4: the window boundary -------------------------------------------------------------------
+
+
+def check_window_boundary(
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    window: int,
+    dtype: torch.dtype,
+) -> None:
+    """On a one-sliding-layer probe model, changing the token ``window - 1`` positions before the
+    last query changes the last logits, and ``window`` or ``window + 1`` before does not.
+
+    Judged as differences: for each offset, (logits after the change - logits before) at the last
+    position from the target vs the reference. The reference must show a difference at W-1 large
+    enough for the comparison to notice a dropped key, else the probe is not sensitive and the test
+    fails as unable to test (a fixture problem, not a pass)."""
+    q = ids.shape[1] - 1
+    case = f"b{ids.shape[0]} L{ids.shape[1]} W={window} {_mask_text(mask)} {_dt(dtype)}"
+    with example("model_window_boundary", target.name, case) as box:
+        base = [m.forward(ids, mask).logits[:, q] for m in (target, golden, baseline)]
+        parts, golden_delta = {}, {}
+        for d in (window - 1, window, window + 1):
+            changed = ids.clone()
+            changed[:, q - d] = _other_token(ids[:, q - d], target.config)
+            outs = [m.forward(changed, mask).logits[:, q] for m in (target, golden, baseline)]
+            deltas = [(o.double() - b0.double()) for o, b0 in zip(outs, base, strict=True)]
+            parts[f"change_{d}_back"] = tolerance.compare(deltas[0], deltas[1], deltas[2], dtype=dtype)
+            golden_delta[d] = float(deltas[1].abs().max())
+        box["detail"] = "reference |delta| " + " ".join(f"{d}:{v:.3g}" for d, v in golden_delta.items())
+        seen = golden_delta[window - 1]
+        if golden_delta[window] != 0.0 or golden_delta[window + 1] != 0.0:
+            raise AssertionError(
+                f"the reference itself sees past its window ({box['detail']}): check transformers' convention"
+            )
+        if not seen > 2 * parts[f"change_{window - 1}_back"].bound:
+            raise AssertionError(
+                f"probe not sensitive: the reference moves by {seen:.3g} when the key W-1 back changes, "
+                f"not above twice the tolerance {parts[f'change_{window - 1}_back'].bound:.3g}; fix tiny's probe init"
+            )
+        _judge(box, "model_window_boundary", target.name, case, parts)
+
+
+def _other_token(col: torch.Tensor, config: Any) -> torch.Tensor:
+    """A different plain token id for each entry of ``col``."""
+    from .tiny import FIRST_PLAIN_ID
+
+    span = int(config.vocab_size) - FIRST_PLAIN_ID
+    return FIRST_PLAIN_ID + (col - FIRST_PLAIN_ID + span // 2) % span
+
+
+def _mask_text(mask: torch.Tensor | None) -> str:
+    if mask is None:
+        return "nomask"
+    return "mask" if bool(mask.all()) else f"mask(pads={[int(x) for x in (mask == 0).sum(1)]})"
+
+
+def _dt(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --- item 5: Trainer.evaluate, the path of the 2024 crash ------------------------------------------
+
+
+def check_evaluate(
+    kind: str,
+    target: Any,
+    golden: Any,
+    baseline: Any,
+    dataset: Any,
+    per_device_eval_batch_size: int,
+    dtype: torch.dtype,
+    output_dir: str,
+) -> None:
+    """``evaluate()`` runs (no crash) and its eval_loss equals the reference's on the same batches."""
+    from .trainer_eval import make_trainer, reference_eval_loss
+
+    lengths = [len(r) for r in dataset["input_ids"]]
+    case = f"{kind} rows={lengths} bsz{per_device_eval_batch_size} {_dt(dtype)}"
+    with example("trainer_evaluate", target.name, case) as box:
+        trainer = make_trainer(
+            kind, target.model, target.tokenizer, dataset, per_device_eval_batch_size, output_dir
+        )
+        info: dict[str, Any] = {}
+        with model_targets.timed(info):
+            metrics = trainer.evaluate()
+        got = torch.tensor(float(metrics["eval_loss"]), dtype=torch.float64)
+        g = reference_eval_loss(trainer, golden)
+        b = reference_eval_loss(trainer, baseline)
+        box["detail"] = f"eval_loss {float(got):.6g} reference {float(g):.6g}"
+        _judge(
+            box,
+            "trainer_evaluate",
+            target.name,
+            case,
+            {"eval_loss": tolerance.compare(got, g, b, dtype=dtype)},
+        )

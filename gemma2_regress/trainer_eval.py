@@ -1,0 +1,106 @@
+"""The path of the 2024 crash, end to end: ``Trainer.evaluate`` on an eval set longer than the window.
+
+In 2024 (unslothai/unsloth#853) evaluation batches longer than 4096 tokens reached Unsloth's slow
+attention path with an ``attention_mask`` and crashed there. This module builds what a user has:
+an in-memory ``datasets.Dataset`` of token rows (several longer than the window, of unequal lengths
+so batches are padded), a collator that right-pads and masks, and a ``transformers.Trainer`` (or
+TRL's ``SFTTrainer``) with ``report_to="none"`` and ``output_dir`` in a temporary directory; then
+``evaluate()``. Its ``eval_loss`` is checked against the loss the eager reference gives on exactly
+the batches the trainer's own eval dataloader yields, averaged as ``Trainer.evaluation_loop`` does
+(each batch's mean token loss, weighted by the batch's row count).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import tiny
+from .model_cases import labels_for
+
+EVAL_LENGTHS = (4200, 4500, 3000, 5000, 4097, 4300, 2000, 6000)  # 6 of 8 rows cross the window
+
+
+def eval_dataset(config: Any, lengths: Sequence[int] = EVAL_LENGTHS, seed: int = 0) -> Any:
+    """A ``datasets.Dataset`` with one ``input_ids`` row per length (no labels: the collator adds them)."""
+    import datasets
+
+    rows = [tiny.token_batch(config, 1, n, seed=seed + i)[0][0].tolist() for i, n in enumerate(lengths)]
+    return datasets.Dataset.from_dict({"input_ids": rows})
+
+
+class RightPadCollator:
+    """Right-pads a list of ``{"input_ids": [...]}`` rows: ``input_ids``, ``attention_mask``, ``labels``
+    (-100 at pads, see ``model_cases.labels_for``)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for i, f in enumerate(features):
+            row = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels_for(ids, mask)}
+
+
+def make_trainer(
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    per_device_eval_batch_size: int,
+    output_dir: str | os.PathLike[str],
+) -> Any:
+    """A ``transformers.Trainer`` (``kind="trainer"``) or ``trl.SFTTrainer`` (``kind="sft"``) set up for
+    evaluation only: no downloads, no reporting, loss only, the given collator and batch size."""
+    common = dict(
+        output_dir=str(output_dir),
+        per_device_eval_batch_size=per_device_eval_batch_size,
+        report_to="none",
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    collator = RightPadCollator(model.config.pad_token_id)
+    if kind == "trainer":
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer(
+            model=model, args=TrainingArguments(**common), eval_dataset=dataset, data_collator=collator
+        )
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+    raise ValueError(f"trainer kind must be 'trainer' or 'sft', got {kind!r}")
+
+
+@torch.no_grad()
+def reference_eval_loss(trainer: Any, reference: Any) -> torch.Tensor:
+    """``eval_loss`` as ``Trainer.evaluation_loop`` aggregates it, with ``reference`` computing each batch."""
+    total, rows = None, 0
+    for batch in trainer.get_eval_dataloader():
+        out = reference.forward(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n = batch["input_ids"].shape[0]
+        part = out.loss.detach().double().cpu() * n
+        total = part if total is None else total + part
+        rows += n
+    if total is None:
+        raise ValueError("the eval dataloader yielded no batch")
+    return total / rows

@@ -1,0 +1,42 @@
+"""Fixtures of the model-level tests: Unsloth readiness, the per-example log line, the time split.
+
+On a CUDA machine with Unsloth installed, Unsloth is imported here, at collection, before any test
+module imports transformers (Unsloth patches transformers and TRL on import and warns otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gemma2_regress import model_properties, model_targets, unsloth_adapter
+
+if model_targets.unsloth_skip_reason() is None:
+    _t0 = time.perf_counter()
+    unsloth_adapter.load()
+    model_targets.TIMINGS.load_s += time.perf_counter() - _t0
+
+
+@pytest.fixture(autouse=True)
+def _example_lines(request: pytest.FixtureRequest) -> None:
+    """Per-example lines (verdict, ratio, compile/run seconds, peak GPU memory) go to the terminal."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    model_properties.set_writer(reporter.write_line if reporter is not None else print)
+
+
+@pytest.fixture
+def unsloth_ready() -> None:
+    """Skip, saying why, where Unsloth's model cannot run (no CUDA GPU, or Unsloth not installed)."""
+    reason = model_targets.unsloth_skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    t = model_targets.TIMINGS
+    if model_targets.unsloth_skip_reason() is not None or t.compile_calls + t.run_calls == 0:
+        return
+    terminalreporter.section("gemma2-regress: model-level time split (GPU tier)")
+    for line in model_targets.timings_lines():
+        terminalreporter.write_line(line)

@@ -1,0 +1,198 @@
+"""The model-level properties validated on CPU, on transformers alone, with a 16-token window.
+
+The GPU tier runs these property functions with Unsloth as the target. Here the target is the
+eager twin itself (float32 or bfloat16) and the window is small, so every property's *formulation*
+is checked where it is cheap: that a KV-cache continuation, a batch row, a padded row, greedy
+generation, gradients, Trainer's eval_loss and the window probe do hold for a correct
+implementation under the tolerance rule, and that the probe is sensitive. Plus the parts of the
+GPU tier that need no GPU: input building, the Unsloth skip reason, and that the eager twin stays
+plain transformers after Unsloth patches transformers' Gemma-2 module.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gemma2_regress import model_targets, tiny
+from gemma2_regress.model_cases import ModelCase, labels_for, model_cases
+from gemma2_regress.model_properties import (
+    check_attention_grads,
+    check_generation,
+    check_kv_cache,
+    check_logits_and_loss,
+    check_padded_row,
+    check_row_alone,
+    check_window_boundary,
+    token_disagreements,
+)
+
+SMALL_W = 16
+SMALL_CASES = model_cases(
+    lengths=(SMALL_W - 1, SMALL_W, SMALL_W + 1, 2 * SMALL_W, 4 * SMALL_W),
+    rows_table=((SMALL_W + 1, 8), (2 * SMALL_W + 1, 4), (4 * SMALL_W, 2)),
+    window=SMALL_W,
+    dtypes=("float32", "bfloat16"),
+)
+
+
+def small(init: str = "large", **over):
+    return tiny.checkpoint(tiny.tiny_config(**{"sliding_window": SMALL_W, **over}), init=init)
+
+
+def trio(dtype: torch.dtype, init: str = "large", **over):
+    path = small(init, **over)
+    twin = model_targets.EagerTarget(path, dtype)
+    return twin, model_targets.EagerTarget(path, torch.float64), twin
+
+
+@given(case=SMALL_CASES)
+def test_logits_and_loss_formulation(case: ModelCase) -> None:
+    check_logits_and_loss(*trio(case.torch_dtype, case.init), case)
+
+
+@given(
+    case=model_cases(lengths=(SMALL_W + 1, 2 * SMALL_W), modes=("train",), max_bsz=2, window=SMALL_W).filter(
+        lambda c: c.with_labels
+    )
+)
+def test_attention_grads_formulation(case: ModelCase) -> None:
+    check_attention_grads(*trio(case.torch_dtype, case.init), case)
+
+
+@given(
+    n=st.sampled_from([SMALL_W + 1, 2 * SMALL_W]),
+    split=st.sampled_from([SMALL_W - 5, SMALL_W - 1, SMALL_W, -1]),
+    bsz=st.integers(1, 2),
+    mask_kind=st.sampled_from(["none", "ones", "left"]),
+)
+def test_kv_cache_formulation(n: int, split: int, bsz: int, mask_kind: str) -> None:
+    target, golden, baseline = trio(torch.float32)
+    pads = (3,) + (0,) * (bsz - 1) if mask_kind == "left" else ()
+    ids, mask = tiny.token_batch(target.config, bsz, n, pads=pads, side="left" if pads else "none", seed=n)
+    check_kv_cache(
+        target, golden, baseline, ids, None if mask_kind == "none" else mask, split % n, torch.float32
+    )
+
+
+@given(bsz=st.integers(2, 4), row=st.integers(0, 3), padded=st.booleans())
+def test_batch_row_formulation(bsz: int, row: int, padded: bool) -> None:
+    target, golden, baseline = trio(torch.float32)
+    pads = tuple(5 * (b % 2) for b in range(bsz)) if padded else ()
+    ids, mask = tiny.token_batch(target.config, bsz, 2 * SMALL_W, pads=pads, side="left" if pads else "none")
+    check_row_alone(target, golden, baseline, ids, mask, row % bsz, torch.float32)
+
+
+@given(pad=st.sampled_from([1, 7, 20]), side=st.sampled_from(["left", "right"]), companion=st.booleans())
+def test_padded_row_formulation(pad: int, side: str, companion: bool) -> None:
+    target, golden, baseline = trio(torch.float32)
+    n = SMALL_W + 3
+    ids, _ = tiny.token_batch(target.config, 2, n + pad, seed=pad)
+    check_padded_row(
+        target,
+        golden,
+        baseline,
+        ids[:1, :n],
+        pad,
+        side,
+        torch.float32,
+        companion=ids[1:] if companion else None,
+    )
+
+
+@pytest.mark.parametrize("bsz", [1, 2])
+def test_generation_formulation(bsz: int) -> None:
+    target, golden, baseline = trio(torch.float32)
+    pads = (4, 0) if bsz == 2 else ()
+    ids, mask = tiny.token_batch(target.config, bsz, SMALL_W + 5, pads=pads, side="left" if pads else "none")
+    check_generation(target, golden, baseline, ids, mask if pads else None, 6, torch.float32)
+
+
+def test_token_disagreements_rule() -> None:
+    """A differing token fails unless the reference's top-2 gap at that step is under the margin."""
+    ref = torch.tensor([[5, 6, 7]])
+    scores = torch.zeros(1, 3, 10)
+    scores[0, 0, 5], scores[0, 1, 6], scores[0, 1, 2], scores[0, 2, 7] = 1.0, 1.0, 0.99999, 1.0
+    assert token_disagreements(ref.clone(), ref, scores, 1e-4) == []
+    assert token_disagreements(torch.tensor([[5, 2, 0]]), ref, scores, 1e-4) == []  # near tie at step 1
+    assert len(token_disagreements(torch.tensor([[4, 6, 7]]), ref, scores, 1e-4)) == 1  # clear at step 0
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "ones", "left"])
+def test_window_probe_formulation(mask_kind: str) -> None:
+    target, golden, baseline = trio(torch.float32, "probe", num_hidden_layers=1)
+    pads = (3, 0) if mask_kind == "left" else ()
+    ids, mask = tiny.token_batch(
+        target.config, len(pads) or 1, 3 * SMALL_W, pads=pads, side="left" if pads else "none", seed=5
+    )
+    check_window_boundary(
+        target, golden, baseline, ids, None if mask_kind == "none" else mask, SMALL_W, torch.float32
+    )
+
+
+def test_window_probe_catches_a_wrong_window() -> None:
+    """The probe is sensitive: a model whose window is one key wider fails the boundary check."""
+    path_ok, path_wide = (
+        small("probe", num_hidden_layers=1),
+        small("probe", num_hidden_layers=1, sliding_window=SMALL_W + 1),
+    )
+    wide = model_targets.EagerTarget(path_wide, torch.float32)
+    wide.name = "mutant:eager-window-W+1 (expected to fail)"
+    golden, baseline = (
+        model_targets.EagerTarget(path_ok, torch.float64),
+        model_targets.EagerTarget(path_ok, torch.float32),
+    )
+    ids, _ = tiny.token_batch(golden.config, 1, 3 * SMALL_W, seed=5)
+    with pytest.raises(AssertionError, match="model_window_boundary failed"):
+        check_window_boundary(wide, golden, baseline, ids, None, SMALL_W, torch.float32)
+
+
+def test_model_case_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="padding without an attention_mask"):
+        ModelCase(bsz=1, seq_len=10, pad_side="left", pads=(3,), with_mask=False)
+    with pytest.raises(ValueError, match="drops the mask"):
+        ModelCase(bsz=1, seq_len=10, pad_side="left", pads=(3,), mode="train")
+    with pytest.raises(ValueError, match="every row fully padded"):
+        ModelCase(bsz=1, seq_len=10, pad_side="right", pads=(10,))
+
+
+def test_labels_ignore_pads_and_the_token_after_a_left_pad() -> None:
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 0, 0]])
+    mask = (ids != 0).long()
+    assert labels_for(ids, mask).tolist() == [[-100, -100, -100, 6], [7, 8, -100, -100]]
+
+
+def test_unsloth_target_skips_without_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the skip reason is for machines without one")
+    reason = model_targets.unsloth_skip_reason()
+    assert reason and "CUDA" in reason
+    with pytest.raises(Exception, match="CUDA"):
+        model_targets.UnslothTarget(small(), torch.float32)
+
+
+@pytest.mark.unsloth
+def test_eager_twin_stays_plain_transformers_after_unsloth_patches() -> None:
+    """Apply exactly what FastLanguageModel.from_pretrained does to transformers' Gemma-2 module
+    (snapshot, pre_patch, record, gate); the twin built afterwards still runs transformers' code."""
+    from gemma2_regress import unsloth_adapter
+
+    path = small()
+    ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=SMALL_W), 2, 40, pads=(3, 0), side="left")
+    before = model_targets.EagerTarget(path, torch.float32).forward(ids, mask).logits
+    u = unsloth_adapter.load()
+    llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
+    snap = llama._snapshot_transformers_modules(fast.pre_patch)
+    fast.pre_patch()
+    llama._record_pre_patch_changes(snap)
+    llama._gate_pre_patch_to_unsloth_models(snap)
+    model_targets._EAGER.clear()
+    twin = model_targets.EagerTarget(path, torch.float32)
+    assert type(twin.model.model.rotary_emb).__module__.startswith("transformers."), type(
+        twin.model.model.rotary_emb
+    )
+    after = twin.forward(ids, mask).logits
+    real = mask.bool()
+    assert torch.equal(after[real], before[real])
