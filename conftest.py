@@ -44,6 +44,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config._gemma2_started = time.time()  # type: ignore[attr-defined]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from fixtures.known_issues import KNOWN_ISSUES
+    from gemma2_regress.known_issues import mark_items
+    from gemma2_regress.unsloth_adapter import installed_version
+
+    mark_items(items, KNOWN_ISSUES, installed_version())
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
@@ -62,7 +70,7 @@ def _cuda_available() -> bool:
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 
 
-@pytest.fixture(params=DEVICES)
+@pytest.fixture(params=DEVICES, scope="session")
 def device(request: pytest.FixtureRequest) -> str:
     """Every device-generic property runs once per device; ``cuda`` only in the GPU tier."""
     if request.param == "cuda" and not _cuda_available():

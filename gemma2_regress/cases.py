@@ -90,6 +90,10 @@ class Inputs:
     v: torch.Tensor
     key_valid: torch.Tensor | None
 
+    def clone(self) -> Inputs:
+        kv = None if self.key_valid is None else self.key_valid.clone()
+        return Inputs(self.q.clone(), self.k.clone(), self.v.clone(), kv)
+
 
 def make_inputs(case: Case, device: str | torch.device = "cpu") -> Inputs:
     """Deterministic inputs for ``case`` in its dtype on ``device``.

@@ -6,6 +6,10 @@ message names the case, the measurements and the versions, so a CI log is a bug 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import functools
+
 import hypothesis
 import torch
 
@@ -20,6 +24,17 @@ def failure_message(prop: str, target: str, case: Case, detail: str) -> str:
     return f"{prop} failed for {target}\n  case: {case.short()}\n  {detail}\n  versions: {one_line()}"
 
 
+@functools.lru_cache(maxsize=2)
+def prepared(case: Case, device: str) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
+    """Inputs, golden and baseline for a case, kept for the next target given the same case.
+
+    Hypothesis (derandomized) draws the same cases for every target of a parametrized test, and
+    the float64 reference at 8k tokens costs seconds: the targets of one test share it.
+    """
+    inputs = make_inputs(case, device)
+    return (inputs, *reference(case, inputs))
+
+
 def reference(case: Case, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """(golden float64, baseline in the case's dtype) for one case."""
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=inputs.key_valid)
@@ -30,9 +45,8 @@ def reference(case: Case, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_kernel_matches_oracle(target: KernelTarget, case: Case, device: str) -> tolerance.Comparison:
     """The target's output equals the oracle's within the tolerance rule, at every real query."""
-    inputs = make_inputs(case, device)
-    golden, baseline = reference(case, inputs)
-    out = target.run(case, inputs)
+    inputs, golden, baseline = prepared(case, device)
+    out = target.run(case, inputs.clone())  # a clone: the cached inputs must survive an in-place target
     valid = valid_queries(inputs.key_valid, case.q_len)
     cmp = tolerance.compare(out, golden, baseline, dtype=case.torch_dtype, valid=valid)
     report.record("kernel_matches_oracle", target.name, cmp.kind, cmp.ratio, case.short(), device=device)
@@ -47,3 +61,136 @@ def _climb(cmp: tolerance.Comparison, label: str) -> None:
         hypothesis.target(min(cmp.ratio, 1e6), label=label)
     except hypothesis.errors.InvalidArgument:
         pass
+
+
+# --- Metamorphic properties over any attention callable (no second implementation needed) ---------
+# ``attn(q, k, v, key_valid) -> (bsz, q_len, n_heads * head_dim)`` with q ``(b, h, q, d)``, k/v
+# ``(b, kv_h, kv, d)`` and the queries the last ``q_len`` positions, as ``oracle.attention``. The
+# oracle tests (tests/oracle/test_invariants.py) run them on the oracle; the GPU tier can run them
+# on a kernel target by wrapping it in such a callable.
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def window_boundary_effects(
+    attn: AttentionFn,
+    *,
+    window: int,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    head_dim: int = 16,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[int, float]:
+    """How much the last query's output moves when the value ``back`` keys behind it changes.
+
+    Construction that makes the boundary observable: q = 0, so every logit is 0 (capped or not) and
+    attention is uniform over exactly the keys the window admits. Adding ``window`` to every entry
+    of one value vector then moves the last query's output by ``window / n_seen`` if that key is
+    seen and by 0 if not: with the ``i - W < j <= i`` window (``n_seen = W``) the returned max
+    change is 1.0 for ``back`` in {0, W-2, W-1} and 0.0 for ``back`` in {W, W+1}. The legacy
+    ``i - W <= j`` convention (W+1 keys) shows as ~1.0 at ``back = W``.
+    """
+    kv_len = window + 2
+    g = torch.Generator().manual_seed(seed)
+    q = torch.zeros(1, n_heads, kv_len, head_dim)
+    k = torch.randn(1, n_kv_heads, kv_len, head_dim, generator=g)
+    v = torch.randn(1, n_kv_heads, kv_len, head_dim, generator=g)
+    cast = {"dtype": dtype, "device": device}
+    base = attn(q.to(**cast), k.to(**cast), v.to(**cast), None)[:, -1].to(torch.float64)
+    effects: dict[int, float] = {}
+    for back in sorted({0, max(0, window - 2), window - 1, window, window + 1}):
+        v2 = v.clone()
+        v2[:, :, kv_len - 1 - back] += float(window)
+        out = attn(q.to(**cast), k.to(**cast), v2.to(**cast), None)[:, -1].to(torch.float64)
+        effects[back] = float((out - base).abs().max().cpu())
+    return effects
+
+
+def check_window_boundary(
+    attn: AttentionFn,
+    label: str,
+    *,
+    window: int,
+    seen_tol: float = 0.05,
+    unseen_tol: float = 0.01,
+    **kw: object,
+) -> dict[int, float]:
+    """Assert the ``i - W < j <= i`` window: keys 0..W-1 back are seen (effect ~1), W and W+1 back are not."""
+    effects = window_boundary_effects(attn, window=window, **kw)  # type: ignore[arg-type]
+    bad = [
+        f"{back} back: effect {eff:.4g} (want {'~1' if back < window else '0'})"
+        for back, eff in effects.items()
+        if (abs(eff - 1.0) > seen_tol if back < window else eff > unseen_tol)
+    ]
+    hint = ""
+    if bad and effects.get(window, 0.0) > 0.5:
+        hint = " (key W back is seen: looks like the legacy i-W <= j convention, W+1 keys)"
+    assert not bad, (
+        f"window_boundary failed for {label} at W={window}: " + "; ".join(bad) + hint + f"\n  versions: {one_line()}"
+    )
+    return effects
+
+
+def check_batch_invariance(
+    attn: AttentionFn,
+    inputs: Inputs,
+    label: str,
+    *,
+    atol: float,
+) -> float:
+    """Each row of a batch equals that row run alone, at its real queries; returns the max difference."""
+    q, k, v, kv = inputs.q, inputs.k, inputs.v, inputs.key_valid
+    full = attn(q, k, v, kv).to(torch.float64)
+    valid = valid_queries(kv, q.shape[2])
+    worst = 0.0
+    for b in range(q.shape[0]):
+        row_kv = None if kv is None else kv[b : b + 1]
+        alone = attn(q[b : b + 1], k[b : b + 1], v[b : b + 1], row_kv).to(torch.float64)
+        diff = (full[b : b + 1] - alone).abs()
+        if valid is not None:
+            diff = diff[valid[b : b + 1]]
+        d = float(diff.max()) if diff.numel() else 0.0
+        assert d <= atol, f"batch_invariance failed for {label}: row {b} differs by {d:.3g} > {atol:.3g} alone vs in batch"
+        worst = max(worst, d)
+    return worst
+
+
+def check_padding_invariance(
+    attn: AttentionFn,
+    inputs: Inputs,
+    label: str,
+    *,
+    pad: int,
+    side: str,
+    atol: float,
+    seed: int = 0,
+) -> float:
+    """An unpadded batch equals the same batch with ``pad`` junk tokens on ``side``, at the real queries.
+
+    ``inputs`` must be unpadded with q_len == kv_len. The junk keys/values are random, so a pad key
+    that leaks into attention moves the output. Returns the max difference.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    q, k, v = inputs.q, inputs.k, inputs.v
+    if inputs.key_valid is not None or q.shape[2] != k.shape[2]:
+        raise ValueError("check_padding_invariance needs unpadded inputs with q_len == kv_len")
+    g = torch.Generator().manual_seed(seed)
+
+    def junk(x: torch.Tensor) -> torch.Tensor:
+        return (torch.randn(*x.shape[:2], pad, x.shape[3], generator=g) * 3).to(x.dtype).to(x.device)
+
+    def put(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([junk(x), x] if side == "left" else [x, junk(x)], dim=2)
+
+    bsz, n = q.shape[0], q.shape[2]
+    real = slice(pad, n + pad) if side == "left" else slice(0, n)
+    key_valid = torch.zeros(bsz, n + pad, dtype=torch.long, device=q.device)
+    key_valid[:, real] = 1
+    ref = attn(q, k, v, None).to(torch.float64)
+    out = attn(put(q), put(k), put(v), key_valid).to(torch.float64)[:, real]
+    d = float((out - ref).abs().max())
+    assert d <= atol, f"padding_invariance failed for {label}: {side} pad {pad} moves real outputs by {d:.3g} > {atol:.3g}"
+    return d

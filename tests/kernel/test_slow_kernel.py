@@ -18,6 +18,7 @@ pytestmark = pytest.mark.unsloth
 KERNEL_TARGETS = [pytest.param(t, id=t.name) for t in targets.kernel_targets()]
 
 
+@pytest.mark.xdist_group("kernel-small")  # one worker keeps the compiled kernels warm
 @pytest.mark.parametrize("target", KERNEL_TARGETS)
 @given(case=strategies.small_window_cases())
 def test_small_windows(target: targets.KernelTarget, case, device: str) -> None:
@@ -28,6 +29,7 @@ def test_small_windows(target: targets.KernelTarget, case, device: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kernel-real")  # one worker shares each 8k float64 reference among targets
 @pytest.mark.parametrize("target", KERNEL_TARGETS)
 @settings(max_examples=3)
 @given(case=strategies.real_window_cases())
