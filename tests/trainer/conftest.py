@@ -7,7 +7,10 @@ import pytest
 from gemma2_regress import model_properties, model_targets, unsloth_adapter
 
 if model_targets.unsloth_skip_reason() is None:
-    unsloth_adapter.load()
+    try:
+        unsloth_adapter.load()
+    except unsloth_adapter.UnslothUnavailable:
+        pass  # each test that needs Unsloth then fails with the reason (an install that does not import)
 
 
 @pytest.fixture(autouse=True)
