@@ -34,10 +34,9 @@ MARKER = ".gemma2-regress-installed.json"
 
 
 def _venv_python(session: nox.Session) -> str | None:
-    bin_dir = getattr(session, "bin", None)
-    if not bin_dir or not isinstance(session.virtualenv, nox.virtualenv.VirtualEnv):
-        return None  # --no-venv: the current interpreter
-    return str(Path(bin_dir) / "python")
+    if not isinstance(session.virtualenv, nox.virtualenv.VirtualEnv):
+        return None  # --no-venv / python=False: the current interpreter
+    return str(Path(session.bin) / "python")
 
 
 def install_unsloth(session: nox.Session) -> str:
