@@ -117,3 +117,28 @@ def regress(session: nox.Session) -> None:
     if shutil.which("nvidia-smi"):
         session.notify("gpu", session.posargs)
     session.notify("cpu", session.posargs)
+
+
+def _gemma2_regress_cli(session: nox.Session, command: str) -> None:
+    """Run `python -m gemma2_regress.cli <command> ...` with nox's own interpreter: bisect and gate build
+    an isolated environment per Unsloth build themselves (uv if installed: `pip install uv`)."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    session.run(sys.executable, "-m", "gemma2_regress.cli", command, *session.posargs, external=True, env=env)
+
+
+@nox.session(python=False)
+def bisect(session: nox.Session) -> None:
+    """First bad (or --find-fix: first good) Unsloth build for a pytest selection (docs/bisect.md).
+
+    `nox -s bisect -- --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows`
+    """
+    _gemma2_regress_cli(session, "bisect")
+
+
+@nox.session(python=False)
+def gate(session: nox.Session) -> None:
+    """Release gate: fail on tests that pass on the baseline and fail on the candidate (docs/bisect.md).
+
+    `nox -s gate -- --candidate 2026.10.9 [--baseline 2026.10.1] [-- pytest args]`
+    """
+    _gemma2_regress_cli(session, "gate")

@@ -1,0 +1,569 @@
+"""Bisect Unsloth builds (PyPI releases, a wheelhouse of builds, or commits of a checkout) to the
+first bad one, or with ``find_fix`` to the first good one.
+
+Terms: the search runs over candidates oldest first. The *old* state is what the older end shows
+(``good`` for a regression, ``bad`` for ``find_fix``), the *new* state what the newer end shows;
+the answer is the first candidate in the new state. Both ends are tested first (a wrong-way range
+is an error that says so); then binary search, or k-ary with k GPUs (k candidates at once, one
+per GPU via ``CUDA_VISIBLE_DEVICES``). A candidate that cannot be built or imported is ``skip``:
+the next one nearest the middle is tried instead, and if only skips remain the answer is a range.
+
+Test runs for N candidates: 2 (the ends) + ceil(log2(N - 1)) without skips, i.e. at most
+ceil(log2 N) + 2. Each step's result is saved (atomically) in ``<workdir>/state.json`` and the
+same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from . import envs, install, report
+from .selection import RunResult, Selection, run
+
+COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
+EXIT_FOUND, EXIT_ERROR, EXIT_AMBIGUOUS = 0, 2, 3
+SCRIPT_GOOD, SCRIPT_BAD, SCRIPT_SKIP = 0, 1, 125  # git bisect run
+
+
+class BisectError(RuntimeError):
+    """The range or the command is unusable; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One build: ``release`` (a version of a source), ``commit`` (sha of a checkout) or ``wheel``."""
+
+    kind: str
+    ref: str
+    date: str = ""
+
+    @property
+    def label(self) -> str:
+        return (
+            self.ref[:12]
+            if self.kind == "commit"
+            else Path(self.ref).name
+            if self.kind == "wheel"
+            else self.ref
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources: where candidates come from and how an environment is built for one.
+
+
+class Source:
+    """Lists candidates and builds an environment for one (into an empty cache directory)."""
+
+    name = "source"
+
+    def candidates(self) -> list[Candidate]:
+        raise NotImplementedError
+
+    def build(self, cand: Candidate, d: Path) -> envs.Env:
+        raise NotImplementedError
+
+    def key(self, cand: Candidate) -> str:
+        return f"{self.name}-{cand.ref}"
+
+    def pick(self, spec: str) -> Candidate:
+        """A candidate by version/ref or by date (``YYYY-MM-DD``: the newest one up to that day)."""
+        cands = self.candidates()
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
+            upto = [c for c in cands if c.date and c.date[:10] <= spec]
+            if not upto:
+                raise BisectError(
+                    f"no {self.name} build on or before {spec}; the oldest is {cands[0].label} ({cands[0].date[:10]})"
+                )
+            return upto[-1]
+        for c in cands:
+            if spec in (c.ref, c.label) or (c.kind == "commit" and c.ref.startswith(spec)):
+                return c
+        near = ", ".join(c.label for c in cands[-5:])
+        raise BisectError(
+            f"{spec!r} is not a known {self.name} build (latest: {near}); pass a version or a YYYY-MM-DD date"
+        )
+
+
+class PyPIReleases(Source):
+    """Unsloth releases on PyPI, each in its own venv with the neighbours it accepts.
+
+    ``torch``: a torch version to use even where a release caps torch lower (recorded; it keeps a CPU
+    bisect affordable: one local CPU torch for every release). ``installer``: uv | pip | auto."""
+
+    name = "pypi"
+
+    def __init__(self, torch: str | None = None, installer: str = "auto", find_links: tuple[str, ...] = ()):
+        self.torch, self.installer = torch, installer
+        self.find_links = find_links or tuple(p for p in os.environ.get("PIP_FIND_LINKS", "").split() if p)
+
+    def candidates(self) -> list[Candidate]:
+        return [
+            Candidate("release", str(v), t.isoformat())
+            for v, t in install.releases("unsloth")
+            if not v.is_prerelease
+        ]
+
+    def key(self, cand: Candidate) -> str:
+        return (
+            f"pypi-{cand.ref}-torch{self.torch or 'auto'}-py{sys.version_info.major}{sys.version_info.minor}"
+        )
+
+    def build(self, cand: Candidate, d: Path) -> envs.Env:
+        try:
+            steps = install.plan(cand.ref)
+            wheels = [str(install.wheel(*r.split("=="))) for r in steps["unsloth"]]
+        except install.InstallError as exc:
+            raise envs.BuildError(str(exc)) from exc
+        torch = f"torch=={self.torch}" if self.torch else steps["torch"][0]
+        neighbours = [r for r in steps["neighbours"] if not r.startswith("torch==")]
+        python = envs.make_venv(d / "venv", installer=self.installer)
+        extra: list[str] = []
+        uv = envs.uv_binary() if self.installer in ("auto", "uv") else None
+        if uv:  # resolve the neighbours as of the release's upload date (+1 day), torch forced
+            cutoff = (dt.datetime.fromisoformat(cand.date) + dt.timedelta(days=1)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+            (d / "override.txt").write_text(torch + "\n")
+            extra = ["--exclude-newer", cutoff, "--override", str(d / "override.txt")]
+        t = envs.pip_install(
+            [torch, *neighbours, *install.TEST_TOOLS],
+            python=python,
+            installer=self.installer,
+            find_links=self.find_links,
+            extra=extra,
+        )
+        t += envs.pip_install(["--no-deps", *wheels], python=python, installer=self.installer)
+        return envs.Env(
+            python,
+            [],
+            {
+                "unsloth": cand.ref,
+                "zoo": steps["unsloth"][1],
+                "torch": torch,
+                "install_s": round(t, 1),
+                "installer": "uv" if uv else "pip",
+            },
+        )
+
+
+class Wheelhouse(Source):
+    """A directory of Unsloth builds as wheels (``unsloth-<version>-*.whl``): nightlies kept locally,
+    or a test fixture. Each is installed with ``--no-deps`` over the base interpreter (``python``),
+    which must already hold the neighbours. Dates come from ``dates.json`` ({version: iso}) if present."""
+
+    name = "wheelhouse"
+
+    def __init__(self, path: str | Path, python: str = sys.executable, installer: str = "auto"):
+        self.path, self.python, self.installer = Path(path), python, installer
+        if not self.path.is_dir():
+            raise BisectError(f"wheelhouse {path} is not a directory; pass a folder of unsloth-*.whl files")
+
+    def candidates(self) -> list[Candidate]:
+        dates = {}
+        if (self.path / "dates.json").exists():
+            dates = json.loads((self.path / "dates.json").read_text())
+        out = []
+        for w in self.path.glob("unsloth-*.whl"):
+            ver = w.name.split("-")[1]
+            try:
+                Version(ver)
+            except InvalidVersion:
+                continue
+            out.append(Candidate("release", ver, dates.get(ver, "")))
+        return sorted(out, key=lambda c: Version(c.ref))
+
+    def build(self, cand: Candidate, d: Path) -> envs.Env:
+        wheel = next(self.path.glob(f"unsloth-{cand.ref}-*.whl"))
+        t = envs.pip_install(
+            ["--no-deps", str(wheel)],
+            target=d / "site",
+            python=self.python,
+            installer=self.installer,
+            offline=True,
+        )
+        return envs.Env(self.python, [str(d / "site")], {"install_s": round(t, 1)})
+
+
+class GitCheckout(Source):
+    """Commits of a local Unsloth checkout between two refs (first-parent history), each laid as
+    source over a base environment (a release's venv, or the current interpreter)."""
+
+    name = "git"
+
+    def __init__(self, repo: str | Path, good: str, bad: str, base: Callable[[], envs.Env]):
+        self.repo, self.base = Path(repo), base
+        if not (self.repo / ".git").exists() and not (self.repo / "HEAD").exists():
+            raise BisectError(f"{repo} is not a git checkout; pass --repo PATH to an Unsloth clone")
+        self.range = (good, bad)
+
+    def _git(self, *args: str) -> str:
+        done = subprocess.run(["git", "-C", str(self.repo), *args], capture_output=True, text=True)
+        if done.returncode:
+            raise BisectError(f"git {' '.join(args)} failed: {done.stderr.strip()[:200]}")
+        return done.stdout.strip()
+
+    def candidates(self) -> list[Candidate]:
+        a, b = (self._git("rev-parse", r + "^{commit}") for r in self.range)
+        if self._git("merge-base", a, b) != a:  # not an ancestor: maybe the other way round
+            if self._git("merge-base", a, b) == b:
+                raise BisectError(
+                    f"wrong-way range: {self.range[0]} is newer than {self.range[1]}; swap them (or use --find-fix)"
+                )
+            raise BisectError(
+                f"{self.range[0]} is not an ancestor of {self.range[1]}; pick refs on one branch"
+            )
+        shas = self._git("rev-list", "--first-parent", "--reverse", f"{a}..{b}").split()
+        out = []
+        for sha in [a, *shas]:
+            out.append(Candidate("commit", sha, self._git("show", "-s", "--format=%cI", sha)))
+        return out
+
+    def pick(self, spec: str) -> Candidate:
+        sha = self._git("rev-parse", spec + "^{commit}")
+        return next(c for c in self.candidates() if c.ref == sha)
+
+    def build(self, cand: Candidate, d: Path) -> envs.Env:
+        src = d / "src"
+        src.mkdir()
+        tar = subprocess.run(
+            ["git", "-C", str(self.repo), "archive", "--format=tar", cand.ref], capture_output=True
+        )
+        if tar.returncode:
+            raise envs.BuildError(f"git archive {cand.ref} failed: {tar.stderr.decode()[:200]}")
+        (d / "src.tar").write_bytes(tar.stdout)
+        with tarfile.open(d / "src.tar") as tf:
+            tf.extractall(src, filter="data") if sys.version_info >= (3, 12) else tf.extractall(src)
+        (d / "src.tar").unlink()
+        base = self.base()
+        return envs.Env(base.python, [str(src), *base.pythonpath], {"commit": cand.ref})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Steps and the search.
+
+
+@dataclasses.dataclass
+class Step:
+    """One tested candidate: verdict, why, times, cache hit, the deciding signature."""
+
+    n: int
+    candidate: str
+    index: int
+    status: str  # good | bad | skip
+    state: str  # old | new | skip (relative to the search direction)
+    signature: str
+    reason: str
+    install_s: float
+    test_s: float
+    cache_hit: bool
+    gpu: str | None = None
+    falsifying: str | None = None
+    log: str = ""
+    failing_tests: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Bisect:
+    """A configured bisection. ``run()`` returns the result dict (also written to ``workdir``)."""
+
+    source: Source
+    good: str
+    bad: str
+    selection: Selection
+    cache: envs.EnvCache
+    workdir: Path
+    cwd: Path = dataclasses.field(default_factory=Path.cwd)
+    find_fix: bool = False
+    gpus: list[str] = dataclasses.field(default_factory=list)
+    log: Callable[[str], None] = lambda s: print(s, flush=True)
+
+    # -- candidates and state ------------------------------------------------------------------
+    def range(self) -> list[Candidate]:
+        old_spec, new_spec = (self.bad, self.good) if self.find_fix else (self.good, self.bad)
+        old, new = self.source.pick(old_spec), self.source.pick(new_spec)
+        cands = self.source.candidates()
+        i, j = cands.index(old), cands.index(new)
+        if i >= j:
+            want = "--bad older than --good" if self.find_fix else "--good older than --bad"
+            hint = "" if self.find_fix else "; to find a fix pass --find-fix"
+            raise BisectError(
+                f"wrong-way range: {old_spec} is {'the same as' if i == j else 'newer than'} {new_spec}; "
+                f"a {'fix search' if self.find_fix else 'regression search'} needs {want}{hint}"
+            )
+        return cands[i : j + 1]
+
+    def _state_path(self) -> Path:
+        return self.workdir / "state.json"
+
+    def _load(self, cands: list[Candidate]) -> dict[str, Step]:
+        p = self._state_path()
+        if not p.exists():
+            return {}
+        st = json.loads(p.read_text())
+        if st.get("candidates") != [c.ref for c in cands] or st.get("selection") != dataclasses.asdict(
+            self.selection
+        ):
+            raise BisectError(f"{p} belongs to another bisect; pass another --workdir or delete it")
+        steps = {k: Step(**v) for k, v in st.get("steps", {}).items()}
+        if steps:
+            self.log(f"resuming from {p}: {len(steps)} step(s) already done")
+        return steps
+
+    def _save(self, cands: list[Candidate], steps: dict[str, Step]) -> None:
+        report.write_json_atomic(
+            self._state_path(),
+            {
+                "candidates": [c.ref for c in cands],
+                "selection": dataclasses.asdict(self.selection),
+                "find_fix": self.find_fix,
+                "steps": {k: dataclasses.asdict(v) for k, v in steps.items()},
+            },
+        )
+
+    # -- one candidate ----------------------------------------------------------------------------
+    def evaluate(self, cand: Candidate, index: int, n: int, gpu: str | None) -> Step:
+        """Build (or reuse) the candidate's environment and run the selection there."""
+        t0 = time.time()
+        try:
+            env, hit, _ = self.cache.get(self.source.key(cand), lambda d: self.source.build(cand, d))
+        except envs.BuildError as exc:
+            return Step(
+                n,
+                cand.label,
+                index,
+                "skip",
+                "skip",
+                "uninstallable",
+                str(exc)[:400],
+                round(time.time() - t0, 1),
+                0.0,
+                False,
+                gpu,
+            )
+        install_s = round(time.time() - t0, 1)
+        extra = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
+        if "HYPOTHESIS_PROFILE" not in os.environ:
+            extra["HYPOTHESIS_PROFILE"] = "ci"  # deterministic draws: every candidate sees the same examples
+        res: RunResult = run(
+            env, self.selection, self.workdir / "steps" / _safe(cand.label), cwd=self.cwd, extra_env=extra
+        )
+        state = (
+            "skip" if res.status == "skip" else ("new" if (res.status == "bad") != self.find_fix else "old")
+        )
+        failing = [t.nodeid for t in res.tests if t.verdict not in ("ok", "skipped")][:20]
+        return Step(
+            n,
+            cand.label,
+            index,
+            res.status,
+            state,
+            res.signature,
+            res.reason,
+            install_s,
+            round(res.test_s, 1),
+            hit,
+            gpu,
+            res.falsifying,
+            res.log,
+            failing,
+        )
+
+    def _batch(
+        self, todo: list[tuple[int, Candidate]], steps: dict[str, Step], cands: list[Candidate]
+    ) -> None:
+        """Evaluate candidates not yet in ``steps``, one per GPU at a time (or one at a time)."""
+        todo = [(i, c) for i, c in todo if c.label not in steps]
+        if not todo:
+            return
+        slots = self.gpus or [None]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            futs = {}
+            for k, (i, c) in enumerate(todo):
+                futs[pool.submit(self.evaluate, c, i, len(steps) + k + 1, slots[k % len(slots)])] = c
+            for fut in concurrent.futures.as_completed(futs):
+                st = fut.result()
+                steps[st.candidate] = st
+                self._save(cands, steps)
+                self.log(_progress(st, self.find_fix))
+
+    def run(self) -> dict:
+        """Check both ends, then search; write result.json and result.md into the workdir."""
+        t_start = time.time()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cands = self.range()
+        steps = self._load(cands)
+        n = len(cands)
+        self.log(
+            f"bisect: {n} candidates {cands[0].label} .. {cands[-1].label}; {self.selection.describe()}; "
+            f"{'find-fix' if self.find_fix else 'regression'}; at most {2 + math.ceil(math.log2(max(n - 1, 1)))} test runs without skips"
+        )
+        self._batch([(0, cands[0]), (n - 1, cands[-1])], steps, cands)
+        self._check_ends(cands, steps)
+        lo, hi = 0, n - 1  # lo in the old state, hi in the new state
+        while True:
+            lo, hi = _narrow(cands, steps, lo, hi)
+            probes = _probes(cands, steps, lo, hi, max(1, len(self.gpus)))
+            if not probes:
+                break
+            self.log(f"  range {cands[lo].label} .. {cands[hi].label}: {hi - lo - 1} untested between")
+            self._batch([(i, cands[i]) for i in probes], steps, cands)
+        result = self._result(cands, steps, lo, hi, time.time() - t_start)
+        report.write_json_atomic(self.workdir / "result.json", result)
+        tmp = self.workdir / "result.md.tmp"
+        tmp.write_text(result["issue_text"])
+        tmp.replace(self.workdir / "result.md")
+        return result
+
+    def _check_ends(self, cands: list[Candidate], steps: dict[str, Step]) -> None:
+        a, b = steps[cands[0].label], steps[cands[-1].label]
+        names = ("--bad", "--good") if self.find_fix else ("--good", "--bad")
+        for end, name in ((a, names[0]), (b, names[1])):
+            if end.status == "skip":
+                raise BisectError(
+                    f"the {name} end {end.candidate} cannot be tested ({end.reason}); pick another {name}"
+                )
+        if a.state == "new" and b.state == "old":
+            raise BisectError(
+                f"wrong-way range: {names[0]} {a.candidate} is {a.status} and {names[1]} {b.candidate} is {b.status}; "
+                + ("drop --find-fix" if self.find_fix else "this looks like a fix: pass --find-fix")
+            )
+        if a.state == b.state:
+            what = a.status
+            raise BisectError(
+                f"both ends are {what} ({a.candidate}: {a.reason}; {b.candidate}: {b.reason}); "
+                f"move {names[0] if a.state == 'new' else names[1]} so the two ends differ"
+            )
+
+    def _result(self, cands: list[Candidate], steps: dict[str, Step], lo: int, hi: int, wall: float) -> dict:
+        ordered = sorted(steps.values(), key=lambda s: s.n)
+        first, last_old = cands[hi], cands[lo]
+        ambiguous = [c.label for c in cands[lo + 1 : hi]]
+        a, b = last_old.ref, first.ref
+        link = COMPARE.format(a=a, b=b)
+        deciding = steps.get(first.label)
+        what = "first good (fixed)" if self.find_fix else "first bad"
+        out = {
+            "mode": "find-fix" if self.find_fix else "regression",
+            "source": self.source.name,
+            "selection": dataclasses.asdict(self.selection),
+            "candidates": len(cands),
+            "first_new": first.label,
+            "last_old": last_old.label,
+            "ambiguous": ambiguous,
+            "answer": f"{what}: {first.label}"
+            if not ambiguous
+            else f"{what} is one of {', '.join([*ambiguous, first.label])} (the others could not be tested)",
+            "steps": [dataclasses.asdict(s) for s in ordered],
+            "test_runs": len(ordered),
+            "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
+            "compare": link,
+            "falsifying_example": next((s.falsifying for s in ordered if s.falsifying), None),
+            "wall_s": round(wall, 1),
+            "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
+        }
+        out["issue_text"] = issue_text(out, deciding)
+        return out
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-+" else "_" for ch in s)
+
+
+def _narrow(cands: list[Candidate], steps: dict[str, Step], lo: int, hi: int) -> tuple[int, int]:
+    """Tightest (old, new) pair: the first tested "new" index after the last "old" one."""
+    states = {i: steps[c.label].state for i, c in enumerate(cands) if c.label in steps}
+    new = min((i for i, s in states.items() if s == "new" and lo < i <= hi), default=hi)
+    old = max((i for i, s in states.items() if s == "old" and lo <= i < new), default=lo)
+    return old, new
+
+
+def _probes(cands: list[Candidate], steps: dict[str, Step], lo: int, hi: int, k: int) -> list[int]:
+    """Up to ``k`` untested indices splitting (lo, hi) into k+1 near-equal parts; skips are avoided
+    by taking the untested index nearest each ideal point."""
+    free = [i for i in range(lo + 1, hi) if cands[i].label not in steps]
+    if not free:
+        return []
+    picks: list[int] = []
+    for j in range(1, k + 1):
+        ideal = lo + (hi - lo) * j / (k + 1)
+        best = min((i for i in free if i not in picks), key=lambda i: (abs(i - ideal), i), default=None)
+        if best is not None:
+            picks.append(best)
+    return sorted(picks)
+
+
+def _progress(st: Step, find_fix: bool) -> str:
+    hit = "cache hit" if st.cache_hit else "built"
+    gpu = f" gpu {st.gpu}" if st.gpu is not None else ""
+    return (
+        f"[step {st.n}] {st.candidate}: {st.status.upper()} ({st.signature}) install {st.install_s:.1f} s ({hit}) "
+        f"test {st.test_s:.1f} s{gpu} - {st.reason[:160]}"
+    )
+
+
+def issue_text(res: dict, deciding: Step | None) -> str:
+    """A ready-to-paste GitHub issue body for the result."""
+    sel = res["selection"]
+    args = " ".join(sel["pytest_args"])
+    lines = [
+        f"### {'Fixed' if res['mode'] == 'find-fix' else 'Regression'} in unsloth {res['first_new']} "
+        f"(last {'bad' if res['mode'] == 'find-fix' else 'good'}: {res['last_old']})",
+        "",
+        f"- Answer: {res['answer']}",
+        f"- Changes: {res['compare']}",
+        f"- Selection: `pytest {args}`" + (f" (bad = `{sel['signature']}`)" if sel.get("signature") else ""),
+        f"- Bisected with gemma2-regress over {res['candidates']} {res['source']} candidates in {res['test_runs']} test runs",
+    ]
+    if deciding is not None:
+        lines += [f"- Verdict at {deciding.candidate}: `{deciding.signature}` ({deciding.reason})"]
+        if deciding.failing_tests:
+            lines += ["- Failing tests:", *[f"  - `{t}`" for t in deciding.failing_tests[:10]]]
+    if res.get("falsifying_example"):
+        lines += ["", "Minimal failing example (Hypothesis):", "```", res["falsifying_example"], "```"]
+    lines += [
+        "",
+        "| step | candidate | verdict | signature | install s | test s | cache |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in res["steps"]:
+        lines.append(
+            f"| {s['n']} | {s['candidate']} | {s['status']} | `{s['signature']}` | {s['install_s']} | "
+            f"{s['test_s']} | {'hit' if s['cache_hit'] else 'built'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def workdir_for(source: Source, good: str, bad: str, sel: Selection, find_fix: bool, root: Path) -> Path:
+    """The default work directory: one per distinct command, so re-running it resumes."""
+    key = json.dumps([source.name, good, bad, sel.pytest_args, sel.signature, find_fix])
+    return root / f"{_safe(good)}..{_safe(bad)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def script_exit(status: str, find_fix: bool) -> int:
+    """``git bisect run`` exit code: 0 old ("good" term), 1 new ("bad" term), 125 skip."""
+    if status == "skip":
+        return SCRIPT_SKIP
+    new = (status == "bad") != find_fix
+    return SCRIPT_BAD if new else SCRIPT_GOOD
+
+
+def clear(workdir: Path) -> None:
+    """Forget a bisect's saved state (start over)."""
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,279 @@
+"""The ``gemma2-regress`` command: ``bisect`` and ``gate`` (``gemma2-regress <cmd> --help``).
+
+Everything after ``--`` is handed to pytest as the selection (node ids, ``-k``, ``-m``, ``--hypothesis-*``).
+Exit codes: bisect 0 = boundary found, 3 = only a range (untestable builds inside it), 2 = bad input
+or range; ``bisect --script`` (for ``git bisect run``) 0 good, 1 bad, 125 skip; gate 0 pass, 1 fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from . import bisect, envs
+
+EPILOG_BISECT = """examples:
+  gemma2-regress bisect --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows
+  gemma2-regress bisect --good 2026-09-01 --bad 2026-10-30 --signature crash:TypeError -- tests/kernel
+  gemma2-regress bisect --find-fix --bad 2026.9.12 --good 2026.9.14 --torch 2.13.0 -- tests/kernel -k small_windows
+  gemma2-regress bisect --repo ~/unsloth --good v2026.10.1 --bad main -- tests/kernel      (nightlies: commits)
+  git bisect run gemma2-regress bisect --script --repo . -- tests/kernel -k small_windows   (in an Unsloth clone)
+The same command again resumes from its saved state (--fresh starts over).
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache", default=str(envs.CACHE_ROOT), help="environment cache folder (default %(default)s)"
+    )
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        default=envs.DEFAULT_LIMIT_GB,
+        help="evict least recently used environments beyond this size (default %(default)s GB)",
+    )
+    p.add_argument(
+        "--installer",
+        choices=("auto", "uv", "pip"),
+        default="auto",
+        help="uv (fast, hard-links from its cache, resolves as of each release's date) or pip (default: uv if installed)",
+    )
+    p.add_argument(
+        "--torch", help="use this torch even where a release caps torch lower (e.g. 2.13.0, a CPU build here)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds per pytest run before the candidate counts as skip",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gemma2-regress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser(
+        "bisect",
+        help="find the first bad (or, with --find-fix, first good) Unsloth build",
+        description=bisect.__doc__,
+        epilog=EPILOG_BISECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument(
+        "--good", help="a good build: version, YYYY-MM-DD (newest release up to that day) or git ref"
+    )
+    b.add_argument("--bad", help="a bad build (same forms)")
+    b.add_argument(
+        "--find-fix",
+        action="store_true",
+        help="search for the first good build after a bad one (--bad older)",
+    )
+    b.add_argument(
+        "--signature",
+        help="what counts as bad: a verdict pattern (crash, crash:TypeError, mismatch, nan; default any failure)",
+    )
+    b.add_argument(
+        "--wheelhouse",
+        help="bisect the unsloth-*.whl builds in this folder (installed --no-deps over this interpreter)",
+    )
+    b.add_argument("--repo", help="bisect commits of this Unsloth checkout (laid as source over --base)")
+    b.add_argument(
+        "--base",
+        default="installed",
+        help="environment for --repo / --script: 'installed' (this interpreter, default) or a release version",
+    )
+    b.add_argument(
+        "--script",
+        action="store_true",
+        help="test the --repo working tree once; exit 0 good, 1 bad, 125 skip",
+    )
+    b.add_argument(
+        "--gpus",
+        default="0",
+        help="test k candidates at once, one per GPU: a count, 'auto' (all visible) or a list like 0,1,2 (default 0: one at a time)",
+    )
+    b.add_argument("--workdir", help="state and reports (default reports/bisect/<range>-<hash>)")
+    b.add_argument("--fresh", action="store_true", help="discard saved state and start over")
+    b.add_argument("--json", action="store_true", help="print the result JSON at the end")
+    _common(b)
+    b.add_argument("pytest_args", nargs="*", help="after --: the pytest selection")
+    g = sub.add_parser(
+        "gate",
+        help="fail a candidate on tests that pass on the baseline and fail on it",
+        description=_gate_doc(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument(
+        "--candidate", required=True, help="version, wheel file, git ref (with --repo) or 'installed'"
+    )
+    g.add_argument("--baseline", default="latest", help="version (default latest release) or 'installed'")
+    g.add_argument("--repo", help="Unsloth checkout for a git-ref candidate")
+    g.add_argument("--tiers", help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)")
+    g.add_argument(
+        "--perf",
+        dest="perf",
+        action="store_true",
+        default=None,
+        help="run the perf comparison (default on a GPU)",
+    )
+    g.add_argument("--no-perf", dest="perf", action="store_false")
+    g.add_argument(
+        "--perf-threshold", type=float, default=1.25, help="fail when the candidate is this many times slower"
+    )
+    g.add_argument(
+        "--out", default="reports/gate", help="gate.json, gate-junit.xml and logs (default %(default)s)"
+    )
+    _common(g)
+    g.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
+    sub.add_parser(
+        "perf", add_help=False, help="benchmark Unsloth's slow softcapping path (gemma2-regress perf --help)"
+    )
+    return p
+
+
+def _gate_doc() -> str:
+    from . import gate
+
+    return gate.__doc__ or ""
+
+
+def _gpus(spec: str) -> list[str]:
+    if spec in ("0", ""):
+        return []
+    if spec == "auto":
+        try:
+            import torch
+
+            n = torch.cuda.device_count()
+        except ImportError:
+            n = 0
+        return [str(i) for i in range(n)]
+    if "," in spec:
+        return [s.strip() for s in spec.split(",") if s.strip()]
+    if not spec.isdigit():
+        raise bisect.BisectError(f"--gpus {spec!r}: pass a count, 'auto' or a list like 0,1")
+    return [str(i) for i in range(int(spec))]
+
+
+def _base_env(spec: str, cache: envs.EnvCache, args: argparse.Namespace) -> envs.Env:
+    if spec == "installed":
+        return envs.Env(sys.executable, [], {"unsloth": "installed"})
+    src = bisect.PyPIReleases(torch=args.torch, installer=args.installer)
+    cand = src.pick(spec)
+    return cache.get(src.key(cand), lambda d: src.build(cand, d))[0]
+
+
+def _selection(args: argparse.Namespace) -> bisect.Selection:
+    if not args.pytest_args:
+        raise bisect.BisectError(
+            "no test selection: put pytest arguments after --, e.g. -- tests/kernel -k small_windows"
+        )
+    return bisect.Selection(list(args.pytest_args), args.signature, args.timeout)
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
+    sel = _selection(args)
+    cwd = Path.cwd()
+    if args.script:
+        if not args.repo:
+            raise bisect.BisectError(
+                "--script tests a checkout's working tree: pass --repo PATH (e.g. --repo .)"
+            )
+        base = _base_env(args.base, cache, args)
+        env = envs.Env(base.python, [str(Path(args.repo).resolve()), *base.pythonpath])
+        wd = Path(args.workdir or "reports/bisect/script")
+        res = bisect.run(env, sel, wd, cwd=Path(os.environ.get("GEMMA2_REGRESS_ROOT", cwd)))
+        code = bisect.script_exit(res.status, args.find_fix)
+        print(f"gemma2-regress: {res.status} ({res.signature}) {res.reason} -> exit {code}", flush=True)
+        return code
+    if not (args.good and args.bad):
+        raise bisect.BisectError("pass both --good and --bad (versions, YYYY-MM-DD dates or git refs)")
+    if args.repo:
+        source: bisect.Source = bisect.GitCheckout(
+            args.repo,
+            *((args.bad, args.good) if args.find_fix else (args.good, args.bad)),
+            base=lambda: _base_env(args.base, cache, args),
+        )
+    elif args.wheelhouse:
+        source = bisect.Wheelhouse(args.wheelhouse, installer=args.installer)
+    else:
+        source = bisect.PyPIReleases(torch=args.torch, installer=args.installer)
+    workdir = (
+        Path(args.workdir)
+        if args.workdir
+        else bisect.workdir_for(source, args.good, args.bad, sel, args.find_fix, Path("reports/bisect"))
+    )
+    if args.fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+    b = bisect.Bisect(
+        source,
+        args.good,
+        args.bad,
+        sel,
+        cache,
+        workdir,
+        cwd=cwd,
+        find_fix=args.find_fix,
+        gpus=_gpus(args.gpus),
+    )
+    res = b.run()
+    print(
+        f"\n{res['answer']}\nsteps: {res['test_runs']} test runs (bound {res['bound']}) in {res['wall_s']:.0f} s\n"
+        f"compare: {res['compare']}\nresult: {workdir / 'result.json'} and {workdir / 'result.md'} (issue text)"
+    )
+    if res["falsifying_example"]:
+        print("minimal failing example:\n" + res["falsifying_example"])
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "issue_text"}, indent=2))
+    return res["exit"]
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from . import gate
+
+    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
+    tiers = args.tiers.split(",") if args.tiers else None
+    res = gate.gate(
+        args.candidate,
+        args.baseline,
+        out=Path(args.out),
+        cache=cache,
+        cwd=Path.cwd(),
+        pytest_args=list(args.pytest_args) or ["tests"],
+        tiers=tiers,
+        repo=args.repo,
+        torch=args.torch,
+        installer=args.installer,
+        perf=args.perf,
+        perf_threshold=args.perf_threshold,
+        timeout_s=args.timeout,
+    )
+    return 0 if res["pass"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perf"]:  # its own command line: run | plot | compare (docs/perf.md)
+        from .perf.cli import main as perf_main
+
+        return perf_main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return {"bisect": cmd_bisect, "gate": cmd_gate}[args.cmd](args)
+    except (bisect.BisectError, envs.BuildError) as exc:
+        print(f"gemma2-regress {args.cmd}: error: {exc}", file=sys.stderr)
+        return bisect.EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted; the same command resumes from the saved state", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

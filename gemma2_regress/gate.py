@@ -1,0 +1,305 @@
+"""The release gate: run the test tiers against a candidate Unsloth and a baseline, and fail on any
+test that passes on the baseline and fails on the candidate (and on a performance regression).
+
+Candidate / baseline specs: a PyPI version (``2026.10.9``, ``latest``), a site folder (an unpacked
+offline bundle, ``/tmp/cand/gpusite``: put in front of the current interpreter's path), a wheel file
+(``dist/unsloth-2026.11.0rc1-py3-none-any.whl``: laid with ``--no-deps`` over the baseline's
+environment, i.e. tested with the neighbours of the release it replaces), or a git ref of a
+checkout given with ``repo`` (its source laid over the baseline's environment). ``installed``
+means the current interpreter's environment as it is (the air-gapped GPU runner's case).
+
+Tiers: ``cpu`` (``-m "not gpu"``) always, ``gpu`` (``-m gpu``) when torch sees a CUDA device.
+Hypothesis runs under the deterministic ``ci`` / ``gpu`` profiles, so both sides draw the same
+examples. Per test: ``regression`` (ok on baseline, failing on candidate: the gate fails),
+``fixed``, ``both-fail``, ``ok``, ``skipped``, ``new`` / ``gone`` (only on one side).
+Performance: ``gemma2_regress.perf.compare(candidate_json, baseline_json, threshold)`` on the two
+sides' ``perf run`` JSON when requested (default: on a GPU); without that module, "perf: not run".
+Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, failures = regressions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from . import bisect, envs, install, report
+from .selection import Outcome, Selection, run
+
+TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
+TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
+
+
+@dataclasses.dataclass
+class Side:
+    """One side of the gate: its spec and its environment."""
+
+    name: str  # candidate | baseline
+    spec: str
+    env: envs.Env
+    install_s: float
+    cache_hit: bool
+
+
+def resolve_env(
+    spec: str,
+    cache: envs.EnvCache,
+    *,
+    base: envs.Env | None,
+    repo: str | None,
+    torch: str | None,
+    installer: str,
+) -> tuple[envs.Env, float, bool, str]:
+    """(env, install seconds, cache hit, label) for a spec; ``base`` is the baseline's env for
+    wheel files and git refs."""
+    t0 = time.time()
+    if spec == "installed":
+        return envs.Env(sys.executable, [], {"unsloth": "installed"}), 0.0, True, "installed"
+    if Path(spec).is_dir():  # an unpacked site folder (an offline GPU bundle) over this interpreter
+        site = str(Path(spec).resolve())
+        return envs.Env(sys.executable, [site], {"site": site}), 0.0, True, f"{_site_version(site)} ({site})"
+    if spec.endswith(".whl"):
+        wheel = Path(spec)
+        if not wheel.exists():
+            raise bisect.BisectError(f"wheel {spec} does not exist; pass a path to an unsloth-*.whl")
+        if base is None:  # a wheel baseline: laid over the current interpreter's environment
+            base = envs.Env(sys.executable, [], {"unsloth": "installed"})
+
+        def build(d: Path) -> envs.Env:
+            envs.pip_install(
+                ["--no-deps", str(wheel.resolve())],
+                target=d / "site",
+                python=base.python,
+                installer=installer,
+            )
+            return envs.Env(base.python, [str(d / "site"), *base.pythonpath], {"wheel": wheel.name})
+
+        key = f"wheel-{wheel.name}-{int(wheel.stat().st_mtime)}-on-{_tag(base)}"
+        env, hit, _ = cache.get(key, build)
+        return env, round(time.time() - t0, 1), hit, wheel.name
+    if repo:
+        if base is None:
+            raise bisect.BisectError("a git ref is laid over the baseline's environment; pass --baseline")
+        src = bisect.GitCheckout(repo, spec, spec, base=lambda: base)
+        cand = bisect.Candidate("commit", src._git("rev-parse", spec + "^{commit}"))
+        env, hit, _ = cache.get(f"git-{cand.ref}-on-{_tag(base)}", lambda d: src.build(cand, d))
+        return env, round(time.time() - t0, 1), hit, f"{spec} ({cand.ref[:12]})"
+    version = install.resolve_version(spec)
+    pypi = bisect.PyPIReleases(torch=torch, installer=installer)
+    cand = next(c for c in pypi.candidates() if c.ref == version)
+    env, hit, _ = cache.get(pypi.key(cand), lambda d: pypi.build(cand, d))
+    return env, round(time.time() - t0, 1), hit, version
+
+
+def _site_version(site: str) -> str:
+    found = sorted(Path(site).glob("unsloth-*.dist-info"))
+    return "unsloth " + found[0].name.split("-")[1] if found else "unsloth ?"
+
+
+def _tag(env: envs.Env) -> str:
+    return hashlib.sha1(json.dumps([env.python, env.pythonpath]).encode()).hexdigest()[:10]
+
+
+def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
+    """Per-test rows for one tier: baseline verdict, candidate verdict, and the gate's call."""
+    b, c = {t.nodeid: t for t in base}, {t.nodeid: t for t in cand}
+    rows = []
+    for node in sorted(set(b) | set(c)):
+        bv = b[node].verdict if node in b else None
+        cv = c[node].verdict if node in c else None
+        fail_b = bv not in (None, "ok", "skipped")
+        fail_c = cv not in (None, "ok", "skipped")
+        if bv is None:
+            call = "new-fail" if fail_c else "new"
+        elif cv is None:
+            call = "gone"
+        elif bv == "ok" and fail_c:
+            call = "regression"
+        elif fail_b and not fail_c:
+            call = "fixed"
+        elif fail_b and fail_c:
+            call = "both-fail"
+        else:
+            call = "skipped" if "skipped" in (bv, cv) else "ok"
+        msg = c[node].message if node in c and fail_c else ""
+        rows.append({"test": node, "baseline": bv, "candidate": cv, "call": call, "message": msg})
+    return rows
+
+
+def _cuda(env: envs.Env) -> int:
+    done = subprocess.run(
+        [env.python, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
+        env=env.environ(),
+    )
+    return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+
+
+def _perf(sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool | None) -> dict:
+    try:
+        from .perf import compare as perf_compare  # the perf engineer's hook
+    except ImportError as exc:
+        return {"status": "not run", "why": f"gemma2_regress.perf.compare is not available ({exc})"}
+    gpu = _cuda(sides[0].env) > 0
+    if want is False or (want is None and not gpu):
+        return {
+            "status": "not run",
+            "why": "no GPU visible (pass --perf to run the CPU smoke preset)" if not gpu else "--no-perf",
+        }
+    paths = {}
+    for s in sides:
+        d = out / s.name / "perf"
+        argv = [s.env.python, "-m", "gemma2_regress.perf", "run", "--out", str(d), "--no-plot"]
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=s.env.environ(base={**os.environ, "PYTHONPATH": str(cwd)}),
+        )
+        if done.returncode or not (d / "perf.json").exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {
+                "status": "error",
+                "why": f"perf run on the {s.name} failed: {tail[0][:200]}",
+                "ok": False,
+            }
+        paths[s.name] = d / "perf.json"
+    ok, rows = perf_compare(paths["candidate"], paths["baseline"], threshold)
+    return {"status": "pass" if ok else "fail", "ok": ok, "threshold": threshold, "rows": rows}
+
+
+def gate(
+    candidate: str,
+    baseline: str,
+    *,
+    out: Path,
+    cache: envs.EnvCache,
+    cwd: Path,
+    pytest_args: list[str],
+    tiers: list[str] | None = None,
+    repo: str | None = None,
+    torch: str | None = None,
+    installer: str = "auto",
+    perf: bool | None = None,
+    perf_threshold: float = 1.25,
+    timeout_s: float = 7200.0,
+    log=print,
+) -> dict:
+    """Run the gate; return the result (also written to ``out/gate.json`` and ``out/gate-junit.xml``)."""
+    t0 = time.time()
+    base_env, b_s, b_hit, b_label = resolve_env(
+        baseline, cache, base=None, repo=None, torch=torch, installer=installer
+    )
+    log(f"gate: baseline {b_label} ready ({'cache hit' if b_hit else f'built in {b_s:.1f} s'})")
+    c_env, c_s, c_hit, c_label = resolve_env(
+        candidate, cache, base=base_env, repo=repo, torch=torch, installer=installer
+    )
+    log(f"gate: candidate {c_label} ready ({'cache hit' if c_hit else f'built in {c_s:.1f} s'})")
+    sides = [Side("baseline", b_label, base_env, b_s, b_hit), Side("candidate", c_label, c_env, c_s, c_hit)]
+    if tiers is None:
+        tiers = ["cpu"] + (["gpu"] if _cuda(base_env) > 0 else [])
+    result: dict = {"candidate": c_label, "baseline": b_label, "tiers": {}, "sides": {}}
+    for s in sides:
+        result["sides"][s.name] = {
+            "spec": s.spec,
+            "install_s": s.install_s,
+            "cache_hit": s.cache_hit,
+            **s.env.info,
+        }
+    for tier in tiers:
+        outs = {}
+        for s in sides:
+            sel = Selection([*pytest_args, "-m", TIER_MARKS[tier]], timeout_s=timeout_s)
+            extra = {"HYPOTHESIS_PROFILE": TIER_PROFILE[tier]}
+            if tier == "gpu":
+                extra["GEMMA2_REGRESS_GPUS"] = str(_cuda(s.env))
+            res = run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
+            log(
+                f"gate: {tier} tier on {s.name} {s.spec}: {len(res.tests)} tests, pytest exit {res.exit_code}, "
+                f"{res.test_s:.0f} s"
+            )
+            outs[s.name] = res
+        rows = compare_tier(outs["baseline"].tests, outs["candidate"].tests)
+        result["tiers"][tier] = {
+            "rows": rows,
+            "test_s": {k: round(v.test_s, 1) for k, v in outs.items()},
+            "exit": {k: v.exit_code for k, v in outs.items()},
+            "unusable": {k: v.reason for k, v in outs.items() if v.status == "skip" and not v.tests},
+        }
+    result["perf"] = _perf(sides, out, perf_threshold, cwd, perf)
+    regressions = [
+        r for t in result["tiers"].values() for r in t["rows"] if r["call"] in ("regression", "new-fail")
+    ]
+    unusable = [
+        f"{tier}: {k} {why}" for tier, t in result["tiers"].items() for k, why in t["unusable"].items()
+    ]
+    perf_failed = result["perf"].get("ok") is False
+    result["regressions"] = regressions
+    result["pass"] = not regressions and not unusable and not perf_failed
+    result["why"] = (
+        "; ".join(
+            [f"{len(regressions)} test(s) pass on the baseline and fail on the candidate"] * bool(regressions)
+            + unusable
+            + [f"perf {result['perf']['status']}"] * perf_failed
+        )
+        or "no regression"
+    )
+    result["wall_s"] = round(time.time() - t0, 1)
+    report.write_json_atomic(out / "gate.json", result)
+    write_junit(result, out / "gate-junit.xml")
+    log(render(result))
+    return result
+
+
+def render(result: dict) -> str:
+    """The verdict table: counts per tier and call, the regressions, perf, and the verdict line."""
+    calls = ("ok", "regression", "new-fail", "fixed", "both-fail", "skipped", "new", "gone")
+    lines = [f"{'tier':6} " + " ".join(f"{c:>10}" for c in calls)]
+    for tier, t in result["tiers"].items():
+        counts = {c: sum(r["call"] == c for r in t["rows"]) for c in calls}
+        lines.append(f"{tier:6} " + " ".join(f"{counts[c]:>10}" for c in calls))
+    for r in result["regressions"][:30]:
+        lines.append(f"  REGRESSION {r['test']}: {r['baseline']} -> {r['candidate']} {r['message'][:100]}")
+    p = result["perf"]
+    lines.append(f"perf: {p['status']}" + (f" ({p['why']})" if p.get("why") else ""))
+    lines.append(
+        f"gate {'PASS' if result['pass'] else 'FAIL'}: candidate {result['candidate']} vs baseline "
+        f"{result['baseline']}: {result['why']}"
+    )
+    return "\n".join(lines)
+
+
+def write_junit(result: dict, path: Path) -> None:
+    """One testcase per (tier, test); a regression is a failure (atomic write)."""
+    suite = ET.Element("testsuite", name="gemma2-regress-gate", tests="0", failures="0")
+    n = fails = 0
+    for tier, t in result["tiers"].items():
+        for r in t["rows"]:
+            n += 1
+            tc = ET.SubElement(suite, "testcase", classname=f"gate.{tier}", name=r["test"])
+            if r["call"] in ("regression", "new-fail"):
+                fails += 1
+                f = ET.SubElement(tc, "failure", message=f"{r['baseline']} -> {r['candidate']}")
+                f.text = r["message"]
+            elif r["call"] in ("skipped", "gone"):
+                ET.SubElement(tc, "skipped", message=r["call"])
+    if result["perf"].get("status") in ("pass", "fail", "error"):
+        n += 1
+        tc = ET.SubElement(suite, "testcase", classname="gate.perf", name="perf_compare")
+        if result["perf"].get("ok") is False:
+            fails += 1
+            ET.SubElement(tc, "failure", message=result["perf"].get("why", "perf regression"))
+    suite.set("tests", str(n))
+    suite.set("failures", str(fails))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)

@@ -1,0 +1,242 @@
+"""What "bad" means for a candidate: a pytest selection run in its environment, read per test.
+
+A ``Selection`` is pytest arguments (node ids, ``-k``, ``-m``...) and optionally a verdict pattern
+(``gemma2_regress.verdicts.matches``: ``crash``, ``crash:TypeError``, ``mismatch``, ``nan``,
+``bad``). ``run`` starts pytest with the candidate's interpreter, writes JUnit XML and the suite's
+summary JSON (``GEMMA2_REGRESS_REPORT``) into a step directory, and classifies the candidate:
+
+- ``good``  every selected test passed, or the failures do not match the pattern;
+- ``bad``   a test failed with a verdict that matches the pattern (any failure without a pattern);
+- ``skip``  the candidate cannot be judged: it does not import (``crash:UnslothUnavailable``), the
+            selection did not collect, or the run timed out. Never "bad".
+
+Per-test verdicts come from the JUnit XML: ``ok``; ``mismatch`` / ``nan`` when the property's
+assertion says so; otherwise ``crash:<Type>@<file>:<function>`` with the innermost frame inside
+Unsloth, transformers or torch's compiler (as ``verdicts.crash_signature`` names live exceptions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from . import verdicts
+from .envs import Env
+
+UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
+_FRAME = re.compile(r"^(?P<file>[^\s:][^:]*\.py):\d+: in (?P<func>[\w<>.]+)\s*$", re.M)
+_KIND = re.compile(r"^\s*(mismatch|nan): err\(target\)", re.M)
+_EXC = re.compile(
+    r"^(?:E\s+)?(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Unavailable|Warning))\b"
+)
+
+
+@dataclasses.dataclass
+class Selection:
+    """pytest arguments choosing the tests, and the verdict pattern that counts as bad."""
+
+    pytest_args: list[str]
+    signature: str | None = None
+    timeout_s: float = 3600.0
+
+    def describe(self) -> str:
+        sig = f" [bad = {self.signature}]" if self.signature else ""
+        return "pytest " + " ".join(self.pytest_args) + sig
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One test's verdict in one candidate."""
+
+    nodeid: str
+    verdict: str  # ok | skipped | mismatch | nan | crash:...
+    message: str = ""
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # good | bad | skip
+    reason: str
+    signature: str  # the verdict that decided (first matching failure), or "ok"
+    tests: list[Outcome]
+    test_s: float
+    exit_code: int
+    falsifying: str | None = None
+    log: str = ""
+    records: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def signature_of(message: str, text: str) -> str:
+    """A verdict string for one failing test from its JUnit failure ``message`` and traceback ``text``."""
+    kind = _KIND.search(text) or _KIND.search(message)
+    if kind:
+        return kind.group(1)
+    m = _EXC.match(message.strip())
+    if m is None:  # pytest's message may be only the text; take the last "E   Type: ..." line
+        errs = [ln for ln in text.splitlines() if ln.startswith("E ")]
+        m = _EXC.match(errs[-1][1:].strip()) if errs else None
+    exc = (m.group("type") if m else "Error").rsplit(".", 1)[-1]
+    frames = [(f.group("file"), f.group("func")) for f in _FRAME.finditer(text)]
+    pick = None
+    for file, func in frames:
+        if any(part in file.replace("\\", "/") for part in verdicts.INTERESTING):
+            pick = (file, func)
+    if pick is None and frames:
+        pick = frames[-1]
+    where = f"@{pick[0].rsplit('/', 1)[-1]}:{pick[1]}" if pick else ""
+    return f"crash:{exc}{where}"
+
+
+def read_junit(path: Path) -> list[Outcome]:
+    """Per-test outcomes from a JUnit XML file (empty if it is missing or unreadable)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    out = []
+    for tc in root.iter("testcase"):
+        nodeid = f"{tc.get('classname', '')}::{tc.get('name', '')}"
+        bad = tc.find("failure")
+        if bad is None:
+            bad = tc.find("error")
+        if bad is not None:
+            msg = bad.get("message", "") or ""
+            out.append(
+                Outcome(nodeid, signature_of(msg, bad.text or ""), msg.splitlines()[0][:300] if msg else "")
+            )
+        elif tc.find("skipped") is not None:
+            out.append(Outcome(nodeid, "skipped"))
+        else:
+            out.append(Outcome(nodeid, "ok"))
+    return out
+
+
+def falsifying_example(log: str) -> str | None:
+    """The first Hypothesis counterexample block in a pytest log ("Falsifying example: ..." or, in
+    newer Hypothesis, "Failing test case: ..."), up to its closing parenthesis."""
+    lines = [re.sub(r"^E\s?", "", ln).rstrip() for ln in log.splitlines()]
+    for i, ln in enumerate(lines):
+        m = re.search(r"(Falsifying example|Failing test case):", ln)
+        if m is None:
+            continue
+        first = ln[m.start() :].strip()
+        if first.endswith(")"):
+            return first
+        block = [first]
+        indent = None
+        for nxt in lines[i + 1 : i + 60]:
+            indent = len(ln) - len(ln.lstrip()) if indent is None else indent
+            block.append(nxt[indent:] if nxt[:indent].strip() == "" else nxt.strip())
+            if nxt.strip() == ")":
+                break
+        return "\n".join(block)
+    return None
+
+
+def _record_counts(path: Path) -> dict[str, int]:
+    try:
+        records = json.loads(path.read_text()).get("records", [])
+    except (OSError, ValueError):
+        return {}
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
+    return counts
+
+
+def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str, str, str]:
+    """(status, reason, deciding signature) from pytest's exit code and the per-test verdicts."""
+    failed = [t for t in tests if t.verdict not in ("ok", "skipped")]
+    if failed and all(any(t.verdict.startswith(u) for u in UNUSABLE) for t in failed):
+        return "skip", f"does not import: {failed[0].message or failed[0].verdict}", failed[0].verdict
+    if exit_code == 5 or (exit_code == 0 and not tests):
+        return "skip", "the selection collected no tests here", "none"
+    if exit_code in (2, 3) and not failed:
+        return (
+            "skip",
+            f"pytest could not run the selection (exit {exit_code}: collection or internal error)",
+            "error",
+        )
+    if exit_code == 4:
+        return "skip", "pytest rejected the arguments (exit 4); check the selection", "error"
+    if not failed:
+        return (
+            ("good", "all selected tests passed", "ok")
+            if exit_code == 0
+            else ("skip", f"pytest exit {exit_code} without a failing test", "error")
+        )
+    wanted = sel.signature or "bad"
+    hits = [t for t in failed if verdicts.matches(t.verdict, wanted)]
+    if hits:
+        return "bad", f"{len(hits)}/{len(tests)} tests {hits[0].verdict}: {hits[0].nodeid}", hits[0].verdict
+    others = sorted({t.verdict for t in failed})
+    return "good", f"no failure matches {wanted!r} (other failures: {', '.join(others)})", "ok"
+
+
+def run(
+    env: Env,
+    sel: Selection,
+    step_dir: Path,
+    *,
+    cwd: Path,
+    extra_env: dict[str, str] | None = None,
+) -> RunResult:
+    """Run the selection in ``env`` from ``cwd``; reports and the log go to ``step_dir``."""
+    step_dir.mkdir(parents=True, exist_ok=True)
+    junit, summary, logf = step_dir / "junit.xml", step_dir / "summary.json", step_dir / "pytest.log"
+    for p in (junit, summary):
+        p.unlink(missing_ok=True)
+    environ = env.environ(
+        {"GEMMA2_REGRESS_REPORT": str(summary), "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})},
+        base={**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])},
+    )
+    argv = [
+        env.python,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={junit}",
+        *sel.pytest_args,
+    ]
+    t0 = time.time()
+    try:
+        with open(logf, "w") as log:
+            code = subprocess.run(
+                argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, timeout=sel.timeout_s
+            ).returncode
+    except subprocess.TimeoutExpired:
+        return RunResult(
+            "skip",
+            f"timed out after {sel.timeout_s:.0f} s",
+            "timeout",
+            [],
+            time.time() - t0,
+            -1,
+            log=str(logf),
+        )
+    spent = time.time() - t0
+    tests = read_junit(junit)
+    status, reason, sig = classify(sel, code, tests)
+    text = logf.read_text(errors="replace")
+    if status == "skip" and not tests:
+        tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:]
+        reason += f" ({tail[0][:200]})" if tail else ""
+    return RunResult(
+        status,
+        reason,
+        sig,
+        tests,
+        spent,
+        code,
+        falsifying_example(text) if status == "bad" else None,
+        str(logf),
+        _record_counts(summary),
+    )

@@ -1,0 +1,107 @@
+"""Self-tests of the release gate with fake builds (no network): a regression fails it, a fix or
+an unchanged build passes it, and the verdict table, gate.json and the JUnit file say why."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from test_bisect import fakes  # noqa: F401 - the shared wheelhouse fixture
+
+from gemma2_regress import cli, envs, gate
+from gemma2_regress.selection import Outcome
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def _gate(fakes, tmp_path, candidate: str, baseline: str = "1.0") -> dict:  # noqa: F811
+    house = fakes["house"]
+    return gate.gate(
+        str(house / f"unsloth-{candidate}-py3-none-any.whl"),
+        str(house / f"unsloth-{baseline}-py3-none-any.whl"),
+        out=tmp_path / "gate",
+        cache=envs.EnvCache(fakes["cache"], 2**30),
+        cwd=fakes["proj"],
+        pytest_args=["-p", "hypothesis", "test_fake.py"],
+        tiers=["cpu"],
+        log=lambda s: None,
+    )
+
+
+def test_regression_fails_the_gate(fakes, tmp_path):  # noqa: F811
+    res = _gate(fakes, tmp_path, "1.7")
+    assert not res["pass"]
+    assert [r["test"] for r in res["regressions"]] == ["test_fake::test_attention"]
+    assert res["regressions"][0]["candidate"].startswith("crash:TypeError")
+    assert res["perf"]["status"] == "not run"
+    suite = ET.parse(tmp_path / "gate" / "gate-junit.xml").getroot()
+    assert suite.get("failures") == "1" and suite.get("tests") == "2"
+    assert json.loads((tmp_path / "gate" / "gate.json").read_text())["pass"] is False
+    assert "gate FAIL" in gate.render(res) and "REGRESSION test_fake::test_attention" in gate.render(res)
+
+
+def test_fix_and_same_build_pass(fakes, tmp_path):  # noqa: F811
+    assert _gate(fakes, tmp_path / "a", "2.0", baseline="1.8")["pass"]  # fixed: ok
+    res = _gate(fakes, tmp_path / "b", "1.1")
+    assert res["pass"] and "gate PASS" in gate.render(res)
+
+
+def test_unusable_candidate_fails_the_gate(fakes, tmp_path):  # noqa: F811
+    res = _gate(fakes, tmp_path, "1.5")  # does not import: every test "fails"; a gate must not pass it
+    assert not res["pass"]
+
+
+def test_compare_tier_calls():
+    base = [
+        Outcome("a", "ok"),
+        Outcome("b", "mismatch"),
+        Outcome("c", "ok"),
+        Outcome("d", "nan"),
+        Outcome("g", "ok"),
+    ]
+    cand = [
+        Outcome("a", "crash:TypeError@x.py:f"),
+        Outcome("b", "ok"),
+        Outcome("c", "ok"),
+        Outcome("d", "nan"),
+        Outcome("n", "mismatch"),
+    ]
+    calls = {r["test"]: r["call"] for r in gate.compare_tier(base, cand)}
+    assert calls == {
+        "a": "regression",
+        "b": "fixed",
+        "c": "ok",
+        "d": "both-fail",
+        "g": "gone",
+        "n": "new-fail",
+    }
+
+
+def test_cli_gate_help_and_exit(fakes, tmp_path, monkeypatch, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as e:
+        cli.main(["gate", "--help"])
+    assert e.value.code == 0 and "--candidate" in capsys.readouterr().out
+    monkeypatch.chdir(fakes["proj"])
+    house = fakes["house"]
+    argv = [
+        "gate",
+        "--candidate",
+        str(house / "unsloth-1.9-py3-none-any.whl"),
+        "--baseline",
+        str(house / "unsloth-1.2-py3-none-any.whl"),
+        "--tiers",
+        "cpu",
+        "--cache",
+        str(fakes["cache"]),
+        "--out",
+        str(tmp_path / "g"),
+        "--",
+        "-p",
+        "hypothesis",
+        "test_fake.py",
+    ]
+    assert cli.main(argv) == 1
