@@ -17,7 +17,10 @@ from hypothesis import HealthCheck, settings
 
 from gemma2_regress import report, versions
 
-pytest_plugins = ["gemma2_regress.costs"]  # the suite's own cost per tier/target (docs/perf.md)
+pytest_plugins = [
+    "gemma2_regress.costs",  # the suite's own cost per tier/target (docs/perf.md)
+    "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
+]
 
 _COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", derandomize=True, database=None, max_examples=12, **_COMMON)
@@ -42,6 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         pass
     config._gemma2_started = time.time()  # type: ignore[attr-defined]
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "gemma2-xdist-hooks")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -84,8 +89,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config.workeroutput["gemma2_records"] = report.RECORDS
 
 
-def pytest_testnodedown(node, error) -> None:
-    report.RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_records", []))
+class _XdistHooks:
+    """Registered only where pytest-xdist is loaded (its hooks are unknown to pytest otherwise)."""
+
+    def pytest_testnodedown(self, node, error) -> None:
+        report.RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_records", []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
