@@ -115,6 +115,19 @@ def labels_for(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return labels.masked_fill(after_pad, -100)
 
 
+def gpu_phases() -> tuple[object, ...]:
+    """Hypothesis phases for the GPU tier: all but shrinking (and explain), unless
+    ``GEMMA2_REGRESS_GPU_SHRINK=1``. On a GPU every shrink step may be a new shape, i.e. a compile;
+    a failing example is printed with its full case, ready to pin with ``@example``."""
+    import os
+
+    from hypothesis import Phase
+
+    if os.environ.get("GEMMA2_REGRESS_GPU_SHRINK") == "1":
+        return tuple(Phase)
+    return (Phase.explicit, Phase.reuse, Phase.generate, Phase.target)
+
+
 def budget(fraction: float, at_least: int = 1) -> int:
     """A share of the active Hypothesis profile's ``max_examples`` (the main property takes it all; the
     costlier ones a fraction), so ``--hypothesis-profile`` scales the whole GPU tier together."""

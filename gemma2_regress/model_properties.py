@@ -48,7 +48,7 @@ def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
     """
     model_targets.reset_peak()
     t = model_targets.TIMINGS
-    c0, r0, w0 = t.compile_s, t.run_s, time.perf_counter()
+    c0, r0, f0, w0 = t.compile_s, t.run_s, t.reference_s, time.perf_counter()
     box: dict[str, Any] = {"verdict": "ok", "ratio": 0.0, "detail": ""}
     try:
         yield box
@@ -68,12 +68,14 @@ def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
             peak_gib=round(model_targets.peak_gib(), 3),
             compile_s=round(t.compile_s - c0, 3),
             run_s=round(t.run_s - r0, 3),
+            reference_s=round(t.reference_s - f0, 3),
             wall_s=round(time.perf_counter() - w0, 3),
         )
         report.record(prop, target, box["verdict"], box["ratio"], case, **extra)
         _write(
             f"[{prop}] {target} | {case} | {box['verdict']} ratio={box['ratio']:.3g} | "
-            f"compile {extra['compile_s']:.1f}s run {extra['run_s']:.2f}s wall {extra['wall_s']:.1f}s "
+            f"target compile {extra['compile_s']:.1f}s run {extra['run_s']:.2f}s, reference "
+            f"{extra['reference_s']:.2f}s, wall {extra['wall_s']:.1f}s "
             f"peak {extra['peak_gib']:.2f} GiB {box['detail']}"
         )
 

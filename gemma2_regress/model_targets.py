@@ -52,16 +52,20 @@ class Forward:
 
 @dataclasses.dataclass
 class Timings:
-    """Wall time spent in calls that compiled something vs calls that only ran (GPU tier figures)."""
+    """Where the GPU tier's time goes: target (Unsloth) calls that compiled a graph vs calls that only
+    ran, the eager reference's calls, and loading."""
 
     compile_s: float = 0.0
     run_s: float = 0.0
     compile_calls: int = 0
     run_calls: int = 0
+    reference_s: float = 0.0
     load_s: float = 0.0
 
-    def add(self, seconds: float, compiled: bool) -> None:
-        if compiled:
+    def add(self, seconds: float, compiled: bool, reference: bool = False) -> None:
+        if reference:
+            self.reference_s += seconds
+        elif compiled:
             self.compile_s += seconds
             self.compile_calls += 1
         else:
@@ -83,8 +87,9 @@ def _graphs() -> int:
 
 
 @contextlib.contextmanager
-def timed(out: dict[str, Any]) -> Iterator[None]:
-    """Time a block (synchronising CUDA) and note whether it compiled; adds to ``TIMINGS``."""
+def timed(out: dict[str, Any], reference: bool = False) -> Iterator[None]:
+    """Time a block (synchronising CUDA) and note whether it compiled; adds to ``TIMINGS`` (to the
+    reference's share with ``reference=True``)."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -94,7 +99,7 @@ def timed(out: dict[str, Any]) -> Iterator[None]:
         torch.cuda.synchronize()
     out["seconds"] = time.perf_counter() - t0
     out["compiled"] = _graphs() > g0
-    TIMINGS.add(out["seconds"], out["compiled"])
+    TIMINGS.add(out["seconds"], out["compiled"], reference)
 
 
 # --- the eager twin --------------------------------------------------------------------------------
@@ -174,14 +179,11 @@ class EagerTarget:
         return AutoTokenizer.from_pretrained(str(self.path))
 
     def _rowwise(self, attention_mask: torch.Tensor | None) -> bool:
-        """float64 eager turns a query that may see no key (a left pad, a fully padded row) into NaN:
-        its softmax runs in float32, where ``finfo(float64).min`` is -inf, and the NaN reaches every
-        position of the row through the next layer. So in float64 such rows run alone, unpadded."""
-        return (
-            self.dtype == torch.float64
-            and attention_mask is not None
-            and bool((attention_mask[:, 0] == 0).any())
-        )
+        """float64 eager turns a query that may see no real key into NaN: its softmax runs in float32,
+        where ``finfo(float64).min`` is -inf. Such queries are pads (a left pad; a right pad more than a
+        window past the last real token), and the NaN reaches every position of the row through the
+        next layer (``0 * NaN`` in ``weights @ V``). So in float64 every padded row runs alone, unpadded."""
+        return self.dtype == torch.float64 and attention_mask is not None and not bool(attention_mask.all())
 
     def forward(
         self,
@@ -195,7 +197,7 @@ class EagerTarget:
         if self._rowwise(attention_mask):
             return self._forward_rows(input_ids, attention_mask, labels, mode=mode, grad=grad)
         info: dict[str, Any] = {}
-        with pristine_transformers(), torch.set_grad_enabled(grad), timed(info):
+        with pristine_transformers(), torch.set_grad_enabled(grad), timed(info, reference=True):
             self.model.train(mode == "train")
             out = self.model(
                 input_ids=input_ids.to(self.device),
@@ -247,7 +249,7 @@ class EagerTarget:
         """Logits at positions ``split:``, computed after a prefill of ``:split`` into a KV cache."""
         ids = input_ids.to(self.device)
         am = None if attention_mask is None else attention_mask.to(self.device)
-        with pristine_transformers():
+        with pristine_transformers(), timed({}, reference=True):
             first = self.model(
                 input_ids=ids[:, :split], attention_mask=None if am is None else am[:, :split], use_cache=True
             )
@@ -270,7 +272,7 @@ class EagerTarget:
                 for b in range(input_ids.shape[0])
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        with pristine_transformers():
+        with pristine_transformers(), timed({}, reference=True):
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=None if attention_mask is None else attention_mask.to(self.device),
@@ -429,6 +431,10 @@ class UnslothTarget:
         _undo_for_inference(self.model)
         self.model.eval()
         am = attention_mask
+        with timed({}):
+            return self._cached(input_ids, am, split)
+
+    def _cached(self, input_ids: torch.Tensor, am: torch.Tensor | None, split: int) -> torch.Tensor:
         first = self._call(
             input_ids=input_ids[:, :split],
             attention_mask=None if am is None else am[:, :split],
@@ -451,16 +457,17 @@ class UnslothTarget:
 
         FastLanguageModel.for_inference(self.model)
         try:
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=None if attention_mask is None else attention_mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-                pad_token_id=self.config.pad_token_id,
-            )
+            with timed({}):
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                    pad_token_id=self.config.pad_token_id,
+                )
         finally:
             _undo_for_inference(self.model)
             self.model.eval()
@@ -475,8 +482,9 @@ class UnslothTarget:
         with _only_attention_trainable(self.model) as params:
             self.model.train()
             try:
-                out = self._call(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-                out.loss.backward()
+                with timed({}):
+                    out = self._call(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+                    out.loss.backward()
             finally:
                 self.model.eval()
             grads = {n: p.grad.detach().clone() for n, p in params.items()}
@@ -499,8 +507,9 @@ def timings_lines() -> list[str]:
     t = TIMINGS
     return [
         f"Unsloth from_pretrained: {t.load_s:.1f}s in total",
-        f"calls that compiled a graph: {t.compile_calls} taking {t.compile_s:.1f}s; "
-        f"calls that only ran: {t.run_calls} taking {t.run_s:.1f}s",
+        f"target calls that compiled a graph: {t.compile_calls} taking {t.compile_s:.1f}s; "
+        f"target calls that only ran: {t.run_calls} taking {t.run_s:.1f}s",
+        f"eager reference (float64 golden + same-dtype baseline): {t.reference_s:.1f}s",
     ]
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gemma2_regress import model_targets, tiny
 from gemma2_regress.cases import DTYPES, GEMMA2_WINDOW
-from gemma2_regress.model_cases import budget
+from gemma2_regress.model_cases import budget, gpu_phases
 from gemma2_regress.model_properties import (
     check_generation,
     check_kv_cache,
@@ -45,7 +45,7 @@ def _targets(dtype: str):
     return model_targets.gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype])
 
 
-@settings(max_examples=budget(0.25, at_least=4))
+@settings(max_examples=budget(0.25, at_least=4), phases=gpu_phases())
 @given(
     n=st.sampled_from([W + 1, 2 * W]),
     split=st.sampled_from([W - 96, W - 1, W, -1]),
@@ -65,7 +65,7 @@ def test_kv_cache_continuation(
     check_kv_cache(target, golden, baseline, ids, mask, split % n, DTYPES[dtype])
 
 
-@settings(max_examples=budget(0.2, at_least=4))
+@settings(max_examples=budget(0.2, at_least=4), phases=gpu_phases())
 @given(
     n=st.sampled_from([W + 1, 2 * W]),
     bsz=st.integers(2, 4),
@@ -84,7 +84,7 @@ def test_batch_row_equals_row_alone(
     check_row_alone(target, golden, baseline, ids, mask, row, DTYPES[dtype])
 
 
-@settings(max_examples=budget(0.2, at_least=4))
+@settings(max_examples=budget(0.2, at_least=4), phases=gpu_phases())
 @given(
     n=st.sampled_from([W + 1, W + 104]),
     pad=st.sampled_from([1, 7, 100]),

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 
 from gemma2_regress import model_targets, tiny
-from gemma2_regress.model_cases import ModelCase, budget, model_cases
+from gemma2_regress.model_cases import ModelCase, budget, gpu_phases, model_cases
 from gemma2_regress.model_properties import check_logits_and_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -50,7 +50,7 @@ def run(case: ModelCase) -> None:
     check_logits_and_loss(*model_targets.gpu_targets(path, case.torch_dtype), case)
 
 
-@settings(max_examples=budget(1.0))
+@settings(max_examples=budget(1.0), phases=gpu_phases())
 @given(case=model_cases())
 @example(case=PINNED[0])
 @example(case=PINNED[1])

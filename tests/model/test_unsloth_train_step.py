@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 
 from gemma2_regress import model_targets, tiny
-from gemma2_regress.model_cases import ModelCase, budget, model_cases
+from gemma2_regress.model_cases import ModelCase, budget, gpu_phases, model_cases
 from gemma2_regress.model_properties import check_attention_grads
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 TRAIN_CASES = model_cases(lengths=(4097, 8192), modes=("train",), max_bsz=2).filter(lambda c: c.with_labels)
 
 
-@settings(max_examples=budget(0.25, at_least=4))
+@settings(max_examples=budget(0.25, at_least=4), phases=gpu_phases())
 @given(case=TRAIN_CASES)
 @example(case=ModelCase(bsz=2, seq_len=4097, pad_side="right", pads=(0, 9), mode="train", dtype="float32"))
 @example(case=ModelCase(bsz=1, seq_len=8192, mode="train", dtype="bfloat16", with_mask=False))
