@@ -119,6 +119,21 @@ def regress(session: nox.Session) -> None:
     session.notify("cpu", session.posargs)
 
 
+@nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """Unsloth's slow softcapping path vs flex attention vs an SDPA floor, timed side by side (docs/perf.md).
+
+    On a GPU the --quick grid (about 4 minutes on one H200), without one the tiny CPU smoke grid.
+    Arguments go to `python -m gemma2_regress.perf run`, e.g. `nox -s perf -- --full --gate-demo`.
+    On an air-gapped runner: `nox -s perf --no-venv` (the current interpreter).
+    """
+    install_unsloth(session)
+    if _venv_python(session):
+        session.install("matplotlib")  # plots are optional: without it the JSON and table are written
+    python = _venv_python(session) or sys.executable
+    session.run(python, "-m", "gemma2_regress.perf", "run", *session.posargs, external=True)
+
+
 def _gemma2_regress_cli(session: nox.Session, command: str) -> None:
     """Run `python -m gemma2_regress.cli <command> ...` with nox's own interpreter: bisect and gate build
     an isolated environment per Unsloth build themselves (uv if installed: `pip install uv`)."""

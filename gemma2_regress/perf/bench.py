@@ -156,7 +156,23 @@ class Runner:
         for i, call in calls.items():
             if hasattr(call, "sdpa_mode"):
                 res[i]["sdpa_mode"] = call.sdpa_mode  # type: ignore[attr-defined]
+            if hasattr(call, "finite") and any(
+                r.get("status") == "ok" for r in res[i].values() if isinstance(r, dict)
+            ):
+                res[i]["finite"] = self._finite(call)
         return res
+
+    @staticmethod
+    def _finite(call: impls.Call) -> bool | str:
+        """Whether the implementation's output is all finite (or why that could not be checked)."""
+        got: list[bool] = []
+
+        def check() -> timing.Outcome:
+            got.append(call.finite())  # type: ignore[attr-defined]
+            return timing.Outcome("ok")
+
+        st = timing.guarded(check).status
+        return got[0] if st == "ok" else st
 
     def _call(self, call: impls.Call, mode: str) -> timing.Outcome:
         return timing.guarded(lambda: timing.timed(lambda: call(mode), self.cuda))

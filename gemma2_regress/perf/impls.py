@@ -10,6 +10,8 @@
 - ``sdpa``     ``scaled_dot_product_attention(is_causal=True)`` *without* softcap and *without* the
   window: a floor (what fused causal attention costs), not the same function.
 
+``call.finite()`` runs one more forward and says whether every output element is finite.
+
 Every implementation reads the same Q ``(b, h, n, d)``, K/V ``(b, kv_h, n, d)`` tensors of a cell.
 ``mode`` is ``fwd`` (the forward of a training step: grad enabled, activations saved, then freed)
 or ``fwdbwd`` (forward and backward to Q, K and V).
@@ -71,6 +73,14 @@ def _runner(t: Tensors, forward: Callable[[], torch.Tensor]) -> Call:
                 out.backward(t.grad.view(out.shape))
         del out
 
+    def finite() -> bool:
+        """One more forward, untimed: is every output element finite? (A speed figure for a kernel
+        that returns NaN is no figure: Unsloth's note says past 2**31 score elements rows go NaN.)"""
+        with torch.enable_grad():
+            out = forward()
+        return bool(torch.isfinite(out).all())
+
+    call.finite = finite  # type: ignore[attr-defined]
     return call
 
 

@@ -97,8 +97,21 @@ def plot(path_or_payload: str | Path | dict, out_dir: str | Path | None = None) 
                                 transform=ax.get_xaxis_transform(),
                                 clip_on=False,
                             )
-                ax.axvline(GEMMA2_WINDOW, ls=":", color="k", lw=1)
-                ax.text(GEMMA2_WINDOW, 0.02, " W=4096", transform=ax.get_xaxis_transform(), fontsize=7)
+                window = next(
+                    (c["window"] for c in cells if c["model"] == model and c["window"]), GEMMA2_WINDOW
+                )
+                ax.axvline(window, ls=":", color="k", lw=1)
+                ax.text(window, 0.02, f" W={window}", transform=ax.get_xaxis_transform(), fontsize=7)
+                if not ax.lines[:-1] and metric == "peak_mib":
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no memory figures\n(no CUDA in this run)",
+                        transform=ax.transAxes,
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                    )
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 what = "time (ms)" if metric == "median_ms" else "peak extra memory (MiB)"

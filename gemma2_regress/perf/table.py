@@ -41,7 +41,10 @@ def rows(rec: dict, impls: Sequence[str], modes: Sequence[str]) -> list[str]:
     for m in modes:
         line = f"{rec['model']:5} {rec['layer']:7} {rec['length']:>6} {rec['batch']:>2} {m:6} |"
         for i in impls:
-            line += f" {_fmt(rec['results'].get(i, {}).get(m)):>{W}} |"
+            cell = _fmt(rec["results"].get(i, {}).get(m))
+            if rec["results"].get(i, {}).get("finite") is False:
+                cell = "NaN! " + cell  # the output was not finite: the time is not a valid figure
+            line += f" {cell:>{W}} |"
         u = rec["results"].get("unsloth", {}).get(m, {})
         if u.get("status") == "ok":
             frac = u.get("frac_of_ceiling")
@@ -72,7 +75,7 @@ def legend(payload: dict) -> str:
     c = payload.get("ceiling", {})
     text = (
         "x = median / best softcapping implementation's median (unsloth, flex; for sdpa: / best of all); "
-        "MiB = peak extra memory of one call;\noom* = not tried: a smaller cell already ran out of memory; "
+        "MiB = peak extra memory of one call;\nNaN! = output not all finite; oom* = not tried: a smaller cell already ran out of memory; "
         f"ceilings this run: {c.get('matmul', {}).get('tflops', 0):.0f} TFLOP/s, "
         f"{c.get('copy', {}).get('gbps', 0):.0f} GB/s; wall {payload.get('wall_s')} s"
     )

@@ -202,6 +202,25 @@ def test_json_schema_ratios_and_atomic_file(tmp_path):
         assert rs["unsloth"]["peak_mib"] is None  # no memory figure without CUDA
 
 
+def test_nonfinite_output_is_flagged_in_json_and_table(tmp_path):
+    from gemma2_regress.perf import table
+
+    base = fake_prepare()
+
+    def prepare(name, cell, t):
+        call = base(name, cell, t)
+        call.finite = lambda: name != "unsloth"
+        return call
+
+    payload = bench.run(
+        tiny_opts(tmp_path, lengths="16", batches="1", layers="global"), prepare=prepare, log=lambda s: None
+    )
+    res = payload["cells"][0]["results"]
+    assert res["unsloth"]["finite"] is False and res["flex"]["finite"] is True
+    lines = table.rows(payload["cells"][0], impls.IMPLS, grid.MODES)
+    assert all("NaN!" in line.split("|")[1] and "NaN!" not in line.split("|")[2] for line in lines)
+
+
 def test_budget_skips_remaining_cells(tmp_path):
     payload = bench.run(tiny_opts(tmp_path, budget_s=0.0), prepare=fake_prepare(), log=lambda s: None)
     assert all(

@@ -34,6 +34,7 @@ def test_tiny_cpu_run_with_wall_clock_timers(tmp_path):
         # torch's flex attention has no CPU backward; the runner records that and goes on.
         assert fx == "ok" or (fx.startswith("error:NotImplementedError") and "CPU" in fx), fx
     assert res["sdpa"]["sdpa_mode"] in ("gqa", "repeated-kv")
+    assert res["sdpa"]["finite"] is True
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -76,6 +77,7 @@ def test_unsloth_tiny_run_and_planted_slowdown(tmp_path, monkeypatch):
     )
     res = bench.run(opts, log=lambda s: None)["cells"][0]["results"]["unsloth"]
     assert res["fwd"]["status"] == "ok" and res["fwdbwd"]["status"] == "ok", res
+    assert res["finite"] is True
 
     u = unsloth_adapter.load()
     real, count = u.kernels_module.slow_attention_softcapping, []
