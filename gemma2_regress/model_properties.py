@@ -153,11 +153,14 @@ def check_kv_cache(
     mask: torch.Tensor | None,
     split: int,
     dtype: torch.dtype,
+    explicit_positions: bool = False,
 ) -> None:
-    """Prefill ``:split`` into a KV cache, then run ``split:``: equals the full forward at ``split:``."""
-    case = f"b{ids.shape[0]} L{ids.shape[1]} prefix{split}+{ids.shape[1] - split} {_mask_text(mask)} {_dt(dtype)}"
+    """Prefill ``:split`` into a KV cache, then run ``split:``: equals the full forward at ``split:``.
+    ``explicit_positions`` hands the second call its ``position_ids``; else the model infers them."""
+    pos = " positions" if explicit_positions else ""
+    case = f"b{ids.shape[0]} L{ids.shape[1]} prefix{split}+{ids.shape[1] - split}{pos} {_mask_text(mask)} {_dt(dtype)}"
     with example("model_kv_cache", target.name, case) as box:
-        t = target.forward_cached(ids, mask, split)
+        t = target.forward_cached(ids, mask, split, explicit_positions)
         with torch.no_grad():
             g = golden.forward(ids, mask).logits[:, split:]
             b = baseline.forward(ids, mask).logits[:, split:]

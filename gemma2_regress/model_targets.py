@@ -245,8 +245,10 @@ class EagerTarget:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         split: int,
+        explicit_positions: bool = False,
     ) -> torch.Tensor:
-        """Logits at positions ``split:``, computed after a prefill of ``:split`` into a KV cache."""
+        """Logits at positions ``split:``, computed after a prefill of ``:split`` into a KV cache
+        (``explicit_positions``: the second call is given ``position_ids`` ``split..n-1``)."""
         ids = input_ids.to(self.device)
         am = None if attention_mask is None else attention_mask.to(self.device)
         with pristine_transformers(), timed({}, reference=True):
@@ -258,6 +260,7 @@ class EagerTarget:
                 attention_mask=am,
                 past_key_values=first.past_key_values,
                 use_cache=True,
+                **suffix_positions(ids, split, explicit_positions),
             )
         return second.logits
 
@@ -296,6 +299,15 @@ class EagerTarget:
                 loss.backward()
             grads = {n: p.grad.detach().clone() for n, p in params.items()}
         return loss.detach(), grads
+
+
+def suffix_positions(input_ids: torch.Tensor, split: int, explicit: bool) -> dict[str, torch.Tensor]:
+    """``{"position_ids": split..n-1 per row}`` if ``explicit`` (the positions the full forward uses),
+    else ``{}`` (the model infers them from the cache, as transformers does)."""
+    if not explicit:
+        return {}
+    bsz, n = input_ids.shape
+    return {"position_ids": torch.arange(split, n, device=input_ids.device).unsqueeze(0).expand(bsz, -1)}
 
 
 def reference_loss(logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -425,27 +437,29 @@ class UnslothTarget:
 
     @torch.no_grad()
     def forward_cached(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, split: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        split: int,
+        explicit_positions: bool = False,
     ) -> torch.Tensor:
-        """Logits at ``split:`` after a prefill of ``:split``; a one-token suffix takes the decode path."""
+        """Logits at ``split:`` after a prefill of ``:split``; a one-token suffix takes Unsloth's
+        decode path (``Gemma2Model_fast_forward_inference``)."""
         _undo_for_inference(self.model)
         self.model.eval()
-        am = attention_mask
         with timed({}):
-            return self._cached(input_ids, am, split)
-
-    def _cached(self, input_ids: torch.Tensor, am: torch.Tensor | None, split: int) -> torch.Tensor:
-        first = self._call(
-            input_ids=input_ids[:, :split],
-            attention_mask=None if am is None else am[:, :split],
-            use_cache=True,
-        )
-        second = self._call(
-            input_ids=input_ids[:, split:],
-            attention_mask=am,
-            past_key_values=first.past_key_values,
-            use_cache=True,
-        )
+            first = self._call(
+                input_ids=input_ids[:, :split],
+                attention_mask=None if attention_mask is None else attention_mask[:, :split],
+                use_cache=True,
+            )
+            second = self._call(
+                input_ids=input_ids[:, split:],
+                attention_mask=attention_mask,
+                past_key_values=first.past_key_values,
+                use_cache=True,
+                **suffix_positions(input_ids, split, explicit_positions),
+            )
         return second.logits
 
     @torch.no_grad()

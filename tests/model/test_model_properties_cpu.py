@@ -67,14 +67,14 @@ def test_attention_grads_formulation(case: ModelCase) -> None:
     split=st.sampled_from([SMALL_W - 5, SMALL_W - 1, SMALL_W, -1]),
     bsz=st.integers(1, 2),
     mask_kind=st.sampled_from(["none", "ones", "left"]),
+    explicit=st.booleans(),
 )
-def test_kv_cache_formulation(n: int, split: int, bsz: int, mask_kind: str) -> None:
+def test_kv_cache_formulation(n: int, split: int, bsz: int, mask_kind: str, explicit: bool) -> None:
     target, golden, baseline = trio(torch.float32)
     pads = (3,) + (0,) * (bsz - 1) if mask_kind == "left" else ()
     ids, mask = tiny.token_batch(target.config, bsz, n, pads=pads, side="left" if pads else "none", seed=n)
-    check_kv_cache(
-        target, golden, baseline, ids, None if mask_kind == "none" else mask, split % n, torch.float32
-    )
+    am = None if mask_kind == "none" else mask
+    check_kv_cache(target, golden, baseline, ids, am, split % n, torch.float32, explicit_positions=explicit)
 
 
 @given(bsz=st.integers(2, 4), row=st.integers(0, 3), padded=st.booleans())

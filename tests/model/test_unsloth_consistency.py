@@ -51,18 +51,32 @@ def _targets(dtype: str):
     split=st.sampled_from([W - 96, W - 1, W, -1]),
     bsz=st.integers(1, 2),
     mask_kind=MASKS,
+    explicit=st.booleans(),
     dtype=DT,
     seed=st.integers(0, 2**16),
 )
-@example(n=W + 1, split=W - 96, bsz=2, mask_kind="left", dtype="float32", seed=1)
-@example(n=2 * W, split=-1, bsz=1, mask_kind="none", dtype="bfloat16", seed=2)
+@example(n=W + 1, split=W - 96, bsz=2, mask_kind="left", explicit=False, dtype="float32", seed=1)
+@example(n=2 * W, split=-1, bsz=1, mask_kind="none", explicit=True, dtype="bfloat16", seed=2)
 def test_kv_cache_continuation(
-    n: int, split: int, bsz: int, mask_kind: str, dtype: str, seed: int, unsloth_ready: None
+    n: int, split: int, bsz: int, mask_kind: str, explicit: bool, dtype: str, seed: int, unsloth_ready: None
 ) -> None:
-    """Prefix into a KV cache, then the suffix (crossing the window) == the full forward."""
+    """Prefix into a KV cache, then the suffix (crossing the window) == the full forward.
+
+    A one-token suffix (Unsloth's decode path) always gets explicit position_ids here, as
+    ``generate`` passes them; calling it without is ``test_decode_step_without_position_ids``."""
     target, golden, baseline = _targets(dtype)
     ids, mask = _batch(target.config, bsz, n, mask_kind, seed)
-    check_kv_cache(target, golden, baseline, ids, mask, split % n, DTYPES[dtype])
+    split %= n
+    explicit = explicit or n - split == 1
+    check_kv_cache(target, golden, baseline, ids, mask, split, DTYPES[dtype], explicit_positions=explicit)
+
+
+def test_decode_step_without_position_ids(unsloth_ready: None) -> None:
+    """``model(next_token, past_key_values=cache)`` with no position_ids, as in a hand-written decode
+    loop (transformers infers the position from the cache). Past the window, fp32, one row."""
+    target, golden, baseline = _targets("float32")
+    ids, _ = _batch(target.config, 1, W + 1, "none", seed=3)
+    check_kv_cache(target, golden, baseline, ids, None, W, DTYPES["float32"], explicit_positions=False)
 
 
 @settings(max_examples=budget(0.2, at_least=4), phases=gpu_phases())
