@@ -12,8 +12,9 @@ A row fails (and the gate fails) when
   medians on one H200 is a few per cent, the planted 2x mutant is far beyond it);
 - ``hungrier``: peak memory ratio > ``mem_threshold`` (default 1.10);
 - ``new-oom``:  the candidate ran out of memory (or failed) where the baseline ran.
-Cells whose baseline median is below ``min_ms`` are reported but never fail (launch-overhead noise).
-No common cell at all is a failure too: a gate cannot pass on nothing.
+Cells whose baseline median is below ``min_ms`` are reported but never fail (launch-overhead noise);
+cells the candidate did not reach (its time budget, a smaller grid) are ``not-compared``. No
+compared cell at all is a failure: a gate cannot pass on nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from .bench import load
 
 IMPL = "unsloth"
-FAILING = ("slower", "hungrier", "new-oom", "missing")
+FAILING = ("slower", "hungrier", "new-oom")
 
 
 def _index(payload: dict) -> dict[str, dict]:
@@ -43,8 +44,10 @@ def _row(
     b = base["results"].get(IMPL, {}).get(mode, {})
     row = {"cell": key, "mode": mode, "base_ms": b.get("median_ms"), "base_mib": b.get("peak_mib")}
     if cand is None:
-        return {**row, "verdict": "missing", "note": "cell not measured in the candidate run"}
+        return {**row, "verdict": "not-compared", "note": "cell not in the candidate run"}
     c = cand["results"].get(IMPL, {}).get(mode, {})
+    if str(c.get("status", "")).startswith("skipped"):
+        return {**row, "verdict": "not-compared", "note": f"candidate: {c['status']}"}
     if c.get("status") != "ok":
         return {**row, "verdict": "new-oom", "note": f"candidate: {c.get('status', 'not run')}"}
     row.update(cand_ms=c["median_ms"], cand_mib=c.get("peak_mib"))
@@ -80,7 +83,7 @@ def compare(
     basis: str = "sdpa",
     min_ms: float = 0.05,
 ) -> tuple[bool, list[dict]]:
-    """``(ok, rows)``: ok is False if any row is slower / hungrier / new-oom / missing, or no row compared."""
+    """``(ok, rows)``: ok is False if any row is slower / hungrier / new-oom, or no row was compared."""
     if threshold <= 1.0 or mem_threshold <= 1.0:
         raise ValueError(f"thresholds must exceed 1.0 (got time {threshold}, memory {mem_threshold})")
     if basis not in ("sdpa", "raw"):
@@ -91,7 +94,7 @@ def compare(
         for mode, r in bc["results"].get(IMPL, {}).items():
             if isinstance(r, dict) and r.get("status") == "ok":
                 rows.append(_row(key, mode, bc, cand.get(key), threshold, mem_threshold, basis, min_ms))
-    compared = [r for r in rows if r["verdict"] != "missing"]
+    compared = [r for r in rows if r["verdict"] != "not-compared"]
     ok = bool(compared) and not any(r["verdict"] in FAILING for r in rows)
     return ok, rows
 

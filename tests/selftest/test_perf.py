@@ -296,7 +296,11 @@ def test_compare_raw_basis_and_errors(tmp_path):
     other = payload_of(10.0)
     other["cells"][0]["key"] = "2b/global/n1024/b1"
     ok, rows = gatecheck.compare(other, payload_of(10.0))
-    assert not ok and {r["verdict"] for r in rows} == {"missing"}  # nothing compared: no pass
+    assert not ok and {r["verdict"] for r in rows} == {"not-compared"}  # nothing compared: no pass
+    skipped = payload_of(10.0)
+    skipped["cells"][0]["results"]["unsloth"]["fwd"] = {"status": "skipped: time budget"}
+    ok, rows = gatecheck.compare(skipped, payload_of(10.0))
+    assert ok and sorted(r["verdict"] for r in rows) == ["not-compared", "ok"]
     ok, rows = gatecheck.compare(payload_of(0.01), payload_of(0.02))
     assert ok and {r["verdict"] for r in rows} == {"noise-floor"}
     with pytest.raises(ValueError, match=r"exceed 1\.0"):
