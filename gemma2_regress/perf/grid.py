@@ -109,10 +109,11 @@ class Block:
     layers: tuple[str, ...] = LAYERS
 
     def cells(self) -> list[Cell]:
-        # Ordered so that compiled graphs are reused: batch, then model, then length, then layer.
+        # Batch, then length, then model, then layer: compiled graphs of both models stay cached,
+        # and a run cut short by its time budget loses the longest lengths of both models alike.
         return [
             Cell(m, layer, n, b)
-            for b, m, n, layer in itertools.product(self.batches, self.models, self.lengths, self.layers)
+            for b, n, m, layer in itertools.product(self.batches, self.lengths, self.models, self.layers)
         ]
 
 

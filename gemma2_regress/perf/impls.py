@@ -205,12 +205,11 @@ def prepare_sdpa(cell: Cell, t: Tensors) -> Call:
         with ctx:
             return sdpa(t.q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
 
-    try:  # probe on a 16-token slice: does a fused backend take GQA here?
-        with torch.no_grad():
-            q, k, v = (x[:1, :, :16].detach() for x in (t.q, t.k, t.v))
-            ctx = sdpa_kernel(_fused_backends()) if restrict else contextlib.nullcontext()
-            with ctx:
-                sdpa(q, k, v, is_causal=True, enable_gqa=True)
+    try:  # probe on a 16-token slice: does a fused backend take GQA here, forward and backward?
+        q, k, v = (x[:1, :, :16].detach().requires_grad_(True) for x in (t.q, t.k, t.v))
+        ctx = sdpa_kernel(_fused_backends()) if restrict else contextlib.nullcontext()
+        with ctx, torch.enable_grad():
+            sdpa(q, k, v, is_causal=True, enable_gqa=True).sum().backward()
         mode = "gqa"
     except RuntimeError:
         mode = "repeated-kv"

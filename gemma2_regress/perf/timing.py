@@ -29,10 +29,10 @@ class Outcome:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """An out-of-memory error, also when a compiled kernel re-raises it as a plain RuntimeError."""
+    """An out-of-memory error, also when compiled code or a compiler wraps it in another exception."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return "out of memory" in str(exc).lower()
 
 
 def release_memory() -> None:

@@ -37,6 +37,14 @@ def test_quick_grid_covers_the_window_boundary_both_models_and_layers():
     assert {c.batch for c in full} == {1, 2, 4, 8} and len(full) == 2 * 8 * 4 * 2
 
 
+def test_oom_is_recognised_when_wrapped():
+    from gemma2_regress.perf import timing
+
+    assert timing.is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert timing.is_oom(Exception("InductorError: RuntimeError: CUDA error: out of memory"))
+    assert not timing.is_oom(TypeError("'bool' object is not subscriptable"))
+
+
 def test_explicit_lists_replace_the_preset():
     cells = grid.select("quick", models="9b", lengths="4095..4097", batches="2", layers="sliding")
     assert [(c.model, c.length, c.batch, c.layer) for c in cells] == [
