@@ -173,26 +173,45 @@ def test_unsloth_target_skips_without_gpu() -> None:
         model_targets.UnslothTarget(small(), torch.float32)
 
 
-@pytest.mark.unsloth
-def test_eager_twin_stays_plain_transformers_after_unsloth_patches() -> None:
-    """Apply exactly what FastLanguageModel.from_pretrained does to transformers' Gemma-2 module
-    (snapshot, pre_patch, record, gate); the twin built afterwards still runs transformers' code."""
-    from gemma2_regress import unsloth_adapter
+_PATCH_THEN_TWIN = """
+import json, sys, torch
+from gemma2_regress import model_targets, tiny, unsloth_adapter
+path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
+ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=16), 2, 40, pads=(3, 0), side="left")
+before = model_targets.EagerTarget(path, torch.float32).forward(ids, mask).logits
+u = unsloth_adapter.load()
+llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
+snap = llama._snapshot_transformers_modules(fast.pre_patch)
+fast.pre_patch()
+llama._record_pre_patch_changes(snap)
+llama._gate_pre_patch_to_unsloth_models(snap)
+model_targets._EAGER.clear()
+twin = model_targets.EagerTarget(path, torch.float32)
+after = twin.forward(ids, mask).logits
+real = mask.bool()
+print(json.dumps({"rotary": type(twin.model.model.rotary_emb).__module__,
+                  "equal": bool(torch.equal(after[real], before[real]))}))
+"""
 
-    path = small()
-    ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=SMALL_W), 2, 40, pads=(3, 0), side="left")
-    before = model_targets.EagerTarget(path, torch.float32).forward(ids, mask).logits
-    u = unsloth_adapter.load()
-    llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
-    snap = llama._snapshot_transformers_modules(fast.pre_patch)
-    fast.pre_patch()
-    llama._record_pre_patch_changes(snap)
-    llama._gate_pre_patch_to_unsloth_models(snap)
-    model_targets._EAGER.clear()
-    twin = model_targets.EagerTarget(path, torch.float32)
-    assert type(twin.model.model.rotary_emb).__module__.startswith("transformers."), type(
-        twin.model.model.rotary_emb
+
+@pytest.mark.unsloth
+def test_eager_twin_stays_plain_transformers_after_unsloth_patches(tmp_path) -> None:
+    """Apply exactly what FastLanguageModel.from_pretrained does to transformers' Gemma-2 module
+    (snapshot, pre_patch, record, gate); the twin built afterwards still runs transformers' code.
+    In a subprocess: the patches are process-wide and would leak into other tests."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PATCH_THEN_TWIN], capture_output=True, text=True, env=env, timeout=600
     )
-    after = twin.forward(ids, mask).logits
-    real = mask.bool()
-    assert torch.equal(after[real], before[real])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["rotary"].startswith("transformers."), got
+    assert got["equal"], "the twin's logits changed after Unsloth patched transformers' Gemma-2 module"
