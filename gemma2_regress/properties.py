@@ -6,9 +6,8 @@ message names the case, the measurements and the versions, so a CI log is a bug 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import functools
+from collections.abc import Callable
 
 import hypothesis
 import torch
@@ -128,7 +127,10 @@ def check_window_boundary(
     if bad and effects.get(window, 0.0) > 0.5:
         hint = " (key W back is seen: looks like the legacy i-W <= j convention, W+1 keys)"
     assert not bad, (
-        f"window_boundary failed for {label} at W={window}: " + "; ".join(bad) + hint + f"\n  versions: {one_line()}"
+        f"window_boundary failed for {label} at W={window}: "
+        + "; ".join(bad)
+        + hint
+        + f"\n  versions: {one_line()}"
     )
     return effects
 
@@ -152,7 +154,9 @@ def check_batch_invariance(
         if valid is not None:
             diff = diff[valid[b : b + 1]]
         d = float(diff.max()) if diff.numel() else 0.0
-        assert d <= atol, f"batch_invariance failed for {label}: row {b} differs by {d:.3g} > {atol:.3g} alone vs in batch"
+        assert d <= atol, (
+            f"batch_invariance failed for {label}: row {b} differs by {d:.3g} > {atol:.3g} alone vs in batch"
+        )
         worst = max(worst, d)
     return worst
 
@@ -192,5 +196,7 @@ def check_padding_invariance(
     ref = attn(q, k, v, None).to(torch.float64)
     out = attn(put(q), put(k), put(v), key_valid).to(torch.float64)[:, real]
     d = float((out - ref).abs().max())
-    assert d <= atol, f"padding_invariance failed for {label}: {side} pad {pad} moves real outputs by {d:.3g} > {atol:.3g}"
+    assert d <= atol, (
+        f"padding_invariance failed for {label}: {side} pad {pad} moves real outputs by {d:.3g} > {atol:.3g}"
+    )
     return d

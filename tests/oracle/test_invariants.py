@@ -1,0 +1,205 @@
+"""Metamorphic properties of the oracle: relations between its own outputs, no second implementation.
+
+Each runs in float64 (where the relations hold to rounding) and in the case's dtype (the baseline
+role). The window-boundary, batch and padding properties are the shared ones in
+``gemma2_regress.properties`` that the GPU tier also runs on kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from gemma2_regress import oracle, properties
+from gemma2_regress.cases import GEMMA2_WINDOW, Case, make_inputs
+from gemma2_regress.strategies import small_window_cases
+
+
+def oracle_fn(case: Case, dtype: torch.dtype):
+    """The oracle as an ``attn(q, k, v, key_valid)`` callable with the case's scale, cap and window."""
+    return functools.partial(_call, scalar=case.scalar, softcap=case.softcap, window=case.window, dtype=dtype)
+
+
+def _call(q, k, v, key_valid, **kw):
+    return oracle.attention(q, k, v, key_valid=key_valid, **kw)
+
+
+def dtypes_of(case: Case) -> list[torch.dtype]:
+    return [torch.float64, case.torch_dtype]
+
+
+def ulps(dtype: torch.dtype, scale: float, n: float = 8.0) -> float:
+    """``n`` units in the last place at magnitude ``scale`` (at least 1) in ``dtype``."""
+    return n * torch.finfo(dtype).eps * max(1.0, scale)
+
+
+# --- the window boundary -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("window", [1, 2, 3, 16, 63, GEMMA2_WINDOW])
+def test_window_boundary(window: int, dtype: torch.dtype) -> None:
+    """Uniform attention (q = 0): the value W-1 keys back moves the last output, W back does not."""
+    case = Case(softcap=50.0, window=window)
+
+    def last_query_only(q, k, v, key_valid):  # the property reads the last query; skip the rest
+        return oracle_fn(case, dtype)(q[:, :, -1:], k, v, key_valid)
+
+    effects = properties.check_window_boundary(
+        last_query_only, f"oracle[{dtype}]", window=window, dtype=dtype
+    )
+    assert effects[window] == 0.0 and effects[window + 1] == 0.0, effects  # exactly: weight 0, not small
+
+
+@given(case=small_window_cases(allow_global=False), where=st.floats(0, 1))
+def test_key_outside_window_has_no_effect(case: Case, where: float) -> None:
+    """Any logits (capped, curved range included): replacing k and v W or more keys back from the
+    last query leaves its output bit-identical (its weight is exactly 0, not small)."""
+    if case.kv_len <= case.window:
+        return
+    x = make_inputs(dataclasses.replace(case, pad_side="none", pads=()))
+    back = case.window + round(where * (case.kv_len - 1 - case.window))
+    pos = case.kv_len - 1 - back
+    k2, v2 = x.k.clone(), x.v.clone()
+    k2[:, :, pos] = -k2[:, :, pos]
+    v2[:, :, pos] += 10
+    for dtype in dtypes_of(case):
+        attn = oracle_fn(case, dtype)
+        assert torch.equal(attn(x.q, k2, v2, None)[:, -1], attn(x.q, x.k, x.v, None)[:, -1]), (
+            f"key {back} back (>= W) was seen ({dtype}): {case.short()}"
+        )
+    if case.logit_std <= 0.5:  # near-uniform weights: the key W-1 back must show
+        v3 = x.v.clone()
+        v3[:, :, case.kv_len - case.window] += 10
+        attn = oracle_fn(case, torch.float64)
+        moved = (attn(x.q, x.k, v3, None) - attn(x.q, x.k, x.v, None))[:, -1].abs().max()
+        assert moved > 1e-6, f"key W-1 back was not seen: {case.short()}"
+
+
+# --- prefixes and the cached-prefix offset -------------------------------------------------------
+
+
+@given(case=small_window_cases(), where=st.floats(0, 1))
+@example(case=Case(bsz=2, q_len=70, kv_len=70, window=32, pad_side="left", pads=(5, 70)), where=0.5)
+def test_causal_prefix_stability(case: Case, where: float) -> None:
+    """The first p outputs of a full sequence equal the outputs of its first p tokens alone."""
+    case = dataclasses.replace(case, q_len=case.kv_len)
+    p = 1 + round(where * (case.kv_len - 1))
+    x = make_inputs(case)
+    kv = x.key_valid
+    for dtype in dtypes_of(case):
+        attn = oracle_fn(case, dtype)
+        full = attn(x.q, x.k, x.v, kv)[:, :p].double()
+        prefix = attn(x.q[:, :, :p], x.k[:, :, :p], x.v[:, :, :p], None if kv is None else kv[:, :p]).double()
+        diff = (full - prefix).abs() if kv is None else (full - prefix).abs()[kv[:, :p].bool()]  # real rows
+        d = float(diff.max()) if diff.numel() else 0.0
+        assert d <= ulps(dtype, float(x.v.abs().max())), (
+            f"prefix {p} differs by {d:.3g} ({dtype}): {case.short()}"
+        )
+
+
+@given(case=small_window_cases())
+def test_cached_prefix_offset(case: Case) -> None:
+    """q_len < kv_len (queries after a cached prefix) equals the last q_len rows of the full square."""
+    x = make_inputs(case)
+    for dtype in dtypes_of(case):
+        attn = oracle_fn(case, dtype)
+        head = torch.randn(case.bsz, case.n_heads, case.kv_len - case.q_len, case.head_dim, dtype=x.q.dtype)
+        q_full = torch.cat([head, x.q], 2)
+        square = attn(q_full, x.k, x.v, x.key_valid)[:, -case.q_len :].double()
+        tail = attn(x.q, x.k, x.v, x.key_valid).double()
+        d = float((square - tail).abs().max())  # padded query rows too: both see the same keys
+        assert d <= ulps(dtype, float(x.v.abs().max())), (
+            f"cached-prefix rows differ by {d:.3g} ({dtype}): {case.short()}"
+        )
+
+
+# --- heads, batch rows, padding ------------------------------------------------------------------
+
+
+@given(case=small_window_cases())
+def test_gqa_equals_mha_with_repeated_kv(case: Case) -> None:
+    """GQA equals MHA on K/V heads repeated so that query head h reads kv head h // groups."""
+    x = make_inputs(case)
+    groups = case.n_heads // case.n_kv_heads
+    idx = torch.arange(case.n_heads) // groups
+    for dtype in dtypes_of(case):
+        attn = oracle_fn(case, dtype)
+        gqa = attn(x.q, x.k, x.v, x.key_valid)
+        mha = attn(x.q, x.k[:, idx], x.v[:, idx], x.key_valid)
+        assert torch.equal(gqa, mha), f"GQA != MHA with repeated K/V ({dtype}): {case.short()}"
+
+
+@given(case=small_window_cases())
+@example(case=Case(bsz=3, q_len=40, kv_len=40, window=8, pad_side="right", pads=(0, 40, 3)))
+def test_row_in_batch_equals_row_alone(case: Case) -> None:
+    x = make_inputs(case)
+    for dtype in dtypes_of(case):
+        properties.check_batch_invariance(
+            oracle_fn(case, dtype), x, f"oracle[{dtype}]", atol=ulps(dtype, float(x.v.abs().max()))
+        )
+
+
+@given(case=small_window_cases(), pad=st.integers(1, 130), side=st.sampled_from(["left", "right"]))
+def test_padded_row_equals_unpadded_row(case: Case, pad: int, side: str) -> None:
+    """Junk pad tokens on either side leave the real tokens' outputs unchanged."""
+    case = dataclasses.replace(case, q_len=case.kv_len, pad_side="none", pads=())
+    x = make_inputs(case)
+    for dtype in dtypes_of(case):
+        properties.check_padding_invariance(
+            oracle_fn(case, dtype),
+            x,
+            f"oracle[{dtype}]",
+            pad=pad,
+            side=side,
+            atol=ulps(dtype, float(x.v.abs().max())),
+        )
+
+
+# --- the cap -------------------------------------------------------------------------------------
+
+
+@given(case=small_window_cases())
+@example(case=Case(logit_std=100.0, q_len=64, kv_len=64, window=64))
+def test_capped_logits_lie_inside_the_cap(case: Case) -> None:
+    """Every capped logit is t * tanh(raw / t): inside (-t, t), same sign as raw, no larger than it."""
+    t = case.softcap
+    x = make_inputs(case)
+    idx = torch.arange(case.n_heads) // (case.n_heads // case.n_kv_heads)
+    raw = torch.einsum("bhqd,bhkd->bhqk", x.q.double(), x.k.double()[:, idx]) / case.scalar**0.5
+    for dtype in dtypes_of(case):
+        _, scores = oracle.attention(
+            x.q,
+            x.k,
+            x.v,
+            scalar=case.scalar,
+            softcap=t,
+            window=case.window,
+            key_valid=x.key_valid,
+            dtype=dtype,
+            return_scores=True,
+        )
+        s = scores.double()
+        if dtype == torch.float64:  # strict: |raw / t| stays far below where tanh rounds to 1 in float64
+            assert float(s.abs().max()) < t, f"capped logit reached the cap {t}: {case.short()}"
+            assert torch.allclose(s, t * torch.tanh(raw / t), rtol=1e-12, atol=1e-12), case.short()
+            if float(raw.abs().max()) > t:  # the cap did something visible on this input
+                assert float((s - raw).abs().max()) > 1.0, case.short()
+        else:  # in low precision tanh may round to exactly 1: the cap is reached, never passed
+            assert float(s.abs().max()) <= t, f"capped logit beyond the cap {t} ({dtype}): {case.short()}"
+        tol = ulps(dtype, t)
+        assert bool((s.abs() <= raw.abs() + tol).all()), f"the cap enlarged a logit ({dtype}): {case.short()}"
+        assert bool((s * raw >= -tol).all()), f"the cap flipped a sign ({dtype}): {case.short()}"
+
+
+def test_uncapped_oracle_does_not_cap() -> None:
+    """softcap=None returns the raw scaled logits (so the checks above are not vacuous)."""
+    case = Case(logit_std=100.0, window=None, q_len=16, kv_len=16)
+    x = make_inputs(case)
+    _, scores = oracle.attention(x.q, x.k, x.v, scalar=16.0, softcap=None, window=None, return_scores=True)
+    assert float(scores.abs().max()) > 50.0
