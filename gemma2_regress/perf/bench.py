@@ -49,6 +49,11 @@ class Options:
 Prepare = Callable[[str, Cell, impls.Tensors], impls.Call]
 
 
+def say(line: str) -> None:
+    """Progress goes out at once: a run cut off by a time limit still shows what it measured."""
+    print(line, flush=True)
+
+
 def _dominates(big: Cell, small: Cell) -> bool:
     """``big`` needs at least the memory of ``small`` (same model and layer, no shorter, no smaller batch)."""
     return (
@@ -62,7 +67,7 @@ def _dominates(big: Cell, small: Cell) -> bool:
 class Runner:
     """Measures cells one by one; ``prepare`` is injectable so the logic is testable without Unsloth."""
 
-    def __init__(self, opts: Options, prepare: Prepare | None = None, log: Callable[[str], None] = print):
+    def __init__(self, opts: Options, prepare: Prepare | None = None, log: Callable[[str], None] = say):
         self.opts = opts
         self.cuda = opts.device.startswith("cuda")
         self.prepare = prepare or (lambda name, cell, t: impls.prepare(name, cell, t, opts.compile_flex))
@@ -247,7 +252,7 @@ def configure_dynamo() -> None:
         pass
 
 
-def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None] = print) -> dict:
+def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None] = say) -> dict:
     """Measure ``opts.cells``; return the JSON payload (also written to ``opts.out/perf.json``)."""
     from . import table
 

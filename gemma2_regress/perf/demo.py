@@ -35,7 +35,7 @@ def gate_demo(
     opts: bench.Options,
     threshold: float = 1.25,
     n: int = 2,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = bench.say,
 ) -> dict:
     """Run the demonstration; returns ``{"cells", "clean": {...}, "planted": {...}, "holds": bool}``."""
     keys = pick_cells(payload, n)
