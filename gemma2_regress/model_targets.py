@@ -491,9 +491,14 @@ class UnslothTarget:
     def attention_grads(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, {name: grad}) of one training-mode forward + ``loss.backward()`` (Unsloth's own loss)."""
+        """(loss, {name: grad}) of one training-mode forward + ``loss.backward()`` (Unsloth's own loss).
+
+        ``enable_input_require_grads`` is on for the step, as PEFT and Unsloth's trainers set it: Unsloth
+        loads with its gradient checkpointing armed, and a checkpointed segment whose input needs no
+        grad (the embeddings are frozen) would give its weights no gradient at all."""
         _undo_for_inference(self.model)
         with _only_attention_trainable(self.model) as params:
+            self.model.enable_input_require_grads()
             self.model.train()
             try:
                 with timed({}):
@@ -501,6 +506,10 @@ class UnslothTarget:
                     out.loss.backward()
             finally:
                 self.model.eval()
+                self.model.disable_input_require_grads()
+            missing = [n for n, p in params.items() if p.grad is None]
+            if missing:
+                raise RuntimeError(f"no gradient reached {missing[:4]} after loss.backward() through Unsloth")
             grads = {n: p.grad.detach().clone() for n, p in params.items()}
         return out.loss.detach(), grads
 
