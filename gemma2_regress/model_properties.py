@@ -251,7 +251,11 @@ def check_generation(
         tok_g, sc_g = golden.generate(ids, mask, max_new_tokens)
         _, sc_b = baseline.generate(ids, mask, max_new_tokens)
         parts = {"first_step_logits": tolerance.compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype)}
-        problems = token_disagreements(tok_t.cpu(), tok_g.cpu(), sc_g.cpu(), TIE_MARGIN[dtype])
+        chosen_from = sc_g.detach().double().cpu()
+        eos = golden.config.eos_token_id
+        if eos is not None:  # min_new_tokens holds EOS off: it was never a candidate
+            chosen_from[..., eos if isinstance(eos, list) else [eos]] = float("-inf")
+        problems = token_disagreements(tok_t.cpu(), tok_g.cpu(), chosen_from, TIE_MARGIN[dtype])
         box["detail"] = f"tokens {tok_t.cpu().tolist()} vs reference {tok_g.cpu().tolist()}"
         if problems:
             box["verdict"], box["ratio"] = "mismatch", float("inf")
