@@ -7,8 +7,8 @@ into ``(input_ids, attention_mask, labels)`` with ``tiny.token_batch``.
 Why so few lengths: Unsloth's kernels are ``torch.compile``d with max-autotune; a new shape can
 cost seconds to tens of seconds of compilation, a repeated one milliseconds. Lengths come from a
 short ``sampled_from`` list (the window's edges 4095/4096/4097, 2W = 8192 and 4W = 16384), batch sizes
-from 1..8 capped by what a float64 eager reference of that length fits in, so compiled shapes repeat
-across examples. The same strategies with ``window``/``lengths`` shrunk drive the CPU validation of
+from (1, 2, 3, 4, 8) capped by what a float64 eager reference of that length fits in, so compiled
+shapes repeat across examples. The same strategies with ``window``/``lengths`` shrunk drive the CPU validation of
 the properties on transformers alone.
 """
 
@@ -27,6 +27,8 @@ LENGTHS = (W - 1, W, W + 1, 2 * W, 4 * W)
 # The float64 eager reference holds a few (bsz, heads, L, L) float64 tensors per layer: cap bsz * L^2.
 MAX_ROWS_BY_LENGTH = ((W + 1, 8), (2 * W + 1, 4), (4 * W, 1))
 MODES = ("eval", "train")
+# Batch sizes drawn from a short list too (1..8 spanned, odd and even): fewer distinct shapes to compile.
+BATCH_SIZES = (1, 2, 3, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +159,8 @@ def model_cases(
 ) -> ModelCase:
     """Cases for the logits-and-loss property: every axis of issue 3 item 1, shapes from a short list."""
     seq_len = draw(st.sampled_from(lengths))
-    bsz = draw(st.integers(1, min(max_bsz, max_rows(seq_len, rows_table))))
+    cap = min(max_bsz, max_rows(seq_len, rows_table))
+    bsz = draw(st.sampled_from([b for b in BATCH_SIZES if b <= cap]))
     mode = draw(st.sampled_from(modes))
     with_labels = draw(st.sampled_from([True, True, False]))
     # Padding is where the mask paths differ (Unsloth's per-call 4-D masks): drawn half the time.

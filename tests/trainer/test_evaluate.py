@@ -1,8 +1,8 @@
 """The path of the 2024 crash, end to end (issue 3, item 5): evaluation past the window.
 
 ``transformers.Trainer.evaluate`` (and TRL's ``SFTTrainer`` where TRL is installed) on Unsloth's
-model over an in-memory eval set of 8 rows, 6 of them longer than 4096 tokens, right-padded per
-batch, with ``per_device_eval_batch_size`` 1, 2 and 4. It must not crash (issue #853 crashed
+model over an in-memory eval set of 8 rows, all longer than 4096 tokens (4097, 4200, 8192), right-padded
+per batch, with ``per_device_eval_batch_size`` 1, 2 and 4. It must not crash (issue #853 crashed
 exactly here) and its eval_loss must equal the eager reference's on the same batches.
 """
 
@@ -33,7 +33,7 @@ KINDS = [
 @pytest.mark.parametrize("bsz", [1, 2, 4])
 @pytest.mark.parametrize("kind", KINDS)
 def test_evaluate_past_window(kind: str, bsz: int, dtype: str, unsloth_ready: None, tmp_path) -> None:
-    """evaluate() on eval rows up to 6000 tokens: no crash; eval_loss == the reference's."""
+    """evaluate() on eval rows of 4097 to 8192 tokens: no crash; eval_loss == the reference's."""
     target, golden, baseline = model_targets.gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype])
     check_evaluate(
         kind, target, golden, baseline, eval_dataset(target.config), bsz, DTYPES[dtype], str(tmp_path)
