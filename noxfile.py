@@ -157,3 +157,16 @@ def gate(session: nox.Session) -> None:
     `nox -s gate -- --candidate 2026.10.9 [--baseline 2026.10.1] [-- pytest args]`
     """
     _gemma2_regress_cli(session, "gate")
+
+
+@nox.session(python=PYTHON)
+def mutants(session: nox.Session) -> None:
+    """Kill matrix: the suite once per planted bug in the installed Unsloth (docs/mutants.md).
+
+    `nox -s mutants` (all mutants, the tier this machine has), `nox -s mutants -- crash2024 softcap_dropped`,
+    `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`.
+    """
+    install_unsloth(session)
+    python = _venv_python(session) or sys.executable
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    session.run(python, "-m", "gemma2_regress.killmatrix", *session.posargs, external=True, env=env)

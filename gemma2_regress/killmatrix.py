@@ -1,0 +1,482 @@
+"""The kill matrix: run the suite once per planted bug (gemma2_regress.mutants) and tabulate who caught it.
+
+    python -m gemma2_regress.killmatrix [NAME ...] [--tier cpu|gpu|auto] [--workers N] [--jobs J]
+
+For each tier: one baseline run with no mutant over the union of the selections (it must pass, else
+the matrix means nothing), then one pytest run per mutant over its fast selection with ``-x`` (a
+mutant is killed as soon as one test fails) and the ``ci`` Hypothesis profile. Each run's JUnit XML
+gives per-test outcomes; a failure's text gives the verdict (``mismatch``/``nan``/``crash:...``) and
+Hypothesis's shrunk counterexample. Cells, one per mutant x test module:
+
+    KILLED         a test of that module failed under the mutant (the first kill is quoted)
+    survived       its selected tests ran and passed
+    not-run        selected, but the run stopped first (``-x``: another module killed it already)
+    unreachable    not reachable on this tier (the mutant's code or that module does not run here)
+    n/a            the mutant does not apply to this Unsloth release (its anchor text is missing)
+
+Exit status: 0 when the baseline passes and every mutant the tier can reach is killed (with the
+expected verdict where the catalogue names one) or is a documented known gap of the suite
+(``survived_known_gap``, printed as such, see docs/mutants.md); 1 otherwise; 2 for bad arguments (an unknown
+mutant lists the known ones); 3 when the only problem is a mutant not applicable to this release.
+The matrix is printed and written as JSON (atomically) to ``reports/killmatrix-<tier>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from . import mutants, report, verdicts
+
+SCHEMA = "gemma2-regress/killmatrix/1"
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_DIRS = ("tests/kernel", "tests/model", "tests/trainer")
+CPU_PATHS = ("tests/kernel",)
+MARKERS = {"cpu": "not gpu and not slow", "gpu": "gpu and not slow"}
+STATES = ("KILLED", "survived", "not-run", "unreachable", "n/a", "skipped", "error")
+
+
+@dataclasses.dataclass
+class Run:
+    """One pytest invocation and what came of it."""
+
+    mutant: str | None
+    rc: int
+    wall_s: float
+    tests: list[dict]
+    status: dict | None
+    output_tail: str
+    command: list[str]
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+_EXAMPLE = re.compile(r"^(?:Falsifying example|Failing test case): ", re.M)
+
+
+def counterexample(text: str) -> str | None:
+    """Hypothesis's shrunk counterexample (``Falsifying example:``/``Failing test case:``), one line."""
+    matches = list(_EXAMPLE.finditer(text))
+    if not matches:
+        return None
+    lines = text[matches[-1].end() :].splitlines()
+    out, depth = [], 0
+    for line in lines:
+        out.append(line.strip())
+        depth += line.count("(") - line.count(")")
+        if depth <= 0:
+            break
+    return re.sub(r"\s+", " ", " ".join(out)).replace("( ", "(").replace(" )", ")")
+
+
+def verdict_of(message: str, text: str) -> str:
+    """``mismatch``/``nan`` for a failed comparison; ``crash:<Type>@<file>:<function>`` for an exception.
+
+    The crash frame is picked as in ``verdicts.crash_signature``: the innermost frame inside Unsloth,
+    transformers or torch's compiler, read from the native traceback.
+    """
+    m = re.search(r"\b(ok|mismatch|nan): err\(target\)", text)
+    if message.startswith("AssertionError") and m:
+        return m.group(1)
+    exc = message.split(":", 1)[0].strip().rsplit(".", 1)[-1] or "Exception"
+    if exc == "AssertionError":
+        return "mismatch"
+    frames = _FRAME.findall(text)
+    pick = None
+    for filename, func in frames:
+        if any(part in filename.replace("\\", "/") for part in verdicts.INTERESTING):
+            pick = (filename, func)
+    if pick is None and frames:
+        pick = frames[-1]
+    where = f"@{pick[0].rsplit('/', 1)[-1]}:{pick[1]}" if pick else ""
+    return f"crash:{exc}{where}"
+
+
+_GROUP_SPLIT = re.compile(r"^\s*\+?-?\+?-{4,} \d+ -{4,}\s*$", re.M)
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Failure|Interrupt|Warning)): ?(.*)$")
+
+
+def failures_in(message: str, text: str) -> list[dict]:
+    """The distinct failures in one test's failure text (Hypothesis reports several as an ExceptionGroup).
+
+    Each: ``{"verdict", "message", "counterexample"}``.
+    """
+    if not message.split(":", 1)[0].strip().endswith("ExceptionGroup"):
+        return [
+            {
+                "verdict": verdict_of(message, text),
+                "message": message[:500],
+                "counterexample": counterexample(text),
+            }
+        ]
+    out = []
+    for chunk in _GROUP_SPLIT.split(text)[1:]:
+        body = "\n".join(re.sub(r"^\s*\| ?", "", line) for line in chunk.splitlines())
+        exc_line = next((ln for ln in body.splitlines() if _EXC_LINE.match(ln)), "")
+        if not exc_line:
+            continue
+        out.append(
+            {
+                "verdict": verdict_of(exc_line, body),
+                "message": exc_line[:500],
+                "counterexample": counterexample(body),
+            }
+        )
+    return out or [{"verdict": "crash:ExceptionGroup", "message": message[:500], "counterexample": None}]
+
+
+def parse_junit(path: Path) -> list[dict]:
+    """Per test: module path, test id, outcome (passed/failed/skipped), message; failures add
+    ``failures`` (each distinct failure's verdict and shrunk counterexample) and the first's ``verdict``."""
+    if not path.exists():
+        return []
+    tests = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        classname = case.get("classname", "")
+        module = classname.replace(".", "/") + ".py" if classname else ""
+        outcome, message, text = "passed", "", ""
+        for tag in ("failure", "error"):
+            el = case.find(tag)
+            if el is not None:
+                outcome, message, text = "failed", el.get("message", ""), el.text or ""
+        if outcome == "passed" and case.find("skipped") is not None:
+            outcome = "skipped"
+            message = case.find("skipped").get("message", "")  # type: ignore[union-attr]
+        row = {"module": module, "test": case.get("name", ""), "outcome": outcome, "message": message[:500]}
+        if outcome == "failed":
+            row["failures"] = failures_in(message, text)
+            row["verdict"] = row["failures"][0]["verdict"]
+            row["counterexample"] = row["failures"][0]["counterexample"]
+        tests.append(row)
+    return tests
+
+
+# --- running ---------------------------------------------------------------------------------------
+def modules() -> list[str]:
+    """The matrix's columns: every test module under tests/kernel, tests/model and tests/trainer."""
+    return sorted(str(p.relative_to(ROOT)) for d in MODULE_DIRS for p in (ROOT / d).glob("test_*.py"))
+
+
+FULL = False  # --full: every test of the tier instead of each mutant's fast selection
+
+
+def selection(mutant: mutants.Mutant, tier: str) -> tuple[tuple[str, ...], str]:
+    """(paths, -k expression) of a mutant's fast selection on a tier (``--full``: the whole tier)."""
+    if FULL:
+        return (CPU_PATHS if tier == "cpu" else MODULE_DIRS), ""
+    if tier == "cpu":
+        return CPU_PATHS, mutant.cpu_select
+    return mutant.gpu_paths, mutant.gpu_select
+
+
+def union_selection(chosen: list[mutants.Mutant], tier: str) -> tuple[tuple[str, ...], str]:
+    """What the baseline runs: every path and -k expression any chosen mutant uses on this tier."""
+    paths: list[str] = []
+    exprs: list[str] = []
+    for m in chosen:
+        if tier not in m.tiers:
+            continue
+        p, k = selection(m, tier)
+        paths += [x for x in p if x not in paths]
+        if not k:
+            exprs = []
+            break
+        if k not in exprs:
+            exprs.append(k)
+    return tuple(paths), " or ".join(f"({e})" for e in exprs)
+
+
+def pytest_command(
+    python: str, paths: tuple[str, ...], tier: str, k: str, workers: int, junit: Path, mutant: str | None
+) -> list[str]:
+    cmd = [python, "-m", "pytest", *paths, "-m", MARKERS[tier], "-x", "-q", "-p", "no:cacheprovider"]
+    cmd += ["--tb=native", "-n", str(workers), "--junitxml", str(junit)]
+    if k:
+        cmd += ["-k", k]
+    if mutant:
+        cmd += ["--mutant", mutant]
+    return cmd
+
+
+def run_pytest(
+    python: str,
+    paths: tuple[str, ...],
+    tier: str,
+    k: str,
+    workers: int,
+    mutant: str | None,
+    timeout_s: float,
+    scratch: Path,
+) -> Run:
+    """One pytest run (baseline when ``mutant`` is None); never raises for a failing suite."""
+    tag = mutant or "baseline"
+    junit, status_file = scratch / f"{tier}-{tag}.xml", scratch / f"{tier}-{tag}.status.json"
+    cmd = pytest_command(python, paths, tier, k, workers, junit, mutant)
+    env = dict(os.environ)
+    env.pop(mutants.ENV, None)
+    env.update(
+        {
+            "HYPOTHESIS_PROFILE": "ci",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+            mutants.STATUS_ENV: str(status_file),
+            "GEMMA2_REGRESS_REPORT": str(scratch / f"{tier}-{tag}.summary.json"),
+        }
+    )
+    if tier == "cpu":
+        env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        rc, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc = 124
+        out = (
+            (exc.stdout or b"").decode(errors="replace")
+            if isinstance(exc.stdout, bytes)
+            else exc.stdout or ""
+        )
+        out += f"\n[killmatrix] timed out after {timeout_s:.0f}s"
+    wall = time.time() - t0
+    status = None
+    if status_file.exists():
+        import json
+
+        status = json.loads(status_file.read_text())
+    return Run(mutant, rc, round(wall, 1), parse_junit(junit), status, out[-4000:], cmd)
+
+
+# --- the matrix --------------------------------------------------------------------------------
+def cells(run: Run | None, mutant: mutants.Mutant, tier: str, columns: list[str]) -> dict[str, str]:
+    """One state per module (see the module docstring)."""
+    if run is None:
+        return dict.fromkeys(columns, "unreachable")
+    if run.status is not None and not run.status.get("applied", True):
+        return dict.fromkeys(columns, "n/a")
+    paths, _ = selection(mutant, tier)
+    out = {}
+    for col in columns:
+        if not any(col == p or col.startswith(p.rstrip("/") + "/") for p in paths):
+            out[col] = "unreachable"
+            continue
+        rows = [t for t in run.tests if t["module"] == col]
+        if any(t["outcome"] == "failed" for t in rows):
+            out[col] = "KILLED"
+        elif any(t["outcome"] == "passed" for t in rows):
+            out[col] = "survived"
+        elif rows:
+            out[col] = "skipped"
+        else:
+            out[col] = "not-run" if run.rc in (0, 1, 2) else "error"
+    return out
+
+
+def summarize(run: Run | None, mutant: mutants.Mutant, tier: str, columns: list[str]) -> dict:
+    """The matrix row of one mutant on one tier."""
+    row: dict = {"name": mutant.name, "summary": mutant.summary, "expect": list(mutant.expect)}
+    row["cells"] = cells(run, mutant, tier, columns)
+    if run is None:
+        row.update(status="unreachable", reason=f"no test of the {tier} tier reaches it")
+        return row
+    row.update(rc=run.rc, wall_s=run.wall_s, command=" ".join(run.command[1:]))
+    if run.status is not None and not run.status.get("applied", True):
+        row.update(status="not_applicable", reason=run.status.get("reason", ""))
+        return row
+    kills = [t for t in run.tests if t["outcome"] == "failed"]
+    if kills:
+        wanted = mutant.expect
+        found = [dict(f, module=t["module"], test=t["test"]) for t in kills for f in t["failures"]]
+        good = [f for f in found if not wanted or any(verdicts.matches(f["verdict"], w) for w in wanted)]
+        row["first_kill"] = (good or found)[0]
+        row["verdicts"] = sorted({f["verdict"] for f in found})
+        row["status"] = "killed" if good else "killed_unexpected"
+        if not good:
+            row["reason"] = f"killed as {', '.join(row['verdicts'])}, expected one of {', '.join(wanted)}"
+    elif run.rc not in (0, 1, 2) or run.status is None:
+        row.update(
+            status="error", reason=f"pytest exit {run.rc}; no test failed", output_tail=run.output_tail
+        )
+    elif any(t["outcome"] == "passed" for t in run.tests):
+        row["status"] = "survived_known_gap" if mutant.known_gap else "survived"
+        if mutant.known_gap:
+            row["reason"] = mutant.known_gap
+    else:
+        row.update(status="error", reason="no selected test ran (everything skipped or deselected)")
+    return row
+
+
+SYMBOL = {"unreachable": "-", "not-run": "not-run"}
+
+
+def render(tier: str, rows: list[dict], columns: list[str], baseline: dict | None) -> str:
+    """The printed matrix (columns numbered, legend below), then each mutant's first kill with its
+    shrunk counterexample."""
+    width = max([len(r["name"]) for r in rows] + [8])
+    lines = [f"kill matrix, {tier} tier"]
+    if baseline is not None:
+        lines.append(
+            f"baseline (no mutant): {'PASS' if baseline['ok'] else 'FAIL'} "
+            f"({baseline['passed']} passed, {baseline['failed']} failed, {baseline['wall_s']}s)"
+        )
+    lines.append(
+        f"{'mutant':{width}}  {'result':18} {'s':>6}  "
+        + " ".join(f"[{i + 1}]".ljust(8) for i in range(len(columns)))
+    )
+    for r in rows:
+        cells = " ".join(SYMBOL.get(r["cells"][c], r["cells"][c]).ljust(8) for c in columns)
+        lines.append(f"{r['name']:{width}}  {r['status']:18} {r.get('wall_s', ''):>6}  {cells}")
+    lines.append("columns: " + "  ".join(f"[{i + 1}] {c}" for i, c in enumerate(columns)))
+    lines.append(
+        "cells: KILLED | survived | not-run (stopped by -x first) | - (not reachable on this tier) | n/a"
+    )
+    lines.append("")
+    for r in rows:
+        k = r.get("first_kill")
+        if k:
+            lines.append(f"{r['name']}: {k['verdict']} in {k['module']}::{k['test']}")
+            lines.append(f"    {k.get('counterexample') or k['message'][:200]}")
+        elif r.get("reason"):
+            lines.append(f"{r['name']}: {r['status']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def exit_status(baseline: dict | None, rows: list[dict]) -> int:
+    bad = {"survived", "killed_unexpected", "error"}
+    if (baseline is not None and not baseline["ok"]) or any(r["status"] in bad for r in rows):
+        return 1
+    return 3 if any(r["status"] == "not_applicable" for r in rows) else 0
+
+
+def detect_tier() -> str:
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) -> int:
+    columns = modules()
+    scratch = Path(tempfile.mkdtemp(prefix=f"killmatrix-{tier}-"))
+    t0 = time.time()
+    python = args.python or sys.executable
+    baseline = None
+    if not args.no_baseline:
+        paths, k = union_selection(chosen, tier)
+        print(f"[killmatrix] {tier}: baseline run (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
+        b = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch)
+        failed = [t for t in b.tests if t["outcome"] == "failed"]
+        passed = [t for t in b.tests if t["outcome"] == "passed"]
+        baseline = {
+            "ok": b.rc == 0 and not failed and bool(passed),
+            "rc": b.rc,
+            "passed": len(passed),
+            "failed": len(failed),
+            "wall_s": b.wall_s,
+            "failures": failed,
+        }
+        if not baseline["ok"]:
+            baseline["output_tail"] = b.output_tail
+        print(
+            f"[killmatrix] {tier}: baseline {'PASS' if baseline['ok'] else 'FAIL'} in {b.wall_s}s", flush=True
+        )
+
+    def one(m: mutants.Mutant) -> tuple[mutants.Mutant, Run | None]:
+        if tier not in m.tiers:
+            return m, None
+        paths, k = selection(m, tier)
+        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch)
+        print(f"[killmatrix] {tier}: {m.name}: rc={r.rc} {r.wall_s}s", flush=True)
+        return m, r
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = dict(pool.map(one, chosen))
+    rows = [summarize(results[m], m, tier, columns) for m in chosen]
+    status = exit_status(baseline, rows)
+    from .versions import versions
+
+    payload = {
+        "schema": SCHEMA,
+        "tier": tier,
+        "command": " ".join(["python -m gemma2_regress.killmatrix", *args.argv]),
+        "workers": args.workers,
+        "jobs": args.jobs,
+        "wall_s": round(time.time() - t0, 1),
+        "versions": versions(),
+        "columns": columns,
+        "baseline": baseline,
+        "mutants": rows,
+        "exit_status": status,
+    }
+    out = Path(args.out.format(tier=tier))
+    report.write_json_atomic(out, payload)
+    print(render(tier, rows, columns, baseline))
+    print(f"\n[killmatrix] {tier} tier: wall {payload['wall_s']}s; JSON: {out}; exit {status}")
+    return status
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m gemma2_regress.killmatrix", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("names", nargs="*", help="mutants to run (default: all); see --list")
+    p.add_argument(
+        "--tier", default="auto", help="cpu, gpu, cpu,gpu or auto (gpu if CUDA is visible, else cpu)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="xdist workers per pytest run (default 0: in-process)"
+    )
+    p.add_argument("--jobs", type=int, default=None, help="pytest runs at once (cpu: 2, gpu: 4)")
+    p.add_argument("--timeout-s", type=float, default=1200.0, help="limit for one pytest run")
+    p.add_argument("--out", default="reports/killmatrix-{tier}.json", help="JSON path ({tier} is filled in)")
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the no-mutant run (the matrix then proves less)"
+    )
+    p.add_argument("--python", default=None, help="interpreter that runs pytest (default: this one)")
+    p.add_argument("--full", action="store_true", help="run every test of the tier per mutant (slow)")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.list:
+        for m in mutants.CATALOGUE.values():
+            print(f"{m.name:26} [{','.join(m.tiers)}] {m.summary}")
+        return 0
+    try:
+        chosen = [mutants.get(n) for n in args.names] if args.names else list(mutants.CATALOGUE.values())
+    except mutants.UnknownMutant as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    global FULL
+    FULL = args.full
+    tiers = [detect_tier()] if args.tier == "auto" else args.tier.split(",")
+    for t in tiers:
+        if t not in mutants.TIERS:
+            print(f"error: unknown tier {t!r}; use cpu, gpu, cpu,gpu or auto", file=sys.stderr)
+            return 2
+    worst = 0
+    for tier in tiers:
+        a = argparse.Namespace(**vars(args))
+        a.workers = args.workers if args.workers is not None else 0
+        a.jobs = args.jobs if args.jobs is not None else (2 if tier == "cpu" else 4)
+        status = run_tier(tier, chosen, a)
+        worst = status if worst == 0 else (1 if 1 in (worst, status) else worst)
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Self-tests of the mutant mechanism and the kill matrix: fast, no kernel compile, no test run.
+
+The anchor test imports the installed Unsloth and builds every mutant (edits applied, source
+compiled, decorators re-applied lazily): a release that moves the edited code turns it red, so the
+catalogue is updated before the kill matrix would quietly report "n/a".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from gemma2_regress import killmatrix, mutants, unsloth_adapter
+
+REQUIRED = {
+    "crash2024",
+    "window_off_by_one_wide",
+    "window_off_by_one_narrow",
+    "window_ignored",
+    "softcap_dropped",
+    "softcap_after_mask",
+    "scale_head_dim",
+    "gqa_interleaved",
+    "batch_rows_mixed",
+    "eval_padding_dropped",
+    "q_offset_wrong",
+    "softmax_input_dtype",
+}
+
+
+def _unsloth():
+    try:
+        return unsloth_adapter.load()
+    except unsloth_adapter.UnslothUnavailable as exc:
+        pytest.skip(f"Unsloth is not usable here: {exc}")
+
+
+# --- the catalogue ---------------------------------------------------------------------------------
+def test_catalogue_is_well_formed() -> None:
+    assert len(mutants.CATALOGUE) >= 10
+    assert REQUIRED <= set(mutants.CATALOGUE)
+    for name, m in mutants.CATALOGUE.items():
+        assert m.name == name and m.summary and m.patches, name
+        assert set(m.tiers) <= set(mutants.TIERS) and m.tiers, name
+        if "cpu" in m.tiers:
+            assert m.cpu_select, f"{name}: a CPU-reachable mutant needs a CPU selection"
+        for p in m.patches:
+            assert p.owner in mutants.OWNERS, (name, p.owner)
+            assert p.edits and all(e.old and e.old != e.new for e in p.edits), (name, p.label)
+        json.dumps(mutants.describe(name))
+
+
+def test_crash2024_expects_the_original_failure_class() -> None:
+    m = mutants.get("crash2024")
+    assert any(e.startswith("crash:AttributeError") or e.startswith("crash:TypeError") for e in m.expect)
+
+
+def test_unknown_mutant_names_the_known_ones() -> None:
+    with pytest.raises(mutants.UnknownMutant) as err:
+        mutants.get("no_such_bug")
+    assert "no_such_bug" in str(err.value) and "crash2024" in str(err.value)
+
+
+def test_runner_rejects_unknown_mutant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert killmatrix.main(["no_such_bug", "--tier", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown mutant 'no_such_bug'" in err and "softcap_dropped" in err
+
+
+def test_runner_rejects_unknown_tier(capsys: pytest.CaptureFixture[str]) -> None:
+    assert killmatrix.main(["crash2024", "--tier", "tpu"]) == 2
+    assert "unknown tier" in capsys.readouterr().err
+
+
+# --- against the installed Unsloth -------------------------------------------------------------------
+@pytest.mark.unsloth
+@pytest.mark.parametrize("name", sorted(mutants.CATALOGUE))
+def test_anchors_present_in_installed_unsloth(name: str) -> None:
+    """Every edit's anchor occurs exactly once in the installed release, and the edit compiles."""
+    _unsloth()
+    built = mutants.check(name)
+    assert len(built) == len(mutants.get(name).patches)
+    for patch, obj, _ in built:
+        func = getattr(obj, "_torchdynamo_orig_callable", obj)
+        assert getattr(func, "_gemma2_mutant", None) == name, patch.label
+
+
+def _references() -> dict[tuple, int]:
+    """id() of every callable / class attribute in the modules a mutant may touch."""
+    snap: dict[tuple, int] = {}
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not modname.startswith(mutants.REBIND_PREFIXES):
+            continue
+        for key, value in list(vars(mod).items()):
+            snap[(modname, key)] = id(value)
+            if isinstance(value, type) and getattr(value, "__module__", "") == modname:
+                for akey, avalue in list(vars(value).items()):
+                    snap[(modname, key, akey)] = id(avalue)
+    return snap
+
+
+@pytest.mark.unsloth
+@pytest.mark.parametrize("name", sorted(mutants.CATALOGUE))
+def test_apply_then_unapply_restores_every_original(name: str) -> None:
+    u = _unsloth()
+    before = _references()
+    applied = mutants.apply(name)
+    try:
+        assert mutants.active() == name
+        assert applied.slots, "a mutant that replaces nothing cannot be killed"
+        for slot in applied.slots:
+            now = vars(slot.holder)[slot.key]
+            func = getattr(now, "__func__", now)
+            func = getattr(func, "_torchdynamo_orig_callable", func)
+            assert getattr(func, "_gemma2_mutant", None) == name, slot.key
+        with pytest.raises(RuntimeError, match="already applied"):
+            mutants.apply(name)
+    finally:
+        mutants.unapply()
+    assert mutants.active() is None
+    after = _references()
+    changed = sorted(str(k) for k in before if after.get(k) != before[k])
+    assert not changed, f"not restored: {changed[:5]}"
+    assert u.kernel("slow_attention_softcapping") is not None
+
+
+@pytest.mark.unsloth
+def test_compiled_kernel_is_rewrapped_by_torch_compile() -> None:
+    """The compiled kernel's mutant is itself torch.compile'd, from the same decorator expression."""
+    u = _unsloth()
+    original = u.kernels_module._compiled_slow_attention_softcapping
+    mutants.apply("softcap_dropped")
+    try:
+        now = u.kernels_module._compiled_slow_attention_softcapping
+        assert now is not original
+        assert hasattr(now, "_torchdynamo_orig_callable"), (
+            "the mutant kernel must be compiled like the original"
+        )
+        assert now._torchdynamo_orig_callable.__globals__ is original._torchdynamo_orig_callable.__globals__
+    finally:
+        mutants.unapply()
+    assert u.kernels_module._compiled_slow_attention_softcapping is original
+
+
+@pytest.mark.unsloth
+def test_eager_mutant_changes_the_eager_kernel_output() -> None:
+    """Cheap behavioural check (the eager generation kernel, no compile): the mutant really bites."""
+    import torch
+
+    from gemma2_regress import targets
+    from gemma2_regress.cases import Case, make_inputs
+
+    _unsloth()
+    case = Case(bsz=1, n_heads=4, n_kv_heads=2, head_dim=16, q_len=6, kv_len=6, window=None, logit_std=50.0)
+    target = targets.get("slow_inference_attention_softcapping[oracle-4d]")
+    inputs = make_inputs(case)
+    clean = target.run(case, inputs)
+    mutants.apply("softcap_dropped")
+    try:
+        planted = target.run(case, inputs)
+    finally:
+        mutants.unapply()
+    assert not torch.allclose(clean, planted)
+    assert torch.equal(clean, target.run(case, inputs))
+
+
+@pytest.mark.unsloth
+def test_missing_anchor_is_not_applicable() -> None:
+    _unsloth()
+    patch = mutants.Patch(
+        "kernels", "slow_inference_attention_softcapping", (mutants.Edit("no such text", "x"),)
+    )
+    raw = mutants._resolve(patch, mutants._handles())[3]
+    with pytest.raises(mutants.NotApplicable, match="found 0 times"):
+        mutants.mutated_function(patch, raw, "probe")
+    gone = mutants.Patch("kernels", "a_function_this_release_lacks", (mutants.Edit("a", "b"),))
+    with pytest.raises(mutants.NotApplicable):
+        mutants._resolve(gone, mutants._handles())
+
+
+# --- the kill matrix's parsing and JSON --------------------------------------------------------------
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.kernel.test_slow_kernel" name="test_small_windows[cpu-a]" time="1"/>
+<testcase classname="tests.kernel.test_slow_kernel" name="test_small_windows[cpu-b]" time="1">
+<failure message="AttributeError: 'bool' object has no attribute 'dim'">Traceback (most recent call last):
+  File "/x/unsloth/kernels/flex_attention.py", line 90, in slow_attention_softcapping
+  File "/x/unsloth/kernels/flex_attention.py", line 60, in _compiled_slow_attention_softcapping
+AttributeError: 'bool' object has no attribute 'dim'
+Falsifying example: test_small_windows(
+    target=T(kernel='k'),
+    case=Case(bsz=1,
+     q_len=3),
+)
+</failure></testcase>
+<testcase classname="tests.model.test_unsloth_forward" name="test_x" time="0"><skipped message="no GPU"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_junit_parsing_gives_verdict_and_counterexample(tmp_path) -> None:
+    path = tmp_path / "j.xml"
+    path.write_text(JUNIT)
+    tests = killmatrix.parse_junit(path)
+    assert [t["outcome"] for t in tests] == ["passed", "failed", "skipped"]
+    bad = tests[1]
+    assert bad["module"] == "tests/kernel/test_slow_kernel.py"
+    assert bad["verdict"] == "crash:AttributeError@flex_attention.py:_compiled_slow_attention_softcapping"
+    assert bad["counterexample"] == "test_small_windows(target=T(kernel='k'), case=Case(bsz=1, q_len=3),)"
+
+
+def test_mismatch_verdict_from_the_property_message() -> None:
+    msg = "AssertionError: kernel_matches_oracle failed for k[m]"
+    text = msg + "\n  mismatch: err(target)=1.97 err(baseline)=0 bound=2e-06 ratio=9.86e+05"
+    assert killmatrix.verdict_of(msg, text) == "mismatch"
+
+
+def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
+    return killmatrix.Run("m", rc, 1.0, tests, status, "", ["python", "-m", "pytest"])
+
+
+def test_matrix_rows_and_json_schema(tmp_path) -> None:
+    cols = ["tests/kernel/test_slow_kernel.py", "tests/model/test_unsloth_forward.py"]
+    killed = {
+        "module": cols[0],
+        "test": "t",
+        "outcome": "failed",
+        "message": "m",
+        "verdict": "crash:TypeError@f.py:g",
+    }
+    crash = mutants.get("crash2024")
+    row = killmatrix.summarize(_run([killed], {"applied": True}), crash, "cpu", cols)
+    assert row["status"] == "killed" and row["cells"] == {cols[0]: "KILLED", cols[1]: "unreachable"}
+    wrong = dict(killed, verdict="mismatch")
+    assert (
+        killmatrix.summarize(_run([wrong], {"applied": True}), crash, "cpu", cols)["status"]
+        == "killed_unexpected"
+    )
+    passed = dict(killed, outcome="passed")
+    soft = mutants.get("softcap_dropped")
+    survived = killmatrix.summarize(_run([passed], {"applied": True}, rc=0), soft, "cpu", cols)
+    assert survived["status"] == "survived" and survived["cells"][cols[0]] == "survived"
+    na = killmatrix.summarize(_run([], {"applied": False, "reason": "anchor"}, rc=4), soft, "cpu", cols)
+    assert na["status"] == "not_applicable" and set(na["cells"].values()) == {"n/a"}
+    gpu_only = killmatrix.summarize(None, soft, "cpu", cols)
+    assert gpu_only["status"] == "unreachable"
+    rows = [row, survived]
+    base = {"ok": True, "rc": 0, "passed": 3, "failed": 0, "wall_s": 1.0, "failures": []}
+    assert killmatrix.exit_status(base, [row]) == 0
+    assert killmatrix.exit_status(base, rows) == 1
+    assert killmatrix.exit_status(dict(base, ok=False), [row]) == 1
+    assert killmatrix.exit_status(base, [row, na]) == 3
+    text = killmatrix.render("cpu", rows, cols, base)
+    assert "crash2024" in text and "KILLED" in text and "survived" in text
+    out = tmp_path / "km.json"
+    from gemma2_regress.report import write_json_atomic
+
+    write_json_atomic(out, {"schema": killmatrix.SCHEMA, "mutants": rows, "columns": cols, "baseline": base})
+    data = json.loads(out.read_text())
+    assert data["schema"] == killmatrix.SCHEMA
+    for r in data["mutants"]:
+        assert {"name", "status", "cells"} <= set(r)
+        assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(killmatrix.STATES)
+
+
+def test_union_selection_covers_every_mutant() -> None:
+    chosen = list(mutants.CATALOGUE.values())
+    paths, k = killmatrix.union_selection(chosen, "cpu")
+    assert paths == killmatrix.CPU_PATHS
+    for m in chosen:
+        if "cpu" in m.tiers:
+            assert f"({m.cpu_select})" in k
