@@ -221,17 +221,18 @@ def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
 
 def test_matrix_rows_and_json_schema(tmp_path) -> None:
     cols = ["tests/kernel/test_slow_kernel.py", "tests/model/test_unsloth_forward.py"]
-    killed = {
-        "module": cols[0],
-        "test": "t",
-        "outcome": "failed",
-        "message": "m",
-        "verdict": "crash:TypeError@f.py:g",
-    }
+    fail = {"verdict": "crash:TypeError@f.py:g", "message": "TypeError: x", "counterexample": "Case(q_len=2)"}
+    killed = {"module": cols[0], "test": "t", "outcome": "failed", "message": "m", "failures": [fail], **fail}
     crash = mutants.get("crash2024")
     row = killmatrix.summarize(_run([killed], {"applied": True}), crash, "cpu", cols)
     assert row["status"] == "killed" and row["cells"] == {cols[0]: "KILLED", cols[1]: "unreachable"}
-    wrong = dict(killed, verdict="mismatch")
+    assert row["first_kill"]["counterexample"] == "Case(q_len=2)"
+    # Hypothesis may report several distinct failures: the expected one is quoted first
+    both = dict(killed, failures=[dict(fail, verdict="nan"), fail])
+    row2 = killmatrix.summarize(_run([both], {"applied": True}), crash, "cpu", cols)
+    assert row2["status"] == "killed" and row2["first_kill"]["verdict"].startswith("crash:TypeError")
+    assert row2["verdicts"] == ["crash:TypeError@f.py:g", "nan"]
+    wrong = dict(killed, failures=[dict(fail, verdict="mismatch")])
     assert (
         killmatrix.summarize(_run([wrong], {"applied": True}), crash, "cpu", cols)["status"]
         == "killed_unexpected"
