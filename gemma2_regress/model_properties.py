@@ -33,6 +33,13 @@ TIE_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
 _write: Callable[[str], None] = print
 
 
+
+def model_compare(target, golden, baseline, *, dtype, valid=None, k: float = tolerance.K) -> tolerance.Comparison:
+    """``tolerance.compare`` with the whole-model floor (``tolerance.MODEL_FLOOR``)."""
+    return tolerance.compare(
+        target, golden, baseline, dtype=dtype, valid=valid, k=k, floor=tolerance.MODEL_FLOOR[dtype]
+    )
+
 def set_writer(write: Callable[[str], None]) -> None:
     """Where the per-example lines go (tests hand in pytest's terminal writer so they are not captured)."""
     global _write
@@ -111,9 +118,9 @@ def check_logits_and_loss(target: Any, golden: Any, baseline: Any, case: ModelCa
             g = golden.forward(ids, mask, labels, mode=case.mode)
             b = baseline.forward(ids, mask, labels, mode=case.mode)
         dt = case.torch_dtype
-        parts = {"logits": tolerance.compare(t.logits, g.logits, b.logits, dtype=dt, valid=valid)}
+        parts = {"logits": model_compare(t.logits, g.logits, b.logits, dtype=dt, valid=valid)}
         if labels is not None:
-            parts["loss"] = tolerance.compare(t.loss.reshape(()), g.loss, b.loss, dtype=dt)
+            parts["loss"] = model_compare(t.loss.reshape(()), g.loss, b.loss, dtype=dt)
         _judge(box, "model_logits_loss", target.name, case.short(), parts)
 
 
@@ -135,7 +142,7 @@ def check_attention_grads(target: Any, golden: Any, baseline: Any, case: ModelCa
                 f"parameter names differ: target {sorted(gt)[:4]}..., reference {sorted(gg)[:4]}..."
             )
         dt = case.torch_dtype
-        parts = {"loss": tolerance.compare(lt.reshape(()), lg, lb, dtype=dt)}
+        parts = {"loss": model_compare(lt.reshape(()), lg, lb, dtype=dt)}
         for name in sorted(gg):
             short = name.replace("model.layers.", "L").replace(".self_attn.", ".").removesuffix(".weight")
             parts[short] = tolerance.compare(gt[name], gg[name], gb[name], dtype=dt, k=tolerance.K_GRAD)
@@ -165,7 +172,7 @@ def check_kv_cache(
             g = golden.forward(ids, mask).logits[:, split:]
             b = baseline.forward(ids, mask).logits[:, split:]
         valid = None if mask is None else mask[:, split:].bool()
-        parts = {"suffix_logits": tolerance.compare(t, g, b, dtype=dtype, valid=valid)}
+        parts = {"suffix_logits": model_compare(t, g, b, dtype=dtype, valid=valid)}
         _judge(box, "model_kv_cache", target.name, case, parts)
 
 
@@ -192,7 +199,7 @@ def check_row_alone(
             "model_batch_row",
             target.name,
             case,
-            {"row_logits": tolerance.compare(t, g, b, dtype=dtype, valid=valid)},
+            {"row_logits": model_compare(t, g, b, dtype=dtype, valid=valid)},
         )
 
 
@@ -230,7 +237,7 @@ def check_padded_row(
             "model_padded_row",
             target.name,
             case,
-            {"real_positions": tolerance.compare(t, g, b, dtype=dtype)},
+            {"real_positions": model_compare(t, g, b, dtype=dtype)},
         )
 
 
@@ -250,7 +257,7 @@ def check_generation(
         tok_t, sc_t = target.generate(ids, mask, max_new_tokens)
         tok_g, sc_g = golden.generate(ids, mask, max_new_tokens)
         _, sc_b = baseline.generate(ids, mask, max_new_tokens)
-        parts = {"first_step_logits": tolerance.compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype)}
+        parts = {"first_step_logits": model_compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype)}
         chosen_from = sc_g.detach().double().cpu()
         eos = golden.config.eos_token_id
         if eos is not None:  # min_new_tokens holds EOS off: it was never a candidate
@@ -385,5 +392,5 @@ def check_evaluate(
             "trainer_evaluate",
             target.name,
             case,
-            {"eval_loss": tolerance.compare(got, g, b, dtype=dtype)},
+            {"eval_loss": model_compare(got, g, b, dtype=dtype)},
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gemma2_regress import strategies, targets
 from gemma2_regress.properties import check_kernel_matches_oracle
@@ -20,9 +21,11 @@ KERNEL_TARGETS = [pytest.param(t, id=t.name) for t in targets.kernel_targets()]
 
 @pytest.mark.xdist_group("kernel-small")  # one worker keeps the compiled kernels warm
 @pytest.mark.parametrize("target", KERNEL_TARGETS)
-@given(case=strategies.small_window_cases())
-def test_small_windows(target: targets.KernelTarget, case, device: str) -> None:
-    """Windows of 1..64 and lengths around them: many cheap examples."""
+@given(data=st.data())
+def test_small_windows(target: targets.KernelTarget, data, device: str) -> None:
+    """Windows of 1..64 and lengths around them: many cheap examples (one geometry on a GPU)."""
+    geometries = strategies.GPU_GEOMETRIES if device == "cuda" else None
+    case = data.draw(strategies.small_window_cases(geometries=geometries), label="case")
     if not target.supports(case):
         case = case.__class__(**{**case.__dict__, "pad_side": "none", "pads": ()})
     check_kernel_matches_oracle(target, case, device)

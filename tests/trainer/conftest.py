@@ -19,7 +19,7 @@ def _example_lines(request: pytest.FixtureRequest) -> None:
     model_properties.set_writer(reporter.write_line if reporter is not None else print)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def unsloth_ready() -> None:
     """Skip, saying why, where Unsloth's model cannot run (no CUDA GPU, or Unsloth not installed)."""
     reason = model_targets.unsloth_skip_reason()
