@@ -24,8 +24,8 @@ Weight inits (``checkpoint(init=...)``), drawn in float32 from ``torch.Generator
   large    default, then q_proj and k_proj weights times ``LARGE_QK_SCALE`` (44). A raw logit
            q.k / sqrt(s) scales with the square of that factor, so its std becomes about 0.026 * 44**2
            = 50 = attn_logit_softcapping: the logits sit in tanh's curved range, where a dropped or
-           misplaced cap changes the output. (Measured std: see docs/oracle.md; the fixture test
-           prints it and keeps it inside [10, 200].)
+           misplaced cap changes the output. Measured at 4097 tokens: 50.5 (layer 0), 50.3
+           (layer 1); tests/model/test_fixture_cpu.py prints it and keeps it inside [10, 200].
   probe    for the window-boundary test at model level: q_proj zero (every logit is 0, so attention
            is uniform over exactly the allowed keys), v_proj times ``PROBE_V_SCALE`` (so the
            attention output is far above the post-attention RMSNorm's eps), and the saved config has
@@ -196,6 +196,12 @@ def _copy_config(config: Any) -> Any:
         raise TypeError(
             f"checkpoint: config must be a Gemma2Config (use tiny_config()), got {type(config).__name__}"
         )
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and list(layer_types) != expected_layer_types(config.num_hidden_layers):
+        raise ValueError(
+            f"checkpoint: layer_types {list(layer_types)} breaks Unsloth's idx % 2 == 0 sliding layout; "
+            "build the config with tiny_config()"
+        )
     copy = Gemma2Config.from_dict(config.to_dict())
     copy._attn_implementation = getattr(config, "_attn_implementation", None) or "eager"
     return copy
@@ -315,8 +321,9 @@ def load_transformers(
     """The checkpoint as transformers' eager ``Gemma2ForCausalLM`` in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
-    return model.to(device).eval()
+    # float32 weights cast after loading: exact, and the same call under every transformers release
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager")
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def token_batch(

@@ -51,6 +51,9 @@ def window_mask_mod(case: Case, key_valid: torch.Tensor | None):
 def unfused_without_dynamo():
     """Run flex's unfused math path directly, not through dynamo (which re-traces for every new
     mask_mod closure, ~2 s an example). Forward values are the same; flex warns only about backward."""
+    if not hasattr(flex, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG"):  # older torch: plain eager flex
+        yield
+        return
     old = flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
     flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
     try:
