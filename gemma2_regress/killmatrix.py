@@ -370,27 +370,14 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
     t0 = time.time()
     python = args.python or sys.executable
     baseline = None
-    if not args.no_baseline:
-        paths, k = union_selection(chosen, tier)
-        print(f"[killmatrix] {tier}: baseline run (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
-        b = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch)
-        failed = [t for t in b.tests if t["outcome"] == "failed"]
-        passed = [t for t in b.tests if t["outcome"] == "passed"]
-        baseline = {
-            "ok": b.rc == 0 and not failed and bool(passed),
-            "rc": b.rc,
-            "passed": len(passed),
-            "failed": len(failed),
-            "wall_s": b.wall_s,
-            "failures": failed,
-        }
-        if not baseline["ok"]:
-            baseline["output_tail"] = b.output_tail
-        print(
-            f"[killmatrix] {tier}: baseline {'PASS' if baseline['ok'] else 'FAIL'} in {b.wall_s}s", flush=True
-        )
 
-    def one(m: mutants.Mutant) -> tuple[mutants.Mutant, Run | None]:
+    def one(m: mutants.Mutant | None) -> tuple[mutants.Mutant | None, Run | None]:
+        if m is None:  # the baseline: the union of the selections, no mutant
+            paths, k = union_selection(chosen, tier)
+            print(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
+            r = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch)
+            print(f"[killmatrix] {tier}: baseline: rc={r.rc} {r.wall_s}s", flush=True)
+            return None, r
         if tier not in m.tiers:
             return m, None
         paths, k = selection(m, tier)
@@ -398,9 +385,28 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
         print(f"[killmatrix] {tier}: {m.name}: rc={r.rc} {r.wall_s}s", flush=True)
         return m, r
 
+    # The baseline runs in the same pool, first: with --jobs > 1 it overlaps the mutant runs (its
+    # verdict still decides whether the matrix means anything).
+    todo: list[mutants.Mutant | None] = ([] if args.no_baseline else [None]) + list(chosen)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = dict(pool.map(one, chosen))
-    rows = [summarize(results[m], m, tier, columns) for m in chosen]
+        done = list(pool.map(one, todo))
+    results = {m.name: r for m, r in done if m is not None}
+    base_run = next((r for m, r in done if m is None), None)
+    if base_run is not None:
+        failed = [t for t in base_run.tests if t["outcome"] == "failed"]
+        passed = [t for t in base_run.tests if t["outcome"] == "passed"]
+        baseline = {
+            "ok": base_run.rc == 0 and not failed and bool(passed),
+            "rc": base_run.rc,
+            "passed": len(passed),
+            "failed": len(failed),
+            "wall_s": base_run.wall_s,
+            "command": " ".join(base_run.command[1:]),
+            "failures": failed,
+        }
+        if not baseline["ok"]:
+            baseline["output_tail"] = base_run.output_tail
+    rows = [summarize(results.get(m.name), m, tier, columns) for m in chosen]
     status = exit_status(baseline, rows)
     from .versions import versions
 
