@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -128,6 +129,11 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--out", default="reports/gate", help="gate.json, gate-junit.xml and logs (default %(default)s)"
+    )
+    g.add_argument(
+        "--perf-args",
+        default="",
+        help="extra arguments for `python -m gemma2_regress.perf run`, quoted (e.g. '--models 2b --lengths 4096')",
     )
     _common(g)
     g.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
@@ -253,6 +259,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         installer=args.installer,
         perf=args.perf,
         perf_threshold=args.perf_threshold,
+        perf_args=shlex.split(args.perf_args),
         timeout_s=args.timeout,
     )
     return 0 if res["pass"] else 1

@@ -142,7 +142,9 @@ def _cuda(env: envs.Env) -> int:
     return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
 
 
-def _perf(sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool | None) -> dict:
+def _perf(
+    sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool | None, perf_args: list[str]
+) -> dict:
     try:
         from .perf import compare as perf_compare  # the perf engineer's hook
     except ImportError as exc:
@@ -156,7 +158,7 @@ def _perf(sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool 
     paths = {}
     for s in sides:
         d = out / s.name / "perf"
-        argv = [s.env.python, "-m", "gemma2_regress.perf", "run", "--out", str(d), "--no-plot"]
+        argv = [s.env.python, "-m", "gemma2_regress.perf", "run", "--out", str(d), "--no-plot", *perf_args]
         done = subprocess.run(
             argv,
             cwd=cwd,
@@ -190,6 +192,7 @@ def gate(
     installer: str = "auto",
     perf: bool | None = None,
     perf_threshold: float = 1.25,
+    perf_args: list[str] | None = None,
     timeout_s: float = 7200.0,
     log=print,
 ) -> dict:
@@ -234,7 +237,7 @@ def gate(
             "exit": {k: v.exit_code for k, v in outs.items()},
             "unusable": {k: v.reason for k, v in outs.items() if v.status == "skip" and not v.tests},
         }
-    result["perf"] = _perf(sides, out, perf_threshold, cwd, perf)
+    result["perf"] = _perf(sides, out, perf_threshold, cwd, perf, list(perf_args or []))
     regressions = [
         r for t in result["tiers"].values() for r in t["rows"] if r["call"] in ("regression", "new-fail")
     ]

@@ -12,10 +12,21 @@ from test_bisect import fakes  # noqa: F401 - the shared wheelhouse fixture
 from gemma2_regress import cli, envs, gate
 from gemma2_regress.selection import Outcome
 
+RUNS: dict[tuple, object] = {}
+
 
 @pytest.fixture(autouse=True)
 def _quiet_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    real = gate.run
+
+    def memo_run(env, sel, step_dir, **kw):  # a fake build's run is deterministic: run it once per session
+        key = (tuple(env.pythonpath), tuple(sel.pytest_args))
+        if key not in RUNS:
+            RUNS[key] = real(env, sel, step_dir, **kw)
+        return RUNS[key]
+
+    monkeypatch.setattr(gate, "run", memo_run)
 
 
 def _gate(fakes, tmp_path, candidate: str, baseline: str = "1.0") -> dict:  # noqa: F811
