@@ -73,7 +73,8 @@ def install_unsloth(session: nox.Session) -> str:
 
 def _pytest(session: nox.Session, *args: str) -> None:
     python = _venv_python(session) or sys.executable
-    session.run(python, "-m", "pytest", *args, *session.posargs, external=True)
+    # interrupt_timeout: on Ctrl-C / SIGINT give pytest time to print its summary and write reports.
+    session.run(python, "-m", "pytest", *args, *session.posargs, external=True, interrupt_timeout=60)
 
 
 @nox.session(python=PYTHON)
