@@ -34,7 +34,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from . import envs, install, report
-from .selection import RunResult, Selection, run
+from .selection import RunResult, Selection, falsifying_example, run
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
 EXIT_FOUND, EXIT_ERROR, EXIT_AMBIGUOUS = 0, 2, 3
@@ -457,7 +457,8 @@ class Bisect:
         ambiguous = [c.label for c in cands[lo + 1 : hi]]
         a, b = last_old.ref, first.ref
         link = COMPARE.format(a=a, b=b)
-        deciding = steps.get(first.label)
+        # the step that shows the failure: the first bad (regression) or the last bad (find-fix)
+        deciding = steps.get(last_old.label if self.find_fix else first.label)
         what = "first good (fixed)" if self.find_fix else "first bad"
         out = {
             "mode": "find-fix" if self.find_fix else "regression",
@@ -474,12 +475,22 @@ class Bisect:
             "test_runs": len(ordered),
             "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
             "compare": link,
-            "falsifying_example": next((s.falsifying for s in ordered if s.falsifying), None),
+            "falsifying_example": next(
+                (_falsifying(s) for s in ordered if s.status == "bad" and _falsifying(s)), None
+            ),
             "wall_s": round(wall, 1),
             "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
         }
         out["issue_text"] = issue_text(out, deciding)
         return out
+
+
+def _falsifying(step: Step) -> str | None:
+    """The step's minimal failing example, re-read from its log when that is still there."""
+    log = Path(step.log) if step.log else None
+    if log is not None and log.exists():
+        return falsifying_example(log.read_text(errors="replace")) or step.falsifying
+    return step.falsifying
 
 
 def _safe(s: str) -> str:
@@ -518,7 +529,7 @@ def _progress(st: Step, find_fix: bool) -> str:
     )
 
 
-def issue_text(res: dict, deciding: Step | None) -> str:
+def issue_text(res: dict, failing: Step | None) -> str:
     """A ready-to-paste GitHub issue body for the result."""
     sel = res["selection"]
     args = " ".join(sel["pytest_args"])
@@ -531,10 +542,13 @@ def issue_text(res: dict, deciding: Step | None) -> str:
         f"- Selection: `pytest {args}`" + (f" (bad = `{sel['signature']}`)" if sel.get("signature") else ""),
         f"- Bisected with gemma2-regress over {res['candidates']} {res['source']} candidates in {res['test_runs']} test runs",
     ]
-    if deciding is not None:
-        lines += [f"- Verdict at {deciding.candidate}: `{deciding.signature}` ({deciding.reason})"]
-        if deciding.failing_tests:
-            lines += ["- Failing tests:", *[f"  - `{t}`" for t in deciding.failing_tests[:10]]]
+    if failing is not None:
+        lines += [f"- Verdict at {failing.candidate}: `{failing.signature}` ({failing.reason})"]
+        if failing.failing_tests:
+            lines += [
+                f"- Failing tests at {failing.candidate}:",
+                *[f"  - `{t}`" for t in failing.failing_tests[:10]],
+            ]
     if res.get("falsifying_example"):
         lines += ["", "Minimal failing example (Hypothesis):", "```", res["falsifying_example"], "```"]
     lines += [

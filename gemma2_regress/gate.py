@@ -99,7 +99,7 @@ def resolve_env(
 
 def _site_version(site: str) -> str:
     found = sorted(Path(site).glob("unsloth-*.dist-info"))
-    return "unsloth " + found[0].name.split("-")[1] if found else "unsloth ?"
+    return "unsloth " + found[0].name[len("unsloth-") : -len(".dist-info")] if found else "unsloth ?"
 
 
 def _tag(env: envs.Env) -> str:
@@ -243,6 +243,11 @@ def gate(
     ]
     unusable = [
         f"{tier}: {k} {why}" for tier, t in result["tiers"].items() for k, why in t["unusable"].items()
+    ]
+    unusable += [  # a gate cannot pass on nothing: a tier where every test skipped (e.g. no GPU) fails it
+        f"{tier}: no test ran (all skipped)"
+        for tier, t in result["tiers"].items()
+        if t["rows"] and all(r["call"] in ("skipped", "gone") for r in t["rows"])
     ]
     perf_failed = result["perf"].get("ok") is False
     result["regressions"] = regressions

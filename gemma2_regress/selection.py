@@ -32,6 +32,9 @@ from .envs import Env
 UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
 _FRAME = re.compile(r"^(?P<file>[^\s:][^:]*\.py):\d+: in (?P<func>[\w<>.]+)\s*$", re.M)
 _KIND = re.compile(r"^\s*(mismatch|nan): err\(target\)", re.M)
+_END = re.compile(
+    r"(Explanation:|You can reproduce|Highest target score|Trying example|_ _|={3,}|\S+\.py:\d+)"
+)
 _EXC = re.compile(
     r"^(?:E\s+)?(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Unavailable|Warning))\b"
 )
@@ -119,22 +122,20 @@ def read_junit(path: Path) -> list[Outcome]:
 
 def falsifying_example(log: str) -> str | None:
     """The first Hypothesis counterexample block in a pytest log ("Falsifying example: ..." or, in
-    newer Hypothesis, "Failing test case: ..."), up to its closing parenthesis."""
+    newer Hypothesis, "Failing test case: ..."): the call and any ``Draw n: ...`` values of
+    ``st.data()``, up to Hypothesis's explanation / reproduction hints."""
     lines = [re.sub(r"^E\s?", "", ln).rstrip() for ln in log.splitlines()]
     for i, ln in enumerate(lines):
         m = re.search(r"(Falsifying example|Failing test case):", ln)
         if m is None:
             continue
-        first = ln[m.start() :].strip()
-        if first.endswith(")"):
-            return first
-        block = [first]
-        indent = None
-        for nxt in lines[i + 1 : i + 60]:
-            indent = len(ln) - len(ln.lstrip()) if indent is None else indent
-            block.append(nxt[indent:] if nxt[:indent].strip() == "" else nxt.strip())
-            if nxt.strip() == ")":
+        indent = len(ln) - len(ln.lstrip())
+        block = [ln[m.start() :].strip()]
+        for nxt in lines[i + 1 : i + 120]:
+            body = nxt[indent:] if nxt[:indent].strip() == "" else nxt.strip()
+            if not body.strip() or _END.match(body) or (block[-1] == ")" and not body.startswith("Draw ")):
                 break
+            block.append(body)
         return "\n".join(block)
     return None
 
