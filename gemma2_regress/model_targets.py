@@ -453,11 +453,14 @@ class UnslothTarget:
                 attention_mask=None if attention_mask is None else attention_mask[:, :split],
                 use_cache=True,
             )
+            # return_dict explicitly: Unsloth 2026.10.9's one-token decode branch returns a tuple
+            # when it is left unset (it resolves the config default only on the other branch).
             second = self._call(
                 input_ids=input_ids[:, split:],
                 attention_mask=attention_mask,
                 past_key_values=first.past_key_values,
                 use_cache=True,
+                return_dict=True,
                 **suffix_positions(input_ids, split, explicit_positions),
             )
         return second.logits
