@@ -1,6 +1,7 @@
 """Known upstream bugs, each recorded once with the Unsloth versions it affects, as a strict xfail.
 
-An entry in ``fixtures/known_issues.py`` names tests by node-id substring and the affected versions
+An entry in ``fixtures/known_issues.py`` names tests (``path::function`` or a bare function name,
+every parametrization included) and the affected versions
 as a PEP 440 specifier. When the installed Unsloth is in that range, the matching tests are marked
 ``xfail(strict=True)``: they must still fail, so the release that fixes the bug turns the suite red
 (XPASS) until the entry's range is closed. Outside the range the tests run normally.
@@ -21,12 +22,13 @@ class KnownIssue:
 
     id: str  # e.g. "unslothai/unsloth#853"
     summary: str
-    tests: tuple[str, ...]  # node-id substrings
+    tests: tuple[str, ...]  # "tests/x.py::test_f" or "test_f"; all parametrizations match
     affected: str  # PEP 440 specifier over unsloth versions, e.g. ">=2026.10.0,<=2026.10.9"
     raises: tuple[type[BaseException], ...] | None = None
 
     def applies_to(self, nodeid: str, unsloth_version: str | None) -> bool:
-        if unsloth_version is None or not any(t in nodeid for t in self.tests):
+        base = nodeid.split("[", 1)[0]
+        if unsloth_version is None or not any(base == t or base.endswith("::" + t) for t in self.tests):
             return False
         return Version(unsloth_version) in SpecifierSet(self.affected)
 
