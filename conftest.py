@@ -22,7 +22,9 @@ pytest_plugins = [
     "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
 ]
 
-_COMMON = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON = dict(
+    deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.register_profile("ci", derandomize=True, database=None, max_examples=12, **_COMMON)
 settings.register_profile("dev", max_examples=25, **_COMMON)
 settings.register_profile("gpu", derandomize=True, database=None, max_examples=40, **_COMMON)

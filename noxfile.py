@@ -83,7 +83,9 @@ def cpu(session: nox.Session) -> None:
     version = install_unsloth(session)
     session.log(f"CPU tier against unsloth {version}")
     workers = os.environ.get("GEMMA2_REGRESS_WORKERS", "2")
-    _pytest(session, "-m", "not gpu", "-n", workers, "--dist", "loadgroup", "--junitxml", "reports/cpu-junit.xml")
+    _pytest(
+        session, "-m", "not gpu", "-n", workers, "--dist", "loadgroup", "--junitxml", "reports/cpu-junit.xml"
+    )
 
 
 @nox.session(python=PYTHON)
@@ -93,7 +95,9 @@ def gpu(session: nox.Session) -> None:
         session.skip("no NVIDIA GPU visible: the GPU tier needs one (run `nox -s cpu` for the rest)")
     install_unsloth(session)
     count = subprocess.run(
-        [_venv_python(session) or sys.executable, "-c", "import torch; print(torch.cuda.device_count())"], capture_output=True, text=True
+        [_venv_python(session) or sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     n = int(count or "0")
     if n == 0:

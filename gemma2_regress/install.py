@@ -20,11 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from email.parser import Parser
 from pathlib import Path
-import urllib.error
-import urllib.request
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -36,9 +36,23 @@ PYPI = "https://pypi.org/pypi"
 # Not needed to import Unsloth and run its pure-PyTorch attention on CPU, and heavy or unloadable there.
 EXCLUDED = {"torch", "torchvision", "xformers", "bitsandbytes", "unsloth-zoo", "triton-windows"}
 # torch builds tried in order; the first the release admits is used. 2.13.0 is a CPU wheel on CI.
-TORCH_PREFERENCE = ("2.13.0", "2.14.1", "2.12.1", "2.11.0", "2.10.0", "2.9.1", "2.8.0", "2.7.1", "2.6.0", "2.5.1", "2.4.1")
+TORCH_PREFERENCE = (
+    "2.13.0",
+    "2.14.1",
+    "2.12.1",
+    "2.11.0",
+    "2.10.0",
+    "2.9.1",
+    "2.8.0",
+    "2.7.1",
+    "2.6.0",
+    "2.5.1",
+    "2.4.1",
+)
 TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5")
-WHEEL_CACHE = Path(os.environ.get("GEMMA2_REGRESS_CACHE", Path.home() / ".cache" / "gemma2-regress")) / "wheels"
+WHEEL_CACHE = (
+    Path(os.environ.get("GEMMA2_REGRESS_CACHE", Path.home() / ".cache" / "gemma2-regress")) / "wheels"
+)
 
 
 class InstallError(RuntimeError):
@@ -54,8 +68,12 @@ def pypi_json(project: str, version: str | None = None) -> dict:
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise InstallError(f"{project} {version or ''} is not on PyPI; list releases with `pip index versions {project}`") from exc
-        raise InstallError(f"PyPI answered {exc.code} for {url}; retry later or pass an installed version") from exc
+            raise InstallError(
+                f"{project} {version or ''} is not on PyPI; list releases with `pip index versions {project}`"
+            ) from exc
+        raise InstallError(
+            f"PyPI answered {exc.code} for {url}; retry later or pass an installed version"
+        ) from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise InstallError(
             f"cannot reach PyPI ({exc}); connect to the network, or run against an installed Unsloth with "
@@ -101,13 +119,26 @@ def wheel(project: str, version: str) -> Path:
     stem = f"{project.replace('-', '_')}-{version}-"
     found = [p for p in WHEEL_CACHE.glob(f"{stem}*.whl")]
     if not found:
-        argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                "--disable-pip-version-check", "-d", str(WHEEL_CACHE), f"{project}=={version}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(WHEEL_CACHE),
+            f"{project}=={version}",
+        ]
         done = subprocess.run(argv, capture_output=True, text=True)
         found = [p for p in WHEEL_CACHE.glob(f"{stem}*.whl")]
         if done.returncode or not found:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise InstallError(f"could not download {project}=={version}: {last}; check the network or the version")
+            raise InstallError(
+                f"could not download {project}=={version}: {last}; check the network or the version"
+            )
     return found[0]
 
 
@@ -161,11 +192,13 @@ def plan(version: str) -> dict[str, list[str]]:
     return {
         "torch": [f"torch=={torch_pin}"],
         "unsloth": [f"unsloth=={version}", f"unsloth_zoo=={zoo}"],
-        "neighbours": rest + [f"torch=={torch_pin}"],
+        "neighbours": [*rest, f"torch=={torch_pin}"],
     }
 
 
-def install(version: str, python: str = sys.executable, extra: tuple[str, ...] = TEST_TOOLS) -> dict[str, list[str]]:
+def install(
+    version: str, python: str = sys.executable, extra: tuple[str, ...] = TEST_TOOLS
+) -> dict[str, list[str]]:
     """Install ``version`` into the environment of ``python`` (three pip calls)."""
     steps = plan(version)
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]

@@ -33,12 +33,14 @@ TIE_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
 _write: Callable[[str], None] = print
 
 
-
-def model_compare(target, golden, baseline, *, dtype, valid=None, k: float = tolerance.K) -> tolerance.Comparison:
+def model_compare(
+    target, golden, baseline, *, dtype, valid=None, k: float = tolerance.K
+) -> tolerance.Comparison:
     """``tolerance.compare`` with the whole-model floor (``tolerance.MODEL_FLOOR``)."""
     return tolerance.compare(
         target, golden, baseline, dtype=dtype, valid=valid, k=k, floor=tolerance.MODEL_FLOOR[dtype]
     )
+
 
 def set_writer(write: Callable[[str], None]) -> None:
     """Where the per-example lines go (tests hand in pytest's terminal writer so they are not captured)."""

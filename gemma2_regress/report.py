@@ -28,7 +28,15 @@ def worst_by_property(records: list[dict] | None = None) -> list[dict]:
     for r in RECORDS if records is None else records:
         key = (r["property"], r["target"])
         row = rows.setdefault(
-            key, {"property": key[0], "target": key[1], "examples": 0, "bad": 0, "worst_ratio": 0.0, "worst_case": ""}
+            key,
+            {
+                "property": key[0],
+                "target": key[1],
+                "examples": 0,
+                "bad": 0,
+                "worst_ratio": 0.0,
+                "worst_case": "",
+            },
         )
         row["examples"] += 1
         row["bad"] += r["verdict"] != "ok"

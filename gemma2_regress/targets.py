@@ -14,7 +14,7 @@ Model-level targets (Unsloth's whole Gemma-2 on a GPU) live in ``gemma2_regress.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -18,7 +18,8 @@ import inspect
 import os
 import re
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -74,9 +75,7 @@ class Unsloth:
         base, sliding = self._converters()
         kv_len = attention_mask.shape[-1]
         if sliding is not None:
-            swa = sliding(is_causal=True, sliding_window=window).to_4d(
-                attention_mask, q_len, dtype, kv_len
-            )
+            swa = sliding(is_causal=True, sliding_window=window).to_4d(attention_mask, q_len, dtype, kv_len)
             ga = base(is_causal=True).to_4d(attention_mask, q_len, dtype, kv_len)
             return swa, ga
         prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
@@ -109,9 +108,7 @@ def attention_module_stub(
         query_pre_attn_scalar=scalar,
         attn_logit_softcapping=softcap,
     )
-    return types.SimpleNamespace(
-        config=config, head_dim=head_dim, num_key_value_groups=n_heads // n_kv_heads
-    )
+    return types.SimpleNamespace(config=config, head_dim=head_dim, num_key_value_groups=n_heads // n_kv_heads)
 
 
 def _length_arg(gemma2_module: types.ModuleType) -> str:
@@ -152,6 +149,8 @@ def load() -> Unsloth:
         kernels = importlib.import_module("unsloth.kernels.flex_attention")
         llama = importlib.import_module("unsloth.models.llama")
         gemma2 = importlib.import_module("unsloth.models.gemma2")
-    except Exception as exc:  # noqa: BLE001 - any import failure means "this build is unusable"
-        raise UnslothUnavailable(f"unsloth {version} does not import here: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise UnslothUnavailable(
+            f"unsloth {version} does not import here: {type(exc).__name__}: {exc}"
+        ) from exc
     return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2))
