@@ -212,5 +212,23 @@ def install(
     return steps
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gemma2_regress.install [--install] [VERSION]``: print (or carry out) the plan."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m gemma2_regress.install", description=main.__doc__)
+    ap.add_argument("version", nargs="?", default="latest", help="an unsloth release, or 'latest'")
+    ap.add_argument("--install", action="store_true", help="install into this interpreter's environment")
+    args = ap.parse_args(argv)
+    try:
+        version = resolve_version(args.version)
+        steps = install(version) if args.install else plan(version)
+    except InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"unsloth": version, **steps}, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(plan(resolve_version(sys.argv[1] if len(sys.argv) > 1 else "latest")), indent=2))
+    sys.exit(main())
