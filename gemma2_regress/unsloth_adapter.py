@@ -85,17 +85,6 @@ class Unsloth:
         ga = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past)
         return swa, ga
 
-    def decode_masks(
-        self, attention_mask: torch.Tensor, window: int, dtype: torch.dtype
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The 4-D masks ``Gemma2Model_fast_forward_inference`` builds for one decoded token."""
-        prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
-        bsz, kv_len = attention_mask.shape
-        embeds = torch.empty(bsz, 1, 1, dtype=dtype, device=attention_mask.device)
-        swa = prep(attention_mask, (bsz, 1), embeds, kv_len - 1, sliding_window=window)
-        ga = prep(attention_mask, (bsz, 1), embeds, kv_len - 1)
-        return swa, ga
-
 
 def attention_module_stub(
     n_heads: int, n_kv_heads: int, head_dim: int, scalar: float, softcap: float
