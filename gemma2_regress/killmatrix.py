@@ -167,6 +167,7 @@ def modules() -> list[str]:
 
 
 FULL = False  # --full: every test of the tier instead of each mutant's fast selection
+NO_SHRINK = False  # --no-shrink: quote the first failing example as found (faster; not minimal)
 
 
 def selection(mutant: mutants.Mutant, tier: str) -> tuple[tuple[str, ...], str]:
@@ -199,11 +200,13 @@ def pytest_command(
     python: str, paths: tuple[str, ...], tier: str, k: str, workers: int, junit: Path, mutant: str | None
 ) -> list[str]:
     cmd = [python, "-m", "pytest", *paths, "-m", MARKERS[tier], "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += ["--tb=native", "-n", str(workers), "--junitxml", str(junit)]
+    cmd += ["--tb=native", "--junitxml", str(junit)]
+    if workers > 0:  # 0: in-process (no -n, so it runs where pytest-xdist is absent too)
+        cmd += ["-n", str(workers)]
     if k:
         cmd += ["-k", k]
     if mutant:
-        cmd += ["--mutant", mutant]
+        cmd += ["--mutant", mutant] + (["--mutant-no-shrink"] if NO_SHRINK else [])
     return cmd
 
 
@@ -416,6 +419,7 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
         "command": " ".join(["python -m gemma2_regress.killmatrix", *args.argv]),
         "workers": args.workers,
         "jobs": args.jobs,
+        "shrink": not NO_SHRINK,
         "wall_s": round(time.time() - t0, 1),
         "versions": versions(),
         "columns": columns,
@@ -449,6 +453,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--python", default=None, help="interpreter that runs pytest (default: this one)")
     p.add_argument("--full", action="store_true", help="run every test of the tier per mutant (slow)")
+    p.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="skip Hypothesis's shrink phase in mutant runs (counterexamples unshrunk)",
+    )
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = p.parse_args(argv)
     args.argv = argv
@@ -467,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     except mutants.UnknownMutant as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    global FULL
-    FULL = args.full
+    global FULL, NO_SHRINK
+    FULL, NO_SHRINK = args.full, args.no_shrink
     tiers = [detect_tier()] if args.tier == "auto" else args.tier.split(",")
     for t in tiers:
         if t not in mutants.TIERS:

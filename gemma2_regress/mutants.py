@@ -540,6 +540,21 @@ def pytest_addoption(parser: Any) -> None:
         metavar="NAME",
         help=f"apply a planted bug to the installed Unsloth for this run (env {ENV}); see docs/mutants.md",
     )
+    group.addoption(
+        "--mutant-no-shrink",
+        action="store_true",
+        help="with --mutant: report the first failing example unshrunk (each shrink step may recompile)",
+    )
+
+
+def _no_shrink() -> None:
+    """Keep the loaded Hypothesis profile but drop the shrink phase (``--mutant-no-shrink``)."""
+    from hypothesis import Phase, settings
+
+    current = settings.get_profile(settings._current_profile or "default")
+    phases = tuple(p for p in current.phases if p is not Phase.shrink)
+    settings.register_profile("gemma2-mutant-noshrink", parent=current, phases=phases)
+    settings.load_profile("gemma2-mutant-noshrink")
 
 
 def _runs_tests(config: Any) -> bool:
@@ -568,6 +583,8 @@ def pytest_configure(config: Any) -> None:
         raise pytest.UsageError(str(exc)) from None
     if not _runs_tests(config):
         return
+    if config.getoption("--mutant-no-shrink", default=False):
+        _no_shrink()
     from . import unsloth_adapter
 
     try:
