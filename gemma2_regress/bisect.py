@@ -475,9 +475,7 @@ class Bisect:
             "test_runs": len(ordered),
             "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
             "compare": link,
-            "falsifying_example": next(
-                (_falsifying(s) for s in ordered if s.status == "bad" and _falsifying(s)), None
-            ),
+            "falsifying_example": _falsifying(deciding) if deciding and deciding.status == "bad" else None,
             "wall_s": round(wall, 1),
             "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
         }
