@@ -63,12 +63,11 @@ _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 _EXAMPLE = re.compile(r"^(?:Falsifying example|Failing test case): ", re.M)
 
 
-def counterexample(text: str) -> str | None:
-    """Hypothesis's shrunk counterexample (``Falsifying example:``/``Failing test case:``), one line."""
-    matches = list(_EXAMPLE.finditer(text))
-    if not matches:
-        return None
-    lines = text[matches[-1].end() :].splitlines()
+_DRAW = re.compile(r"^Draw \d+(?: \(([^)]*)\))?: ", re.M)
+
+
+def _balanced(lines: list[str]) -> str:
+    """Join lines up to where the parentheses opened on the first line close, as one line."""
     out, depth = [], 0
     for line in lines:
         out.append(line.strip())
@@ -76,6 +75,25 @@ def counterexample(text: str) -> str | None:
         if depth <= 0:
             break
     return re.sub(r"\s+", " ", " ".join(out)).replace("( ", "(").replace(" )", ")")
+
+
+def counterexample(text: str) -> str | None:
+    """Hypothesis's shrunk counterexample (``Falsifying example:``/``Failing test case:``), one line.
+
+    Values drawn interactively (``st.data()``) are printed by Hypothesis as ``Draw 1 (case): Case(...)``
+    after the call; they replace ``data=data(...)`` in the result.
+    """
+    matches = list(_EXAMPLE.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end() :]
+    call = _balanced(rest.splitlines())
+    draws = []
+    for m in _DRAW.finditer(rest):
+        draws.append(f"{m.group(1) or 'draw'}={_balanced(rest[m.end() :].splitlines())}")
+    if draws:
+        call = call.replace("data=data(...)", ", ".join(draws))
+    return call
 
 
 def verdict_of(message: str, text: str) -> str:

@@ -271,3 +271,13 @@ def test_union_selection_covers_every_mutant() -> None:
     for m in chosen:
         if "cpu" in m.tiers:
             assert f"({m.cpu_select})" in k
+
+
+def test_counterexample_substitutes_interactive_draws() -> None:
+    text = (
+        "Failing test case: test_small_windows(\n    target=T(kernel='k'),\n    device='cpu',\n"
+        "    data=data(...),\n)\nDraw 1 (case): Case(bsz=1,\n q_len=2,\n seed=0)\nExplanation:\n"
+    )
+    assert killmatrix.counterexample(text) == (
+        "test_small_windows(target=T(kernel='k'), device='cpu', case=Case(bsz=1, q_len=2, seed=0),)"
+    )
