@@ -22,7 +22,7 @@ EPILOG_BISECT = """examples:
   gemma2-regress bisect --good 2026-09-01 --bad 2026-10-30 --signature crash:TypeError -- tests/kernel
   gemma2-regress bisect --find-fix --bad 2026.9.12 --good 2026.9.14 --torch 2.13.0 -- tests/kernel -k small_windows
   gemma2-regress bisect --repo ~/unsloth --good v2026.10.1 --bad main -- tests/kernel      (nightlies: commits)
-  git bisect run gemma2-regress bisect --script --repo . -- tests/kernel -k small_windows   (in an Unsloth clone)
+  GEMMA2_REGRESS_ROOT=~/gemma2-regress git bisect run gemma2-regress bisect --script --repo . -- tests/kernel  (in a clone)
 The same command again resumes from its saved state (--fresh starts over).
 """
 
@@ -133,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--perf-args",
         default="",
-        help="extra arguments for `python -m gemma2_regress.perf run`, quoted (e.g. '--models 2b --lengths 4096')",
+        help="extra arguments for `python -m gemma2_regress.perf run`, as one string with = (--perf-args='--smoke')",
     )
     _common(g)
     g.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
@@ -194,8 +194,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             )
         base = _base_env(args.base, cache, args)
         env = envs.Env(base.python, [str(Path(args.repo).resolve()), *base.pythonpath])
-        wd = Path(args.workdir or "reports/bisect/script")
-        res = bisect.run(env, sel, wd, cwd=Path(os.environ.get("GEMMA2_REGRESS_ROOT", cwd)))
+        root = Path(
+            os.environ.get("GEMMA2_REGRESS_ROOT", cwd)
+        )  # the suite's checkout (git bisect runs in Unsloth's)
+        wd = Path(args.workdir) if args.workdir else root / "reports" / "bisect" / "script"
+        res = bisect.run(env, sel, wd, cwd=root)
         code = bisect.script_exit(res.status, args.find_fix)
         print(f"gemma2-regress: {res.status} ({res.signature}) {res.reason} -> exit {code}", flush=True)
         return code
