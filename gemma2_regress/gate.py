@@ -278,6 +278,20 @@ def render(result: dict) -> str:
         lines.append(f"  REGRESSION {r['test']}: {r['baseline']} -> {r['candidate']} {r['message'][:100]}")
     p = result["perf"]
     lines.append(f"perf: {p['status']}" + (f" ({p['why']})" if p.get("why") else ""))
+    if p.get("rows"):
+        counts: dict[str, int] = {}
+        for r in p["rows"]:
+            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        lines[-1] += (
+            f" (threshold {p.get('threshold')}x; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            + ")"
+        )
+        for r in [r for r in p["rows"] if r["verdict"] not in ("ok", "noise-floor")][:10]:
+            ratio = r.get("time_ratio")
+            lines.append(
+                f"  PERF {r['verdict']}: {r['cell']} {r['mode']}" + (f" x{ratio:.2f}" if ratio else "")
+            )
     lines.append(
         f"gate {'PASS' if result['pass'] else 'FAIL'}: candidate {result['candidate']} vs baseline "
         f"{result['baseline']}: {result['why']}"
