@@ -10,7 +10,9 @@ as a PEP 440 specifier. When the installed Unsloth is in that range, the matchin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+import hypothesis
 import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -25,12 +27,22 @@ class KnownIssue:
     tests: tuple[str, ...]  # "tests/x.py::test_f" or "test_f"; all parametrizations match
     affected: str  # PEP 440 specifier over unsloth versions, e.g. ">=2026.10.0,<=2026.10.9"
     raises: tuple[type[BaseException], ...] | None = None
+    # Inputs that trigger it in the generic properties, as (target name, case) -> bool. While the
+    # installed release is affected, those properties leave such inputs to the pinned tests above
+    # (``assume_not_known``); once a release is outside ``affected`` they are drawn again.
+    trigger: Callable[[str, object], bool] | None = None
+
+    def affects(self, unsloth_version: str | None) -> bool:
+        return unsloth_version is not None and Version(unsloth_version) in SpecifierSet(self.affected)
 
     def applies_to(self, nodeid: str, unsloth_version: str | None) -> bool:
+        """``tests`` entries with ``[...]`` name one parametrization; without, all of them."""
         base = nodeid.split("[", 1)[0]
-        if unsloth_version is None or not any(base == t or base.endswith("::" + t) for t in self.tests):
-            return False
-        return Version(unsloth_version) in SpecifierSet(self.affected)
+        named = any(
+            (nodeid == t or nodeid.endswith("::" + t)) if "[" in t else (base == t or base.endswith("::" + t))
+            for t in self.tests
+        )
+        return named and self.affects(unsloth_version)
 
 
 def mark_items(items: list[pytest.Item], issues: list[KnownIssue], unsloth_version: str | None) -> int:
@@ -48,3 +60,14 @@ def mark_items(items: list[pytest.Item], issues: list[KnownIssue], unsloth_versi
                 )
                 n += 1
     return n
+
+
+def assume_not_known(
+    issues: list[KnownIssue], target: str, case: object, unsloth_version: str | None
+) -> None:
+    """Inside a Hypothesis test: skip this input if it triggers a recorded bug of the installed
+    release (its pinned strict-xfail test covers it), so the property keeps checking the rest."""
+    for issue in issues:
+        if issue.trigger is not None and issue.affects(unsloth_version) and issue.trigger(target, case):
+            hypothesis.note(f"input triggers known upstream issue {issue.id}; left to its pinned test")
+            hypothesis.assume(False)

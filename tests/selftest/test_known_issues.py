@@ -26,6 +26,12 @@ def test_applies_only_in_range(nodeid: str, version: str | None, applies: bool) 
     assert ISSUE.applies_to(nodeid, version) is applies
 
 
+def test_a_named_parametrization_matches_only_itself() -> None:
+    one = KnownIssue(id="x", summary="s", tests=("t.py::test_k[cpu-eager]",), affected="==1.0")
+    assert one.applies_to("t.py::test_k[cpu-eager]", "1.0")
+    assert not one.applies_to("t.py::test_k[cpu-compiled]", "1.0")
+
+
 def test_strict_xfail_turns_a_fix_red(pytester: pytest.Pytester) -> None:
     """An affected test that starts passing (the upstream fix) fails the run as XPASS(strict)."""
     pytester.makepyfile(
