@@ -185,7 +185,7 @@ def modules() -> list[str]:
 
 
 FULL = False  # --full: every test of the tier instead of each mutant's fast selection
-NO_SHRINK = False  # --no-shrink: quote the first failing example as found (faster; not minimal)
+NO_SHRINK = True  # default: quote the first failing example as found (--shrink for a minimal one)
 
 
 def selection(mutant: mutants.Mutant, tier: str) -> tuple[tuple[str, ...], str]:
@@ -471,11 +471,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--python", default=None, help="interpreter that runs pytest (default: this one)")
     p.add_argument("--full", action="store_true", help="run every test of the tier per mutant (slow)")
-    p.add_argument(
-        "--no-shrink",
-        action="store_true",
-        help="skip Hypothesis's shrink phase in mutant runs (counterexamples unshrunk)",
+    shrink = p.add_mutually_exclusive_group()
+    shrink.add_argument(
+        "--shrink",
+        dest="no_shrink",
+        action="store_false",
+        help="shrink each mutant's first counterexample (minimal, but each shrink step may recompile "
+        "the kernel: ~45-50 min on 2 CPU cores instead of ~11)",
     )
+    shrink.add_argument(
+        "--no-shrink",
+        dest="no_shrink",
+        action="store_true",
+        help="quote the first failing example as found (the default)",
+    )
+    p.set_defaults(no_shrink=True)
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = p.parse_args(argv)
     args.argv = argv
