@@ -108,15 +108,7 @@ def verdict_of(message: str, text: str) -> str:
     exc = message.split(":", 1)[0].strip().rsplit(".", 1)[-1] or "Exception"
     if exc == "AssertionError":
         return "mismatch"
-    frames = _FRAME.findall(text)
-    pick = None
-    for filename, func in frames:
-        if any(part in filename.replace("\\", "/") for part in verdicts.INTERESTING):
-            pick = (filename, func)
-    if pick is None and frames:
-        pick = frames[-1]
-    where = f"@{pick[0].rsplit('/', 1)[-1]}:{pick[1]}" if pick else ""
-    return f"crash:{exc}{where}"
+    return verdicts.signature(exc, _FRAME.findall(text))
 
 
 _GROUP_SPLIT = re.compile(r"^\s*\+?-?\+?-{4,} \d+ -{4,}\s*$", re.M)

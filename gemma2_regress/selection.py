@@ -85,15 +85,7 @@ def signature_of(message: str, text: str) -> str:
         errs = [ln for ln in text.splitlines() if ln.startswith("E ")]
         m = _EXC.match(errs[-1][1:].strip()) if errs else None
     exc = (m.group("type") if m else "Error").rsplit(".", 1)[-1]
-    frames = [(f.group("file"), f.group("func")) for f in _FRAME.finditer(text)]
-    pick = None
-    for file, func in frames:
-        if any(part in file.replace("\\", "/") for part in verdicts.INTERESTING):
-            pick = (file, func)
-    if pick is None and frames:
-        pick = frames[-1]
-    where = f"@{pick[0].rsplit('/', 1)[-1]}:{pick[1]}" if pick else ""
-    return f"crash:{exc}{where}"
+    return verdicts.signature(exc, [(f.group("file"), f.group("func")) for f in _FRAME.finditer(text)])
 
 
 def read_junit(path: Path) -> list[Outcome]:

@@ -1,39 +1,12 @@
-"""Fixtures of the model-level tests: Unsloth readiness, the per-example log line, the time split.
-
-On a CUDA machine with Unsloth installed, Unsloth is imported here, at collection, before any test
-module imports transformers (Unsloth patches transformers and TRL on import and warns otherwise).
-"""
+"""Fixtures of the model-level tests (gemma2_regress/model_fixtures.py) and the time split."""
 
 from __future__ import annotations
 
-import time
+from gemma2_regress import model_targets
+from gemma2_regress.model_fixtures import _example_lines, import_unsloth_first, unsloth_ready
 
-import pytest
-
-from gemma2_regress import model_properties, model_targets, unsloth_adapter
-
-if model_targets.unsloth_skip_reason() is None:
-    _t0 = time.perf_counter()
-    try:
-        unsloth_adapter.load()
-    except unsloth_adapter.UnslothUnavailable:
-        pass  # each test that needs Unsloth then fails with the reason (an install that does not import)
-    model_targets.TIMINGS.load_s += time.perf_counter() - _t0
-
-
-@pytest.fixture(autouse=True)
-def _example_lines(request: pytest.FixtureRequest) -> None:
-    """Per-example lines (verdict, ratio, compile/run seconds, peak GPU memory) go to the terminal."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    model_properties.set_writer(reporter.write_line if reporter is not None else print)
-
-
-@pytest.fixture(scope="session")
-def unsloth_ready() -> None:
-    """Skip, saying why, where Unsloth's model cannot run (no CUDA GPU, or Unsloth not installed)."""
-    reason = model_targets.unsloth_skip_reason()
-    if reason:
-        pytest.skip(reason)
+__all__ = ["_example_lines", "unsloth_ready"]
+import_unsloth_first()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
