@@ -171,6 +171,12 @@ def mutants(session: nox.Session) -> None:
     `nox -s mutants` (all mutants, the tier this machine has), `nox -s mutants -- crash2024 softcap_dropped`,
     `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`.
     """
+    from gemma2_regress import killmatrix
+    from gemma2_regress import mutants as catalogue
+
+    unknown = [n for n in killmatrix.parse_args(list(session.posargs)).names if n not in catalogue.CATALOGUE]
+    if unknown:  # before the install: bad input fails at once
+        session.error(f"unknown mutant {', '.join(unknown)}; known: {', '.join(catalogue.CATALOGUE)}")
     install_unsloth(session)
     python = _venv_python(session) or sys.executable
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
