@@ -102,7 +102,13 @@ def gpu(session: nox.Session) -> None:
     n = int(count or "0")
     if n == 0:
         session.skip("torch sees no CUDA device: the GPU tier needs one")
-    xdist = ["-n", str(n), "--dist", "loadgroup"] if n > 1 else ["-p", "no:xdist"]
+    # One worker per GPU, each pinned to its own device (conftest.py); more per GPU
+    # (GEMMA2_REGRESS_WORKERS_PER_GPU) overlap the cold compiles, which are CPU-bound (docs/gpu.md).
+    per_gpu = os.environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "1")
+    if not per_gpu.isdigit() or int(per_gpu) < 1:
+        session.error(f"GEMMA2_REGRESS_WORKERS_PER_GPU={per_gpu!r}: use a whole number >= 1 (default 1)")
+    workers = n * int(per_gpu)
+    xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
     session.env.setdefault("HYPOTHESIS_PROFILE", "gpu")
     session.env["GEMMA2_REGRESS_GPUS"] = str(n)
     _pytest(session, "-m", "gpu", *xdist, "--junitxml", "reports/gpu-junit.xml")

@@ -133,6 +133,7 @@ def load() -> Unsloth:
         os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    chosen_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:
         importlib.import_module("unsloth")
         kernels = importlib.import_module("unsloth.kernels.flex_attention")
@@ -142,4 +143,8 @@ def load() -> Unsloth:
         raise UnslothUnavailable(
             f"unsloth {version} does not import here: {type(exc).__name__}: {exc}"
         ) from exc
+    if chosen_cache and os.environ.get("TORCHINDUCTOR_CACHE_DIR") != chosen_cache:
+        # unsloth_zoo's patch_torch_compile pops TORCHINDUCTOR_CACHE_DIR, which sends every compile to
+        # torch's default /tmp folder; a runner that keeps its cache elsewhere (docs/gpu.md) needs it back.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen_cache
     return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2))
