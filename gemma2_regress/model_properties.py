@@ -31,6 +31,7 @@ from .versions import one_line
 TIE_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
 
 _write: Callable[[str], None] = print
+UNJUDGED = "unjudged"  # an example's verdict until _judge (or an exception) sets it
 
 
 def model_compare(
@@ -52,17 +53,20 @@ def set_writer(write: Callable[[str], None]) -> None:
 def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
     """Bookkeeping around one example: peak memory, compile/run seconds, record and one printed line.
 
-    The body stores ``verdict`` and ``ratio`` (and optionally ``detail``) in the yielded dict; an
-    exception is recorded as a ``crash:`` verdict and re-raised.
+    The body stores ``verdict`` and ``ratio`` (and optionally ``detail``) in the yielded dict, through
+    ``_judge``; an exception is recorded as a ``crash:`` verdict, an interrupt as ``interrupted``, a body
+    that sets no verdict as a crash, and each is re-raised. Nothing is recorded ``ok`` unless judged so.
     """
     model_targets.reset_peak()
     t = model_targets.TIMINGS
     c0, r0, f0, w0 = t.compile_s, t.run_s, t.reference_s, time.perf_counter()
-    box: dict[str, Any] = {"verdict": "ok", "ratio": 0.0, "detail": ""}
+    box: dict[str, Any] = {"verdict": UNJUDGED, "ratio": float("nan"), "detail": ""}
     try:
         yield box
+        if box["verdict"] == UNJUDGED:
+            raise RuntimeError(f"{prop}: the example ended without a verdict (its body must call _judge)")
     except AssertionError:
-        if box["verdict"] == "ok":  # an assertion outside _judge (e.g. the reference's own sanity check)
+        if box["verdict"] in ("ok", UNJUDGED):  # an assertion outside _judge (e.g. a reference sanity check)
             box["verdict"], box["ratio"] = "mismatch", float("inf")
         raise
     except Exception as exc:
@@ -71,6 +75,9 @@ def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
             float("inf"),
             repr(exc)[:200],
         )
+        raise
+    except BaseException:  # Ctrl-C / a time limit's SIGINT: recorded as such, never as a pass
+        box["verdict"] = "interrupted"
         raise
     finally:
         extra = dict(
