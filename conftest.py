@@ -51,12 +51,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "gemma2-xdist-hooks")
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fixtures.known_issues import KNOWN_ISSUES
     from gemma2_regress.known_issues import mark_items
+    from gemma2_regress.schedule import heaviest_first
     from gemma2_regress.unsloth_adapter import installed_version
 
     mark_items(items, KNOWN_ISSUES, installed_version())
+    if items and all(it.get_closest_marker("gpu") for it in items):  # the GPU tier: longest first
+        items[:] = heaviest_first(items)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gemma2_regress import model_targets, tiny
 from gemma2_regress.model_cases import ModelCase, budget, gpu_phases, model_cases
@@ -55,15 +56,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # One test per dtype: each compiles only its dtype's graphs, and xdist spreads them over workers/GPUs.
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_logits_and_loss(dtype: str, unsloth_ready: None) -> None:
+@settings(max_examples=budget(0.5), phases=gpu_phases())
+@given(data=st.data())
+def test_logits_and_loss(dtype: str, data: st.DataObject, unsloth_ready: None) -> None:
     """Unsloth's logits (real positions) and loss equal transformers' eager Gemma-2's (drawn cases)."""
-
-    @settings(max_examples=budget(0.5), phases=gpu_phases())
-    @given(case=model_cases(dtypes=(dtype,)))
-    def drawn(case: ModelCase) -> None:
-        run(case)
-
-    drawn()
+    run(data.draw(model_cases(dtypes=(dtype,)), label="case"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,60 @@
+"""The GPU tier's test order: the costliest first, so that xdist workers finish together.
+
+On a cold machine the GPU tier's time is compiling (Unsloth's kernels are ``torch.compile``d with
+max-autotune: 20 to 150 s per new graph on an H200). With several workers, the run ends when the
+worker holding the last long test ends; handing out the longest tests first (the classic
+longest-processing-time rule) keeps that tail short. ``COLD_SECONDS`` holds each test function's cold
+time on an H200 (2026-11-28, 6 workers on 2 GPUs, `bash gpu/tier.sh`; docs/gpu.md), divided by
+the number of dtype variants where a test has since been split per dtype. A test missing from
+it counts ``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at
+the summed cost of their members. The order only matters to the scheduler: results do not depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+DEFAULT_SECONDS = 10.0
+COLD_SECONDS = {
+    "test_attention_weight_gradients": 150.0,  # one backward compile per dtype
+    "test_kv_cache_continuation": 70.0,
+    "test_batch_row_equals_row_alone": 50.0,
+    "test_padded_row_equals_unpadded": 50.0,
+    "test_logits_and_loss": 80.0,
+    "test_real_window": 15.0,  # 8 targets in one xdist group: about 120 s together
+    "test_small_windows": 21.0,  # likewise about 170 s
+    "test_greedy_generation": 30.0,
+    "test_decode_step_without_position_ids": 30.0,
+    "test_evaluate_past_window": 15.0,
+    "test_logits_and_loss_pinned": 20.0,
+    "test_attention_weight_gradients_pinned": 60.0,
+}
+
+
+def _function(item: pytest.Item) -> str:
+    return getattr(item, "originalname", None) or item.name.split("[", 1)[0]
+
+
+def _group(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
+def heaviest_first(items: Sequence[pytest.Item]) -> list[pytest.Item]:
+    """``items`` reordered by estimated cold cost, descending (stable: ties keep collection order)."""
+    cost = {id(it): COLD_SECONDS.get(_function(it), DEFAULT_SECONDS) for it in items}
+    group_cost: dict[str, float] = {}
+    for it in items:
+        g = _group(it)
+        if g is not None:
+            group_cost[g] = group_cost.get(g, 0.0) + cost[id(it)]
+
+    def key(it: pytest.Item) -> float:
+        g = _group(it)
+        return -(group_cost[g] if g is not None else cost[id(it)])
+
+    return sorted(items, key=key)
