@@ -229,8 +229,10 @@ def run_pytest(
     mutant: str | None,
     timeout_s: float,
     scratch: Path,
+    device: str | None = None,
 ) -> Run:
-    """One pytest run (baseline when ``mutant`` is None); never raises for a failing suite."""
+    """One pytest run (baseline when ``mutant`` is None); never raises for a failing suite.
+    ``device``: the CUDA device index this run is pinned to (None: whatever is visible)."""
     tag = mutant or "baseline"
     junit, status_file = scratch / f"{tier}-{tag}.xml", scratch / f"{tier}-{tag}.status.json"
     cmd = pytest_command(python, paths, tier, k, workers, junit, mutant)
@@ -246,6 +248,8 @@ def run_pytest(
     )
     if tier == "cpu":
         env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -377,8 +381,24 @@ def detect_tier() -> str:
         return "cpu"
 
 
+def gpu_slots(tier: str) -> list[str | None]:
+    """CUDA devices to spread the runs over, round robin: each GPU when several are visible and the
+    caller has not pinned one (CUDA_VISIBLE_DEVICES); else [None] (leave visibility alone)."""
+    if tier != "gpu" or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [None]
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except ImportError:
+        n = 0
+    return [str(i) for i in range(n)] if n > 1 else [None]
+
+
 def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) -> int:
     columns = modules()
+    slots = gpu_slots(tier)
+    slot_of = {}  # mutant name (or "baseline") -> device, fixed before the pool starts
     scratch = Path(tempfile.mkdtemp(prefix=f"killmatrix-{tier}-"))
     t0 = time.time()
     python = args.python or sys.executable
@@ -388,19 +408,24 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
         if m is None:  # the baseline: the union of the selections, no mutant
             paths, k = union_selection(chosen, tier)
             print(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
-            r = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch)
+            r = run_pytest(
+                python, paths, tier, k, args.workers, None, args.timeout_s, scratch, slot_of["baseline"]
+            )
             print(f"[killmatrix] {tier}: baseline: rc={r.rc} {r.wall_s}s", flush=True)
             return None, r
         if tier not in m.tiers:
             return m, None
         paths, k = selection(m, tier)
-        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch)
-        print(f"[killmatrix] {tier}: {m.name}: rc={r.rc} {r.wall_s}s", flush=True)
+        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch, slot_of[m.name])
+        where = f" (GPU {slot_of[m.name]})" if slot_of[m.name] is not None else ""
+        print(f"[killmatrix] {tier}: {m.name}{where}: rc={r.rc} {r.wall_s}s", flush=True)
         return m, r
 
     # The baseline runs in the same pool, first: with --jobs > 1 it overlaps the mutant runs (its
     # verdict still decides whether the matrix means anything).
     todo: list[mutants.Mutant | None] = ([] if args.no_baseline else [None]) + list(chosen)
+    for i, m in enumerate(todo):
+        slot_of["baseline" if m is None else m.name] = slots[i % len(slots)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         done = list(pool.map(one, todo))
     results = {m.name: r for m, r in done if m is not None}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The release gate on an air-gapped GPU runner, in one bounded call: candidate Unsloth 2026.10.9 against
 # baseline 2026.10.1, each from its own offline bundle, GPU tier only; logs, gate.json and JUnit under $OUT/gate.
-#   bash gpu/gate.sh [SECONDS] [pytest args...]        (default: 560 s, the kernel tests below)
+#   bash gpu/gate.sh [SECONDS] [pytest args...]        (default: 560 s, the kernel tests below, ci profile)
 #   REVERSE=1 bash gpu/gate.sh ...                     (swap the two: the gate must then FAIL on the regressions)
 # Needs, built where the index is reachable (docs/bisect.md):
 #   gpu/build-bundle.sh gpu/bundle-unsloth-2026.10.9.txt .gpu/site.tgz
@@ -14,7 +14,9 @@ unset PYTHONPATH
 export HF_HUB_OFFLINE=1
 secs=${1:-560}
 [ $# -gt 0 ] && shift
-[ $# -eq 0 ] && set -- tests/kernel -k "small_windows and (unsloth-static or unsloth-eval)"
+# The ci profile (12 derandomized examples a test) by default: on an H200 the gpu profile's 40 took
+# over 200 s a side cold (2026-11-28), most of it compiling the drawn shapes.
+[ $# -eq 0 ] && set -- tests/kernel -k "small_windows and (unsloth-static or unsloth-eval)" --hypothesis-profile ci
 cand=/tmp/gate-cand/gpusite base=/tmp/gate-base/gpusite
 [ "${REVERSE:-0}" = 1 ] && { cand=/tmp/gate-base/gpusite; base=/tmp/gate-cand/gpusite; }
 timeout -s INT "$secs" python3 -m gemma2_regress.cli gate --candidate "$cand" --baseline "$base" --tiers gpu --no-perf \

@@ -281,3 +281,14 @@ def test_counterexample_substitutes_interactive_draws() -> None:
     assert killmatrix.counterexample(text) == (
         "test_small_windows(target=T(kernel='k'), device='cpu', case=Case(bsz=1, q_len=2, seed=0),)"
     )
+
+
+def test_gpu_runs_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert killmatrix.gpu_slots("gpu") == ["0", "1"]
+    assert killmatrix.gpu_slots("cpu") == [None]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # the caller pinned one: leave it alone
+    assert killmatrix.gpu_slots("gpu") == [None]
