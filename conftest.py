@@ -10,6 +10,8 @@ Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 
 import pytest
@@ -47,8 +49,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         pass
     config._gemma2_started = time.time()  # type: ignore[attr-defined]
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(), "gemma2-xdist-hooks")
+    if _controller(config):  # xdist workers, started after this, inherit the spool folder's name
+        config._gemma2_spool = tempfile.mkdtemp(prefix="gemma2-records-")  # type: ignore[attr-defined]
+        os.environ[report.SPOOL_ENV] = config._gemma2_spool  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
@@ -89,28 +92,35 @@ def device(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    # An xdist worker hands its measurements to the controller, which reports them all.
-    if hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["gemma2_records"] = report.RECORDS
+def _controller(config: pytest.Config) -> bool:
+    """The pytest process that reports (not an xdist worker)."""
+    return not hasattr(config, "workerinput")
 
 
-class _XdistHooks:
-    """Registered only where pytest-xdist is loaded (its hooks are unknown to pytest otherwise)."""
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:  # xdist forwards workers' reports
+    from gemma2_regress.report import note_test
 
-    def pytest_testnodedown(self, node, error) -> None:
-        report.RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_records", []))
+    note_test(report)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    spool = getattr(config, "_gemma2_spool", None)
+    if spool:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if hasattr(config, "workeroutput"):
+    if not _controller(config):
         return
-    rows = report.worst_by_property()
-    if not rows:
+    spool = getattr(config, "_gemma2_spool", None)
+    records = report.read_spool(spool) if spool else report.RECORDS
+    rows = report.worst_by_property(records)
+    if not rows and not report.TESTS:
         return
     tr = terminalreporter
-    tr.section("gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)")
-    tr.write_line(f"{'property':34} {'target':52} {'examples':>8} {'bad':>4} {'worst':>8}")
+    if rows:
+        tr.section("gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)")
+        tr.write_line(f"{'property':34} {'target':52} {'examples':>8} {'bad':>4} {'worst':>8}")
     for r in rows:
         tr.write_line(
             f"{r['property'][:34]:34} {r['target'][:52]:52} {r['examples']:>8} {r['bad']:>4} {r['worst_ratio']:>8.3g}"
@@ -122,8 +132,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             "versions": versions.versions(),
             "exit_status": int(exitstatus),
             "wall_s": round(time.time() - config._gemma2_started, 1),  # type: ignore[attr-defined]
+            "tests": report.TESTS,
             "properties": rows,
-            "records": report.RECORDS,
+            "records": records,
         },
     )
     tr.write_line(f"summary JSON: {out}")

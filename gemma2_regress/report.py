@@ -1,7 +1,11 @@
-"""Collects per-property measurements during a run; conftest writes them as JSON at the end.
+"""Collects per-property measurements and per-test verdicts during a run; conftest writes them as JSON.
 
 Each record: property, target, verdict, error ratio, case. The summary keeps the worst ratio per
 (property, target), which is what the end-of-run table and ``reports/summary.json`` show.
+
+Every process (pytest itself, or each xdist worker) also appends its records, one JSON line each,
+to a spool folder the controlling pytest makes (``SPOOL_ENV``): a run stopped by a time limit still
+reports every example that finished, also those of workers that were killed before handing back.
 """
 
 from __future__ import annotations
@@ -13,13 +17,51 @@ import tempfile
 from pathlib import Path
 
 RECORDS: list[dict] = []
+TESTS: dict[str, dict] = {}  # node id -> {"outcome", "duration_s"}, on the controlling process
+SPOOL_ENV = "GEMMA2_REGRESS_SPOOL"
 
 
 def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extra: object) -> None:
     """Remember one measurement (cheap; called once per Hypothesis example)."""
-    RECORDS.append(
-        {"property": prop, "target": target, "verdict": verdict, "ratio": ratio, "case": case, **extra}
-    )
+    rec = {"property": prop, "target": target, "verdict": verdict, "ratio": ratio, "case": case, **extra}
+    RECORDS.append(rec)
+    folder = os.environ.get(SPOOL_ENV)
+    if folder and Path(folder).is_dir():
+        name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.jsonl"
+        with open(Path(folder) / name, "a") as f:
+            f.write(json.dumps(rec, default=_default) + "\n")
+
+
+def read_spool(folder: str | os.PathLike) -> list[dict]:
+    """Every record appended under ``folder``, file by file; a line cut short by a kill is skipped."""
+    out = []
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def note_test(rep: object) -> None:
+    """Keep a test's verdict from its pytest reports: passed, failed, error (setup/teardown),
+    skipped, xfailed or xpassed, with the call's duration."""
+    nodeid, when = rep.nodeid, rep.when  # type: ignore[attr-defined]
+    if hasattr(rep, "wasxfail"):
+        outcome = "xfailed" if rep.skipped else "xpassed"  # type: ignore[attr-defined]
+    elif rep.failed:  # type: ignore[attr-defined]
+        outcome = "failed" if when == "call" else "error"
+    elif rep.skipped:  # type: ignore[attr-defined]
+        outcome = "skipped"
+    elif when == "call":
+        outcome = "passed"
+    else:
+        return  # a passing setup or teardown says nothing new
+    entry = TESTS.setdefault(nodeid, {"outcome": outcome, "duration_s": 0.0})
+    if when == "call" or outcome in ("error", "failed"):
+        entry["outcome"] = outcome
+    entry["duration_s"] = round(entry["duration_s"] + float(rep.duration), 3)  # type: ignore[attr-defined]
 
 
 def worst_by_property(records: list[dict] | None = None) -> list[dict]:

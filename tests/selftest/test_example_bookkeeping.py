@@ -15,6 +15,7 @@ from gemma2_regress import model_properties, report, tolerance
 @pytest.fixture
 def records(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     monkeypatch.setattr(report, "RECORDS", [])
+    monkeypatch.delenv(report.SPOOL_ENV, raising=False)  # keep these fake records out of the run's summary
     monkeypatch.setattr(model_properties, "_write", lambda line: None)
     return report.RECORDS
 
@@ -41,3 +42,40 @@ def test_a_judged_example_is_ok(records: list[dict]) -> None:
         cmp = tolerance.compare(x, x.double(), x, dtype=torch.float32)
         model_properties._judge(box, "p", "t", "case", {"x": cmp})
     assert records[-1]["verdict"] == "ok"
+
+
+def test_spooled_records_survive_a_killed_writer(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "RECORDS", [])
+    monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path))
+    report.record("p", "t", "ok", 0.5, "case 1")
+    report.record("p", "t", "mismatch", 2.0, "case 2")
+    (tmp_path / "gw9-1.jsonl").write_text('{"property": "p", "target": "t", "verdict"')  # cut short
+    got = report.read_spool(tmp_path)
+    assert [r["case"] for r in got] == ["case 1", "case 2"]
+    assert report.worst_by_property(got)[0]["bad"] == 1
+
+
+class Rep:
+    def __init__(self, when: str, outcome: str, duration: float = 1.0, **extra: object) -> None:
+        self.nodeid, self.when, self.duration = "t.py::x", when, duration
+        self.passed, self.failed, self.skipped = (outcome == o for o in ("passed", "failed", "skipped"))
+        self.__dict__.update(extra)
+
+
+@pytest.mark.parametrize(
+    ("reports", "outcome"),
+    [
+        ([Rep("setup", "passed"), Rep("call", "passed"), Rep("teardown", "passed")], "passed"),
+        ([Rep("setup", "passed"), Rep("call", "failed")], "failed"),
+        ([Rep("setup", "skipped")], "skipped"),
+        ([Rep("setup", "failed")], "error"),
+        ([Rep("call", "passed"), Rep("teardown", "failed")], "error"),
+        ([Rep("call", "skipped", wasxfail="known")], "xfailed"),
+        ([Rep("call", "passed", wasxfail="known")], "xpassed"),
+    ],
+)
+def test_each_tests_verdict(reports: list[Rep], outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "TESTS", {})
+    for rep in reports:
+        report.note_test(rep)
+    assert report.TESTS["t.py::x"]["outcome"] == outcome
