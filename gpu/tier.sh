@@ -23,8 +23,12 @@ start=$(date +%s)
 GEMMA2_REGRESS_REPORT=$OUT/summary.json timeout -s INT "$secs" python3 -m nox -s gpu --no-venv -- \
   -q -p no:cacheprovider --durations=15 --junitxml "$OUT/junit.xml" "$@" > "$OUT/tier.log" 2>&1
 rc=$?
-echo "tier rc=$rc wall=$(( $(date +%s) - start ))s examples=$(grep -c '^\[' "$OUT/tier.log")"
+echo "tier rc=$rc wall=$(( $(date +%s) - start ))s"
 tail -60 "$OUT/tier.log"
+python3 -c 'import collections, json, sys
+d = json.load(open(sys.argv[1]))
+print("tests:", dict(collections.Counter(t["outcome"] for t in d.get("tests", {}).values())),
+      "examples:", dict(collections.Counter(r["property"] for r in d["records"])))' "$OUT/summary.json" 2>/dev/null
 if [ "${PACK_CACHE:-0}" = 1 ]; then
   tar czf - -C "$TORCHINDUCTOR_CACHE_DIR" . | split -b 15m - "$OUT/inductor.tgz."
   echo "cache packed: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) -> $(cat "$OUT"/inductor.tgz.* | wc -c) bytes"
