@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from gemma2_regress import report, versions
+from gemma2_regress.report import note_test
 
 pytest_plugins = [
     "gemma2_regress.costs",  # the suite's own cost per tier/target (docs/perf.md)
@@ -98,8 +99,6 @@ def _controller(config: pytest.Config) -> bool:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:  # xdist forwards workers' reports
-    from gemma2_regress.report import note_test
-
     note_test(report)
 
 

@@ -18,8 +18,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GEMMA2_WINDOW = 4096  # the real Gemma-2 sliding window
 
 
+class PaddedBatch:
+    """What ``Case`` and ``ModelCase`` share: ``bsz`` rows, ``pads[b]`` pad tokens on ``pad_side``
+    ("none", "left" or "right") of row ``b``, run in ``dtype`` (a key of ``DTYPES``)."""
+
+    bsz: int
+    pad_side: str
+    pads: tuple[int, ...]
+    dtype: str
+
+    def padding_problems(self, length: int) -> list[str]:
+        """What is wrong with the padding and dtype of rows ``length`` long (empty if nothing)."""
+        problems = []
+        if self.pads and len(self.pads) != self.bsz:
+            problems.append(f"{len(self.pads)} pad counts for bsz {self.bsz}")
+        if any(p < 0 or p > length for p in self.pads):
+            problems.append(f"pads {self.pads} outside 0..{length}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} not one of {sorted(DTYPES)}")
+        if self.pad_side not in ("none", "left", "right"):
+            problems.append(f"pad_side {self.pad_side!r}")
+        return problems
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def padded(self) -> bool:
+        return self.pad_side != "none" and any(self.pads)
+
+
 @dataclasses.dataclass(frozen=True)
-class Case:
+class Case(PaddedBatch):
     """One attention problem. ``window=None`` is a global layer; ``pads[b]`` pad tokens on ``pad_side``.
 
     ``logit_std`` is the standard deviation of the raw (pre-cap) logits the inputs produce; values
@@ -42,29 +73,13 @@ class Case:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.padding_problems(self.kv_len)
         if self.q_len > self.kv_len:
             problems.append(f"q_len {self.q_len} > kv_len {self.kv_len}")
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}")
-        if self.pads and len(self.pads) != self.bsz:
-            problems.append(f"{len(self.pads)} pad counts for bsz {self.bsz}")
-        if any(p < 0 or p > self.kv_len for p in self.pads):
-            problems.append(f"pads {self.pads} outside 0..{self.kv_len}")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype {self.dtype!r} not one of {sorted(DTYPES)}")
-        if self.pad_side not in ("none", "left", "right"):
-            problems.append(f"pad_side {self.pad_side!r}")
         if problems:
             raise ValueError("invalid Case: " + "; ".join(problems))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def padded(self) -> bool:
-        return self.pad_side != "none" and any(self.pads)
 
     @property
     def crosses_window(self) -> bool:

@@ -398,36 +398,32 @@ def gpu_slots(tier: str) -> list[str | None]:
 def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) -> int:
     columns = modules()
     slots = gpu_slots(tier)
-    slot_of = {}  # mutant name (or "baseline") -> device, fixed before the pool starts
     scratch = Path(tempfile.mkdtemp(prefix=f"killmatrix-{tier}-"))
     t0 = time.time()
     python = args.python or sys.executable
     baseline = None
 
-    def one(m: mutants.Mutant | None) -> tuple[mutants.Mutant | None, Run | None]:
+    def one(m: mutants.Mutant | None, device: str | None) -> tuple[mutants.Mutant | None, Run | None]:
         if m is None:  # the baseline: the union of the selections, no mutant
             paths, k = union_selection(chosen, tier)
             print(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
-            r = run_pytest(
-                python, paths, tier, k, args.workers, None, args.timeout_s, scratch, slot_of["baseline"]
-            )
+            r = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch, device)
             print(f"[killmatrix] {tier}: baseline: rc={r.rc} {r.wall_s}s", flush=True)
             return None, r
         if tier not in m.tiers:
             return m, None
         paths, k = selection(m, tier)
-        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch, slot_of[m.name])
-        where = f" (GPU {slot_of[m.name]})" if slot_of[m.name] is not None else ""
+        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch, device)
+        where = f" (GPU {device})" if device is not None else ""
         print(f"[killmatrix] {tier}: {m.name}{where}: rc={r.rc} {r.wall_s}s", flush=True)
         return m, r
 
     # The baseline runs in the same pool, first: with --jobs > 1 it overlaps the mutant runs (its
     # verdict still decides whether the matrix means anything).
     todo: list[mutants.Mutant | None] = ([] if args.no_baseline else [None]) + list(chosen)
-    for i, m in enumerate(todo):
-        slot_of["baseline" if m is None else m.name] = slots[i % len(slots)]
+    devices = [slots[i % len(slots)] for i in range(len(todo))]  # round robin over the GPUs
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        done = list(pool.map(one, todo))
+        done = list(pool.map(one, todo, devices))
     results = {m.name: r for m, r in done if m is not None}
     base_run = next((r for m, r in done if m is None), None)
     if base_run is not None:

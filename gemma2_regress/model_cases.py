@@ -20,7 +20,7 @@ import torch
 from hypothesis import strategies as st
 
 from . import tiny
-from .cases import DTYPES, GEMMA2_WINDOW
+from .cases import GEMMA2_WINDOW, PaddedBatch
 
 W = GEMMA2_WINDOW
 LENGTHS = (W - 1, W, W + 1, 2 * W, 4 * W)
@@ -32,7 +32,7 @@ BATCH_SIZES = (1, 2, 3, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelCase:
+class ModelCase(PaddedBatch):
     """One model-level problem. ``pads[b]`` pad tokens on ``pad_side`` of row ``b``.
 
     ``with_mask=False`` passes no attention_mask (then nothing is padded). ``mode="train"`` runs
@@ -53,11 +53,7 @@ class ModelCase:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.pads and len(self.pads) != self.bsz:
-            problems.append(f"{len(self.pads)} pad counts for bsz {self.bsz}")
-        if any(p < 0 or p > self.seq_len for p in self.pads):
-            problems.append(f"pads {self.pads} outside 0..{self.seq_len}")
+        problems = self.padding_problems(self.seq_len)
         if self.padded and not self.with_mask:
             problems.append("padding without an attention_mask cannot be compared; set with_mask=True")
         if self.pads and all(p >= self.seq_len for p in self.pads):
@@ -66,20 +62,10 @@ class ModelCase:
             problems.append(f"mode {self.mode!r} not one of {MODES}")
         if self.mode == "train" and self.with_labels and self.pad_side == "left" and self.padded:
             problems.append("train mode with labels drops the mask in Unsloth: use right padding")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype {self.dtype!r} not one of {sorted(DTYPES)}")
         if self.init not in tiny.INITS:
             problems.append(f"init {self.init!r} not one of {tiny.INITS}")
         if problems:
             raise ValueError("invalid ModelCase: " + "; ".join(problems))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def padded(self) -> bool:
-        return self.pad_side != "none" and any(self.pads)
 
     def short(self) -> str:
         pad = f" pad={self.pad_side}{list(self.pads)}" if self.padded else ""
