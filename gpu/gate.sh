@@ -9,7 +9,9 @@
 set -u
 OUT=${OUT:-reports/gpu}
 mkdir -p "$OUT" /tmp/gate-cand /tmp/gate-base
-tar xzf .gpu/site.tgz -C /tmp/gate-cand && tar xzf .gpu/base-2026.10.1.tgz -C /tmp/gate-base || exit 2
+# Unpacked once: the two directions may run at once (gpu/mutants-and-gate.sh) and share these read-only.
+[ -d /tmp/gate-cand/gpusite ] || tar xzf .gpu/site.tgz -C /tmp/gate-cand || exit 2
+[ -d /tmp/gate-base/gpusite ] || tar xzf .gpu/base-2026.10.1.tgz -C /tmp/gate-base || exit 2
 unset PYTHONPATH
 export HF_HUB_OFFLINE=1
 secs=${1:-560}
