@@ -27,15 +27,13 @@ import argparse
 import concurrent.futures
 import dataclasses
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import mutants, report, verdicts
+from . import junit, mutants, report, verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,113 +57,17 @@ class Run:
 
 
 # --- parsing ---------------------------------------------------------------------------------------
-_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
-_EXAMPLE = re.compile(r"^(?:Falsifying example|Failing test case): ", re.M)
-
-
-_DRAW = re.compile(r"^Draw \d+(?: \(([^)]*)\))?: ", re.M)
-
-
-def _balanced(lines: list[str]) -> str:
-    """Join lines up to where the parentheses opened on the first line close, as one line."""
-    out, depth = [], 0
-    for line in lines:
-        out.append(line.strip())
-        depth += line.count("(") - line.count(")")
-        if depth <= 0:
-            break
-    return re.sub(r"\s+", " ", " ".join(out)).replace("( ", "(").replace(" )", ")")
-
-
-def counterexample(text: str) -> str | None:
-    """Hypothesis's shrunk counterexample (``Falsifying example:``/``Failing test case:``), one line.
-
-    Values drawn interactively (``st.data()``) are printed by Hypothesis as ``Draw 1 (case): Case(...)``
-    after the call; they replace ``data=data(...)`` in the result.
-    """
-    matches = list(_EXAMPLE.finditer(text))
-    if not matches:
-        return None
-    rest = text[matches[-1].end() :]
-    call = _balanced(rest.splitlines())
-    draws = []
-    for m in _DRAW.finditer(rest):
-        draws.append(f"{m.group(1) or 'draw'}={_balanced(rest[m.end() :].splitlines())}")
-    if draws:
-        call = call.replace("data=data(...)", ", ".join(draws))
-    return call
-
-
-def verdict_of(message: str, text: str) -> str:
-    """``mismatch``/``nan`` for a failed comparison; ``crash:<Type>@<file>:<function>`` for an exception.
-
-    The crash frame is picked as in ``verdicts.crash_signature``: the innermost frame inside Unsloth,
-    transformers or torch's compiler, read from the native traceback.
-    """
-    m = re.search(r"\b(ok|mismatch|nan): err\(target\)", text)
-    if message.startswith("AssertionError") and m:
-        return m.group(1)
-    exc = message.split(":", 1)[0].strip().rsplit(".", 1)[-1] or "Exception"
-    if exc == "AssertionError":
-        return "mismatch"
-    return verdicts.signature(exc, _FRAME.findall(text))
-
-
-_GROUP_SPLIT = re.compile(r"^\s*\+?-?\+?-{4,} \d+ -{4,}\s*$", re.M)
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Failure|Interrupt|Warning)): ?(.*)$")
-
-
-def failures_in(message: str, text: str) -> list[dict]:
-    """The distinct failures in one test's failure text (Hypothesis reports several as an ExceptionGroup).
-
-    Each: ``{"verdict", "message", "counterexample"}``.
-    """
-    if not message.split(":", 1)[0].strip().endswith("ExceptionGroup"):
-        return [
-            {
-                "verdict": verdict_of(message, text),
-                "message": message[:500],
-                "counterexample": counterexample(text),
-            }
-        ]
-    out = []
-    for chunk in _GROUP_SPLIT.split(text)[1:]:
-        body = "\n".join(re.sub(r"^\s*\| ?", "", line) for line in chunk.splitlines())
-        exc_line = next((ln for ln in body.splitlines() if _EXC_LINE.match(ln)), "")
-        if not exc_line:
-            continue
-        out.append(
-            {
-                "verdict": verdict_of(exc_line, body),
-                "message": exc_line[:500],
-                "counterexample": counterexample(body),
-            }
-        )
-    return out or [{"verdict": "crash:ExceptionGroup", "message": message[:500], "counterexample": None}]
-
-
 def parse_junit(path: Path) -> list[dict]:
-    """Per test: module path, test id, outcome (passed/failed/skipped), message; failures add
-    ``failures`` (each distinct failure's verdict and shrunk counterexample) and the first's ``verdict``."""
-    if not path.exists():
-        return []
+    """Per test (``gemma2_regress.junit``): module path, test id, outcome (passed/failed/skipped),
+    message; failures add ``failures`` (each distinct failure's verdict and shrunk counterexample)
+    and the first's ``verdict`` and ``counterexample``. Plain dicts: they go into the JSON."""
     tests = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        classname = case.get("classname", "")
-        module = classname.replace(".", "/") + ".py" if classname else ""
-        outcome, message, text = "passed", "", ""
-        for tag in ("failure", "error"):
-            el = case.find(tag)
-            if el is not None:
-                outcome, message, text = "failed", el.get("message", ""), el.text or ""
-        if outcome == "passed" and case.find("skipped") is not None:
-            outcome = "skipped"
-            message = case.find("skipped").get("message", "")  # type: ignore[union-attr]
-        row = {"module": module, "test": case.get("name", ""), "outcome": outcome, "message": message[:500]}
-        if outcome == "failed":
-            row["failures"] = failures_in(message, text)
-            row["verdict"] = row["failures"][0]["verdict"]
-            row["counterexample"] = row["failures"][0]["counterexample"]
+    for t in junit.read(path):
+        row = {"module": t.module, "test": t.name, "outcome": t.outcome, "message": t.message}
+        if t.outcome == "failed":
+            row["failures"] = [dataclasses.asdict(f) for f in t.failures]
+            row["verdict"] = t.failures[0].verdict
+            row["counterexample"] = t.failures[0].counterexample
         tests.append(row)
     return tests
 

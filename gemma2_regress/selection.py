@@ -10,9 +10,10 @@ summary JSON (``GEMMA2_REGRESS_REPORT``) into a step directory, and classifies t
 - ``skip``  the candidate cannot be judged: it does not import (``crash:UnslothUnavailable``), the
             selection did not collect, or the run timed out. Never "bad".
 
-Per-test verdicts come from the JUnit XML: ``ok``; ``mismatch`` / ``nan`` when the property's
-assertion says so; otherwise ``crash:<Type>@<file>:<function>`` with the innermost frame inside
-Unsloth, transformers or torch's compiler (as ``verdicts.crash_signature`` names live exceptions).
+Per-test verdicts come from the JUnit XML (``gemma2_regress.junit``): ``ok``; ``mismatch`` / ``nan``
+when the property's assertion says so; otherwise ``crash:<Type>@<file>:<function>`` with the
+innermost frame inside Unsloth, transformers or torch's compiler. A test in which Hypothesis found
+several distinct failures is bad when any of them matches the pattern.
 """
 
 from __future__ import annotations
@@ -23,20 +24,14 @@ import os
 import re
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import verdicts
+from . import junit, verdicts
 from .envs import Env
 
 UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
-_FRAME = re.compile(r"^(?P<file>[^\s:][^:]*\.py):\d+: in (?P<func>[\w<>.]+)\s*$", re.M)
-_KIND = re.compile(r"^\s*(mismatch|nan): err\(target\)", re.M)
 _END = re.compile(
     r"(Explanation:|You can reproduce|Highest target score|Trying example|_ _|={3,}|\S+\.py:\d+)"
-)
-_EXC = re.compile(
-    r"^(?:E\s+)?(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Unavailable|Warning))\b"
 )
 
 
@@ -58,8 +53,13 @@ class Outcome:
     """One test's verdict in one candidate."""
 
     nodeid: str
-    verdict: str  # ok | skipped | mismatch | nan | crash:...
+    verdict: str  # ok | skipped | mismatch | nan | crash:... (a failed test's first distinct failure)
     message: str = ""
+    all_verdicts: tuple[str, ...] = ()  # every distinct failure's (Hypothesis may find several)
+
+    def matches(self, wanted: str) -> bool:
+        """Does any of this test's failures match the pattern (``verdicts.matches``)?"""
+        return any(verdicts.matches(v, wanted) for v in self.all_verdicts or (self.verdict,))
 
 
 @dataclasses.dataclass
@@ -75,41 +75,12 @@ class RunResult:
     records: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def signature_of(message: str, text: str) -> str:
-    """A verdict string for one failing test from its JUnit failure ``message`` and traceback ``text``."""
-    kind = _KIND.search(text) or _KIND.search(message)
-    if kind:
-        return kind.group(1)
-    m = _EXC.match(message.strip())
-    if m is None:  # pytest's message may be only the text; take the last "E   Type: ..." line
-        errs = [ln for ln in text.splitlines() if ln.startswith("E ")]
-        m = _EXC.match(errs[-1][1:].strip()) if errs else None
-    exc = (m.group("type") if m else "Error").rsplit(".", 1)[-1]
-    return verdicts.signature(exc, [(f.group("file"), f.group("func")) for f in _FRAME.finditer(text)])
-
-
 def read_junit(path: Path) -> list[Outcome]:
-    """Per-test outcomes from a JUnit XML file (empty if it is missing or unreadable)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return []
-    out = []
-    for tc in root.iter("testcase"):
-        nodeid = f"{tc.get('classname', '')}::{tc.get('name', '')}"
-        bad = tc.find("failure")
-        if bad is None:
-            bad = tc.find("error")
-        if bad is not None:
-            msg = bad.get("message", "") or ""
-            out.append(
-                Outcome(nodeid, signature_of(msg, bad.text or ""), msg.splitlines()[0][:300] if msg else "")
-            )
-        elif tc.find("skipped") is not None:
-            out.append(Outcome(nodeid, "skipped"))
-        else:
-            out.append(Outcome(nodeid, "ok"))
-    return out
+    """Per-test outcomes from a JUnit XML file (``gemma2_regress.junit``; empty if it is missing)."""
+    return [
+        Outcome(t.nodeid, t.verdict, t.message.splitlines()[0][:300] if t.message else "", tuple(t.verdicts))
+        for t in junit.read(path)
+    ]
 
 
 def falsifying_example(log: str) -> str | None:
@@ -165,9 +136,10 @@ def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str,
             else ("skip", f"pytest exit {exit_code} without a failing test", "error")
         )
     wanted = sel.signature or "bad"
-    hits = [t for t in failed if verdicts.matches(t.verdict, wanted)]
+    hits = [t for t in failed if t.matches(wanted)]
     if hits:
-        return "bad", f"{len(hits)}/{len(tests)} tests {hits[0].verdict}: {hits[0].nodeid}", hits[0].verdict
+        sig = next(v for v in hits[0].all_verdicts or (hits[0].verdict,) if verdicts.matches(v, wanted))
+        return "bad", f"{len(hits)}/{len(tests)} tests {sig}: {hits[0].nodeid}", sig
     others = sorted({t.verdict for t in failed})
     return "good", f"no failure matches {wanted!r} (other failures: {', '.join(others)})", "ok"
 

@@ -209,12 +209,6 @@ def test_junit_parsing_gives_verdict_and_counterexample(tmp_path) -> None:
     assert bad["counterexample"] == "test_small_windows(target=T(kernel='k'), case=Case(bsz=1, q_len=3),)"
 
 
-def test_mismatch_verdict_from_the_property_message() -> None:
-    msg = "AssertionError: kernel_matches_oracle failed for k[m]"
-    text = msg + "\n  mismatch: err(target)=1.97 err(baseline)=0 bound=2e-06 ratio=9.86e+05"
-    assert killmatrix.verdict_of(msg, text) == "mismatch"
-
-
 def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
     return killmatrix.Run("m", rc, 1.0, tests, status, "", ["python", "-m", "pytest"])
 
@@ -271,16 +265,6 @@ def test_union_selection_covers_every_mutant() -> None:
     for m in chosen:
         if "cpu" in m.tiers:
             assert f"({m.cpu_select})" in k
-
-
-def test_counterexample_substitutes_interactive_draws() -> None:
-    text = (
-        "Failing test case: test_small_windows(\n    target=T(kernel='k'),\n    device='cpu',\n"
-        "    data=data(...),\n)\nDraw 1 (case): Case(bsz=1,\n q_len=2,\n seed=0)\nExplanation:\n"
-    )
-    assert killmatrix.counterexample(text) == (
-        "test_small_windows(target=T(kernel='k'), device='cpu', case=Case(bsz=1, q_len=2, seed=0),)"
-    )
 
 
 def test_gpu_runs_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
