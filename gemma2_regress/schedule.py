@@ -8,6 +8,8 @@ time on an H200 (2026-11-28, 6 workers on 2 GPUs, `bash gpu/tier.sh`; docs/gpu.m
 the number of dtype variants where a test has since been split per dtype. A test missing from
 it counts ``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at
 the summed cost of their members. The order only matters to the scheduler: results do not depend on it.
+It is applied in xdist workers only (``conftest.py``): in a single process the selection's own order
+stands (the kill matrix relies on it to try model-level tests first).
 """
 
 from __future__ import annotations

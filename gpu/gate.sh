@@ -23,4 +23,6 @@ cand=/tmp/gate-cand/gpusite base=/tmp/gate-base/gpusite
 [ "${REVERSE:-0}" = 1 ] && { cand=/tmp/gate-base/gpusite; base=/tmp/gate-cand/gpusite; }
 timeout -s INT "$secs" python3 -m gemma2_regress.cli gate --candidate "$cand" --baseline "$base" --tiers gpu --no-perf \
   --out "$OUT/gate" -- "$@" 2>&1 | tee "$OUT/gate.log"
-echo "gate rc=${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+echo "gate rc=$rc" | tee -a "$OUT/gate.log"
+exit "$rc"
