@@ -55,6 +55,22 @@ def test_spooled_records_survive_a_killed_writer(tmp_path, monkeypatch: pytest.M
     assert report.worst_by_property(got)[0]["bad"] == 1
 
 
+def test_examples_of_a_recorded_upstream_bug_count_as_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "RECORDS", [])
+    monkeypatch.delenv(report.SPOOL_ENV, raising=False)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/k.py::test_bug[cuda] (call)")
+    report.record("p", "t", "nan", float("inf"), "the recorded case")
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/k.py::test_other (call)")
+    report.record("p", "t", "ok", 0.25, "a passing case")
+    assert [r["test"] for r in report.RECORDS] == ["tests/k.py::test_bug[cuda]", "tests/k.py::test_other"]
+    xfailed = {"tests/k.py::test_bug[cuda]": {"outcome": "xfailed"}}
+    (row,) = report.worst_by_property(tests=xfailed)
+    assert (row["bad"], row["known"], row["worst_ratio"]) == (0, 1, 0.25)
+    # the same failure in a test that did not xfail is bad, and is the worst
+    (row,) = report.worst_by_property(tests={"tests/k.py::test_bug[cuda]": {"outcome": "failed"}})
+    assert (row["bad"], row["known"], row["worst_ratio"]) == (1, 0, float("inf"))
+
+
 class Rep:
     def __init__(self, when: str, outcome: str, duration: float = 1.0, **extra: object) -> None:
         self.nodeid, self.when, self.duration = "t.py::x", when, duration
