@@ -120,20 +120,39 @@ def test_counterexample_substitutes_interactive_draws() -> None:
     assert junit.counterexample("".join(f"E   {ln}\n" for ln in text.splitlines())) == expected
 
 
-def test_read_a_junit_file(tmp_path: Path) -> None:
-    path = tmp_path / "j.xml"
-    esc = GROUP_TEXT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _junit_file(path: Path, failure: tuple[str, str]) -> Path:
+    """A JUnit file of three tests: one passed, one failed with (message, text), one skipped."""
+    msg, text = (x.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for x in failure)
     path.write_text(
         '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
         '<testcase classname="tests.kernel.test_slow_kernel" name="a" time="1"/>'
-        f'<testcase classname="tests.kernel.test_slow_kernel" name="b" time="1"><failure message="{GROUP_MESSAGE}">'
-        f"{esc}</failure></testcase>"
+        f'<testcase classname="tests.kernel.test_slow_kernel" name="b" time="1"><failure message="{msg}">'
+        f"{text}</failure></testcase>"
         '<testcase classname="tests.model.test_x" name="c" time="0"><skipped message="no GPU"/></testcase>'
         "</testsuite></testsuites>"
     )
-    a, b, c = junit.read(path)
+    return path
+
+
+def test_read_a_junit_file(tmp_path: Path) -> None:
+    a, b, c = junit.read(_junit_file(tmp_path / "j.xml", (GROUP_MESSAGE, GROUP_TEXT)))
     assert (a.outcome, a.verdict, a.verdicts) == ("passed", "ok", ["ok"])
     assert b.nodeid == "tests.kernel.test_slow_kernel::b" and b.module == "tests/kernel/test_slow_kernel.py"
     assert b.verdict.startswith("crash:AttributeError@") and b.verdicts[1] == "mismatch"
     assert (c.outcome, c.verdict, c.message) == ("skipped", "skipped", "no GPU")
     assert junit.read(tmp_path / "missing.xml") == []
+
+
+def test_kill_matrix_rows_from_a_junit_file(tmp_path: Path) -> None:
+    from gemma2_regress import killmatrix
+
+    msg = "AttributeError: 'bool' object has no attribute 'dim'"
+    tests = killmatrix.parse_junit(_junit_file(tmp_path / "j.xml", (msg, NATIVE_CRASH)))
+    assert [t["outcome"] for t in tests] == ["passed", "failed", "skipped"]
+    bad = tests[1]
+    assert bad["module"] == "tests/kernel/test_slow_kernel.py"
+    assert bad["verdict"] == "crash:AttributeError@flex_attention.py:_compiled_slow_attention_softcapping"
+    assert bad["counterexample"] == "test_small_windows(target=T(kernel='k'), case=Case(bsz=1, q_len=3),)"
+    assert bad["failures"] == [
+        {"verdict": bad["verdict"], "message": msg, "counterexample": bad["counterexample"]}
+    ]

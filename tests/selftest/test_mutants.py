@@ -180,35 +180,7 @@ def test_missing_anchor_is_not_applicable() -> None:
         mutants._resolve(gone, mutants._handles())
 
 
-# --- the kill matrix's parsing and JSON --------------------------------------------------------------
-JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
-<testcase classname="tests.kernel.test_slow_kernel" name="test_small_windows[cpu-a]" time="1"/>
-<testcase classname="tests.kernel.test_slow_kernel" name="test_small_windows[cpu-b]" time="1">
-<failure message="AttributeError: 'bool' object has no attribute 'dim'">Traceback (most recent call last):
-  File "/x/unsloth/kernels/flex_attention.py", line 90, in slow_attention_softcapping
-  File "/x/unsloth/kernels/flex_attention.py", line 60, in _compiled_slow_attention_softcapping
-AttributeError: 'bool' object has no attribute 'dim'
-Falsifying example: test_small_windows(
-    target=T(kernel='k'),
-    case=Case(bsz=1,
-     q_len=3),
-)
-</failure></testcase>
-<testcase classname="tests.model.test_unsloth_forward" name="test_x" time="0"><skipped message="no GPU"/></testcase>
-</testsuite></testsuites>"""
-
-
-def test_junit_parsing_gives_verdict_and_counterexample(tmp_path) -> None:
-    path = tmp_path / "j.xml"
-    path.write_text(JUNIT)
-    tests = killmatrix.parse_junit(path)
-    assert [t["outcome"] for t in tests] == ["passed", "failed", "skipped"]
-    bad = tests[1]
-    assert bad["module"] == "tests/kernel/test_slow_kernel.py"
-    assert bad["verdict"] == "crash:AttributeError@flex_attention.py:_compiled_slow_attention_softcapping"
-    assert bad["counterexample"] == "test_small_windows(target=T(kernel='k'), case=Case(bsz=1, q_len=3),)"
-
-
+# --- the kill matrix's rows and JSON (its JUnit parsing: test_junit.py) -----------------------------
 def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
     return killmatrix.Run("m", rc, 1.0, tests, status, "", ["python", "-m", "pytest"])
 
