@@ -118,19 +118,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     rows = report.worst_by_property(records)
     if not rows and not report.TESTS:
         return
-    tr = terminalreporter
     if rows:
-        tr.section("gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)")
-        tr.write_line(f"{'property':34} {'target':52} {'examples':>8} {'bad':>4} {'known':>5} {'worst':>8}")
-    for r in rows:
-        tr.write_line(
-            f"{r['property'][:34]:34} {r['target'][:52]:52} {r['examples']:>8} {r['bad']:>4} {r['known']:>5}"
-            f" {r['worst_ratio']:>8.3g}"
+        terminalreporter.section(
+            "gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)"
         )
-    if any(r["known"] for r in rows):
-        tr.write_line(
-            "known: failing examples of tests that xfailed as recorded upstream bugs (not in 'worst')"
-        )
+        for line in report.table_lines(rows):
+            terminalreporter.write_line(line)
     out = os.environ.get("GEMMA2_REGRESS_REPORT", "reports/summary.json")
     report.write_json_atomic(
         out,
@@ -143,4 +136,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             "records": records,
         },
     )
-    tr.write_line(f"summary JSON: {out}")
+    terminalreporter.write_line(f"summary JSON: {out}")

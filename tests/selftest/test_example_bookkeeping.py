@@ -71,6 +71,41 @@ def test_examples_of_a_recorded_upstream_bug_count_as_known(monkeypatch: pytest.
     assert (row["bad"], row["known"], row["worst_ratio"]) == (1, 0, float("inf"))
 
 
+def test_table_shows_peak_memory_and_time_split_from_the_records() -> None:
+    records = [
+        {"property": "k", "target": "t", "verdict": "ok", "ratio": 0.2, "case": "c"},
+        {
+            "property": "m",
+            "target": "u",
+            "verdict": "ok",
+            "ratio": 0.1,
+            "case": "a",
+            "peak_gib": 3.5,
+            "compile_s": 30.0,
+            "run_s": 0.25,
+            "reference_s": 2.0,
+        },
+        {
+            "property": "m",
+            "target": "u",
+            "verdict": "ok",
+            "ratio": 0.3,
+            "case": "b",
+            "peak_gib": 7.25,
+            "compile_s": 0.0,
+            "run_s": 0.5,
+            "reference_s": 1.0,
+        },
+    ]
+    rows = report.worst_by_property(records, tests={})
+    assert (rows[1]["peak_gib"], rows[1]["compile_s"], rows[1]["run_s"]) == (7.25, 30.0, 0.75)
+    header, kernel, model, split = report.table_lines(rows)
+    assert (
+        header.split()[-2:] == ["peak", "GiB"] and kernel.split()[-1] == "-" and model.split()[-1] == "7.25"
+    )
+    assert "compiled 30.0s" in split and "only ran 0.8s" in split and "reference 3.0s" in split
+
+
 class Rep:
     def __init__(self, when: str, outcome: str, duration: float = 1.0, **extra: object) -> None:
         self.nodeid, self.when, self.duration = "t.py::x", when, duration
