@@ -2,13 +2,14 @@
 bisect and the gate share.
 
 A failed test's record holds pytest's ``message`` and the traceback ``text``. It may hold several
-distinct failures: Hypothesis reports them as one ``ExceptionGroup`` whose parts are printed between
-``+---------------- n ----------------`` rules. Each failure gets a verdict (``gemma2_regress.verdicts``):
+distinct failures: Hypothesis reports them as one ``ExceptionGroup`` whose parts are printed
+between ``+---------------- n ----------------`` rules. Each failure gets a verdict
+(``gemma2_regress.verdicts``):
 
 - ``nan`` / ``mismatch``  an ``AssertionError``: a property's comparison failed; its report has
-  ``<kind>: err(target)=...`` lines (model properties put several on one line, ``logits: ok: ...; loss: mismatch: ...``; any
-  ``nan`` wins over ``mismatch``). One with no comparison line (a property check such as the
-  window probe's "no change") is a ``mismatch`` too.
+  ``<kind>: err(target)=...`` lines (model properties put several on one line,
+  ``logits: ok: ...; loss: mismatch: ...``; any ``nan`` wins over ``mismatch``). One with no
+  comparison line (a property check such as the window probe's "no change") is a ``mismatch`` too.
 - ``crash:<Type>@<file>:<function>``  any other exception, at the innermost frame inside Unsloth,
   transformers or torch's compiler. Frames are read from both traceback styles pytest prints
   (``--tb=native``: ``File "f.py", line 3, in g``; the default: ``f.py:3: in g``).
