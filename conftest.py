@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from gemma2_regress import report, versions
-from gemma2_regress.report import note_test
+from gemma2_regress.report import note_test  # by name: pytest's hook argument `report` shadows the module
 
 pytest_plugins = [
     "gemma2_regress.costs",  # the suite's own cost per tier/target (docs/perf.md)

@@ -194,9 +194,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             )
         base = _base_env(args.base, cache, args)
         env = envs.Env(base.python, [str(Path(args.repo).resolve()), *base.pythonpath])
-        root = Path(
-            os.environ.get("GEMMA2_REGRESS_ROOT", cwd)
-        )  # the suite's checkout (git bisect runs in Unsloth's)
+        # The suite's checkout: `git bisect run` starts this in Unsloth's checkout.
+        root = Path(os.environ.get("GEMMA2_REGRESS_ROOT", cwd))
         wd = Path(args.workdir) if args.workdir else root / "reports" / "bisect" / "script"
         res = bisect.run(env, sel, wd, cwd=root)
         code = bisect.script_exit(res.status, args.find_fix)

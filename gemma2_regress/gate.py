@@ -19,6 +19,7 @@ Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, fa
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -279,9 +280,7 @@ def render(result: dict) -> str:
     p = result["perf"]
     lines.append(f"perf: {p['status']}" + (f" ({p['why']})" if p.get("why") else ""))
     if p.get("rows"):
-        counts: dict[str, int] = {}
-        for r in p["rows"]:
-            counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+        counts = collections.Counter(r["verdict"] for r in p["rows"])
         lines[-1] += (
             f" (threshold {p.get('threshold')}x; "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

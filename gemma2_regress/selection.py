@@ -18,6 +18,7 @@ several distinct failures is bad when any of them matches the pattern.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -57,9 +58,9 @@ class Outcome:
     message: str = ""
     all_verdicts: tuple[str, ...] = ()  # every distinct failure's (Hypothesis may find several)
 
-    def matches(self, wanted: str) -> bool:
-        """Does any of this test's failures match the pattern (``verdicts.matches``)?"""
-        return any(verdicts.matches(v, wanted) for v in self.all_verdicts or (self.verdict,))
+    def matching(self, wanted: str) -> str | None:
+        """The first of this test's verdicts that matches the pattern (``verdicts.matches``), or None."""
+        return next((v for v in self.all_verdicts or (self.verdict,) if verdicts.matches(v, wanted)), None)
 
 
 @dataclasses.dataclass
@@ -108,10 +109,7 @@ def _record_counts(path: Path) -> dict[str, int]:
         records = json.loads(path.read_text()).get("records", [])
     except (OSError, ValueError):
         return {}
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.get("verdict", "?")] = counts.get(r.get("verdict", "?"), 0) + 1
-    return counts
+    return dict(collections.Counter(r.get("verdict", "?") for r in records))
 
 
 def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str, str, str]:
@@ -136,10 +134,10 @@ def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str,
             else ("skip", f"pytest exit {exit_code} without a failing test", "error")
         )
     wanted = sel.signature or "bad"
-    hits = [t for t in failed if t.matches(wanted)]
+    hits = [(t, sig) for t in failed if (sig := t.matching(wanted)) is not None]
     if hits:
-        sig = next(v for v in hits[0].all_verdicts or (hits[0].verdict,) if verdicts.matches(v, wanted))
-        return "bad", f"{len(hits)}/{len(tests)} tests {sig}: {hits[0].nodeid}", sig
+        first, sig = hits[0]
+        return "bad", f"{len(hits)}/{len(tests)} tests {sig}: {first.nodeid}", sig
     others = sorted({t.verdict for t in failed})
     return "good", f"no failure matches {wanted!r} (other failures: {', '.join(others)})", "ok"
 
