@@ -24,8 +24,8 @@ def failure_message(prop: str, target: str, case: Case, detail: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def prepared(case: Case, device: str) -> tuple[Inputs, torch.Tensor, torch.Tensor]:
-    """Inputs, golden and baseline for a case, kept for the next target given the same case.
+def prepared(case: Case, device: str) -> tuple[Inputs, torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """Inputs, golden, baseline and the rule's floor for a case, kept for the next target given the same case.
 
     Hypothesis (derandomized) draws the same cases for every target of a parametrized test, and
     the float64 reference at 8k tokens costs seconds: the targets of one test share it.
@@ -34,20 +34,21 @@ def prepared(case: Case, device: str) -> tuple[Inputs, torch.Tensor, torch.Tenso
     return (inputs, *reference(case, inputs))
 
 
-def reference(case: Case, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(golden float64, baseline in the case's dtype) for one case."""
+def reference(case: Case, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+    """(golden float64, baseline in the case's dtype, ``tolerance.attention_floor``) for one case."""
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=inputs.key_valid)
     golden = oracle.attention(inputs.q, inputs.k, inputs.v, dtype=torch.float64, **kw)
     baseline = oracle.attention(inputs.q, inputs.k, inputs.v, dtype=case.torch_dtype, **kw)
-    return golden, baseline
+    floor = tolerance.attention_floor(inputs.q, inputs.k, inputs.v, dtype=case.torch_dtype, **kw)
+    return golden, baseline, floor
 
 
 def check_kernel_matches_oracle(target: KernelTarget, case: Case, device: str) -> tolerance.Comparison:
     """The target's output equals the oracle's within the tolerance rule, at every real query."""
-    inputs, golden, baseline = prepared(case, device)
+    inputs, golden, baseline, floor = prepared(case, device)
     out = target.run(case, inputs.clone())  # a clone: the cached inputs must survive an in-place target
     valid = valid_queries(inputs.key_valid, case.q_len)
-    cmp = tolerance.compare(out, golden, baseline, dtype=case.torch_dtype, valid=valid)
+    cmp = tolerance.compare(out, golden, baseline, dtype=case.torch_dtype, valid=valid, floor=floor)
     report.record("kernel_matches_oracle", target.name, cmp.kind, cmp.ratio, case.short(), device=device)
     _climb(cmp, target.name)
     assert cmp.ok, failure_message("kernel_matches_oracle", target.name, case, cmp.describe())
@@ -135,27 +136,37 @@ def check_window_boundary(
     return effects
 
 
+def _beyond(diff: torch.Tensor, atol: float | torch.Tensor) -> tuple[float, float]:
+    """(largest difference, largest excess over ``atol``), ``atol`` a number or a tensor of ``diff``'s shape."""
+    if not diff.numel():
+        return 0.0, -1.0
+    return float(diff.max()), float((diff - atol).max())
+
+
 def check_batch_invariance(
     attn: AttentionFn,
     inputs: Inputs,
     label: str,
     *,
-    atol: float,
+    atol: float | torch.Tensor,
 ) -> float:
-    """Each row of a batch equals that row run alone, at its real queries; returns the max difference."""
+    """Each row of a batch equals that row run alone, at its real queries, within ``atol`` (a number,
+    or a bound per output element, ``(bsz, q_len, features)``); returns the max difference."""
     q, k, v, kv = inputs.q, inputs.k, inputs.v, inputs.key_valid
     full = attn(q, k, v, kv).to(torch.float64)
     valid = valid_queries(kv, q.shape[2])
+    bound = torch.as_tensor(atol, dtype=torch.float64).expand_as(full).cpu()
     worst = 0.0
     for b in range(q.shape[0]):
         row_kv = None if kv is None else kv[b : b + 1]
         alone = attn(q[b : b + 1], k[b : b + 1], v[b : b + 1], row_kv).to(torch.float64)
-        diff = (full[b : b + 1] - alone).abs()
+        diff, tol = (full[b : b + 1] - alone).abs().cpu(), bound[b : b + 1]
         if valid is not None:
-            diff = diff[valid[b : b + 1]]
-        d = float(diff.max()) if diff.numel() else 0.0
-        assert d <= atol, (
-            f"batch_invariance failed for {label}: row {b} differs by {d:.3g} > {atol:.3g} alone vs in batch"
+            diff, tol = diff[valid[b : b + 1].cpu()], tol[valid[b : b + 1].cpu()]
+        d, excess = _beyond(diff, tol)
+        assert excess <= 0, (
+            f"batch_invariance failed for {label}: row {b} differs by {d:.3g} alone vs in batch, "
+            f"{excess:.3g} beyond the bound"
         )
         worst = max(worst, d)
     return worst
@@ -168,10 +179,11 @@ def check_padding_invariance(
     *,
     pad: int,
     side: str,
-    atol: float,
+    atol: float | torch.Tensor,
     seed: int = 0,
 ) -> float:
-    """An unpadded batch equals the same batch with ``pad`` junk tokens on ``side``, at the real queries.
+    """An unpadded batch equals the same batch with ``pad`` junk tokens on ``side``, at the real queries,
+    within ``atol`` (a number, or a bound per element of the unpadded output).
 
     ``inputs`` must be unpadded with q_len == kv_len. The junk keys/values are random, so a pad key
     that leaks into attention moves the output. Returns the max difference.
@@ -195,8 +207,9 @@ def check_padding_invariance(
     key_valid[:, real] = 1
     ref = attn(q, k, v, None).to(torch.float64)
     out = attn(put(q), put(k), put(v), key_valid).to(torch.float64)[:, real]
-    d = float((out - ref).abs().max())
-    assert d <= atol, (
-        f"padding_invariance failed for {label}: {side} pad {pad} moves real outputs by {d:.3g} > {atol:.3g}"
+    d, excess = _beyond((out - ref).abs().cpu(), torch.as_tensor(atol, dtype=torch.float64).cpu())
+    assert excess <= 0, (
+        f"padding_invariance failed for {label}: {side} pad {pad} moves real outputs by {d:.3g}, "
+        f"{excess:.3g} beyond the bound"
     )
     return d

@@ -171,10 +171,11 @@ def query_bands(seq_len: int, window: int, width: int = 128) -> list[tuple[int, 
     return out
 
 
-def oracle_rows(q, k, v, bands, *, key_valid, window, scalar, softcap, dtype) -> torch.Tensor:
-    """The oracle at the query rows in ``bands``, each band run as the last rows of its key prefix."""
+def oracle_rows(q, k, v, bands, *, key_valid, window, scalar, softcap, dtype, fn=None) -> torch.Tensor:
+    """The oracle (or ``fn``, e.g. ``tolerance.attention_floor``) at the query rows in ``bands``, each
+    band run as the last rows of its key prefix."""
     parts = [
-        oracle.attention(
+        (fn or oracle.attention)(
             q[:, :, s:e],
             k[:, :, :e],
             v[:, :, :e],
@@ -187,6 +188,15 @@ def oracle_rows(q, k, v, bands, *, key_valid, window, scalar, softcap, dtype) ->
         for s, e in bands
     ]
     return torch.cat(parts, dim=1)
+
+
+def full_floor(seq_len: int):
+    """``tolerance.attention_floor`` for a band whose target summed over all ``seq_len`` keys."""
+
+    def floor(q, k, v, **kw):
+        return tolerance.attention_floor(q, k, v, extra_keys=seq_len - k.shape[2], **kw)
+
+    return floor
 
 
 def raw_logit_std(q: torch.Tensor, k: torch.Tensor, scaling: float, rows: int = 256) -> float:
@@ -231,8 +241,9 @@ def test_each_layer_matches_oracle(init, bsz, seq_len, pads, side, monkeypatch, 
         )
         golden = oracle_rows(r["q"], r["k"], r["v"], bands, dtype=torch.float64, **ref)
         baseline = oracle_rows(r["q"], r["k"], r["v"], bands, dtype=torch.float32, **ref)
+        floor = oracle_rows(r["q"], r["k"], r["v"], bands, dtype=torch.float32, fn=full_floor(seq_len), **ref)
         target = r["out"].reshape(bsz, seq_len, -1)[:, rows]
-        cmp = tolerance.compare(target, golden, baseline, dtype=torch.float32, valid=valid)
+        cmp = tolerance.compare(target, golden, baseline, dtype=torch.float32, valid=valid, floor=floor)
         std = raw_logit_std(r["q"], r["k"], kw["scaling"])
         with capsys.disabled():
             print(

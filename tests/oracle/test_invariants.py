@@ -1,7 +1,14 @@
 """Metamorphic properties of the oracle: relations between its own outputs, no second implementation.
 
-Each runs in float64 (where the relations hold to rounding) and in the case's dtype (the baseline
-role). The window-boundary, batch and padding properties are the shared ones in
+Each runs in float64 and in float32, the kernels' working precision. Two runs whose tensors differ
+in shape may sum in another order (BLAS picks kernels by shape, CPU capability and threads), so
+such pairs are held to twice ``tolerance.rounding_bound``, the worst case of the arithmetic: about
+1e-11 of |v| in float64, where any semantic slip is of the order of |v| itself. In bf16/fp16 that
+worst case bounds nothing past a few hundred keys; the low-precision baseline is judged against
+SDPA, flex and transformers by the tolerance rule instead (test_vs_*.py). Runs of identical shapes
+are compared bit for bit: the same kernels on the same shapes and 64-byte-aligned buffers in one
+process sum in the same order, and a key outside the window has weight exactly 0.
+The window-boundary, batch and padding properties are the shared ones in
 ``gemma2_regress.properties`` that the GPU tier also runs on kernels.
 """
 
@@ -15,8 +22,8 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gemma2_regress import oracle, properties
-from gemma2_regress.cases import GEMMA2_WINDOW, Case, make_inputs
+from gemma2_regress import oracle, properties, tolerance
+from gemma2_regress.cases import GEMMA2_WINDOW, Case, Inputs, make_inputs
 from gemma2_regress.strategies import small_window_cases
 
 
@@ -29,13 +36,14 @@ def _call(q, k, v, key_valid, **kw):
     return oracle.attention(q, k, v, key_valid=key_valid, **kw)
 
 
-def dtypes_of(case: Case) -> list[torch.dtype]:
-    return [torch.float64, case.torch_dtype]
+DTYPES = (torch.float64, torch.float32)
 
 
-def ulps(dtype: torch.dtype, scale: float, n: float = 8.0) -> float:
-    """``n`` units in the last place at magnitude ``scale`` (at least 1) in ``dtype``."""
-    return n * torch.finfo(dtype).eps * max(1.0, scale)
+def reorder_bound(case: Case, x: Inputs, dtype: torch.dtype, extra_keys: int = 0) -> torch.Tensor:
+    """How far two runs of the oracle in ``dtype`` on these inputs may differ: each is within
+    ``tolerance.rounding_bound`` of the exact result, whatever order its sums take."""
+    kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
+    return 2 * tolerance.rounding_bound(x.q, x.k, x.v, dtype=dtype, extra_keys=extra_keys, **kw)
 
 
 # --- the window boundary -------------------------------------------------------------------------
@@ -68,7 +76,7 @@ def test_key_outside_window_has_no_effect(case: Case, where: float) -> None:
     k2, v2 = x.k.clone(), x.v.clone()
     k2[:, :, pos] = -k2[:, :, pos]
     v2[:, :, pos] += 10
-    for dtype in dtypes_of(case):
+    for dtype in (torch.float64, case.torch_dtype):  # same shapes: bit for bit in any dtype
         attn = oracle_fn(case, dtype)
         assert torch.equal(attn(x.q, k2, v2, None)[:, -1], attn(x.q, x.k, x.v, None)[:, -1]), (
             f"key {back} back (>= W) was seen ({dtype}): {case.short()}"
@@ -92,30 +100,31 @@ def test_causal_prefix_stability(case: Case, where: float) -> None:
     p = 1 + round(where * (case.kv_len - 1))
     x = make_inputs(case)
     kv = x.key_valid
-    for dtype in dtypes_of(case):
+    for dtype in DTYPES:
         attn = oracle_fn(case, dtype)
         full = attn(x.q, x.k, x.v, kv)[:, :p].double()
         prefix = attn(x.q[:, :, :p], x.k[:, :, :p], x.v[:, :, :p], None if kv is None else kv[:, :p]).double()
-        diff = (full - prefix).abs() if kv is None else (full - prefix).abs()[kv[:, :p].bool()]  # real rows
-        d = float(diff.max()) if diff.numel() else 0.0
-        assert d <= ulps(dtype, float(x.v.abs().max())), (
-            f"prefix {p} differs by {d:.3g} ({dtype}): {case.short()}"
-        )
+        excess = (full - prefix).abs() - reorder_bound(case, x, dtype)[:, :p]
+        if kv is not None:
+            excess = excess[kv[:, :p].bool()]  # real rows
+        d = float(excess.max()) if excess.numel() else -1.0
+        assert d <= 0, f"prefix {p} differs beyond the rounding bound by {d:.3g} ({dtype}): {case.short()}"
 
 
 @given(case=small_window_cases())
 def test_cached_prefix_offset(case: Case) -> None:
     """q_len < kv_len (queries after a cached prefix) equals the last q_len rows of the full square."""
     x = make_inputs(case)
-    for dtype in dtypes_of(case):
+    head = torch.randn(case.bsz, case.n_heads, case.kv_len - case.q_len, case.head_dim, dtype=x.q.dtype)
+    q_full = torch.cat([head, x.q], 2)
+    for dtype in DTYPES:
         attn = oracle_fn(case, dtype)
-        head = torch.randn(case.bsz, case.n_heads, case.kv_len - case.q_len, case.head_dim, dtype=x.q.dtype)
-        q_full = torch.cat([head, x.q], 2)
         square = attn(q_full, x.k, x.v, x.key_valid)[:, -case.q_len :].double()
         tail = attn(x.q, x.k, x.v, x.key_valid).double()
-        d = float((square - tail).abs().max())  # padded query rows too: both see the same keys
-        assert d <= ulps(dtype, float(x.v.abs().max())), (
-            f"cached-prefix rows differ by {d:.3g} ({dtype}): {case.short()}"
+        excess = (square - tail).abs() - reorder_bound(case, x, dtype)  # padded query rows too
+        d = float(excess.max())
+        assert d <= 0, (
+            f"cached-prefix rows differ beyond the rounding bound by {d:.3g} ({dtype}): {case.short()}"
         )
 
 
@@ -128,7 +137,7 @@ def test_gqa_equals_mha_with_repeated_kv(case: Case) -> None:
     x = make_inputs(case)
     groups = case.n_heads // case.n_kv_heads
     idx = torch.arange(case.n_heads) // groups
-    for dtype in dtypes_of(case):
+    for dtype in (torch.float64, case.torch_dtype):  # the same arithmetic on the same shapes: bit for bit
         attn = oracle_fn(case, dtype)
         gqa = attn(x.q, x.k, x.v, x.key_valid)
         mha = attn(x.q, x.k[:, idx], x.v[:, idx], x.key_valid)
@@ -139,9 +148,9 @@ def test_gqa_equals_mha_with_repeated_kv(case: Case) -> None:
 @example(case=Case(bsz=3, q_len=40, kv_len=40, window=8, pad_side="right", pads=(0, 40, 3)))
 def test_row_in_batch_equals_row_alone(case: Case) -> None:
     x = make_inputs(case)
-    for dtype in dtypes_of(case):
+    for dtype in DTYPES:
         properties.check_batch_invariance(
-            oracle_fn(case, dtype), x, f"oracle[{dtype}]", atol=ulps(dtype, float(x.v.abs().max()))
+            oracle_fn(case, dtype), x, f"oracle[{dtype}]", atol=reorder_bound(case, x, dtype)
         )
 
 
@@ -150,14 +159,14 @@ def test_padded_row_equals_unpadded_row(case: Case, pad: int, side: str) -> None
     """Junk pad tokens on either side leave the real tokens' outputs unchanged."""
     case = dataclasses.replace(case, q_len=case.kv_len, pad_side="none", pads=())
     x = make_inputs(case)
-    for dtype in dtypes_of(case):
+    for dtype in DTYPES:
         properties.check_padding_invariance(
             oracle_fn(case, dtype),
             x,
             f"oracle[{dtype}]",
             pad=pad,
             side=side,
-            atol=ulps(dtype, float(x.v.abs().max())),
+            atol=reorder_bound(case, x, dtype, extra_keys=pad),
         )
 
 
@@ -172,7 +181,12 @@ def test_capped_logits_lie_inside_the_cap(case: Case) -> None:
     x = make_inputs(case)
     idx = torch.arange(case.n_heads) // (case.n_heads // case.n_kv_heads)
     raw = torch.einsum("bhqd,bhkd->bhqk", x.q.double(), x.k.double()[:, idx]) / case.scalar**0.5
-    for dtype in dtypes_of(case):
+
+    def logit_bound(dtype: torch.dtype) -> torch.Tensor:  # the worst rounding of a logit, capped or raw
+        return tolerance.logit_rounding_bound(x.q, x.k, scalar=case.scalar, softcap=t, dtype=dtype)
+
+    raw_err = logit_bound(torch.float64)  # raw itself is a float64 einsum, rounded too
+    for dtype in (torch.float64, case.torch_dtype):
         _, scores = oracle.attention(
             x.q,
             x.k,
@@ -187,12 +201,15 @@ def test_capped_logits_lie_inside_the_cap(case: Case) -> None:
         s = scores.double()
         if dtype == torch.float64:  # strict: |raw / t| stays far below where tanh rounds to 1 in float64
             assert float(s.abs().max()) < t, f"capped logit reached the cap {t}: {case.short()}"
-            assert torch.allclose(s, t * torch.tanh(raw / t), rtol=1e-12, atol=1e-12), case.short()
+            off = float(((s - t * torch.tanh(raw / t)).abs() - 2 * raw_err).max())
+            assert off <= 0, (
+                f"capped logit off t * tanh(raw / t) by {off:.3g} beyond rounding: {case.short()}"
+            )
             if float(raw.abs().max()) > t:  # the cap did something visible on this input
                 assert float((s - raw).abs().max()) > 1.0, case.short()
         else:  # in low precision tanh may round to exactly 1: the cap is reached, never passed
             assert float(s.abs().max()) <= t, f"capped logit beyond the cap {t} ({dtype}): {case.short()}"
-        tol = ulps(dtype, t)
+        tol = logit_bound(dtype) + raw_err
         assert bool((s.abs() <= raw.abs() + tol).all()), f"the cap enlarged a logit ({dtype}): {case.short()}"
         assert bool((s * raw >= -tol).all()), f"the cap flipped a sign ({dtype}): {case.short()}"
 

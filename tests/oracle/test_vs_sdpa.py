@@ -52,9 +52,11 @@ def check_against_sdpa(case: Case, dtype: torch.dtype) -> tolerance.Comparison:
     )
     golden = sdpa(x.q, x.k, x.v, case, x.key_valid, torch.float64)
     baseline = sdpa(x.q, x.k, x.v, case, x.key_valid, dtype)
+    kw = dict(scalar=case.scalar, softcap=None, window=case.window, key_valid=x.key_valid)
+    floor = torch.as_tensor(tolerance.attention_floor(x.q, x.k, x.v, dtype=dtype, **kw)).expand_as(golden)
     if valid is not None:  # SDPA is undefined (NaN) on a fully padded query row: compare real rows only
-        target, golden, baseline = target[valid], golden[valid], baseline[valid]
-    cmp = tolerance.compare(target, golden, baseline, dtype=dtype)
+        target, golden, baseline, floor = target[valid], golden[valid], baseline[valid], floor[valid]
+    cmp = tolerance.compare(target, golden, baseline, dtype=dtype, floor=floor)
     assert cmp.ok, f"oracle vs SDPA ({dtype}) for {case.short()}: {cmp.describe()}"
     return cmp
 

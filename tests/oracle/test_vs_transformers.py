@@ -97,12 +97,12 @@ def test_transformers_eager_matches_oracle(case: Case) -> None:
     for run_dtype, rule_dtype in ((torch.float64, torch.float32), (case.torch_dtype, case.torch_dtype)):
         target = transformers_attention(case, x, run_dtype)
         baseline = oracle.attention(x.q, x.k, x.v, dtype=rule_dtype, **kw)
-        g = golden
-        if (
-            valid is not None
-        ):  # a fully padded query row is NaN in float16 eager (-inf + -inf): real rows only
-            target, g, baseline = target[valid], g[valid], baseline[valid]
-        cmp = tolerance.compare(target, g, baseline, dtype=rule_dtype)
+        floor = torch.as_tensor(tolerance.attention_floor(x.q, x.k, x.v, dtype=rule_dtype, **kw))
+        floor, g = floor.expand_as(golden), golden
+        # A fully padded query row is NaN in float16 eager (-inf + -inf): real rows only.
+        if valid is not None:
+            target, g, baseline, floor = target[valid], g[valid], baseline[valid], floor[valid]
+        cmp = tolerance.compare(target, g, baseline, dtype=rule_dtype, floor=floor)
         assert cmp.ok, f"transformers eager ({run_dtype}) vs oracle for {case.short()}: {cmp.describe()}"
 
 
