@@ -146,6 +146,7 @@ def run_pytest(
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
             mutants.STATUS_ENV: str(status_file),
             "GEMMA2_REGRESS_REPORT": str(scratch / f"{tier}-{tag}.summary.json"),
+            "GEMMA2_REGRESS_COSTS": str(scratch / f"{tier}-{tag}.costs.json"),
         }
     )
     if tier == "cpu":
