@@ -289,12 +289,9 @@ def gpu_slots(tier: str) -> list[str | None]:
     caller has not pinned one (CUDA_VISIBLE_DEVICES); else [None] (leave visibility alone)."""
     if tier != "gpu" or "CUDA_VISIBLE_DEVICES" in os.environ:
         return [None]
-    try:
-        import torch
+    from .gpu_check import cuda_device_count
 
-        n = torch.cuda.device_count()
-    except ImportError:
-        n = 0
+    n = cuda_device_count()
     return [str(i) for i in range(n)] if n > 1 else [None]
 
 

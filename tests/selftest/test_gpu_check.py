@@ -127,6 +127,16 @@ def test_torch_with_devices(tmp_path):
     assert gpu_check.cuda_device_count(sys.executable, env) == 2
 
 
+def test_in_process_count_is_what_cli_and_killmatrix_spread_over(monkeypatch):
+    import torch
+
+    from gemma2_regress import cli
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert gpu_check.cuda_device_count() == 3
+    assert cli._gpus("auto") == ["0", "1", "2"]
+
+
 def test_torch_cpu_build_says_so(tmp_path):
     env = _fake_torch(tmp_path, devices=0, cuda=None, init_error="Torch not compiled with CUDA enabled")
     n, problem = gpu_check.torch_problem(sys.executable, env)
