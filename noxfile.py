@@ -162,8 +162,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def regress(session: nox.Session) -> None:
-    """The suite's main job: the GPU tier where a GPU is visible (or required: then it fails without
-    one), the CPU tier everywhere; at the end, which tiers ran and which were skipped, and why."""
+    """The suite's main job: the GPU tier where a GPU is visible or required, then the CPU tier.
+
+    Where a GPU is required (GEMMA2_REGRESS_REQUIRE_GPU=1, `-- --require-gpu`) the GPU tier fails without
+    one. At the end the `regress-tiers` session says which tiers ran, and which were skipped and why.
+    """
     required = _gpu_required(session)
     problem = gpu_check.driver_problem()
     queued = "queued, did not reach pytest (see its session above)"

@@ -10,7 +10,7 @@ as an error of order of the values themselves, far above any K.
 
 Why these constants: on CPU Unsloth's kernels (fp32/bf16/fp16) stayed at err(target) <=
 1.0 * err(baseline) + a few ulps across the CI profile (worst ratio to the bound 0.25, `nox -s cpu`,
-reports/summary.json), and the oracle vs transformers' eager Gemma-2 at 0.63. K = 4 leaves room for
+reports/cpu/summary.json), and the oracle vs transformers' eager Gemma-2 at 0.63. K = 4 leaves room for
 a kernel that reorders its reductions (GPU tiling) without admitting a semantic error, which is of
 the order of the values themselves (a window off by one: ratio 45 in the layer-by-layer fixture
 check, 9.9e5 in the 2026.10.1-5 bug found by bisecting, docs/bisect.md). The
