@@ -23,6 +23,7 @@ from gemma2_regress.report import note_test  # by name: pytest's hook argument `
 pytest_plugins = [
     "gemma2_regress.costs",  # the suite's own cost per tier/target (docs/perf.md)
     "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
+    "gemma2_regress.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
 ]
 
 _COMMON = dict(
@@ -75,23 +76,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"gemma2-regress: {versions.one_line()}", f"hypothesis profile: {s._current_profile}"]
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(params=DEVICES, scope="session")
 def device(request: pytest.FixtureRequest) -> str:
-    """Every device-generic property runs once per device; ``cuda`` only in the GPU tier."""
-    if request.param == "cuda" and not _cuda_available():
-        pytest.skip("no CUDA GPU visible (the GPU tier needs one; the CPU tier covers the rest)")
+    """Every device-generic property runs once per device; ``cuda`` only in the GPU tier. Without a CUDA
+    device ``cuda`` skips, or fails where a GPU is required (``--require-gpu``, GEMMA2_REGRESS_REQUIRE_GPU=1)."""
+    if request.param == "cuda":
+        from gemma2_regress.require_gpu import need_cuda  # here: a plugin, imported by pytest_plugins first
+
+        need_cuda(request.config)
     return request.param
 
 
@@ -124,7 +119,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
         for line in report.table_lines(rows):
             terminalreporter.write_line(line)
-    out = os.environ.get("GEMMA2_REGRESS_REPORT", "reports/summary.json")
+    out = report.report_path("summary.json", "GEMMA2_REGRESS_REPORT")
+    from gemma2_regress.require_gpu import failure
+
+    if exitstatus == 0 and failure(config):  # the zero-GPU-tests rule turned the run red
+        exitstatus = pytest.ExitCode.TESTS_FAILED
     report.write_json_atomic(
         out,
         {

@@ -1,26 +1,28 @@
-"""nox sessions: `nox -s cpu` (default), `gpu`, `lint`, `regress` (GPU tier if a GPU is visible, else CPU).
+"""nox sessions: `nox -s cpu` (default), `gpu`, `lint`, `regress` (GPU tier if a GPU is visible, and CPU).
 
 Every session passes its positional arguments on to pytest: `nox -s cpu -- -k window -x`.
 The Unsloth release under test is chosen with GEMMA2_REGRESS_UNSLOTH:
   latest (default)   the newest release on PyPI, with neighbours it accepts (gemma2_regress/install.py)
   2026.10.9          an exact release
   installed          whatever is already installed in the session's environment (no install step)
+Where a GPU is expected (GEMMA2_REGRESS_REQUIRE_GPU=1, or `-- --require-gpu`), `gpu` and `regress` fail
+without one instead of skipping (gemma2_regress/gpu_check.py). Reports: reports/<tier>/.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from gemma2_regress import install  # noqa: E402
+from gemma2_regress import gpu_check, install, report  # noqa: E402
 
 nox.options.sessions = ["cpu"]
 nox.options.default_venv_backend = "venv"
@@ -31,6 +33,9 @@ else:  # older nox
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 MARKER = ".gemma2-regress-installed.json"
+# How each tier ended in this nox run (sessions run one after another in this process), for the
+# closing lines of `nox -s regress`.
+TIER_OUTCOMES: dict[str, str] = {}
 
 
 def _venv_python(session: nox.Session) -> str | None:
@@ -77,41 +82,74 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run(python, "-m", "pytest", *args, *session.posargs, external=True, interrupt_timeout=60)
 
 
+def _run_tier(session: nox.Session, tier: str, *args: str) -> None:
+    """Run the tier's pytest with its reports under reports/<tier>/ and note how it ended."""
+    session.env[report.TIER_ENV] = tier  # summary.json and costs.json go to reports/<tier>/ too
+    TIER_OUTCOMES[tier] = "started, did not finish (see its session above)"
+    try:
+        _pytest(session, *args, "--junitxml", f"reports/{tier}/junit.xml")
+    except BaseException as exc:
+        code = getattr(exc, "return_code", None)  # nox's CommandFailed carries pytest's exit status
+        TIER_OUTCOMES[tier] = (
+            f"ran: FAILED ({f'pytest exit {code}' if code is not None else type(exc).__name__})"
+        )
+        raise
+    summary = report.report_path("summary.json", "GEMMA2_REGRESS_REPORT", tier)
+    TIER_OUTCOMES[tier] = f"ran: passed (summary: {summary}, JUnit: reports/{tier}/junit.xml)"
+
+
+def _gpu_required(session: nox.Session) -> str | None:
+    """What requires a GPU (GEMMA2_REGRESS_REQUIRE_GPU=1 or `--require-gpu` in the posargs), or None."""
+    try:
+        return gpu_check.required_by(session.posargs)
+    except ValueError as exc:
+        session.error(str(exc))
+
+
+def _no_gpu(session: nox.Session, problem: str, required: str | None) -> NoReturn:
+    """The GPU tier cannot run: fail in one line where a GPU is required, else skip with the reason."""
+    if required:
+        TIER_OUTCOMES["gpu"] = f"FAILED: {problem}"
+        session.error(f"GPU tier required ({required}) but {problem}")
+    TIER_OUTCOMES["gpu"] = f"skipped: {problem}"
+    session.skip(f"{problem} ({gpu_check.REQUIRE_ENV}=1 makes this a failure)")
+
+
 @nox.session(python=PYTHON)
 def cpu(session: nox.Session) -> None:
     """Everything that needs no GPU: the oracle, Unsloth's kernels on CPU, fixtures, self-tests."""
     version = install_unsloth(session)
     session.log(f"CPU tier against unsloth {version}")
     workers = os.environ.get("GEMMA2_REGRESS_WORKERS", "2")
-    _pytest(
-        session, "-m", "not gpu", "-n", workers, "--dist", "loadgroup", "--junitxml", "reports/cpu-junit.xml"
-    )
+    _run_tier(session, "cpu", "-m", "not gpu", "-n", workers, "--dist", "loadgroup")
 
 
 @nox.session(python=PYTHON)
 def gpu(session: nox.Session) -> None:
-    """The GPU tier. On an air-gapped runner: `nox -s gpu --no-venv` uses the current interpreter."""
-    if not shutil.which("nvidia-smi") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
-        session.skip("no NVIDIA GPU visible: the GPU tier needs one (run `nox -s cpu` for the rest)")
-    install_unsloth(session)
-    count = subprocess.run(
-        [_venv_python(session) or sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    n = int(count or "0")
-    if n == 0:
-        session.skip("torch sees no CUDA device: the GPU tier needs one")
-    # One worker per GPU, each pinned to its own device (conftest.py); more per GPU
-    # (GEMMA2_REGRESS_WORKERS_PER_GPU) overlap the cold compiles, which are CPU-bound (docs/gpu.md).
+    """The GPU tier. On an air-gapped runner: `nox -s gpu --no-venv` uses the current interpreter.
+
+    Without a usable GPU it skips with the reason, or fails in one line where a GPU is required.
+    """
+    required = _gpu_required(session)
     per_gpu = os.environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "1")
     if not per_gpu.isdigit() or int(per_gpu) < 1:
         session.error(f"GEMMA2_REGRESS_WORKERS_PER_GPU={per_gpu!r}: use a whole number >= 1 (default 1)")
+    problem = gpu_check.driver_problem()  # before the install: a runner without a driver stops here
+    if problem:
+        _no_gpu(session, problem, required)
+    install_unsloth(session)
+    python = _venv_python(session) or sys.executable
+    n, problem = gpu_check.torch_problem(python)
+    problem = problem or gpu_check.unsloth_problem(python)
+    if problem:
+        _no_gpu(session, problem, required)
+    # One worker per GPU, each pinned to its own device (conftest.py); more per GPU
+    # (GEMMA2_REGRESS_WORKERS_PER_GPU) overlap the cold compiles, which are CPU-bound (docs/gpu.md).
     workers = n * int(per_gpu)
     xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
     session.env.setdefault("HYPOTHESIS_PROFILE", "gpu")
     session.env["GEMMA2_REGRESS_GPUS"] = str(n)
-    _pytest(session, "-m", "gpu", *xdist, "--junitxml", "reports/gpu-junit.xml")
+    _run_tier(session, "gpu", "-m", "gpu", *xdist)
 
 
 @nox.session(python=PYTHON)
@@ -124,10 +162,32 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def regress(session: nox.Session) -> None:
-    """The suite's main job: the GPU tier where a GPU is visible, the CPU tier everywhere."""
-    if shutil.which("nvidia-smi"):
+    """The suite's main job: the GPU tier where a GPU is visible or required, then the CPU tier.
+
+    Where a GPU is required (GEMMA2_REGRESS_REQUIRE_GPU=1, `-- --require-gpu`) the GPU tier fails without
+    one. At the end the `regress-tiers` session says which tiers ran, and which were skipped and why.
+    """
+    required = _gpu_required(session)
+    problem = gpu_check.driver_problem()
+    queued = "queued, did not reach pytest (see its session above)"
+    if problem is None or required:
+        TIER_OUTCOMES["gpu"] = queued
         session.notify("gpu", session.posargs)
+    else:
+        TIER_OUTCOMES["gpu"] = f"skipped: {problem}"
+        session.log(f"GPU tier skipped: {problem} ({gpu_check.REQUIRE_ENV}=1 makes this a failure)")
+    TIER_OUTCOMES["cpu"] = queued
     session.notify("cpu", session.posargs)
+    session.notify("regress-tiers")
+
+
+@nox.session(name="regress-tiers", python=False)
+def regress_tiers(session: nox.Session) -> None:
+    """Queued last by `regress`: which tiers ran in this nox run, and which were skipped and why."""
+    if not TIER_OUTCOMES:
+        session.log("no tier ran in this nox run (`nox -s regress` runs this session after its tiers)")
+    for tier in ("gpu", "cpu"):
+        session.log(f"{tier} tier: {TIER_OUTCOMES.get(tier, 'not run')}")
 
 
 @nox.session(python=PYTHON)

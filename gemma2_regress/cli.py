@@ -153,13 +153,9 @@ def _gpus(spec: str) -> list[str]:
     if spec in ("0", ""):
         return []
     if spec == "auto":
-        try:
-            import torch
+        from .gpu_check import cuda_device_count
 
-            n = torch.cuda.device_count()
-        except ImportError:
-            n = 0
-        return [str(i) for i in range(n)]
+        return [str(i) for i in range(cuda_device_count())]
     if "," in spec:
         return [s.strip() for s in spec.split(",") if s.strip()]
     if not spec.isdigit():

@@ -13,8 +13,8 @@ At the end of the run it prints, per (tier, target):
 Tier is the ``device`` parameter (``cpu``/``cuda``) where a test has one, else ``gpu`` for tests
 marked ``gpu`` and ``cpu`` otherwise; target is the ``target`` parameter's name, else
 ``(<test module>)``.
-The same figures go to ``reports/costs.json`` (``GEMMA2_REGRESS_COSTS`` overrides the path), so
-later changes can be held to them. Cost: two ``perf_counter`` calls per example.
+The same figures go to ``reports/<tier>/costs.json`` (``report.report_path``: ``cpu``/``gpu`` under
+nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can be held to them. Cost: two ``perf_counter`` calls per example.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"{r['tier'][:5]:5} {r['target'][:52]:52} {r['tests']:>5} {r['examples']:>8} "
             f"{r['first_s']:>8.2f} {per:>10} {r['total_s']:>8.1f}"
         )
-    path = os.environ.get("GEMMA2_REGRESS_COSTS", "reports/costs.json")
+    path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
     try:
         report.write_json_atomic(path, {"rows": rows, "tests": RECORDS})
         tr.write_line(f"suite cost JSON: {path}")

@@ -134,13 +134,9 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
 
 
 def _cuda(env: envs.Env) -> int:
-    done = subprocess.run(
-        [env.python, "-c", "import torch; print(torch.cuda.device_count())"],
-        capture_output=True,
-        text=True,
-        env=env.environ(),
-    )
-    return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+    from .gpu_check import cuda_device_count
+
+    return cuda_device_count(env.python, env.environ())
 
 
 def _perf(

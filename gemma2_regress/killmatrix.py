@@ -146,6 +146,7 @@ def run_pytest(
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
             mutants.STATUS_ENV: str(status_file),
             "GEMMA2_REGRESS_REPORT": str(scratch / f"{tier}-{tag}.summary.json"),
+            "GEMMA2_REGRESS_COSTS": str(scratch / f"{tier}-{tag}.costs.json"),
         }
     )
     if tier == "cpu":
@@ -288,12 +289,9 @@ def gpu_slots(tier: str) -> list[str | None]:
     caller has not pinned one (CUDA_VISIBLE_DEVICES); else [None] (leave visibility alone)."""
     if tier != "gpu" or "CUDA_VISIBLE_DEVICES" in os.environ:
         return [None]
-    try:
-        import torch
+    from .gpu_check import cuda_device_count
 
-        n = torch.cuda.device_count()
-    except ImportError:
-        n = 0
+    n = cuda_device_count()
     return [str(i) for i in range(n)] if n > 1 else [None]
 
 

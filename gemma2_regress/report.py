@@ -1,7 +1,7 @@
 """Collects per-property measurements and per-test verdicts during a run; conftest writes them as JSON.
 
 Each record: property, target, verdict, error ratio, case. The summary keeps the worst ratio per
-(property, target), which is what the end-of-run table and ``reports/summary.json`` show.
+(property, target), which is what the end-of-run table and ``reports/<tier>/summary.json`` show.
 
 Every process (pytest itself, or each xdist worker) also appends its records, one JSON line each,
 to a spool folder the controlling pytest makes (``SPOOL_ENV``): a run stopped by a time limit still
@@ -19,6 +19,17 @@ from pathlib import Path
 RECORDS: list[dict] = []
 TESTS: dict[str, dict] = {}  # node id -> {"outcome", "duration_s"}, on the controlling process
 SPOOL_ENV = "GEMMA2_REGRESS_SPOOL"
+TIER_ENV = "GEMMA2_REGRESS_TIER"  # set by `nox -s cpu` / `nox -s gpu` and tox: which tier this run is
+
+
+def report_path(name: str, override_env: str, tier: str | None = None) -> str:
+    """Where this run writes its report ``name`` (``summary.json``, ``costs.json``): the path in the
+    environment variable ``override_env`` if set, else ``reports/<tier>/<name>``, with the tier from
+    ``GEMMA2_REGRESS_TIER`` (``cpu``/``gpu``; ``pytest`` for a run outside nox and tox), so that no
+    tier or session overwrites another's reports. ``{tier}`` in the override is filled in too; ``tier``
+    given: that tier's path (as its run will see it)."""
+    tier = tier or os.environ.get(TIER_ENV) or "pytest"
+    return os.environ.get(override_env, f"reports/{{tier}}/{name}").replace("{tier}", tier)
 
 
 def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extra: object) -> None:

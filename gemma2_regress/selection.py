@@ -155,7 +155,11 @@ def run(
     junit, summary, logf = step_dir / "junit.xml", step_dir / "summary.json", step_dir / "pytest.log"
     for p in (junit, summary):
         p.unlink(missing_ok=True)
-    own = {"GEMMA2_REGRESS_REPORT": str(summary), "PYTHONDONTWRITEBYTECODE": "1"}
+    own = {
+        "GEMMA2_REGRESS_REPORT": str(summary),
+        "GEMMA2_REGRESS_COSTS": str(step_dir / "costs.json"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     if "UNSLOTH_COMPILE_LOCATION" not in os.environ:  # no compiled code shared between builds or left in cwd
         own["UNSLOTH_COMPILE_LOCATION"] = str(step_dir.resolve() / "unsloth_compiled_cache")
     environ = env.environ(

@@ -2,7 +2,7 @@
 # The GPU tier on an air-gapped runner, in one bounded call: `nox -s gpu --no-venv` (every `gpu` test) over
 # the offline bundle (../shared/OFFLINE_GPU.md), with a persistent inductor cache; reports under $OUT.
 #   bash gpu/tier.sh [SECONDS] [pytest args...]       (default 560 s, the whole tier)
-# Writes $OUT/tier.log, $OUT/junit.xml, $OUT/summary.json.
+# Writes $OUT/tier.log, $OUT/junit.xml, $OUT/summary.json, $OUT/costs.json.
 # The inductor cache: Unsloth's kernel is compiled with max-autotune, about 30 s per new graph on an H200;
 # a warm cache turns that into seconds (docs/gpu.md, "Keeping compilation down").
 #   TORCHINDUCTOR_CACHE_DIR  default .cache/inductor; when absent it is restored from .gpu/inductor.tgz.*
@@ -13,6 +13,8 @@ set -u
 OUT=${OUT:-reports/gpu}; mkdir -p "$OUT"
 [ -d /tmp/gpusite ] || tar xzf .gpu/site.tgz -C /tmp || exit 2
 export PYTHONPATH=/tmp/gpusite:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# A GPU runner: no GPU, a broken driver or no Unsloth fails the run instead of skipping it (0 to skip).
+export GEMMA2_REGRESS_REQUIRE_GPU=${GEMMA2_REGRESS_REQUIRE_GPU:-1}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
 if [ ! -d "$TORCHINDUCTOR_CACHE_DIR" ] && ls .gpu/inductor.tgz.* >/dev/null 2>&1; then
   mkdir -p "$TORCHINDUCTOR_CACHE_DIR" && cat .gpu/inductor.tgz.* | tar xzf - -C "$TORCHINDUCTOR_CACHE_DIR"
@@ -22,7 +24,7 @@ python3 -c "import sys,torch,transformers;print(sys.version.split()[0],torch.__v
 secs=${1:-560}
 [ $# -gt 0 ] && shift
 start=$(date +%s)
-GEMMA2_REGRESS_REPORT=$OUT/summary.json timeout -s INT "$secs" python3 -m nox -s gpu --no-venv -- \
+GEMMA2_REGRESS_REPORT=$OUT/summary.json GEMMA2_REGRESS_COSTS=$OUT/costs.json timeout -s INT "$secs" python3 -m nox -s gpu --no-venv -- \
   -q -p no:cacheprovider --durations=15 --junitxml "$OUT/junit.xml" "$@" > "$OUT/tier.log" 2>&1
 rc=$?
 echo "tier rc=$rc wall=$(( $(date +%s) - start ))s"
