@@ -73,7 +73,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
-    return [f"gemma2-regress: {versions.one_line()}", f"hypothesis profile: {s._current_profile}"]
+    return [
+        f"gemma2-regress: {versions.one_line()}",
+        versions.tools_line(),
+        f"hypothesis profile: {s._current_profile}",
+    ]
 
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,7 +24,7 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from gemma2_regress import gpu_check, install, report  # noqa: E402
+from gemma2_regress import gpu_check, install, report, toolslock  # noqa: E402
 
 nox.options.sessions = ["cpu"]
 nox.options.default_venv_backend = "venv"
@@ -55,6 +57,10 @@ def install_unsloth(session: nox.Session) -> str:
         return "installed"
     have = json.loads(marker.read_text()) if marker and marker.exists() else None
     try:
+        tools = toolslock.digest(toolslock.read(toolslock.TEST_LOCK))
+    except toolslock.LockError as exc:
+        session.error(str(exc))
+    try:
         version = install.resolve_version(wanted)
     except install.InstallError as exc:
         if have and wanted == "latest":
@@ -63,6 +69,10 @@ def install_unsloth(session: nox.Session) -> str:
         session.error(str(exc))
     if have and have.get("unsloth") == version:
         session.log(f"unsloth {version} already installed in {session.virtualenv.location}")
+        if have.get("tools_lock") != tools:  # requirements/test.txt changed since this env was built
+            session.log(f"test tools: lock {have.get('tools_lock')} -> {tools}, installing them from it")
+            session.install(*install.TEST_TOOLS)
+            _write_marker(marker, {**have, "tools_lock": tools})
     else:
         session.log(f"installing unsloth {version} and the neighbours it accepts (CPU builds)")
         try:
@@ -70,10 +80,14 @@ def install_unsloth(session: nox.Session) -> str:
         except (install.InstallError, subprocess.CalledProcessError) as exc:
             session.error(f"installing unsloth {version} failed: {exc}")
         session.install("-e", ".", "--no-deps")
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"unsloth": version, "plan": steps}))
-        tmp.replace(marker)  # written last and atomically: a half-built env is rebuilt next time
+        _write_marker(marker, {"unsloth": version, "plan": steps, "tools_lock": tools})
     return version
+
+
+def _write_marker(marker: Path, data: dict) -> None:
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(marker)  # written last and atomically: a half-built env is rebuilt next time
 
 
 def _pytest(session: nox.Session, *args: str) -> None:
@@ -155,7 +169,7 @@ def gpu(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
-    session.install("ruff>=0.6")
+    session.install("-c", "requirements/tools.txt", "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -200,14 +214,16 @@ def perf(session: nox.Session) -> None:
     """
     install_unsloth(session)
     if _venv_python(session):
-        session.install("matplotlib")  # plots are optional: without it the JSON and table are written
+        # plots are optional: without matplotlib the JSON and table are written
+        session.install("-c", "requirements/test.txt", "matplotlib")
     python = _venv_python(session) or sys.executable
     session.run(python, "-m", "gemma2_regress.perf", "run", *session.posargs, external=True)
 
 
 def _gemma2_regress_cli(session: nox.Session, command: str) -> None:
     """Run `python -m gemma2_regress.cli <command> ...` with nox's own interpreter: bisect and gate build
-    an isolated environment per Unsloth build themselves (uv if installed: `pip install uv`)."""
+    an isolated environment per Unsloth build themselves (uv if installed:
+    `pip install -c requirements/tools.txt uv`)."""
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     session.run(sys.executable, "-m", "gemma2_regress.cli", command, *session.posargs, external=True, env=env)
 
@@ -247,3 +263,44 @@ def mutants(session: nox.Session) -> None:
     python = _venv_python(session) or sys.executable
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     session.run(python, "-m", "gemma2_regress.killmatrix", *session.posargs, external=True, env=env)
+
+
+@nox.session(python=PYTHON)
+def lock(session: nox.Session) -> None:
+    """Refresh the pinned tools, requirements/{test,tools}.txt from their .in files (uv, one universal
+    resolve for Python 3.10+), then the pins that repeat them in pyproject.toml and gpu/bundle-*.txt.
+
+    `nox -s lock` keeps every pin that still resolves and adds what the .in files gained;
+    `nox -s lock -- --upgrade` moves every tool to its newest release, `-- --upgrade-package hypothesis`
+    one of them. Arguments go to `uv pip compile`.
+    """
+    session.install("-c", "requirements/tools.txt", "uv")
+    compile_ = ["uv", "pip", "compile", "--quiet", "--universal", "--python-version", toolslock.PYTHONS[0]]
+    compile_ += ["--custom-compile-command", "nox -s lock", *session.posargs]
+    no_emit = [arg for name in toolslock.NO_EMIT for arg in ("--no-emit-package", name)]
+    req = ROOT / "requirements"
+    with tempfile.TemporaryDirectory() as tmp:
+        # Both compiled in a copy, then both replaced: a failed refresh leaves the old pair. The copy of
+        # each .txt is what uv keeps pins from; tools.txt agrees with test.txt where they share a package.
+        work = Path(tmp) / "requirements"
+        shutil.copytree(req, work, ignore=shutil.ignore_patterns(".*"))
+        with session.chdir(tmp):
+            for name, extra in (("test", no_emit), ("tools", ["-c", "requirements/test.txt"])):
+                session.run(*compile_, *extra, f"requirements/{name}.in", "-o", f"requirements/{name}.txt")
+        try:
+            pins = toolslock.read(work / "test.txt", work / "tools.txt")
+            for python in toolslock.PYTHONS:
+                toolslock.for_env(pins, toolslock.python_env(python))
+        except toolslock.LockError as exc:
+            session.error(f"the new lock is unusable: {exc}")
+        for name in ("test.txt", "tools.txt"):
+            if toolslock.write_atomic(req / name, (work / name).read_text()):
+                session.log(f"updated requirements/{name}")
+    for path in [ROOT / "pyproject.toml", *sorted((ROOT / "gpu").glob("bundle-*.txt"))]:
+        sync = toolslock.sync_pyproject if path.suffix == ".toml" else toolslock.sync_bundle
+        try:
+            text = sync(path.read_text(), pins)
+        except toolslock.LockError as exc:
+            session.error(f"{path.relative_to(ROOT)}: {exc}")
+        if toolslock.write_atomic(path, text):
+            session.log(f"updated the pins in {path.relative_to(ROOT)}")

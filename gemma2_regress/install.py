@@ -32,6 +32,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .toolslock import TEST_LOCK
+
 PYPI = "https://pypi.org/pypi"
 # Not needed to import Unsloth and run its pure-PyTorch attention on CPU, and heavy or unloadable there.
 EXCLUDED = {"torch", "torchvision", "xformers", "bitsandbytes", "unsloth-zoo", "triton-windows"}
@@ -49,7 +51,14 @@ TORCH_PREFERENCE = (
     "2.5.1",
     "2.4.1",
 )
-TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5")
+# The suite's test tools, from the lock (requirements/test.txt, `nox -s lock`): passed with it as a
+# constraints file, which pins them and their dependencies and none of Unsloth's neighbours. Outside a
+# source checkout there is no lock: then ranges, and the run header says `tools_lock=none`.
+TEST_TOOLS = (
+    ("-c", str(TEST_LOCK), "pytest", "hypothesis", "pytest-xdist")
+    if TEST_LOCK.exists()
+    else ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5")
+)
 WHEEL_CACHE = (
     Path(os.environ.get("GEMMA2_REGRESS_CACHE", Path.home() / ".cache" / "gemma2-regress")) / "wheels"
 )

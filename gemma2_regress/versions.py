@@ -6,6 +6,8 @@ import functools
 import importlib.metadata
 import platform
 
+from . import toolslock
+
 
 def _v(dist: str) -> str:
     try:
@@ -15,11 +17,41 @@ def _v(dist: str) -> str:
 
 
 @functools.cache
+def tools() -> tuple[str, list[str]]:
+    """The digest of the test tools' lock (``requirements/test.txt``; ``none: <why>`` without one) and
+    how the installed tools differ from it (``["hypothesis 6.155.2 != locked 6.170.17"]``, or empty)."""
+    try:
+        pins = toolslock.read(toolslock.TEST_LOCK)
+    except toolslock.LockError as exc:
+        return f"none: {exc}", []
+    return toolslock.digest(pins), toolslock.drift(pins)
+
+
+def tools_line() -> str:
+    """One header line: the lock's digest and whether the installed tools match it."""
+    lock, drift = tools()
+    if lock.startswith("none"):
+        return f"tools-lock={lock}"
+    where = toolslock.TEST_LOCK.relative_to(toolslock.LOCK_DIR.parent)
+    if not drift:
+        return f"tools-lock={lock} ({where}): installed tools match"
+    return (
+        f"tools-lock={lock} ({where}): WARNING, installed tools differ: {'; '.join(drift)} "
+        f"(rebuild the environment, e.g. `rm -rf .nox/cpu`, or pip install them with `-c {where}`)"
+    )
+
+
+@functools.cache
 def versions() -> dict[str, str]:
-    """Python, torch, transformers, unsloth, unsloth_zoo, and the GPU (name, capability) if any."""
+    """Python, torch, transformers, unsloth, unsloth_zoo, the tools' lock digest (and any drift from
+    it), and the GPU (name, capability) if any."""
     out = {"python": platform.python_version()}
     for dist in ("torch", "transformers", "unsloth", "unsloth_zoo", "trl", "hypothesis"):
         out[dist] = _v(dist)
+    lock, drift = tools()
+    out["tools_lock"] = lock.split(":", 1)[0] if lock.startswith("none") else lock
+    if drift:
+        out["tools_drift"] = "; ".join(drift)
     try:
         import torch
 
@@ -34,4 +66,5 @@ def versions() -> dict[str, str]:
 
 
 def one_line() -> str:
+    """``key=value`` pairs of ``versions()`` on one line (run headers, failure messages)."""
     return " ".join(f"{k}={v}" for k, v in versions().items())
