@@ -60,6 +60,7 @@ mkdir -p "$(dirname "$out")" || die "cannot create $(dirname "$out")"
 # Written beside OUT_TGZ and renamed: a reader (or a failure) never sees half a bundle.
 tmpout=$(mktemp "$(dirname "$out")/.$(basename "$out").XXXXXX") || die "cannot write in $(dirname "$out")"
 tar czf "$tmpout" -C "$work" gpusite || die "tar of the bundle failed; check the free space in $(dirname "$out")"
+chmod "$(printf '%04o' $((0666 & ~0$(umask))))" "$tmpout" # mktemp made it 0600; a bundle is as readable as tar's
 mv -f "$tmpout" "$out" || die "cannot rename $tmpout to $out"
 tmpout=
 echo "wrote $out ($(du -h "$out" | cut -f1)); packages: $(ls "$work/wheels" | wc -l)"

@@ -511,6 +511,9 @@ def test_build_bundle_failed_download_writes_nothing(tmp_path):
     with tarfile.open(proj / ".gpu" / "site.tgz") as tf:
         assert "gpusite/unsloth/__init__.py" in tf.getnames()
     assert os.listdir(proj / ".gpu") == ["site.tgz"]  # no temporary left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (proj / ".gpu" / "site.tgz").stat().st_mode & 0o777 == 0o666 & ~umask  # as tar would make it
 
     pins.write_text("unsloth==0.0.0.1\n")  # a failed rebuild leaves the previous bundle as it was
     before = (proj / ".gpu" / "site.tgz").read_bytes()
