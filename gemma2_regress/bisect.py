@@ -72,6 +72,7 @@ class Source:
     """Lists candidates and builds an environment for one (into an empty cache directory)."""
 
     name = "source"
+    empty_hint = "check the source"
 
     def candidates(self) -> list[Candidate]:
         raise NotImplementedError
@@ -85,6 +86,8 @@ class Source:
     def pick(self, spec: str) -> Candidate:
         """A candidate by version/ref or by date (``YYYY-MM-DD``: the newest one up to that day)."""
         cands = self.candidates()
+        if not cands:
+            raise BisectError(f"no {self.name} builds to choose from; {self.empty_hint}")
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
             upto = [c for c in cands if c.date and c.date[:10] <= spec]
             if not upto:
@@ -169,6 +172,7 @@ class Wheelhouse(Source):
     which must already hold the neighbours. Dates come from ``dates.json`` ({version: iso}) if present."""
 
     name = "wheelhouse"
+    empty_hint = "put unsloth-<version>-*.whl files in the --wheelhouse folder"
 
     def __init__(self, path: str | Path, python: str = sys.executable, installer: str = "auto"):
         self.path, self.python, self.installer = Path(path), python, installer
@@ -216,7 +220,8 @@ class GitCheckout(Source):
     def _git(self, *args: str) -> str:
         done = subprocess.run(["git", "-C", str(self.repo), *args], capture_output=True, text=True)
         if done.returncode:
-            raise BisectError(f"git {' '.join(args)} failed: {done.stderr.strip()[:200]}")
+            first = (done.stderr.strip().splitlines() or ["no output"])[0][:200]
+            raise BisectError(f"git {' '.join(args)} failed: {first}; check the ref and --repo {self.repo}")
         return done.stdout.strip()
 
     def candidates(self) -> list[Candidate]:
@@ -302,10 +307,16 @@ class Bisect:
         i, j = cands.index(old), cands.index(new)
         if i >= j:
             want = "--bad older than --good" if self.find_fix else "--good older than --bad"
-            hint = "" if self.find_fix else "; to find a fix pass --find-fix"
+            hint = (
+                "swap them, or drop --find-fix to find a regression"
+                if self.find_fix
+                else "swap them, or pass --find-fix to find a fix"
+            )
+            if i == j:
+                hint = "pass two different builds"
             raise BisectError(
-                f"wrong-way range: {old_spec} is {'the same as' if i == j else 'newer than'} {new_spec}; "
-                f"a {'fix search' if self.find_fix else 'regression search'} needs {want}{hint}"
+                f"wrong-way range: {old_spec} is {'the same build as' if i == j else 'newer than'} {new_spec}; "
+                f"a {'fix search' if self.find_fix else 'regression search'} needs {want}: {hint}"
             )
         return cands[i : j + 1]
 
@@ -406,9 +417,9 @@ class Bisect:
     def run(self) -> dict:
         """Check both ends, then search; write result.json and result.md into the workdir."""
         t_start = time.time()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        cands = self.range()
+        cands = self.range()  # a bad range fails here, before the workdir exists
         steps = self._load(cands)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         n = len(cands)
         self.log(
             f"bisect: {n} candidates {cands[0].label} .. {cands[-1].label}; {self.selection.describe()}; "

@@ -3,6 +3,8 @@
 Everything after ``--`` is handed to pytest as the selection (node ids, ``-k``, ``-m``, ``--hypothesis-*``).
 Exit codes: bisect 0 = boundary found, 3 = only a range (untestable builds inside it), 2 = bad input
 or range; ``bisect --script`` (for ``git bisect run``) 0 good, 1 bad, 125 skip; gate 0 pass, 1 fail.
+Bad input (an unknown version, no network, a wrong-way range, a missing wheel or bundle, a bad option
+value) is checked before anything is built or run: one line on stderr, exit 2, nothing written.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from . import bisect, envs
+from packaging.version import InvalidVersion, Version
+
+from . import bisect, envs, install
+from .argcheck import OneLineParser, bounded, choices, unwritable
+from .gpu_check import visible_gpus
 
 EPILOG_BISECT = """examples:
   gemma2-regress bisect --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows
@@ -27,13 +34,51 @@ The same command again resumes from its saved state (--fresh starts over).
 """
 
 
+def _gpu_spec(text: str) -> str:
+    """``--gpus``: 0, 'auto', a count, or a list of device indices / GPU-/MIG- UUIDs."""
+    if text in ("0", "auto") or text.isdigit():
+        return text
+    items = [s.strip() for s in text.split(",")]
+    if all(i.isdigit() or i.startswith(("GPU-", "MIG-")) for i in items) and len(set(items)) == len(items):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: pass a count, 'auto' or a list of distinct indices like 0,1")
+
+
+def _signature(text: str) -> str:
+    """``--signature``: what counts as bad (``verdicts.matches``); a typo would make every build good."""
+    if re.fullmatch(r"bad|mismatch|nan|crash(:\S+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: use bad, mismatch, nan, crash or crash:<Type>[@<file>[:<function>]]"
+    )
+
+
+def _torch_version(text: str) -> str:
+    try:
+        Version(text)
+    except InvalidVersion:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch version (e.g. 2.13.0 or 2.13.0+cpu)"
+        ) from None
+    return text
+
+
+def _perf_args(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {exc}; quote it as one string, e.g. --perf-args='--smoke'"
+        ) from None
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache", default=str(envs.CACHE_ROOT), help="environment cache folder (default %(default)s)"
     )
     p.add_argument(
         "--cache-gb",
-        type=float,
+        type=bounded(float, above=0),
         default=envs.DEFAULT_LIMIT_GB,
         help="evict least recently used environments beyond this size (default %(default)s GB)",
     )
@@ -44,18 +89,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="uv (fast, hard-links from its cache, resolves as of each release's date) or pip (default: uv if installed)",
     )
     p.add_argument(
-        "--torch", help="use this torch even where a release caps torch lower (e.g. 2.13.0, a CPU build here)"
+        "--torch",
+        type=_torch_version,
+        help="use this torch even where a release caps torch lower (e.g. 2.13.0, a CPU build here)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=bounded(float, above=0),
         default=3600.0,
         help="seconds per pytest run before the candidate counts as skip",
     )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="gemma2-regress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -77,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--signature",
+        type=_signature,
         help="what counts as bad: a verdict pattern (crash, crash:TypeError, mismatch, nan; default any failure)",
     )
     b.add_argument(
@@ -96,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--gpus",
+        type=_gpu_spec,
         default="0",
         help="test k candidates at once, one per GPU: a count, 'auto' (all visible) or a list like 0,1,2 (default 0: one at a time)",
     )
@@ -115,7 +164,11 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--baseline", default="latest", help="version (default latest release) or 'installed'")
     g.add_argument("--repo", help="Unsloth checkout for a git-ref candidate")
-    g.add_argument("--tiers", help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)")
+    g.add_argument(
+        "--tiers",
+        type=choices(("cpu", "gpu"), "tier"),
+        help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)",
+    )
     g.add_argument(
         "--perf",
         dest="perf",
@@ -125,13 +178,17 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-perf", dest="perf", action="store_false")
     g.add_argument(
-        "--perf-threshold", type=float, default=1.25, help="fail when the candidate is this many times slower"
+        "--perf-threshold",
+        type=bounded(float, above=1),
+        default=1.25,
+        help="fail when the candidate is this many times slower",
     )
     g.add_argument(
         "--out", default="reports/gate", help="gate.json, gate-junit.xml and logs (default %(default)s)"
     )
     g.add_argument(
         "--perf-args",
+        type=_perf_args,
         default="",
         help="extra arguments for `python -m gemma2_regress.perf run`, as one string with = (--perf-args='--smoke')",
     )
@@ -149,25 +206,54 @@ def _gate_doc() -> str:
     return gate.__doc__ or ""
 
 
-def _gpus(spec: str) -> list[str]:
+def _gpus(spec: str, visible: int | None = None) -> list[str]:
+    """The devices of a ``--gpus`` spec (checked by ``_gpu_spec``); more than are visible is an error."""
     if spec in ("0", ""):
         return []
+    n = visible_gpus() if visible is None else visible
     if spec == "auto":
-        from .gpu_check import cuda_device_count
+        return [str(i) for i in range(n or 0)]
+    wanted = [str(i) for i in range(int(spec))] if spec.isdigit() else [s.strip() for s in spec.split(",")]
+    indices = [int(w) for w in wanted if w.isdigit()]
+    if n == 0:
+        raise bisect.BisectError(
+            f"--gpus {spec}: no GPU is visible here; leave --gpus out (one candidate at a time)"
+        )
+    if n is not None and indices and max(indices) >= n:
+        raise bisect.BisectError(
+            f"--gpus {spec}: {n} GPU(s) visible here; pass --gpus auto, a count up to {n}, "
+            "or leave --gpus out (one candidate at a time)"
+        )
+    return wanted
 
-        return [str(i) for i in range(cuda_device_count())]
-    if "," in spec:
-        return [s.strip() for s in spec.split(",") if s.strip()]
-    if not spec.isdigit():
-        raise bisect.BisectError(f"--gpus {spec!r}: pass a count, 'auto' or a list like 0,1")
-    return [str(i) for i in range(int(spec))]
+
+def _check_paths(**paths: str | None) -> None:
+    """Folders the command will write (``--cache``, ``--workdir``, ``--out``): writable, checked up front."""
+    for flag, path in paths.items():
+        why = unwritable(path, folder=True) if path else None
+        if why:
+            raise bisect.BisectError(f"--{flag.replace('_', '-')} {path}: {why}; pass a writable folder")
 
 
-def _base_env(spec: str, cache: envs.EnvCache, args: argparse.Namespace) -> envs.Env:
+def _check_installer(installer: str) -> None:
+    if installer == "uv" and envs.uv_binary() is None:
+        raise bisect.BisectError(
+            "--installer uv: uv is not installed; `pip install uv` or pass --installer pip"
+        )
+
+
+def _base_source(spec: str, args: argparse.Namespace) -> tuple[bisect.PyPIReleases, bisect.Candidate] | None:
+    """``--base``: None for 'installed', else the release (checked against PyPI; nothing is built)."""
     if spec == "installed":
-        return envs.Env(sys.executable, [], {"unsloth": "installed"})
+        return None
     src = bisect.PyPIReleases(torch=args.torch, installer=args.installer)
-    cand = src.pick(spec)
+    return src, src.pick(spec)
+
+
+def _base_env(base: tuple[bisect.PyPIReleases, bisect.Candidate] | None, cache: envs.EnvCache) -> envs.Env:
+    if base is None:
+        return envs.Env(sys.executable, [], {"unsloth": "installed"})
+    src, cand = base
     return cache.get(src.key(cand), lambda d: src.build(cand, d))[0]
 
 
@@ -180,15 +266,23 @@ def _selection(args: argparse.Namespace) -> bisect.Selection:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
+    # Everything is checked before anything is built, run or written (the range needs PyPI's list).
     sel = _selection(args)
+    _check_paths(cache=args.cache, workdir=args.workdir)
+    _check_installer(args.installer)
+    gpus = _gpus(args.gpus)
+    if args.repo and args.wheelhouse:
+        raise bisect.BisectError("--repo and --wheelhouse are two sources; pass one of them")
+    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
     cwd = Path.cwd()
     if args.script:
         if not args.repo:
             raise bisect.BisectError(
                 "--script tests a checkout's working tree: pass --repo PATH (e.g. --repo .)"
             )
-        base = _base_env(args.base, cache, args)
+        if not Path(args.repo).is_dir():
+            raise bisect.BisectError(f"--repo {args.repo}: no such folder; pass an Unsloth checkout")
+        base = _base_env(_base_source(args.base, args), cache)
         env = envs.Env(base.python, [str(Path(args.repo).resolve()), *base.pythonpath])
         # The suite's checkout: `git bisect run` starts this in Unsloth's checkout.
         root = Path(os.environ.get("GEMMA2_REGRESS_ROOT", cwd))
@@ -200,10 +294,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if not (args.good and args.bad):
         raise bisect.BisectError("pass both --good and --bad (versions, YYYY-MM-DD dates or git refs)")
     if args.repo:
+        base_src = _base_source(args.base, args)  # checked now, built with the first commit
         source: bisect.Source = bisect.GitCheckout(
             args.repo,
             *((args.bad, args.good) if args.find_fix else (args.good, args.bad)),
-            base=lambda: _base_env(args.base, cache, args),
+            base=lambda: _base_env(base_src, cache),
         )
     elif args.wheelhouse:
         source = bisect.Wheelhouse(args.wheelhouse, installer=args.installer)
@@ -214,8 +309,6 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         if args.workdir
         else bisect.workdir_for(source, args.good, args.bad, sel, args.find_fix, Path("reports/bisect"))
     )
-    if args.fresh:
-        shutil.rmtree(workdir, ignore_errors=True)
     b = bisect.Bisect(
         source,
         args.good,
@@ -225,8 +318,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         workdir,
         cwd=cwd,
         find_fix=args.find_fix,
-        gpus=_gpus(args.gpus),
+        gpus=gpus,
     )
+    b.range()  # unknown builds, no network and a wrong-way range fail here, before --fresh deletes anything
+    if args.fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
     res = b.run()
     print(
         f"\n{res['answer']}\nsteps: {res['test_runs']} test runs (bound {res['bound']}) in {res['wall_s']:.0f} s\n"
@@ -242,8 +338,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     from . import gate
 
+    _check_paths(cache=args.cache, out=args.out)
+    _check_installer(args.installer)
+    if args.perf_args:
+        _check_perf_args(args.perf_args)
     cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
-    tiers = args.tiers.split(",") if args.tiers else None
     res = gate.gate(
         args.candidate,
         args.baseline,
@@ -251,16 +350,28 @@ def cmd_gate(args: argparse.Namespace) -> int:
         cache=cache,
         cwd=Path.cwd(),
         pytest_args=list(args.pytest_args) or ["tests"],
-        tiers=tiers,
+        tiers=args.tiers,
         repo=args.repo,
         torch=args.torch,
         installer=args.installer,
         perf=args.perf,
         perf_threshold=args.perf_threshold,
-        perf_args=shlex.split(args.perf_args),
+        perf_args=args.perf_args,
         timeout_s=args.timeout,
     )
     return 0 if res["pass"] else 1
+
+
+def _check_perf_args(argv: list[str]) -> None:
+    """``--perf-args`` are parsed as ``perf run`` would, now, not after both tiers have run."""
+    try:
+        from .perf.cli import check_run_args
+    except ImportError:  # no torch in this interpreter: the gate's perf step says "not run" anyway
+        return
+    try:
+        check_run_args(argv)
+    except ValueError as exc:
+        raise bisect.BisectError(f"--perf-args: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,11 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"bisect": cmd_bisect, "gate": cmd_gate}[args.cmd](args)
-    except (bisect.BisectError, envs.BuildError) as exc:
-        print(f"gemma2-regress {args.cmd}: error: {exc}", file=sys.stderr)
+    except (bisect.BisectError, envs.BuildError, install.InstallError) as exc:
+        print(f"gemma2-regress {args.cmd}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return bisect.EXIT_ERROR
     except KeyboardInterrupt:
-        print("\ninterrupted; the same command resumes from the saved state", file=sys.stderr)
+        again = "the same command resumes from the saved state" if args.cmd == "bisect" else "run it again"
+        print(f"\ninterrupted; {again}", file=sys.stderr)
         return 130
 
 

@@ -15,6 +15,8 @@ examples. Per test: ``regression`` (ok on baseline, failing on candidate: the ga
 Performance: ``gemma2_regress.perf.compare(candidate_json, baseline_json, threshold)`` on the two
 sides' ``perf run`` JSON when requested (default: on a GPU); without that module, "perf: not run".
 Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, failures = regressions).
+Both specs are checked (``check_spec``: the version is on PyPI, the wheel file exists, the git ref
+resolves, the site folder holds Unsloth) before either side is built, and nothing is written before.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
+
+from packaging.version import Version
 
 from . import bisect, envs, install, report
 from .selection import Outcome, Selection, run
@@ -48,8 +54,68 @@ class Side:
     cache_hit: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A checked candidate or baseline: ``kind`` installed | site | wheel | git | release, ``ref`` the
+    folder, wheel path, commit sha or version, ``date`` a release's upload time."""
+
+    kind: str
+    ref: str
+    label: str
+    date: str = ""
+
+
+def check_spec(spec: str, role: str, repo: str | None = None) -> Spec:
+    """Check a ``--candidate`` / ``--baseline`` spec without building anything: the version is on
+    PyPI, the wheel file exists, the git ref resolves in ``repo``, the site folder holds Unsloth.
+    Raises ``bisect.BisectError`` or ``install.InstallError`` (no network) with a one-line message."""
+    flag = f"--{role}"
+    if spec == "installed":
+        if importlib.util.find_spec("unsloth") is None:
+            raise bisect.BisectError(
+                f"{flag} installed: this interpreter ({sys.executable}) has no unsloth; install one or pass a version"
+            )
+        return Spec("installed", "", "installed")
+    path = Path(spec).expanduser()
+    if path.is_dir():  # an unpacked site folder (an offline GPU bundle) over this interpreter
+        if not (path / "unsloth" / "__init__.py").is_file():
+            raise bisect.BisectError(
+                f"{flag} {spec}: not an unpacked bundle (no unsloth/ package inside); unpack one "
+                "(tar xzf .gpu/site.tgz -C /tmp, then pass /tmp/gpusite) or pass a version"
+            )
+        site = str(path.resolve())
+        return Spec("site", site, f"{_site_version(site)} ({site})")
+    if spec.endswith(".whl"):
+        if not path.is_file():
+            raise bisect.BisectError(f"{flag} {spec}: no such wheel file; pass a path to an unsloth-*.whl")
+        if not path.name.startswith("unsloth-") or not zipfile.is_zipfile(path):
+            raise bisect.BisectError(
+                f"{flag} {spec}: not an unsloth wheel (a zip named unsloth-<version>-*.whl); rebuild or re-download it"
+            )
+        return Spec("wheel", str(path.resolve()), path.name)
+    if repo and role == "candidate":
+        src = bisect.GitCheckout(repo, spec, spec, base=lambda: envs.Env(sys.executable))
+        try:
+            sha = src._git("rev-parse", spec + "^{commit}")
+        except bisect.BisectError:
+            raise bisect.BisectError(
+                f"{flag} {spec}: not a commit of {repo}; pass a branch, tag or sha there (git -C {repo} log)"
+            ) from None
+        return Spec("git", sha, f"{spec} ({sha[:12]})")
+    if os.sep in spec or spec.startswith((".", "~")):
+        raise bisect.BisectError(
+            f"{flag} {spec}: no such file or folder; pass a version, a wheel file or an unpacked bundle folder"
+        )
+    try:
+        version = install.resolve_version(spec)
+        when = dict(install.releases("unsloth"))[Version(version)]
+    except install.InstallError as exc:
+        raise install.InstallError(f"{flag} {spec}: {exc}") from exc
+    return Spec("release", version, version, when.isoformat())
+
+
 def resolve_env(
-    spec: str,
+    spec: Spec,
     cache: envs.EnvCache,
     *,
     base: envs.Env | None,
@@ -57,45 +123,43 @@ def resolve_env(
     torch: str | None,
     installer: str,
 ) -> tuple[envs.Env, float, bool, str]:
-    """(env, install seconds, cache hit, label) for a spec; ``base`` is the baseline's env for
-    wheel files and git refs."""
+    """(env, install seconds, cache hit, label) for a checked spec (``check_spec``); ``base`` is the
+    baseline's env for wheel files and git refs."""
     t0 = time.time()
-    if spec == "installed":
-        return envs.Env(sys.executable, [], {"unsloth": "installed"}), 0.0, True, "installed"
-    if Path(spec).is_dir():  # an unpacked site folder (an offline GPU bundle) over this interpreter
-        site = str(Path(spec).resolve())
-        return envs.Env(sys.executable, [site], {"site": site}), 0.0, True, f"{_site_version(site)} ({site})"
-    if spec.endswith(".whl"):
-        wheel = Path(spec)
-        if not wheel.exists():
-            raise bisect.BisectError(f"wheel {spec} does not exist; pass a path to an unsloth-*.whl")
+    if spec.kind == "installed":
+        return envs.Env(sys.executable, [], {"unsloth": "installed"}), 0.0, True, spec.label
+    if spec.kind == "site":
+        return envs.Env(sys.executable, [spec.ref], {"site": spec.ref}), 0.0, True, spec.label
+    if spec.kind == "wheel":
+        wheel = Path(spec.ref)
         if base is None:  # a wheel baseline: laid over the current interpreter's environment
             base = envs.Env(sys.executable, [], {"unsloth": "installed"})
+        over = base
 
         def build(d: Path) -> envs.Env:
             envs.pip_install(
-                ["--no-deps", str(wheel.resolve())],
+                ["--no-deps", str(wheel)],
                 target=d / "site",
-                python=base.python,
+                python=over.python,
                 installer=installer,
             )
-            return envs.Env(base.python, [str(d / "site"), *base.pythonpath], {"wheel": wheel.name})
+            return envs.Env(over.python, [str(d / "site"), *over.pythonpath], {"wheel": wheel.name})
 
         key = f"wheel-{wheel.name}-{int(wheel.stat().st_mtime)}-on-{_tag(base)}"
         env, hit, _ = cache.get(key, build)
-        return env, round(time.time() - t0, 1), hit, wheel.name
-    if repo:
-        if base is None:
+        return env, round(time.time() - t0, 1), hit, spec.label
+    if spec.kind == "git":
+        if base is None or repo is None:
             raise bisect.BisectError("a git ref is laid over the baseline's environment; pass --baseline")
-        src = bisect.GitCheckout(repo, spec, spec, base=lambda: base)
-        cand = bisect.Candidate("commit", src._git("rev-parse", spec + "^{commit}"))
+        layer = base
+        src = bisect.GitCheckout(repo, spec.ref, spec.ref, base=lambda: layer)
+        cand = bisect.Candidate("commit", spec.ref)
         env, hit, _ = cache.get(f"git-{cand.ref}-on-{_tag(base)}", lambda d: src.build(cand, d))
-        return env, round(time.time() - t0, 1), hit, f"{spec} ({cand.ref[:12]})"
-    version = install.resolve_version(spec)
+        return env, round(time.time() - t0, 1), hit, spec.label
     pypi = bisect.PyPIReleases(torch=torch, installer=installer)
-    cand = next(c for c in pypi.candidates() if c.ref == version)
+    cand = bisect.Candidate("release", spec.ref, spec.date)
     env, hit, _ = cache.get(pypi.key(cand), lambda d: pypi.build(cand, d))
-    return env, round(time.time() - t0, 1), hit, version
+    return env, round(time.time() - t0, 1), hit, spec.label
 
 
 def _site_version(site: str) -> str:
@@ -195,12 +259,20 @@ def gate(
 ) -> dict:
     """Run the gate; return the result (also written to ``out/gate.json`` and ``out/gate-junit.xml``)."""
     t0 = time.time()
+    # Both sides are checked before either is built: a typo in the candidate must not cost a baseline build.
+    unknown = [t for t in tiers or () if t not in TIER_MARKS]
+    if unknown or tiers == []:
+        raise bisect.BisectError(
+            f"unknown tier(s) {', '.join(unknown) or '(none given)'}; use --tiers cpu, gpu or cpu,gpu"
+        )
+    c_spec = check_spec(candidate, "candidate", repo)
+    b_spec = check_spec(baseline, "baseline")
     base_env, b_s, b_hit, b_label = resolve_env(
-        baseline, cache, base=None, repo=None, torch=torch, installer=installer
+        b_spec, cache, base=None, repo=None, torch=torch, installer=installer
     )
     log(f"gate: baseline {b_label} ready ({'cache hit' if b_hit else f'built in {b_s:.1f} s'})")
     c_env, c_s, c_hit, c_label = resolve_env(
-        candidate, cache, base=base_env, repo=repo, torch=torch, installer=installer
+        c_spec, cache, base=base_env, repo=repo, torch=torch, installer=installer
     )
     log(f"gate: candidate {c_label} ready ({'cache hit' if c_hit else f'built in {c_s:.1f} s'})")
     sides = [Side("baseline", b_label, base_env, b_s, b_hit), Side("candidate", c_label, c_env, c_s, c_hit)]

@@ -194,6 +194,22 @@ def cuda_device_count(python: str | None = None, env: Mapping[str, str] | None =
     return int(out[-1]) if done.returncode == 0 and out and out[-1].isdigit() else 0
 
 
+def visible_gpus() -> int | None:
+    """CUDA devices this process could hand out: torch's count where torch imports (it honours
+    CUDA_VISIBLE_DEVICES), else ``nvidia-smi -L``'s; None when neither can tell."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return cuda_device_count()
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    done = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return sum(ln.startswith("GPU ") for ln in done.stdout.splitlines()) if done.returncode == 0 else 0
+
+
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` in this process (False without torch)."""
     try:

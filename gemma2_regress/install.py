@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import http.client
 import json
 import os
 import subprocess
@@ -35,6 +36,8 @@ from packaging.version import InvalidVersion, Version
 from .toolslock import TEST_LOCK
 
 PYPI = "https://pypi.org/pypi"
+# Per socket operation, not for the whole download: with no network the CLI fails in seconds, not minutes.
+PYPI_TIMEOUT_S = 10.0
 # Not needed to import Unsloth and run its pure-PyTorch attention on CPU, and heavy or unloadable there.
 EXCLUDED = {"torch", "torchvision", "xformers", "bitsandbytes", "unsloth-zoo", "triton-windows"}
 # torch builds tried in order; the first the release admits is used. 2.13.0 is a CPU wheel on CI.
@@ -70,10 +73,11 @@ class InstallError(RuntimeError):
 
 @functools.cache
 def pypi_json(project: str, version: str | None = None) -> dict:
-    """PyPI's JSON metadata for a project (or one release of it)."""
+    """PyPI's JSON metadata for a project (or one release of it); any failure is an ``InstallError``
+    with a one-line message."""
     url = f"{PYPI}/{project}/json" if version is None else f"{PYPI}/{project}/{version}/json"
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(url, timeout=PYPI_TIMEOUT_S) as resp:
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
@@ -83,11 +87,15 @@ def pypi_json(project: str, version: str | None = None) -> dict:
         raise InstallError(
             f"PyPI answered {exc.code} for {url}; retry later or pass an installed version"
         ) from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+        why = " ".join(str(getattr(exc, "reason", exc) or type(exc).__name__).split())
         raise InstallError(
-            f"cannot reach PyPI ({exc}); connect to the network, or run against an installed Unsloth with "
-            "`nox -s cpu --no-venv` / GEMMA2_REGRESS_UNSLOTH=installed"
+            f"cannot reach PyPI ({why}); connect to the network, or test an Unsloth already on this machine "
+            "(nox: GEMMA2_REGRESS_UNSLOTH=installed or --no-venv; gate: 'installed', a wheel file or a bundle "
+            "folder; bisect: --wheelhouse or --repo)"
         ) from exc
+    except ValueError as exc:  # a truncated or non-JSON answer (a captive portal, a proxy's error page)
+        raise InstallError(f"PyPI's answer for {url} is not JSON ({exc}); retry later") from exc
 
 
 def releases(project: str = "unsloth") -> list[tuple[Version, dt.datetime]]:

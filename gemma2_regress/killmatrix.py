@@ -16,8 +16,10 @@ Hypothesis's shrunk counterexample. Cells, one per mutant x test module:
 
 Exit status: 0 when the baseline passes and every mutant the tier can reach is killed (with the
 expected verdict where the catalogue names one) or is a documented known gap of the suite
-(``survived_known_gap``, printed as such, see docs/mutants.md); 1 otherwise; 2 for bad arguments (an unknown
-mutant lists the known ones); 3 when the only problem is a mutant not applicable to this release.
+(``survived_known_gap``, printed as such, see docs/mutants.md); 1 otherwise; 2 for bad arguments, one line
+on stderr before any run (an unknown mutant lists the known ones; an unknown tier, ``--jobs`` below 1,
+``--workers`` below 0, ``--timeout-s`` not above 0, an ``--out`` that cannot be written, a ``--python``
+that does not exist); 3 when the only problem is a mutant not applicable to this release.
 The matrix is printed and written as JSON (atomically) to ``reports/killmatrix-<tier>.json``.
 """
 
@@ -27,6 +29,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,7 @@ import time
 from pathlib import Path
 
 from . import junit, mutants, report, verdicts
+from .argcheck import OneLineParser, bounded, unwritable
 
 SCHEMA = "gemma2-regress/killmatrix/1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -366,18 +370,25 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m gemma2_regress.killmatrix", description=__doc__.split("\n")[0]
-    )
+    """The command line, every value checked (one-line error and ``SystemExit(2)`` on bad input,
+    before anything runs: ``nox -s mutants`` calls this before it installs Unsloth)."""
+    p = OneLineParser(prog="python -m gemma2_regress.killmatrix", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help="mutants to run (default: all); see --list")
     p.add_argument(
         "--tier", default="auto", help="cpu, gpu, cpu,gpu or auto (gpu if CUDA is visible, else cpu)"
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="xdist workers per pytest run (default 0: in-process)"
+        "--workers",
+        type=bounded(int, at_least=0),
+        default=None,
+        help="xdist workers per pytest run (default 0: in-process)",
     )
-    p.add_argument("--jobs", type=int, default=None, help="pytest runs at once (cpu: 2, gpu: 4)")
-    p.add_argument("--timeout-s", type=float, default=1200.0, help="limit for one pytest run")
+    p.add_argument(
+        "--jobs", type=bounded(int, at_least=1), default=None, help="pytest runs at once (cpu: 2, gpu: 4)"
+    )
+    p.add_argument(
+        "--timeout-s", type=bounded(float, above=0), default=1200.0, help="limit for one pytest run"
+    )
     p.add_argument("--out", default="reports/killmatrix-{tier}.json", help="JSON path ({tier} is filled in)")
     p.add_argument(
         "--no-baseline", action="store_true", help="skip the no-mutant run (the matrix then proves less)"
@@ -402,28 +413,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = p.parse_args(argv)
     args.argv = argv
+    unknown = [n for n in args.names if n not in mutants.CATALOGUE]
+    if unknown:
+        p.error(
+            f"unknown mutant {', '.join(map(repr, unknown))}; known mutants: {', '.join(mutants.CATALOGUE)}"
+        )
+    tiers = [t.strip() for t in args.tier.split(",")]
+    if args.tier != "auto" and (not all(t in mutants.TIERS for t in tiers) or len(set(tiers)) != len(tiers)):
+        p.error(f"unknown tier {args.tier!r}; use cpu, gpu, cpu,gpu or auto")
+    try:
+        outs = {args.out.format(tier=t) for t in mutants.TIERS}
+    except (KeyError, IndexError, ValueError) as exc:
+        p.error(f"--out {args.out!r}: bad placeholder ({exc}); only {{tier}} is filled in")
+    if len(tiers) > 1 and len(outs) == 1:
+        p.error(f"--out {args.out!r}: two tiers would write one file; put {{tier}} in it")
+    for out in sorted(outs):
+        why = unwritable(out, folder=False)
+        if why:
+            p.error(f"--out {out}: {why}; pass a writable path")
+    if args.python and not shutil.which(args.python):
+        p.error(f"--python {args.python}: no such interpreter; pass the path of a python with pytest")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # bad arguments (one line printed) or --help
+        return int(exc.code or 0)
     if args.list:
         for m in mutants.CATALOGUE.values():
             print(f"{m.name:26} [{','.join(m.tiers)}] {m.summary}")
         return 0
-    try:
-        chosen = [mutants.get(n) for n in args.names] if args.names else list(mutants.CATALOGUE.values())
-    except mutants.UnknownMutant as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    chosen = [mutants.get(n) for n in args.names] if args.names else list(mutants.CATALOGUE.values())
     global FULL, NO_SHRINK
     FULL, NO_SHRINK = args.full, args.no_shrink
-    tiers = [detect_tier()] if args.tier == "auto" else args.tier.split(",")
-    for t in tiers:
-        if t not in mutants.TIERS:
-            print(f"error: unknown tier {t!r}; use cpu, gpu, cpu,gpu or auto", file=sys.stderr)
-            return 2
+    tiers = [detect_tier()] if args.tier == "auto" else [t.strip() for t in args.tier.split(",")]
     worst = 0
     for tier in tiers:
         a = argparse.Namespace(**vars(args))

@@ -5,19 +5,24 @@
 # machine, so the inductor cache (.cache/inductor) already holds the unmutated graphs.
 #   bash gpu/mutants-and-gate.sh [SECONDS]     (default 540: the bound on each part)
 # Writes under $OUT: killmatrix.log, killmatrix-gpu.json, gate-fwd.log, gate-rev.log, gate-fwd.tgz, gate-rev.tgz.
+# Bundles are unpacked under $BUNDLE_ROOT (default /tmp) and re-unpacked when they change (gpu/bundle.sh);
+# a missing bundle or a bad argument is one line on stderr and exit 2, before anything runs.
 set -u
-OUT=${OUT:-reports/gpu}; mkdir -p "$OUT"
+. "$(dirname "${BASH_SOURCE[0]}")/bundle.sh"
 secs=${1:-540}
-[ -d /tmp/gpusite ] || tar xzf .gpu/site.tgz -C /tmp || exit 2
-mkdir -p /tmp/gate-cand /tmp/gate-base
-[ -d /tmp/gate-cand/gpusite ] || tar xzf .gpu/site.tgz -C /tmp/gate-cand || exit 2
-[ -d /tmp/gate-base/gpusite ] || tar xzf .gpu/base-2026.10.1.tgz -C /tmp/gate-base || exit 2
+check_seconds "$secs" 60  # each kill-matrix run gets SECONDS - 40
+unpack_bundle .gpu/site.tgz "$BUNDLE_ROOT" "bash gpu/build-bundle.sh"
+unpack_bundle .gpu/site.tgz "$BUNDLE_ROOT/gate-cand" \
+  "bash gpu/build-bundle.sh gpu/bundle-unsloth-2026.10.9.txt .gpu/site.tgz"
+unpack_bundle .gpu/base-2026.10.1.tgz "$BUNDLE_ROOT/gate-base" \
+  "bash gpu/build-bundle.sh gpu/bundle-unsloth-2026.10.1.txt .gpu/base-2026.10.1.tgz"
+OUT=${OUT:-reports/gpu}; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
 echo "inductor cache: $TORCHINDUCTOR_CACHE_DIR ($(du -sh "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null | cut -f1 || echo empty))"
 start=$(date +%s)
 # Per-run bound a little under the whole: a run cut by it reads as not-run, the matrix is still written.
-( PYTHONPATH=/tmp/gpusite:$PWD timeout -s INT "$secs" python3 -m gemma2_regress.killmatrix --tier gpu --jobs 13 \
+( PYTHONPATH=$BUNDLE_ROOT/gpusite:$PWD timeout -s INT "$secs" python3 -m gemma2_regress.killmatrix --tier gpu --jobs 13 \
     --timeout-s $(( secs - 40 )) --out "$OUT/killmatrix-{tier}.json" > "$OUT/killmatrix.log" 2>&1
   echo "killmatrix rc=$? wall=$(( $(date +%s) - start ))s" >> "$OUT/killmatrix.log" ) &
 ( CUDA_VISIBLE_DEVICES=0 OUT=$OUT/fwd bash gpu/gate.sh "$secs" > /dev/null 2>&1 ) &

@@ -4,21 +4,37 @@ run      measure the grid (``--quick`` default, ``--full``, ``--smoke`` for CPU)
          write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``
 plot     draw the PNGs from a perf JSON (on any machine with matplotlib)
 compare  the gate: candidate JSON vs baseline JSON; exit 0 pass, 1 fail, 2 bad input
+
+Bad arguments (an unknown model, impl, mode, dtype or device, lengths like 4097..4095, a threshold
+not above 1, an output folder that cannot be written) are one line on stderr and exit 2, checked
+before anything is measured or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .. import report
+from ..argcheck import OneLineParser, bounded, unwritable
 
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
+DTYPES = ("bfloat16", "float16", "float32")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _RaisingParser(OneLineParser):
+    """For checking another command's arguments (the gate's --perf-args): an error is a ValueError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.ArgumentParser:
+    p = cls(
         prog="python -m gemma2_regress.perf",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,20 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", help="e.g. 1,2,4,8")
     r.add_argument("--impls", default="unsloth,flex,sdpa", help="comma list of unsloth, flex, sdpa")
     r.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
-    r.add_argument("--repeats", type=int, default=7, help="timed calls per implementation and mode (median)")
-    r.add_argument("--warmup", type=int, default=2, help="untimed calls first, the first included (>= 1)")
+    r.add_argument(
+        "--repeats",
+        type=bounded(int, at_least=1),
+        default=7,
+        help="timed calls per implementation and mode (median)",
+    )
+    r.add_argument(
+        "--warmup",
+        type=bounded(int, at_least=1),
+        default=2,
+        help="untimed calls first, the first included (>= 1)",
+    )
     r.add_argument(
         "--budget-s",
-        type=float,
-        default=-1.0,
+        type=bounded(float, at_least=0),
+        default=None,
         help="stop starting new cells after this many seconds (quick: 200; 0 = no budget)",
     )
     r.add_argument("--device", help="cuda (default when visible) or cpu")
-    r.add_argument("--dtype", default="bfloat16")
+    r.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     r.add_argument("--out", default="reports/perf", help="output folder (default reports/perf)")
     r.add_argument(
         "--plant-slowdown",
-        type=int,
+        type=bounded(int, at_least=0),
         nargs="?",
         const=2,
         default=0,
@@ -87,9 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="gate: candidate vs baseline perf JSON")
     c.add_argument("candidate")
     c.add_argument("baseline")
-    c.add_argument("--threshold", type=float, default=1.25, help="time ratio that fails (default 1.25)")
     c.add_argument(
-        "--mem-threshold", type=float, default=1.10, help="peak-memory ratio that fails (default 1.10)"
+        "--threshold", type=bounded(float, above=1), default=1.25, help="time ratio that fails (default 1.25)"
+    )
+    c.add_argument(
+        "--mem-threshold",
+        type=bounded(float, above=1),
+        default=1.10,
+        help="peak-memory ratio that fails (default 1.10)",
     )
     c.add_argument(
         "--basis",
@@ -101,24 +132,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
+    """``run``'s argument values, checked without measuring or writing anything: (cells, impls,
+    modes); a bad value is a one-line ``ValueError``."""
+    from . import grid, impls
+
+    if a.device and not DEVICE.fullmatch(a.device):
+        raise ValueError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
+    if a.plant_slowdown == 1:
+        raise ValueError("--plant-slowdown 1 plants nothing; give a FACTOR >= 2 (or leave it out)")
+    why = unwritable(a.out, folder=True)
+    if why:
+        raise ValueError(f"--out {a.out}: {why}; pass a writable folder")
+    return (
+        grid.select(preset, a.models, a.layers, a.lengths, a.batch),
+        grid.parse_names(a.impls, impls.IMPLS, "impls"),
+        grid.parse_names(a.modes, grid.MODES, "modes"),
+    )
+
+
+def check_run_args(argv: list[str]) -> None:
+    """Check ``perf run`` arguments as ``run`` would (for the gate's ``--perf-args``, before its tiers
+    run); raises ``ValueError`` with a one-line message."""
+    a = _parser(_RaisingParser).parse_args(["run", *argv])
+    _check(a, a.preset or "quick")
+
+
 def _run(a: argparse.Namespace) -> int:
     import torch
 
-    from . import grid, impls, plot, table
+    from . import plot, table
     from .bench import Options, run
     from .demo import gate_demo
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = a.preset or ("quick" if device.startswith("cuda") else "smoke")
+    cells, impl_names, modes = _check(a, preset)
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise ValueError(
+                f"--device {device}: torch sees {n} CUDA GPU(s); run on a GPU or pass --device cpu"
+            )
     if not a.preset and device == "cpu" and not (a.models or a.lengths):
         print("perf: no CUDA GPU visible: running the CPU smoke grid (--smoke); the Gemma-2 grid needs a GPU")
-    if a.warmup < 1 or a.repeats < 1:
-        raise ValueError("--warmup and --repeats must be >= 1")
-    budget = DEFAULT_BUDGET[preset] if a.budget_s < 0 else (a.budget_s or None)
+    budget = DEFAULT_BUDGET[preset] if a.budget_s is None else (a.budget_s or None)
     opts = Options(
-        cells=grid.select(preset, a.models, a.layers, a.lengths, a.batch),
-        impls=grid.parse_names(a.impls, impls.IMPLS, "impls"),
-        modes=grid.parse_names(a.modes, grid.MODES, "modes"),
+        cells=cells,
+        impls=impl_names,
+        modes=modes,
         repeats=a.repeats,
         warmup=a.warmup,
         budget_s=budget,
@@ -175,5 +238,5 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _compare(a)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"perf: error: {exc}", file=sys.stderr)
+        print(f"perf: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
