@@ -33,7 +33,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from . import envs, install, report
+from . import envs, install, report, toolslock
 from .selection import RunResult, Selection, falsifying_example, run
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
@@ -145,6 +145,10 @@ class PyPIReleases(Source):
             )
             (d / "override.txt").write_text(torch + "\n")
             extra = ["--exclude-newer", cutoff, "--override", str(d / "override.txt")]
+            # The suite's own tools are pinned (requirements/test.txt) and may be newer than the release.
+            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for name in sorted({p.name for p in toolslock.read()}):
+                extra += ["--exclude-newer-package", f"{name}={now}"]
         t = envs.pip_install(
             [torch, *neighbours, *install.TEST_TOOLS],
             python=python,
