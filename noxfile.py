@@ -46,14 +46,19 @@ def _venv_python(session: nox.Session) -> str | None:
     return str(Path(session.bin) / "python")
 
 
-def install_unsloth(session: nox.Session) -> str:
-    """Install the chosen Unsloth release (once per environment); return its version."""
+def _pip(session: nox.Session, python: str, *args: str) -> None:
+    session.run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args, external=True)
+
+
+def install_unsloth(session: nox.Session, python: str | None = None) -> str:
+    """Install the chosen Unsloth release (once per environment) into the session's environment, or
+    into that of ``python``; return its version."""
     wanted = os.environ.get("GEMMA2_REGRESS_UNSLOTH", "latest")
-    python = _venv_python(session)
-    marker = Path(session.virtualenv.location) / MARKER if python else None
+    python = python or _venv_python(session)
+    marker = Path(python).parent.parent / MARKER if python else None
     if wanted == "installed" or python is None:
         session.log("GEMMA2_REGRESS_UNSLOTH=installed or --no-venv: using the Unsloth already installed")
-        session.install("-e", ".", "--no-deps") if python else None
+        _pip(session, python, "-e", ".", "--no-deps") if python else None
         return "installed"
     have = json.loads(marker.read_text()) if marker and marker.exists() else None
     try:
@@ -68,10 +73,10 @@ def install_unsloth(session: nox.Session) -> str:
             return have["unsloth"]
         session.error(str(exc))
     if have and have.get("unsloth") == version:
-        session.log(f"unsloth {version} already installed in {session.virtualenv.location}")
+        session.log(f"unsloth {version} already installed in {marker.parent}")
         if have.get("tools_lock") != tools:  # requirements/test.txt changed since this env was built
             session.log(f"test tools: lock {have.get('tools_lock')} -> {tools}, installing them from it")
-            session.install(*install.TEST_TOOLS)
+            _pip(session, python, *install.TEST_TOOLS)
             _write_marker(marker, {**have, "tools_lock": tools})
     else:
         session.log(f"installing unsloth {version} and the neighbours it accepts (CPU builds)")
@@ -79,7 +84,7 @@ def install_unsloth(session: nox.Session) -> str:
             steps = install.install(version, python=python)
         except (install.InstallError, subprocess.CalledProcessError) as exc:
             session.error(f"installing unsloth {version} failed: {exc}")
-        session.install("-e", ".", "--no-deps")
+        _pip(session, python, "-e", ".", "--no-deps")
         _write_marker(marker, {"unsloth": version, "plan": steps, "tools_lock": tools})
     return version
 
@@ -263,6 +268,65 @@ def mutants(session: nox.Session) -> None:
     python = _venv_python(session) or sys.executable
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     session.run(python, "-m", "gemma2_regress.killmatrix", *session.posargs, external=True, env=env)
+
+
+def _cpu_env(session: nox.Session) -> str:
+    """The interpreter of the cpu session's environment (.nox/cpu), made here if missing: portability
+    and flakes run the CPU tier's tests and share it. Under `--no-venv`, the current interpreter."""
+    if getattr(session._runner.global_config, "force_venv_backend", None) == "none":  # --no-venv
+        return sys.executable
+    venv = nox.virtualenv.VirtualEnv(
+        str(ROOT / ".nox" / "cpu"), interpreter=PYTHON, reuse_existing=True, venv_backend="venv"
+    )
+    venv.create()
+    python = str(Path(venv.bin) / "python")
+    install_unsloth(session, python)
+    return python
+
+
+def _reruns(session: nox.Session, command: str, *args: str) -> None:
+    python = _cpu_env(session)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    session.run(python, "-m", "gemma2_regress.reruns", command, *args, external=True, env=env)
+
+
+@nox.session(python=False)
+def portability(session: nox.Session) -> None:
+    """The oracle and kernel tests once per CPU kernel choice: green on each, or a bound depends on the CPU.
+
+    Settings: ATEN_CPU_CAPABILITY, MKL_CBWR, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA, 1 and 2 threads
+    (gemma2_regress/reruns.py). Runs in the cpu session's environment.
+
+    `nox -s portability -- --list`, `-- --settings aten-default,threads-1`, `-- -- tests/oracle`.
+    """
+    _reruns(session, "portability", *session.posargs)
+
+
+@nox.session(name="portability-quick", python=False)
+def portability_quick(session: nox.Session) -> None:
+    """What CI runs of `portability`: the oracle tests under scalar kernels, MKL's other order, one thread."""
+    _reruns(
+        session,
+        "portability",
+        "--settings",
+        "quick",
+        "--out",
+        "reports/portability-quick",
+        *session.posargs,
+        "--",
+        "tests/oracle",
+        "-p",
+        "no:xdist",
+    )
+
+
+@nox.session(python=False)
+def flakes(session: nox.Session) -> None:
+    """Flake census: the CPU tier run N times, per test how often it passed; exit 1 on a flaky test.
+
+    `nox -s flakes -- --runs 10 [--settings all] [-- pytest args]` (ci profile; resumes when run again).
+    """
+    _reruns(session, "flakes", *session.posargs)
 
 
 @nox.session(python=PYTHON)
