@@ -1,0 +1,117 @@
+"""The portability runs and the flake census (gemma2_regress/reruns.py): settings, tallies, exit codes,
+and an end-to-end census over a test that flakes on purpose."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress import reruns
+
+FLAKY = """
+import os
+from pathlib import Path
+
+def test_steady():
+    assert True
+
+def test_flaky():
+    counter = Path(os.environ["FLAKY_COUNTER"])
+    n = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(n + 1))
+    assert n != 1, "fails on the second run only"
+
+def test_setting_sensitive():
+    assert os.environ.get("OMP_NUM_THREADS") != "1", "fails with one thread"
+"""
+
+
+def test_settings_need_cpu_flags() -> None:
+    avx512 = reruns.BY_NAME["aten-avx512"]
+    assert reruns.unavailable(avx512, {"avx2", "fma"}) == "CPU lacks avx512f, avx512bw, avx512vl, avx512dq"
+    assert reruns.unavailable(avx512, set(reruns.AVX512)) is None
+    assert reruns.unavailable(avx512, None) == "CPU flags unreadable (not Linux x86)"
+    assert reruns.unavailable(reruns.BY_NAME["threads-1"], None) is None  # no flag needed
+
+
+def test_choose_expands_groups_and_refuses_unknown_names() -> None:
+    assert [s.name for s in reruns.choose(["quick"])] == list(reruns.QUICK)
+    assert len(reruns.choose(["all", "threads-1"])) == len(reruns.SETTINGS)  # no duplicates
+    with pytest.raises(ValueError, match="unknown setting 'avx9000'"):
+        reruns.choose(["avx9000"])
+
+
+def test_cpu_flags_reads_proc_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n")
+    assert reruns.cpu_flags(info) == {"fpu", "sse4_2", "avx2", "fma"}
+    assert reruns.cpu_flags(tmp_path / "absent") is None
+
+
+def test_census_exit_codes() -> None:
+    steady = {"t::a": "passed", "t::b": "skipped"}
+    assert reruns.census_lines({"run-1": steady, "run-2": steady})[1] == 0
+    flaky = {"run-1": {"t::a": "passed"}, "run-2": {"t::a": "failed"}}
+    lines, code = reruns.census_lines(flaky)
+    assert code == 1 and any("FLAKY  passed 1/2: t::a" in ln for ln in lines)
+    stable = {"run-1": {"t::a": "failed"}, "run-2": {"t::a": "failed"}}
+    assert reruns.census_lines(stable)[1] == 3
+
+
+def test_portability_lines_green_only_without_failures() -> None:
+    lines, green = reruns.portability_lines(
+        {"as-is": {"t::a": "passed"}, "aten-avx512": {"": "n/a: CPU lacks avx512f"}}
+    )
+    assert green and lines[1].endswith("n/a: CPU lacks avx512f")
+    assert not reruns.portability_lines({"threads-1": {"t::a": "failed"}})[1]
+    assert not reruns.portability_lines({"threads-1": {"": "error: collection failed"}})[1]
+
+
+def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        reruns.main(["flakes", "--runs", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--runs" in err[0]
+
+
+def test_census_finds_the_flake_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "test_planted.py").write_text(FLAKY)
+    monkeypatch.setenv("FLAKY_COUNTER", str(tmp_path / "counter"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["flakes", "--runs", "3", "--settings", "threads-1", "--out", str(tmp_path / "out")]
+    argv += ["--", "test_planted.py", "-p", "no:xdist"]
+    assert reruns.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "FLAKY  passed 3/4: test_planted::test_flaky" in out  # the second of four runs failed
+    assert "FLAKY  passed 3/4: test_planted::test_setting_sensitive" in out  # only under threads-1
+    assert "passed in every run: 1;" in out
+    assert (tmp_path / "out" / "flakes.json").exists()
+    assert reruns.main(argv) == 1  # the same command again: every run resumed, none repeated
+    assert capsys.readouterr().out.count("done earlier (resumed)") == 4
+    assert (tmp_path / "counter").read_text() == "4"
+
+
+def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "test_planted.py").write_text(FLAKY.replace("test_flaky", "_not_collected"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["portability", "--settings", "as-is,threads-2", "--out", str(out), "--", "test_planted.py"]
+    assert reruns.main([*argv, "-p", "no:xdist"]) == 0
+    argv[2] = "as-is,threads-1"
+    assert reruns.main([*argv, "-p", "no:xdist"]) == 1  # the one-thread setting reaches the test process
+
+
+def test_module_runs_as_a_command() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gemma2_regress.reruns", "portability", "--list"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "aten-default" in done.stdout
