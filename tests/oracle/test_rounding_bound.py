@@ -1,0 +1,85 @@
+"""The rounding bound behind the rule's float32/float64 floor and the metamorphic properties.
+
+``tolerance.rounding_bound`` claims that any evaluation of the oracle's steps in a dtype lies within
+it of the exact result. Checked here against the float64 oracle on Hypothesis's inputs (the claim
+can fail: a bound derived wrongly shows as a ratio above 1), and for usefulness: in float32 it stays
+far below what a semantic slip moves, so the floor it sets cannot hide a wrong window or cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from hypothesis import example, given
+
+from gemma2_regress import oracle, report, tolerance
+from gemma2_regress.cases import Case, make_inputs
+from gemma2_regress.strategies import small_window_cases
+
+
+@given(case=small_window_cases())
+@example(case=Case(bsz=2, q_len=70, kv_len=70, window=32, pad_side="left", pads=(5, 70), logit_std=100.0))
+@example(case=Case(q_len=130, kv_len=130, window=None, softcap=None, logit_std=100.0, scalar=256.0))
+def test_oracle_stays_within_its_rounding_bound(case: Case) -> None:
+    """|oracle(dtype) - oracle(float64)| <= bound(dtype) + bound(float64), elementwise, every dtype."""
+    x = make_inputs(case)
+    kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
+    golden = oracle.attention(x.q, x.k, x.v, dtype=torch.float64, **kw)
+    slack = tolerance.rounding_bound(x.q, x.k, x.v, dtype=torch.float64, **kw)
+    for dtype in (torch.float32, case.torch_dtype):
+        out = oracle.attention(x.q, x.k, x.v, dtype=dtype, **kw).double()
+        bound = tolerance.rounding_bound(x.q, x.k, x.v, dtype=dtype, **kw) + slack
+        ratio = float(torch.where(bound == torch.inf, 0.0, (out - golden).abs() / bound).max())
+        report.record(
+            "rounding_bound",
+            f"oracle[{str(dtype).removeprefix('torch.')}]",
+            "ok" if ratio <= 1 else "mismatch",
+            ratio,
+            case.short(),
+        )
+        assert ratio <= 1, f"oracle in {dtype} beyond its rounding bound (ratio {ratio:.3g}): {case.short()}"
+
+
+@given(case=small_window_cases(dtypes=("float32",)))
+def test_float32_floor_is_far_below_a_window_slip(case: Case) -> None:
+    """The float32 floor stays below a tenth of what one key more or less in the window moves (at
+    near-uniform attention, where that move is smallest): it never absorbs a window bug."""
+    case = dataclasses.replace(case, logit_std=0.5, pad_side="none", pads=())
+    if case.window is None or case.kv_len <= case.window:
+        return
+    x = make_inputs(case)
+    kw = dict(scalar=case.scalar, softcap=case.softcap, key_valid=None)
+    right = oracle.attention(x.q, x.k, x.v, window=case.window, **kw)
+    wide = oracle.attention(x.q, x.k, x.v, window=case.window + 1, **kw)
+    floor = tolerance.attention_floor(x.q, x.k, x.v, window=case.window, dtype=torch.float32, **kw)
+    moved = (wide - right).abs().amax(-1)  # per query row
+    rows = moved > 1e-3 * x.v.abs().max()  # rows where the extra key is not a near-copy of the mean
+    if rows.any():
+        assert bool((torch.as_tensor(floor).amax(-1)[rows] < 0.1 * moved[rows]).all()), case.short()
+
+
+def test_rule_with_arithmetic_floor_still_catches_a_wrong_window() -> None:
+    """The float32 comparison, floor included, fails an oracle whose window is off by one."""
+    case = Case(bsz=2, q_len=80, kv_len=80, window=16, logit_std=5.0)
+    x = make_inputs(case)
+    kw = dict(scalar=case.scalar, softcap=case.softcap, key_valid=None)
+    golden = oracle.attention(x.q, x.k, x.v, window=16, dtype=torch.float64, **kw)
+    baseline = oracle.attention(x.q, x.k, x.v, window=16, dtype=torch.float32, **kw)
+    wrong = oracle.attention(x.q, x.k, x.v, window=17, dtype=torch.float32, **kw)
+    floor = tolerance.attention_floor(x.q, x.k, x.v, window=16, dtype=torch.float32, **kw)
+    cmp = tolerance.compare(wrong, golden, baseline, dtype=torch.float32, floor=floor)
+    assert cmp.kind == "mismatch" and cmp.ratio > 10, cmp.describe()
+    assert tolerance.compare(baseline, golden, baseline, dtype=torch.float32, floor=floor).ok
+
+
+def test_bound_is_infinite_where_the_arithmetic_promises_nothing() -> None:
+    """bfloat16 over 300 keys: n u >= 1, so the bound (and with it the half-precision floor) is not used."""
+    case = Case(q_len=4, kv_len=300, window=None, dtype="bfloat16")
+    x = make_inputs(case)
+    kw = dict(scalar=case.scalar, softcap=case.softcap, window=None)
+    assert bool(torch.isinf(tolerance.rounding_bound(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)).all())
+    assert (
+        tolerance.attention_floor(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)
+        == tolerance.FLOOR[torch.bfloat16]
+    )
