@@ -17,13 +17,17 @@ import time
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gemma2_regress import report, versions
-from gemma2_regress.report import note_test  # by name: pytest's hook argument `report` shadows the module
+from gemma2_regress import versions
+from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.plugins import report
+from gemma2_regress.plugins.report import (
+    note_test,  # by name: pytest's hook argument `report` shadows the module
+)
 
 pytest_plugins = [
-    "gemma2_regress.costs",  # the suite's own cost per tier/target (docs/perf.md)
+    "gemma2_regress.plugins.costs",  # the suite's own cost per tier/target (docs/perf.md)
     "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
-    "gemma2_regress.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
+    "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
 ]
 
 _COMMON = dict(
@@ -59,8 +63,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fixtures.known_issues import KNOWN_ISSUES
-    from gemma2_regress.known_issues import mark_items
-    from gemma2_regress.schedule import heaviest_first
+    from gemma2_regress.plugins.schedule import heaviest_first
+    from gemma2_regress.plugins.strict_xfail import mark_items
     from gemma2_regress.unsloth_adapter import installed_version
 
     mark_items(items, KNOWN_ISSUES, installed_version())
@@ -88,7 +92,9 @@ def device(request: pytest.FixtureRequest) -> str:
     """Every device-generic property runs once per device; ``cuda`` only in the GPU tier. Without a CUDA
     device ``cuda`` skips, or fails where a GPU is required (``--require-gpu``, GEMMA2_REGRESS_REQUIRE_GPU=1)."""
     if request.param == "cuda":
-        from gemma2_regress.require_gpu import need_cuda  # here: a plugin, imported by pytest_plugins first
+        from gemma2_regress.plugins.require_gpu import (
+            need_cuda,  # here: a plugin, imported by pytest_plugins first
+        )
 
         need_cuda(request.config)
     return request.param
@@ -124,11 +130,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         for line in report.table_lines(rows):
             terminalreporter.write_line(line)
     out = report.report_path("summary.json", "GEMMA2_REGRESS_REPORT")
-    from gemma2_regress.require_gpu import failure
+    from gemma2_regress.plugins.require_gpu import failure
 
     if exitstatus == 0 and failure(config):  # the zero-GPU-tests rule turned the run red
         exitstatus = pytest.ExitCode.TESTS_FAILED
-    report.write_json_atomic(
+    write_json_atomic(
         out,
         {
             "versions": versions.versions(),

@@ -2,7 +2,7 @@
 
 Every session passes its positional arguments on to pytest: `nox -s cpu -- -k window -x`.
 The Unsloth release under test is chosen with GEMMA2_REGRESS_UNSLOTH:
-  latest (default)   the newest release on PyPI, with neighbours it accepts (gemma2_regress/install.py)
+  latest (default)   the newest release on PyPI, with neighbours it accepts (gemma2_regress/builds/install.py)
   2026.10.9          an exact release
   installed          whatever is already installed in the session's environment (no install step)
 Where a GPU is expected (GEMMA2_REGRESS_REQUIRE_GPU=1, or `-- --require-gpu`), `gpu` and `regress` fail
@@ -24,7 +24,10 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from gemma2_regress import gpu_check, install, report, toolslock  # noqa: E402
+from gemma2_regress import gpu_check, toolslock  # noqa: E402
+from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from gemma2_regress.builds import install  # noqa: E402
+from gemma2_regress.plugins import report  # noqa: E402
 
 nox.options.sessions = ["cpu"]
 nox.options.default_venv_backend = "venv"
@@ -90,9 +93,7 @@ def install_unsloth(session: nox.Session, python: str | None = None) -> str:
 
 
 def _write_marker(marker: Path, data: dict) -> None:
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(marker)  # written last and atomically: a half-built env is rebuilt next time
+    write_json_atomic(marker, data)  # written last and whole: a half-built env is rebuilt next time
 
 
 def _pytest(session: nox.Session, *args: str) -> None:
@@ -258,8 +259,8 @@ def mutants(session: nox.Session) -> None:
     `nox -s mutants` (all mutants, the tier this machine has), `nox -s mutants -- crash2024 softcap_dropped`,
     `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`.
     """
-    from gemma2_regress import killmatrix
     from gemma2_regress import mutants as catalogue
+    from gemma2_regress.mutants import killmatrix
 
     unknown = [n for n in killmatrix.parse_args(list(session.posargs)).names if n not in catalogue.CATALOGUE]
     if unknown:  # before the install: bad input fails at once
@@ -267,7 +268,7 @@ def mutants(session: nox.Session) -> None:
     install_unsloth(session)
     python = _venv_python(session) or sys.executable
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    session.run(python, "-m", "gemma2_regress.killmatrix", *session.posargs, external=True, env=env)
+    session.run(python, "-m", "gemma2_regress.mutants.killmatrix", *session.posargs, external=True, env=env)
 
 
 def _cpu_env(session: nox.Session) -> str:
@@ -287,7 +288,7 @@ def _cpu_env(session: nox.Session) -> str:
 def _reruns(session: nox.Session, command: str, *args: str) -> None:
     python = _cpu_env(session)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    session.run(python, "-m", "gemma2_regress.reruns", command, *args, external=True, env=env)
+    session.run(python, "-m", "gemma2_regress.builds.reruns", command, *args, external=True, env=env)
 
 
 @nox.session(python=False)
@@ -295,7 +296,7 @@ def portability(session: nox.Session) -> None:
     """The oracle and kernel tests once per CPU kernel choice: green on each, or a bound depends on the CPU.
 
     Settings: ATEN_CPU_CAPABILITY, MKL_CBWR, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA, 1 and 2 threads
-    (gemma2_regress/reruns.py). Runs in the cpu session's environment.
+    (gemma2_regress/builds/reruns.py). Runs in the cpu session's environment.
 
     `nox -s portability -- --list`, `-- --settings aten-default,threads-1`, `-- -- tests/oracle`.
     """
@@ -358,7 +359,7 @@ def lock(session: nox.Session) -> None:
         except toolslock.LockError as exc:
             session.error(f"the new lock is unusable: {exc}")
         for name in ("test.txt", "tools.txt"):
-            if toolslock.write_atomic(req / name, (work / name).read_text()):
+            if write_text_atomic(req / name, (work / name).read_text()):
                 session.log(f"updated requirements/{name}")
     for path in [ROOT / "pyproject.toml", *sorted((ROOT / "gpu").glob("bundle-*.txt"))]:
         sync = toolslock.sync_pyproject if path.suffix == ".toml" else toolslock.sync_bundle
@@ -366,5 +367,5 @@ def lock(session: nox.Session) -> None:
             text = sync(path.read_text(), pins)
         except toolslock.LockError as exc:
             session.error(f"{path.relative_to(ROOT)}: {exc}")
-        if toolslock.write_atomic(path, text):
+        if write_text_atomic(path, text):
             session.log(f"updated the pins in {path.relative_to(ROOT)}")

@@ -1,7 +1,23 @@
 """gemma2_regress: a reproduction and regression suite for Unsloth's Gemma-2 attention path.
 
-The flow of one test case:  strategies -> cases.make_inputs -> targets (Unsloth) and oracle ->
-tolerance.compare -> verdict (ok | mismatch | nan | crash:<type>@<frame>), with versions.
+One test case flows through the subpackages in this order:
+
+    kernel.strategies -> kernel.cases (inputs) -> kernel.targets (Unsloth) and reference.oracle
+        -> reference.tolerance.compare -> reference.verdicts (ok | mismatch | nan | crash:<type>@<frame>)
+
+``reference/``  what attention must compute and how close is close enough: masks, oracle, the
+                tolerance rule, rounding bounds, verdicts. Imports nothing else of the package.
+``kernel/``     the attention-kernel level: cases, strategies, targets, property functions.
+``model/``      the whole-model level: the tiny Gemma-2, its cases, targets, properties, the trainer harness.
+``mutants/``    planted bugs in the real Unsloth and the kill matrix that proves the tests catch them.
+``builds/``     Unsloth builds and runs of the suite against them: install, environments, the one
+                pytest runner, bisect, gate, the portability runs and the flake census.
+``plugins/``    pytest plugins every run loads: the report, the suite's cost, test order, strict xfails
+                for recorded upstream bugs, ``--require-gpu``.
+``perf/``       the performance benchmark and its gate.
+
+At the top: ``unsloth_adapter`` (the one door to Unsloth), ``versions``, ``gpu_check``,
+``toolslock``, ``argcheck``, ``atomic`` and ``cli`` (the ``gemma2-regress`` command).
 """
 
 __version__ = "0.1.0"

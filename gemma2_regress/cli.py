@@ -20,9 +20,9 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from . import bisect, envs, install
-from .argcheck import OneLineParser, bounded, choices, unwritable
-from .gpu_check import visible_gpus
+from gemma2_regress.argcheck import OneLineParser, bounded, choices, unwritable
+from gemma2_regress.builds import bisect, envs, install
+from gemma2_regress.gpu_check import visible_gpus
 
 EPILOG_BISECT = """examples:
   gemma2-regress bisect --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows
@@ -201,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _gate_doc() -> str:
-    from . import gate
+    from gemma2_regress.builds import gate
 
     return gate.__doc__ or ""
 
@@ -336,7 +336,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from . import gate
+    from gemma2_regress.builds import gate
 
     _check_paths(cache=args.cache, out=args.out)
     _check_installer(args.installer)
@@ -365,7 +365,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def _check_perf_args(argv: list[str]) -> None:
     """``--perf-args`` are parsed as ``perf run`` would, now, not after both tiers have run."""
     try:
-        from .perf.cli import check_run_args
+        from gemma2_regress.perf.cli import check_run_args
     except ImportError:  # no torch in this interpreter: the gate's perf step says "not run" anyway
         return
     try:
@@ -377,7 +377,7 @@ def _check_perf_args(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["perf"]:  # its own command line: run | plot | compare (docs/perf.md)
-        from .perf.cli import main as perf_main
+        from gemma2_regress.perf.cli import main as perf_main
 
         return perf_main(argv[1:])
     args = parser().parse_args(argv)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -189,13 +188,3 @@ def sync_bundle(text: str, pins: list[Pin], python: str = "3.12") -> str:
         return f"{m['name']}=={want}" if want else m[0]
 
     return _LINE.sub(fix, text)
-
-
-def write_atomic(path: Path, text: str) -> bool:
-    """Write ``text`` to ``path`` through a temporary file; ``False`` if it was already so."""
-    if path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return True

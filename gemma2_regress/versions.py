@@ -6,7 +6,7 @@ import functools
 import importlib.metadata
 import platform
 
-from . import toolslock
+from gemma2_regress import toolslock
 
 
 def _v(dist: str) -> str:

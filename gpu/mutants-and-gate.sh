@@ -22,7 +22,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor}
 echo "inductor cache: $TORCHINDUCTOR_CACHE_DIR ($(du -sh "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null | cut -f1 || echo empty))"
 start=$(date +%s)
 # Per-run bound a little under the whole: a run cut by it reads as not-run, the matrix is still written.
-( PYTHONPATH=$BUNDLE_ROOT/gpusite:$PWD timeout -s INT "$secs" python3 -m gemma2_regress.killmatrix --tier gpu --jobs 13 \
+( PYTHONPATH=$BUNDLE_ROOT/gpusite:$PWD timeout -s INT "$secs" python3 -m gemma2_regress.mutants.killmatrix --tier gpu --jobs 13 \
     --timeout-s $(( secs - 40 )) --out "$OUT/killmatrix-{tier}.json" > "$OUT/killmatrix.log" 2>&1
   echo "killmatrix rc=$? wall=$(( $(date +%s) - start ))s" >> "$OUT/killmatrix.log" ) &
 ( CUDA_VISIBLE_DEVICES=0 OUT=$OUT/fwd bash gpu/gate.sh "$secs" > /dev/null 2>&1 ) &

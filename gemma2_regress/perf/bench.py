@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .. import report, versions
+from gemma2_regress import versions
+from gemma2_regress.atomic import write_json_atomic
+
 from . import grid, impls, timing
 from .grid import Cell
 
@@ -293,7 +295,7 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
         f"{payload['ceiling']['copy']['what']} {payload['ceiling']['copy']['gbps']:.0f} GB/s"
     )
     if "unsloth" in opts.impls and prepare is None:  # import once, before the clock of any cell
-        from .. import unsloth_adapter
+        from gemma2_regress import unsloth_adapter
 
         t0 = time.monotonic()
         payload["versions"]["unsloth_loaded"] = unsloth_adapter.load().version
@@ -315,10 +317,10 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
                 log(line)
             payload["wall_s"] = round(time.monotonic() - started, 1)
             if path:
-                report.write_json_atomic(path, payload)
+                write_json_atomic(path, payload)
     payload["complete"] = True
     if path:
-        report.write_json_atomic(path, payload)
+        write_json_atomic(path, payload)
     return payload
 
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .. import report
-from ..argcheck import OneLineParser, bounded, unwritable
+from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
+from gemma2_regress.atomic import write_json_atomic
 
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
@@ -199,7 +199,7 @@ def _run(a: argparse.Namespace) -> int:
     (out / "table.txt").write_text(text + "\n")
     if a.gate_demo:
         demo = gate_demo(payload, opts)
-        report.write_json_atomic(out / "gate_demo.json", demo)
+        write_json_atomic(out / "gate_demo.json", demo)
     if not a.no_plot:
         if plot.available():
             for p in plot.plot(out / "perf.json"):
@@ -218,7 +218,7 @@ def _compare(a: argparse.Namespace) -> int:
     ok, rows = compare(a.candidate, a.baseline, a.threshold, mem_threshold=a.mem_threshold, basis=a.basis)
     print(render(ok, rows, a.threshold))
     if a.json:
-        report.write_json_atomic(a.json, {"ok": ok, "threshold": a.threshold, "rows": rows})
+        write_json_atomic(a.json, {"ok": ok, "threshold": a.threshold, "rows": rows})
     return 0 if ok else 1
 
 

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .. import unsloth_adapter
+from gemma2_regress import unsloth_adapter
+
 from .grid import Cell
 
 IMPLS = ("unsloth", "flex", "sdpa")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import verdicts
+from gemma2_regress.reference import verdicts
 
 
 @dataclasses.dataclass

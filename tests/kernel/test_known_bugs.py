@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from gemma2_regress import targets
-from gemma2_regress.cases import Case
-from gemma2_regress.properties import check_kernel_matches_oracle
+from gemma2_regress.kernel import targets
+from gemma2_regress.kernel.cases import Case
+from gemma2_regress.kernel.properties import check_kernel_matches_oracle
 
 pytestmark = pytest.mark.unsloth
 

@@ -14,11 +14,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fixtures.known_issues import KNOWN_ISSUES
-from gemma2_regress import strategies, targets
-from gemma2_regress.cases import Case
-from gemma2_regress.known_issues import assume_not_known
-from gemma2_regress.properties import check_kernel_matches_oracle
-from gemma2_regress.strategies import CRASH_2024
+from gemma2_regress.kernel import strategies, targets
+from gemma2_regress.kernel.cases import Case
+from gemma2_regress.kernel.properties import check_kernel_matches_oracle
+from gemma2_regress.kernel.strategies import CRASH_2024
+from gemma2_regress.plugins.strict_xfail import assume_not_known
 from gemma2_regress.unsloth_adapter import installed_version
 
 pytestmark = pytest.mark.unsloth

@@ -1,9 +1,9 @@
-"""Fixtures of the model-level tests (gemma2_regress/model_fixtures.py) and the time split."""
+"""Fixtures of the model-level tests (fixtures/model.py) and the time split."""
 
 from __future__ import annotations
 
-from gemma2_regress import model_targets
-from gemma2_regress.model_fixtures import _example_lines, import_unsloth_first, unsloth_ready
+from fixtures.model import _example_lines, import_unsloth_first, unsloth_ready
+from gemma2_regress.model import targets as model_targets
 
 __all__ = ["_example_lines", "unsloth_ready"]
 import_unsloth_first()

@@ -1,7 +1,7 @@
 """The tiny Gemma-2 fixture, and the oracle layer by layer inside transformers' eager Gemma-2, on CPU.
 
 transformers only (no Unsloth): this validates the two things the model-level GPU tests stand on.
-(1) ``gemma2_regress.tiny`` builds a loadable, cached, deterministic checkpoint offline.
+(1) ``gemma2_regress.model.tiny`` builds a loadable, cached, deterministic checkpoint offline.
 (2) At lengths that cross Gemma-2's real 4096 window (4095, 4097, 4200 with left padding), every
 attention layer of transformers' eager Gemma-2 equals the oracle run on the post-RoPE q/k/v it
 captured, with the oracle's own window for that layer (sliding at even layers, global at odd) and
@@ -20,7 +20,8 @@ import threading
 import pytest
 import torch
 
-from gemma2_regress import masks, oracle, tiny, tolerance
+from gemma2_regress.model import tiny
+from gemma2_regress.reference import masks, oracle, tolerance
 
 g2 = pytest.importorskip("transformers.models.gemma2.modeling_gemma2")
 transformers = pytest.importorskip("transformers")

@@ -16,9 +16,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.model_cases import ModelCase, labels_for, model_cases
-from gemma2_regress.model_properties import (
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import ModelCase, labels_for, model_cases
+from gemma2_regress.model.properties import (
     check_attention_grads,
     check_generation,
     check_kv_cache,
@@ -175,7 +176,9 @@ def test_unsloth_target_skips_without_gpu() -> None:
 
 _PATCH_THEN_TWIN = """
 import json, sys, torch
-from gemma2_regress import model_targets, tiny, unsloth_adapter
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress import unsloth_adapter
 path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
 ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=16), 2, 40, pads=(3, 0), side="left")
 before = model_targets.EagerTarget(path, torch.float32).forward(ids, mask).logits

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.cases import DTYPES, GEMMA2_WINDOW
-from gemma2_regress.model_cases import budget, gpu_phases
-from gemma2_regress.model_properties import (
+from gemma2_regress.kernel.cases import DTYPES, GEMMA2_WINDOW
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import budget, gpu_phases
+from gemma2_regress.model.properties import (
     check_generation,
     check_kv_cache,
     check_padded_row,

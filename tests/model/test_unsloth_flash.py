@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from gemma2_regress import model_targets, tiny, unsloth_adapter
-from gemma2_regress.model_cases import ModelCase
-from gemma2_regress.model_properties import check_evaluate, check_logits_and_loss
-from gemma2_regress.trainer_eval import eval_dataset
+from gemma2_regress import unsloth_adapter
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.model.properties import check_evaluate, check_logits_and_loss
+from gemma2_regress.model.trainer import eval_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 

@@ -3,7 +3,7 @@
 Every example loads (once per dtype and init, cached) the tiny checkpoint with
 ``FastLanguageModel.from_pretrained`` and compares Unsloth's logits at every real position, and its
 loss, with the eager model in float64 (golden) and in Unsloth's dtype (baseline), by the one rule of
-``gemma2_regress.tolerance``. Lengths sit on and past the 4096 window (4095, 4096, 4097, 8192, 16384);
+``gemma2_regress.reference.tolerance``. Lengths sit on and past the 4096 window (4095, 4096, 4097, 8192, 16384);
 batch 1..8; no, left or right padding; with and without an attention_mask; eval and train mode
 (train mode with labels only with right padding: Unsloth drops the mask there, by design).
 """
@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.model_cases import ModelCase, budget, gpu_phases, model_cases
-from gemma2_regress.model_properties import check_logits_and_loss
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import ModelCase, budget, gpu_phases, model_cases
+from gemma2_regress.model.properties import check_logits_and_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 

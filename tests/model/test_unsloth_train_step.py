@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.model_cases import ModelCase, budget, gpu_phases, model_cases
-from gemma2_regress.model_properties import check_attention_grads
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import ModelCase, budget, gpu_phases, model_cases
+from gemma2_regress.model.properties import check_attention_grads
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 

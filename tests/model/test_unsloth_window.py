@@ -14,9 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.cases import GEMMA2_WINDOW
-from gemma2_regress.model_properties import check_window_boundary
+from gemma2_regress.kernel.cases import GEMMA2_WINDOW
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.properties import check_window_boundary
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 W = GEMMA2_WINDOW

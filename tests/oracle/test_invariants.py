@@ -2,14 +2,14 @@
 
 Each runs in float64 and in float32, the kernels' working precision. Two runs whose tensors differ
 in shape may sum in another order (BLAS picks kernels by shape, CPU capability and threads), so
-such pairs are held to twice ``tolerance.rounding_bound``, the worst case of the arithmetic: about
+such pairs are held to twice ``rounding.rounding_bound``, the worst case of the arithmetic: about
 1e-11 of |v| in float64, where any semantic slip is of the order of |v| itself. In bf16/fp16 that
 worst case bounds nothing past a few hundred keys; the low-precision baseline is judged against
 SDPA, flex and transformers by the tolerance rule instead (test_vs_*.py). Runs of identical shapes
 are compared bit for bit: the same kernels on the same shapes and 64-byte-aligned buffers in one
 process sum in the same order, and a key outside the window has weight exactly 0.
 The window-boundary, batch and padding properties are the shared ones in
-``gemma2_regress.properties`` that the GPU tier also runs on kernels.
+``gemma2_regress.kernel.properties`` that the GPU tier also runs on kernels.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gemma2_regress import oracle, properties, tolerance
-from gemma2_regress.cases import GEMMA2_WINDOW, Case, Inputs, make_inputs
-from gemma2_regress.strategies import small_window_cases
+from gemma2_regress.kernel import properties
+from gemma2_regress.kernel.cases import GEMMA2_WINDOW, Case, Inputs, make_inputs
+from gemma2_regress.kernel.strategies import small_window_cases
+from gemma2_regress.reference import oracle, rounding
 
 
 def oracle_fn(case: Case, dtype: torch.dtype):
@@ -41,9 +42,9 @@ DTYPES = (torch.float64, torch.float32)
 
 def reorder_bound(case: Case, x: Inputs, dtype: torch.dtype, extra_keys: int = 0) -> torch.Tensor:
     """How far two runs of the oracle in ``dtype`` on these inputs may differ: each is within
-    ``tolerance.rounding_bound`` of the exact result, whatever order its sums take."""
+    ``rounding.rounding_bound`` of the exact result, whatever order its sums take."""
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
-    return 2 * tolerance.rounding_bound(x.q, x.k, x.v, dtype=dtype, extra_keys=extra_keys, **kw)
+    return 2 * rounding.rounding_bound(x.q, x.k, x.v, dtype=dtype, extra_keys=extra_keys, **kw)
 
 
 # --- the window boundary -------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def test_capped_logits_lie_inside_the_cap(case: Case) -> None:
     raw = torch.einsum("bhqd,bhkd->bhqk", x.q.double(), x.k.double()[:, idx]) / case.scalar**0.5
 
     def logit_bound(dtype: torch.dtype) -> torch.Tensor:  # the worst rounding of a logit, capped or raw
-        return tolerance.logit_rounding_bound(x.q, x.k, scalar=case.scalar, softcap=t, dtype=dtype)
+        return rounding.logit_rounding_bound(x.q, x.k, scalar=case.scalar, softcap=t, dtype=dtype)
 
     raw_err = logit_bound(torch.float64)  # raw itself is a float64 einsum, rounded too
     for dtype in (torch.float64, case.torch_dtype):

@@ -1,6 +1,6 @@
 """The rounding bound behind the rule's float32/float64 floor and the metamorphic properties.
 
-``tolerance.rounding_bound`` claims that any evaluation of the oracle's steps in a dtype lies within
+``rounding.rounding_bound`` claims that any evaluation of the oracle's steps in a dtype lies within
 it of the exact result. Checked here against the float64 oracle on Hypothesis's inputs (the claim
 can fail: a bound derived wrongly shows as a ratio above 1), and for usefulness: in float32 it stays
 far below what a semantic slip moves, so the floor it sets cannot hide a wrong window or cap.
@@ -13,9 +13,10 @@ import dataclasses
 import torch
 from hypothesis import example, given
 
-from gemma2_regress import oracle, report, tolerance
-from gemma2_regress.cases import Case, make_inputs
-from gemma2_regress.strategies import small_window_cases
+from gemma2_regress.kernel.cases import Case, make_inputs
+from gemma2_regress.kernel.strategies import small_window_cases
+from gemma2_regress.plugins import report
+from gemma2_regress.reference import oracle, rounding, tolerance
 
 
 @given(case=small_window_cases())
@@ -26,10 +27,10 @@ def test_oracle_stays_within_its_rounding_bound(case: Case) -> None:
     x = make_inputs(case)
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
     golden = oracle.attention(x.q, x.k, x.v, dtype=torch.float64, **kw)
-    slack = tolerance.rounding_bound(x.q, x.k, x.v, dtype=torch.float64, **kw)
+    slack = rounding.rounding_bound(x.q, x.k, x.v, dtype=torch.float64, **kw)
     for dtype in (torch.float32, case.torch_dtype):
         out = oracle.attention(x.q, x.k, x.v, dtype=dtype, **kw).double()
-        bound = tolerance.rounding_bound(x.q, x.k, x.v, dtype=dtype, **kw) + slack
+        bound = rounding.rounding_bound(x.q, x.k, x.v, dtype=dtype, **kw) + slack
         ratio = float(torch.where(bound == torch.inf, 0.0, (out - golden).abs() / bound).max())
         report.record(
             "rounding_bound",
@@ -78,7 +79,7 @@ def test_bound_is_infinite_where_the_arithmetic_promises_nothing() -> None:
     case = Case(q_len=4, kv_len=300, window=None, dtype="bfloat16")
     x = make_inputs(case)
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=None)
-    assert bool(torch.isinf(tolerance.rounding_bound(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)).all())
+    assert bool(torch.isinf(rounding.rounding_bound(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)).all())
     assert (
         tolerance.attention_floor(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)
         == tolerance.FLOOR[torch.bfloat16]

@@ -16,9 +16,9 @@ import pytest
 import torch
 from hypothesis import example, given
 
-from gemma2_regress import masks, oracle, tolerance
-from gemma2_regress.cases import Case, make_inputs
-from gemma2_regress.strategies import CRASH_2024, small_window_cases
+from gemma2_regress.kernel.cases import Case, make_inputs
+from gemma2_regress.kernel.strategies import CRASH_2024, small_window_cases
+from gemma2_regress.reference import masks, oracle, tolerance
 
 flex = pytest.importorskip("torch.nn.attention.flex_attention", reason="this torch has no flex attention")
 

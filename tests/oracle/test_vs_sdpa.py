@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given
 
-from gemma2_regress import masks, oracle, tolerance
-from gemma2_regress.cases import Case, make_inputs
-from gemma2_regress.strategies import small_window_cases
+from gemma2_regress.kernel.cases import Case, make_inputs
+from gemma2_regress.kernel.strategies import small_window_cases
+from gemma2_regress.reference import masks, oracle, tolerance
 
 PRECISIONS = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
 

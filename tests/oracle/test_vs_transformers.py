@@ -17,9 +17,10 @@ import pytest
 import torch
 from hypothesis import example, given
 
-from gemma2_regress import masks, oracle, tiny, tolerance
-from gemma2_regress.cases import Case, make_inputs
-from gemma2_regress.strategies import small_window_cases
+from gemma2_regress.kernel.cases import Case, make_inputs
+from gemma2_regress.kernel.strategies import small_window_cases
+from gemma2_regress.model import tiny
+from gemma2_regress.reference import masks, oracle, tolerance
 
 mu = pytest.importorskip("transformers.masking_utils")
 g2 = pytest.importorskip("transformers.models.gemma2.modeling_gemma2")

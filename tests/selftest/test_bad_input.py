@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from test_bisect import make_wheel
 
-from gemma2_regress import bisect, cli, envs, gate, install, killmatrix
+from gemma2_regress import cli
+from gemma2_regress.builds import bisect, envs, gate, install
+from gemma2_regress.mutants import killmatrix
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASES = {"2026.10.1": "2026-10-01", "2026.10.5": "2026-10-10", "2026.10.9": "2026-10-20"}

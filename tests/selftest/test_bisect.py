@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import bisect, cli, envs
-from gemma2_regress.selection import Outcome, Selection, classify, falsifying_example
+from gemma2_regress import cli
+from gemma2_regress.builds import bisect, envs
+from gemma2_regress.builds.runner import Outcome, Selection, classify, falsifying_example
 
 BEHAVIOUR = {
     "1.0": "good",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import envs
+from gemma2_regress.builds import envs
 
 
 def _builder(size: int, calls: list[str]):

@@ -9,7 +9,9 @@ import math
 
 import pytest
 
-from gemma2_regress import model_properties, report, tolerance
+from gemma2_regress.model import properties as model_properties
+from gemma2_regress.plugins import report
+from gemma2_regress.reference import tolerance
 
 
 @pytest.fixture

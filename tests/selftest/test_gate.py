@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from test_bisect import fakes  # noqa: F401 - the shared wheelhouse fixture
 
-from gemma2_regress import cli, envs, gate
-from gemma2_regress.selection import Outcome
+from gemma2_regress import cli
+from gemma2_regress.builds import envs, gate
+from gemma2_regress.builds.runner import Outcome
 
 RUNS: dict[tuple, object] = {}
 

@@ -1,10 +1,10 @@
-"""The JUnit reader (gemma2_regress.junit) that the kill matrix, the bisect and the gate share."""
+"""The JUnit reader (gemma2_regress.builds.junit) that the kill matrix, the bisect and the gate share."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gemma2_regress import junit
+from gemma2_regress.builds import junit
 
 NATIVE_CRASH = """Traceback (most recent call last):
   File "/x/unsloth/kernels/flex_attention.py", line 90, in slow_attention_softcapping
@@ -33,7 +33,7 @@ GROUP_TEXT = """  + Exception Group Traceback (most recent call last):
   | ExceptionGroup: Hypothesis found 2 distinct failures. (2 sub-exceptions)
   +-+---------------- 1 ----------------
     | Traceback (most recent call last):
-    |   File "/work/main/gemma2_regress/targets.py", line 73, in run
+    |   File "/work/main/gemma2_regress/kernel/targets.py", line 73, in run
     |   File "/tmp/gate-base/gpusite/unsloth/kernels/flex_attention.py", line 210, in slow_inference_attention_softcapping
     |     if causal_mask.dim() == 2:
     | AttributeError: 'NoneType' object has no attribute 'dim'
@@ -47,7 +47,7 @@ GROUP_TEXT = """  + Exception Group Traceback (most recent call last):
     |
     +---------------- 2 ----------------
     | Traceback (most recent call last):
-    |   File "/work/main/gemma2_regress/properties.py", line 53, in check_kernel_matches_oracle
+    |   File "/work/main/gemma2_regress/kernel/properties.py", line 53, in check_kernel_matches_oracle
     | AssertionError: kernel_matches_oracle failed for slow_inference_attention_softcapping[unsloth-eval]
     |   case: b1 h4/1 d16 q2/kv2 W=1 float32 cap=50.0 s=256.0 std=0.5 seed=0
     |   mismatch: err(target)=1.1 err(baseline)=0 bound=2e-06 ratio=5.51e+05 worst at (0, 1, 34)
@@ -144,7 +144,7 @@ def test_read_a_junit_file(tmp_path: Path) -> None:
 
 
 def test_kill_matrix_rows_from_a_junit_file(tmp_path: Path) -> None:
-    from gemma2_regress import killmatrix
+    from gemma2_regress.mutants import killmatrix
 
     msg = "AttributeError: 'bool' object has no attribute 'dim'"
     tests = killmatrix.parse_junit(_junit_file(tmp_path / "j.xml", (msg, NATIVE_CRASH)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fixtures.known_issues import KNOWN_ISSUES
-from gemma2_regress.known_issues import KnownIssue
+from gemma2_regress.plugins.strict_xfail import KnownIssue
 
 ISSUE = KnownIssue(id="example#1", summary="demo", tests=("test_decode",), affected=">=2026.10.0,<=2026.10.9")
 
@@ -37,13 +37,13 @@ def test_strict_xfail_turns_a_fix_red(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_demo="""
         import pytest
-        from gemma2_regress.known_issues import KnownIssue, mark_items
+        from gemma2_regress.plugins.strict_xfail import KnownIssue, mark_items
 
         def test_decode_step_fixed():
             assert True
         """,
         conftest="""
-        from gemma2_regress.known_issues import KnownIssue, mark_items
+        from gemma2_regress.plugins.strict_xfail import KnownIssue, mark_items
         ISSUES = [KnownIssue(id="x", summary="s", tests=("test_decode_step_fixed",), affected="==1.0")]
         def pytest_collection_modifyitems(config, items):
             mark_items(items, ISSUES, "1.0")

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from gemma2_regress import killmatrix, mutants, unsloth_adapter
+from gemma2_regress import mutants, unsloth_adapter
+from gemma2_regress.mutants import killmatrix
 
 REQUIRED = {
     "crash2024",
@@ -149,8 +150,8 @@ def test_eager_mutant_changes_the_eager_kernel_output() -> None:
     """Cheap behavioural check (the eager generation kernel, no compile): the mutant really bites."""
     import torch
 
-    from gemma2_regress import targets
-    from gemma2_regress.cases import Case, make_inputs
+    from gemma2_regress.kernel import targets
+    from gemma2_regress.kernel.cases import Case, make_inputs
 
     _unsloth()
     case = Case(bsz=1, n_heads=4, n_kv_heads=2, head_dim=16, q_len=6, kv_len=6, window=None, logit_std=50.0)
@@ -220,7 +221,7 @@ def test_matrix_rows_and_json_schema(tmp_path) -> None:
     text = killmatrix.render("cpu", rows, cols, base)
     assert "crash2024" in text and "KILLED" in text and "survived" in text
     out = tmp_path / "km.json"
-    from gemma2_regress.report import write_json_atomic
+    from gemma2_regress.atomic import write_json_atomic
 
     write_json_atomic(out, {"schema": killmatrix.SCHEMA, "mutants": rows, "columns": cols, "baseline": base})
     data = json.loads(out.read_text())

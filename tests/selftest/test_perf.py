@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from gemma2_regress import masks
 from gemma2_regress.perf import bench, cli, gatecheck, grid, impls
 from gemma2_regress.perf.grid import Cell
+from gemma2_regress.reference import masks
 
 
 # --- grid and FLOPs ---------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""The suite-cost plugin (gemma2_regress.costs): per-example times, first-call grouping, summary."""
+"""The suite-cost plugin (gemma2_regress.plugins.costs): per-example times, first-call grouping, summary."""
 
 from __future__ import annotations
 
 import json
 
-from gemma2_regress import costs
+from gemma2_regress.plugins import costs
 
 pytest_plugins = ["pytester"]
 
@@ -42,7 +42,9 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     out = pytester.path / "costs.json"
     monkeypatch.setenv("GEMMA2_REGRESS_COSTS", str(out))
     before = len(costs.RECORDS)
-    result = pytester.runpytest_inprocess("-p", "gemma2_regress.costs", "-p", "no:cacheprovider", "-q")
+    result = pytester.runpytest_inprocess(
+        "-p", "gemma2_regress.plugins.costs", "-p", "no:cacheprovider", "-q"
+    )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         ["*suite cost per tier/target*", "*cpu*(test_plugin_times_each_hypothesis_example)*"]

@@ -41,7 +41,7 @@ def test_tiny_cpu_run_with_wall_clock_timers(tmp_path):
 def test_flex_and_sdpa_compute_attention_as_stated():
     """The floor and the flex implementation are what they claim: flex (eager, no grad) matches a
     softcapped sliding-window reference; SDPA matches causal attention without cap."""
-    from gemma2_regress import oracle
+    from gemma2_regress.reference import oracle
 
     cell = Cell("tiny", "sliding", 40, 1)
     t = impls.make_tensors(cell, "cpu", torch.float32)

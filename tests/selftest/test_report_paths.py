@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma2_regress import report
+from gemma2_regress.plugins import report
 
 
 @pytest.mark.parametrize(

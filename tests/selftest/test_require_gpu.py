@@ -1,4 +1,4 @@
-"""gemma2_regress.require_gpu: where a GPU is required, a GPU run that ran no gpu test fails, and the
+"""gemma2_regress.plugins.require_gpu: where a GPU is required, a GPU run that ran no gpu test fails, and the
 ``device`` fixture's ``cuda`` parameter fails instead of skipping; without it both skip as before."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import gpu_check, require_gpu
+from gemma2_regress import gpu_check
+from gemma2_regress.plugins import require_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = ("-p", "gemma2_regress.require_gpu", "-p", "no:cacheprovider")
+PLUGIN = ("-p", "gemma2_regress.plugins.require_gpu", "-p", "no:cacheprovider")
 
 TESTS = """
 import pytest

@@ -1,4 +1,4 @@
-"""The portability runs and the flake census (gemma2_regress/reruns.py): settings, tallies, exit codes,
+"""The portability runs and the flake census (gemma2_regress/builds/reruns.py): settings, tallies, exit codes,
 and an end-to-end census over a test that flakes on purpose."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import reruns
+from gemma2_regress.builds import reruns
 
 FLAKY = """
 import os
@@ -110,7 +110,7 @@ def test_module_runs_as_a_command() -> None:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, "-m", "gemma2_regress.reruns", "portability", "--list"],
+        [sys.executable, "-m", "gemma2_regress.builds.reruns", "portability", "--list"],
         capture_output=True,
         text=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma2_regress import schedule
+from gemma2_regress.plugins import schedule
 
 
 class FakeItem:

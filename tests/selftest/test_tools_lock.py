@@ -15,7 +15,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from gemma2_regress import install, toolslock, versions
+from gemma2_regress import toolslock, versions
+from gemma2_regress.builds import install
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKS = {"requirements/test.txt": toolslock.TEST_LOCK, "requirements/tools.txt": toolslock.TOOLS_LOCK}

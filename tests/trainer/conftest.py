@@ -1,8 +1,8 @@
-"""Fixtures of the trainer tests (shared with tests/model: gemma2_regress/model_fixtures.py)."""
+"""Fixtures of the trainer tests (shared with tests/model: fixtures/model.py)."""
 
 from __future__ import annotations
 
-from gemma2_regress.model_fixtures import _example_lines, import_unsloth_first, unsloth_ready
+from fixtures.model import _example_lines, import_unsloth_first, unsloth_ready
 
 __all__ = ["_example_lines", "unsloth_ready"]
 import_unsloth_first()

@@ -12,10 +12,11 @@ import importlib.util
 
 import pytest
 
-from gemma2_regress import model_targets, tiny
-from gemma2_regress.cases import DTYPES
-from gemma2_regress.model_properties import check_evaluate
-from gemma2_regress.trainer_eval import eval_dataset
+from gemma2_regress.kernel.cases import DTYPES
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model import tiny
+from gemma2_regress.model.properties import check_evaluate
+from gemma2_regress.model.trainer import eval_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 

@@ -21,9 +21,11 @@ from typing import Any
 import hypothesis
 import torch
 
-from . import masks, model_targets, report, tolerance, verdicts
-from .model_cases import ModelCase
-from .versions import one_line
+from gemma2_regress.model import targets as model_targets
+from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.plugins import report
+from gemma2_regress.reference import masks, tolerance, verdicts
+from gemma2_regress.versions import one_line
 
 # Greedy generation: a differing token is a failure unless the reference's top-2 logits at that step
 # are closer than this (a near tie that any rounding may flip). Set from the logit error each dtype
@@ -351,7 +353,7 @@ def check_window_boundary(
 
 def _other_token(col: torch.Tensor, config: Any) -> torch.Tensor:
     """A different plain token id for each entry of ``col``."""
-    from .tiny import FIRST_PLAIN_ID
+    from gemma2_regress.model.tiny import FIRST_PLAIN_ID
 
     span = int(config.vocab_size) - FIRST_PLAIN_ID
     return FIRST_PLAIN_ID + (col - FIRST_PLAIN_ID + span // 2) % span
@@ -381,7 +383,7 @@ def check_evaluate(
     output_dir: str,
 ) -> None:
     """``evaluate()`` runs (no crash) and its eval_loss equals the reference's on the same batches."""
-    from .trainer_eval import make_trainer, reference_eval_loss
+    from gemma2_regress.model.trainer import make_trainer, reference_eval_loss
 
     lengths = [len(r) for r in dataset["input_ids"]]
     case = f"{kind} rows={lengths} bsz{per_device_eval_batch_size} {_dt(dtype)}"

@@ -36,8 +36,9 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from . import bisect, envs, install, report
-from .selection import Outcome, Selection, run
+from gemma2_regress.atomic import write_json_atomic, write_text_atomic
+from gemma2_regress.builds import bisect, envs, install
+from gemma2_regress.builds.runner import Outcome, Selection, run
 
 TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
 TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
@@ -198,7 +199,7 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
 
 
 def _cuda(env: envs.Env) -> int:
-    from .gpu_check import cuda_device_count
+    from gemma2_regress.gpu_check import cuda_device_count
 
     return cuda_device_count(env.python, env.environ())
 
@@ -207,7 +208,7 @@ def _perf(
     sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool | None, perf_args: list[str]
 ) -> dict:
     try:
-        from .perf import compare as perf_compare  # the perf engineer's hook
+        from gemma2_regress.perf import compare as perf_compare  # the perf engineer's hook
     except ImportError as exc:
         return {"status": "not run", "why": f"gemma2_regress.perf.compare is not available ({exc})"}
     gpu = _cuda(sides[0].env) > 0
@@ -330,7 +331,7 @@ def gate(
         or "no regression"
     )
     result["wall_s"] = round(time.time() - t0, 1)
-    report.write_json_atomic(out / "gate.json", result)
+    write_json_atomic(out / "gate.json", result)
     write_junit(result, out / "gate-junit.xml")
     log(render(result))
     return result
@@ -388,7 +389,4 @@ def write_junit(result: dict, path: Path) -> None:
             ET.SubElement(tc, "failure", message=result["perf"].get("why", "perf regression"))
     suite.set("tests", str(n))
     suite.set("failures", str(fails))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    write_text_atomic(path, ET.tostring(suite, encoding="unicode", xml_declaration=True))

@@ -1,6 +1,6 @@
 """Model-level targets: Unsloth's whole Gemma-2 and its eager transformers twin, behind one interface.
 
-A ``ModelTarget`` runs a tiny checkpoint (``gemma2_regress.tiny``) the way a user does and returns
+A ``ModelTarget`` runs a tiny checkpoint (``gemma2_regress.model.tiny``) the way a user does and returns
 logits, loss, a cached continuation, greedy generations or attention-weight gradients:
 
 - ``UnslothTarget``  ``FastLanguageModel.from_pretrained(local_dir, max_seq_length=..., dtype=...,
@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from . import tiny, unsloth_adapter
+from gemma2_regress import unsloth_adapter
+from gemma2_regress.model import tiny
 
 MAX_SEQ_LENGTH = 16384  # the longest sequence the GPU tier runs; Unsloth truncates past it
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -33,8 +33,10 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from . import envs, install, report, toolslock
-from .selection import RunResult, Selection, falsifying_example, run
+from gemma2_regress import toolslock
+from gemma2_regress.atomic import write_json_atomic, write_text_atomic
+from gemma2_regress.builds import envs, install
+from gemma2_regress.builds.runner import RunResult, Selection, falsifying_example, run
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
 EXIT_FOUND, EXIT_ERROR, EXIT_AMBIGUOUS = 0, 2, 3
@@ -342,7 +344,7 @@ class Bisect:
         return steps
 
     def _save(self, cands: list[Candidate], steps: dict[str, Step]) -> None:
-        report.write_json_atomic(
+        write_json_atomic(
             self._state_path(),
             {
                 "candidates": [c.ref for c in cands],
@@ -440,10 +442,8 @@ class Bisect:
             self.log(f"  range {cands[lo].label} .. {cands[hi].label}: {hi - lo - 1} untested between")
             self._batch([(i, cands[i]) for i in probes], steps, cands)
         result = self._result(cands, steps, lo, hi, time.time() - t_start)
-        report.write_json_atomic(self.workdir / "result.json", result)
-        tmp = self.workdir / "result.md.tmp"
-        tmp.write_text(result["issue_text"])
-        tmp.replace(self.workdir / "result.md")
+        write_json_atomic(self.workdir / "result.json", result)
+        write_text_atomic(self.workdir / "result.md", result["issue_text"])
         return result
 
     def _check_ends(self, cands: list[Candidate], steps: dict[str, Step]) -> None:

@@ -10,11 +10,11 @@ reports every example that finished, also those of workers that were killed befo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from gemma2_regress.atomic import json_default
 
 RECORDS: list[dict] = []
 TESTS: dict[str, dict] = {}  # node id -> {"outcome", "duration_s"}, on the controlling process
@@ -44,7 +44,7 @@ def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extr
     if folder and Path(folder).is_dir():
         name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.jsonl"
         with open(Path(folder) / name, "a") as f:
-            f.write(json.dumps(rec, default=_default) + "\n")
+            f.write(json.dumps(rec, default=json_default) + "\n")
 
 
 def read_spool(folder: str | os.PathLike) -> list[dict]:
@@ -142,20 +142,3 @@ def table_lines(rows: list[dict]) -> list[str]:
             f"that only ran {total['run_s']:.1f}s; reference {total['reference_s']:.1f}s"
         )
     return lines
-
-
-def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
-    """Write JSON so that a reader never sees half a file (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _default(o: object) -> object:
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    return str(o)

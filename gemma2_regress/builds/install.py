@@ -33,7 +33,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .toolslock import TEST_LOCK
+from gemma2_regress.toolslock import TEST_LOCK
 
 PYPI = "https://pypi.org/pypi"
 # Per socket operation, not for the whole download: with no network the CLI fails in seconds, not minutes.
@@ -230,10 +230,10 @@ def install(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gemma2_regress.install [--install] [VERSION]``: print (or carry out) the plan."""
+    """``python -m gemma2_regress.builds.install [--install] [VERSION]``: print (or carry out) the plan."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m gemma2_regress.install", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m gemma2_regress.builds.install", description=main.__doc__)
     ap.add_argument("version", nargs="?", default="latest", help="an unsloth release, or 'latest'")
     ap.add_argument("--install", action="store_true", help="install into this interpreter's environment")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """What "bad" means for a candidate: a pytest selection run in its environment, read per test.
 
 A ``Selection`` is pytest arguments (node ids, ``-k``, ``-m``...) and optionally a verdict pattern
-(``gemma2_regress.verdicts.matches``: ``crash``, ``crash:TypeError``, ``mismatch``, ``nan``,
+(``gemma2_regress.reference.verdicts.matches``: ``crash``, ``crash:TypeError``, ``mismatch``, ``nan``,
 ``bad``). ``run`` starts pytest with the candidate's interpreter, writes JUnit XML and the suite's
 summary JSON (``GEMMA2_REGRESS_REPORT``) into a step directory, and classifies the candidate:
 
@@ -10,7 +10,7 @@ summary JSON (``GEMMA2_REGRESS_REPORT``) into a step directory, and classifies t
 - ``skip``  the candidate cannot be judged: it does not import (``crash:UnslothUnavailable``), the
             selection did not collect, or the run timed out. Never "bad".
 
-Per-test verdicts come from the JUnit XML (``gemma2_regress.junit``): ``ok``; ``mismatch`` / ``nan``
+Per-test verdicts come from the JUnit XML (``gemma2_regress.builds.junit``): ``ok``; ``mismatch`` / ``nan``
 when the property's assertion says so; otherwise ``crash:<Type>@<file>:<function>`` with the
 innermost frame inside Unsloth, transformers or torch's compiler. A test in which Hypothesis found
 several distinct failures is bad when any of them matches the pattern.
@@ -27,8 +27,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import junit, verdicts
-from .envs import Env
+from gemma2_regress.builds import junit
+from gemma2_regress.builds.envs import Env
+from gemma2_regress.reference import verdicts
 
 UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
 _END = re.compile(
@@ -77,7 +78,7 @@ class RunResult:
 
 
 def read_junit(path: Path) -> list[Outcome]:
-    """Per-test outcomes from a JUnit XML file (``gemma2_regress.junit``; empty if it is missing)."""
+    """Per-test outcomes from a JUnit XML file (``gemma2_regress.builds.junit``; empty if it is missing)."""
     return [
         Outcome(t.nodeid, t.verdict, t.message.splitlines()[0][:300] if t.message else "", tuple(t.verdicts))
         for t in junit.read(path)

@@ -12,11 +12,12 @@ from collections.abc import Callable
 import hypothesis
 import torch
 
-from . import oracle, report, tolerance
-from .cases import Case, Inputs, make_inputs
-from .masks import valid_queries
-from .targets import KernelTarget
-from .versions import one_line
+from gemma2_regress.kernel.cases import Case, Inputs, make_inputs
+from gemma2_regress.kernel.targets import KernelTarget
+from gemma2_regress.plugins import report
+from gemma2_regress.reference import oracle, tolerance
+from gemma2_regress.reference.masks import valid_queries
+from gemma2_regress.versions import one_line
 
 
 def failure_message(prop: str, target: str, case: Case, detail: str) -> str:

@@ -26,6 +26,8 @@ import time
 
 import pytest
 
+from gemma2_regress.atomic import write_json_atomic
+
 RECORDS: list[dict] = []  # one per test call: tier, target, test, example seconds (in run order)
 
 
@@ -129,7 +131,7 @@ def pytest_testnodedown(node, error) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workeroutput") or not RECORDS:
         return
-    from . import report
+    from gemma2_regress.plugins import report
 
     rows = summarize(RECORDS)
     tr = terminalreporter
@@ -145,7 +147,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
     path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
     try:
-        report.write_json_atomic(path, {"rows": rows, "tests": RECORDS})
+        write_json_atomic(path, {"rows": rows, "tests": RECORDS})
         tr.write_line(f"suite cost JSON: {path}")
     except OSError as exc:
         tr.write_line(f"suite cost JSON not written ({exc})")

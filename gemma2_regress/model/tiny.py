@@ -340,7 +340,7 @@ def token_batch(
     ``torch.Generator().manual_seed(seed)``; row ``b`` has ``pads[b]`` pad tokens (``pad_token_id``,
     mask 0) on ``side`` ("left", "right" or "none").
     """
-    from .masks import padding_from_lengths
+    from gemma2_regress.reference.masks import padding_from_lengths
 
     if bsz < 1 or seq_len < 1:
         raise ValueError(f"token_batch: bsz and seq_len must be >= 1, got {bsz}, {seq_len}")

@@ -16,7 +16,7 @@ that on one machine:
 Both run pytest through ``selection.run`` (the suite's one pytest runner) in this interpreter, under
 the deterministic ``ci`` Hypothesis profile by default, so every run draws the same examples. State
 is kept per finished run in ``<out>/state.json`` (written atomically): the same command again resumes,
-``--fresh`` starts over. ``python -m gemma2_regress.reruns portability|flakes --help``.
+``--fresh`` starts over. ``python -m gemma2_regress.builds.reruns portability|flakes --help``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import report
-from .argcheck import OneLineParser, bounded, unwritable
-from .envs import Env
-from .selection import Selection, run
+from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
+from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.builds.envs import Env
+from gemma2_regress.builds.runner import Selection, run
 
 # A CPU capability an x86 setting needs, as /proc/cpuinfo spells its flags.
 AVX2 = ("avx2", "fma")
@@ -158,7 +158,7 @@ def execute(
                 + f" in {time.time() - t0:.0f} s"
                 + (f"; about {eta / 60:.0f} min left" if left else "")
             )
-        report.write_json_atomic(state_path, state)
+        write_json_atomic(state_path, state)
     return state["runs"]
 
 
@@ -218,7 +218,7 @@ def census_lines(runs: dict[str, dict[str, str]]) -> tuple[list[str], int]:
 
 
 def _parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m gemma2_regress.reruns", description=__doc__)
+    p = OneLineParser(prog="python -m gemma2_regress.builds.reruns", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, helptext in (
         ("portability", "the selection once per CPU setting; green on every one"),
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 0 if green else 1
     else:
         lines, code = census_lines(results)
-    report.write_json_atomic(
+    write_json_atomic(
         out / f"{args.cmd}.json", {"plan": dataclasses.asdict(plan), "runs": results, "exit": code}
     )
     print("\n".join(lines))

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from . import tiny
-from .model_cases import labels_for
+from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import labels_for
 
 # Every row crosses the window. Few distinct lengths, so few shapes to compile: at batch size 1 the
 # rows run unpadded (all-ones masks past the window: the exact 2024 trigger), at 2 and 4 mixed rows

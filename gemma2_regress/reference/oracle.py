@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import masks
+from gemma2_regress.reference import masks
 
 
 def attention(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from .cases import GEMMA2_WINDOW, Case
+from gemma2_regress.kernel.cases import GEMMA2_WINDOW, Case
 
 # (n_heads, n_kv_heads, head_dim, query_pre_attn_scalar): GQA 2:1, MQA, MHA, GQA 4:1; two with the
 # scalar equal to head_dim (Gemma-2 2B) and two not (9B uses 256), so a wrong scale is visible.

@@ -19,8 +19,8 @@ import os
 
 import pytest
 
-from . import gpu_check
-from .report import TIER_ENV
+from gemma2_regress import gpu_check
+from gemma2_regress.plugins.report import TIER_ENV
 
 _PLUGIN = "gemma2-require-gpu"
 

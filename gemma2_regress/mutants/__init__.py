@@ -350,7 +350,7 @@ _ACTIVE: list[Applied] = []
 
 
 def _handles() -> dict[str, types.ModuleType]:
-    from . import unsloth_adapter
+    from gemma2_regress import unsloth_adapter
 
     u = unsloth_adapter.load()
     return {"kernels": u.kernels_module, "llama": u.llama_module, "gemma2": u.gemma2_module}
@@ -569,7 +569,7 @@ def _write_status(payload: dict) -> None:
     path = os.environ.get(STATUS_ENV)
     if not path:
         return
-    from .report import write_json_atomic
+    from gemma2_regress.atomic import write_json_atomic
 
     write_json_atomic(path, payload)
 
@@ -588,7 +588,7 @@ def pytest_configure(config: Any) -> None:
         return
     if config.getoption("--mutant-no-shrink", default=False):
         _no_shrink()
-    from . import unsloth_adapter
+    from gemma2_regress import unsloth_adapter
 
     try:
         apply(mutant.name)

@@ -1,6 +1,6 @@
 """The kill matrix: run the suite once per planted bug (gemma2_regress.mutants) and tabulate who caught it.
 
-    python -m gemma2_regress.killmatrix [NAME ...] [--tier cpu|gpu|auto] [--workers N] [--jobs J]
+    python -m gemma2_regress.mutants.killmatrix [NAME ...] [--tier cpu|gpu|auto] [--workers N] [--jobs J]
 
 For each tier: one baseline run with no mutant over the union of the selections (it must pass, else
 the matrix means nothing), then one pytest run per mutant over its fast selection with ``-x`` (a
@@ -36,8 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import junit, mutants, report, verdicts
-from .argcheck import OneLineParser, bounded, unwritable
+from gemma2_regress import mutants
+from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
+from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.builds import junit
+from gemma2_regress.reference import verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +65,7 @@ class Run:
 
 # --- parsing ---------------------------------------------------------------------------------------
 def parse_junit(path: Path) -> list[dict]:
-    """Per test (``gemma2_regress.junit``): module path, test id, outcome (passed/failed/skipped),
+    """Per test (``gemma2_regress.builds.junit``): module path, test id, outcome (passed/failed/skipped),
     message; failures add ``failures`` (each distinct failure's verdict and shrunk counterexample)
     and the first's ``verdict`` and ``counterexample``. Plain dicts: they go into the JSON."""
     tests = []
@@ -293,7 +296,7 @@ def gpu_slots(tier: str) -> list[str | None]:
     caller has not pinned one (CUDA_VISIBLE_DEVICES); else [None] (leave visibility alone)."""
     if tier != "gpu" or "CUDA_VISIBLE_DEVICES" in os.environ:
         return [None]
-    from .gpu_check import cuda_device_count
+    from gemma2_regress.gpu_check import cuda_device_count
 
     n = cuda_device_count()
     return [str(i) for i in range(n)] if n > 1 else [None]
@@ -346,12 +349,12 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
             baseline["output_tail"] = base_run.output_tail
     rows = [summarize(results.get(m.name), m, tier, columns) for m in chosen]
     status = exit_status(baseline, rows)
-    from .versions import versions
+    from gemma2_regress.versions import versions
 
     payload = {
         "schema": SCHEMA,
         "tier": tier,
-        "command": " ".join(["python -m gemma2_regress.killmatrix", *args.argv]),
+        "command": " ".join(["python -m gemma2_regress.mutants.killmatrix", *args.argv]),
         "workers": args.workers,
         "jobs": args.jobs,
         "shrink": not NO_SHRINK,
@@ -363,7 +366,7 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
         "exit_status": status,
     }
     out = Path(args.out.format(tier=tier))
-    report.write_json_atomic(out, payload)
+    write_json_atomic(out, payload)
     print(render(tier, rows, columns, baseline))
     print(f"\n[killmatrix] {tier} tier: wall {payload['wall_s']}s; JSON: {out}; exit {status}")
     return status
@@ -372,7 +375,7 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, every value checked (one-line error and ``SystemExit(2)`` on bad input,
     before anything runs: ``nox -s mutants`` calls this before it installs Unsloth)."""
-    p = OneLineParser(prog="python -m gemma2_regress.killmatrix", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m gemma2_regress.mutants.killmatrix", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help="mutants to run (default: all); see --list")
     p.add_argument(
         "--tier", default="auto", help="cpu, gpu, cpu,gpu or auto (gpu if CUDA is visible, else cpu)"

@@ -4,7 +4,7 @@ bisect and the gate share.
 A failed test's record holds pytest's ``message`` and the traceback ``text``. It may hold several
 distinct failures: Hypothesis reports them as one ``ExceptionGroup`` whose parts are printed
 between ``+---------------- n ----------------`` rules. Each failure gets a verdict
-(``gemma2_regress.verdicts``):
+(``gemma2_regress.reference.verdicts``):
 
 - ``nan`` / ``mismatch``  an ``AssertionError``: a property's comparison failed; its report has
   ``<kind>: err(target)=...`` lines (model properties put several on one line,
@@ -22,7 +22,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import verdicts
+from gemma2_regress.reference import verdicts
 
 _KIND = re.compile(r"\b(mismatch|nan): err\(target\)")
 _FRAME = re.compile(

@@ -8,7 +8,7 @@ A kernel target takes a ``Case`` and its ``Inputs`` and returns the attention ou
 - ``unsloth-static``  Unsloth's own static ``SWA_mask`` / ``GA_mask`` (no padding)
 - ``unsloth-eval``    Unsloth's own per-call 4-D masks from a 2-D ``attention_mask`` (evaluation)
 
-Model-level targets (Unsloth's whole Gemma-2 on a GPU) live in ``gemma2_regress.model_targets``.
+Model-level targets (Unsloth's whole Gemma-2 on a GPU) live in ``gemma2_regress.model.targets``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from . import masks, unsloth_adapter
-from .cases import Case, Inputs
+from gemma2_regress import unsloth_adapter
+from gemma2_regress.kernel.cases import Case, Inputs
+from gemma2_regress.reference import masks
 
 KERNELS = ("slow_attention_softcapping", "slow_inference_attention_softcapping")
 STATIC_MASK_EXTRA = 3  # static masks are built at max_seq_length, longer than the batch

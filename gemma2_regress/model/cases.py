@@ -19,8 +19,8 @@ import dataclasses
 import torch
 from hypothesis import strategies as st
 
-from . import tiny
-from .cases import GEMMA2_WINDOW, PaddedBatch
+from gemma2_regress.kernel.cases import GEMMA2_WINDOW, PaddedBatch
+from gemma2_regress.model import tiny
 
 W = GEMMA2_WINDOW
 LENGTHS = (W - 1, W, W + 1, 2 * W, 4 * W)

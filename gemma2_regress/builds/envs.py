@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import report
+from gemma2_regress.atomic import write_json_atomic
 
 CACHE_ROOT = Path(os.environ.get("GEMMA2_REGRESS_CACHE", Path.home() / ".cache" / "gemma2-regress")) / "envs"
 DEFAULT_LIMIT_GB = float(os.environ.get("GEMMA2_REGRESS_ENV_CACHE_GB", "20"))
@@ -177,7 +177,7 @@ class EnvCache:
             raise
         spent = time.time() - t0
         env.info.setdefault("build_s", round(spent, 1))
-        report.write_json_atomic(marker, env.to_json())
+        write_json_atomic(marker, env.to_json())
         self.evict(keep=key)
         return env, False, spent
 

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from . import masks
+from gemma2_regress.reference import masks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GEMMA2_WINDOW = 4096  # the real Gemma-2 sliding window

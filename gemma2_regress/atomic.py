@@ -1,0 +1,35 @@
+"""Files written whole or not at all (temporary file, then rename): state, reports, caches and locks,
+so that a reader never sees half of one and an interrupted command leaves nothing half-written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` to ``path`` (its folder made if missing); ``False``, writing nothing, if it already holds it."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
+    """Write ``payload`` as indented JSON (dataclasses as dicts, anything else unknown as its ``str``)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=json_default) + "\n")
+
+
+def json_default(o: object) -> object:
+    """``json.dump``'s ``default``: dataclasses as dicts, anything else as its ``str``."""
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
