@@ -1,0 +1,157 @@
+"""The offline GPU runner's machinery (gemma2_regress/builds/offline.py and the gpu/*.sh wrappers):
+bundles unpacked once per content and never half, builds that fail write nothing, the compile cache
+packed into parts and restored, runs cut at their time bound, bad input in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress.builds import offline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundle(path: Path, marker: str) -> Path:
+    """A small stand-in for .gpu/site.tgz: gpusite/unsloth/__init__.py holding ``marker``."""
+    src = path.parent / f"src-{marker}" / "gpusite" / "unsloth"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text(f"MARK = {marker!r}\n")
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(src.parent, arcname="gpusite")
+    return path
+
+
+def mark(site: Path) -> str:
+    return (site / "unsloth" / "__init__.py").read_text()
+
+
+def test_unpack_reuses_a_current_bundle_and_replaces_a_stale_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    tgz = bundle(tmp_path / "site.tgz", "old")
+    site = offline.unpack(tgz, root)
+    assert mark(site) == "MARK = 'old'\n"
+    stamp = (site / offline.STAMP).stat().st_mtime_ns
+    assert offline.unpack(tgz, root) == site and (site / offline.STAMP).stat().st_mtime_ns == stamp  # reused
+    tgz.unlink()
+    bundle(tgz, "new")
+    assert mark(offline.unpack(tgz, root)) == "MARK = 'new'\n"  # another sha256: unpacked afresh
+    assert sorted(p.name for p in root.iterdir()) == [".gpusite.lock", "gpusite"]  # nothing half-made left
+
+
+def test_a_broken_or_missing_bundle_is_never_used(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    tgz = bundle(tmp_path / "site.tgz", "good")
+    offline.unpack(tgz, root)
+    tgz.write_bytes(b"not a tarball")
+    with pytest.raises(
+        offline.OfflineError, match=r"is not a bundle \(.*\); rebuild it where PyPI is reachable: python3 -m"
+    ):
+        offline.unpack(tgz, root)
+    assert sorted(p.name for p in root.iterdir()) == [".gpusite.lock", "gpusite"]
+    with pytest.raises(offline.OfflineError, match=r"no bundle .*nope.tgz; build it where PyPI is reachable"):
+        offline.unpack(tmp_path / "nope.tgz", root)
+
+
+def test_cache_packs_into_parts_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offline, "PART", 1000)
+    cache = tmp_path / "cache"
+    for name in ("fxgraph", "aotautograd", "triton"):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "entry").write_bytes(os.urandom(3000))  # incompressible: several parts
+    line = offline.pack_cache(cache, tmp_path / "out", lean=False)
+    parts = sorted((tmp_path / "out").glob("inductor.tgz.*"))
+    assert len(parts) > 3 and parts[0].name == "inductor.tgz.aa" and f"{len(parts)} part(s)" in line
+    back = tmp_path / "back"
+    assert "restored" in offline.restore_cache(back, parts)
+    assert (back / "triton" / "entry").read_bytes() == (cache / "triton" / "entry").read_bytes()
+    assert "inductor cache:" in offline.restore_cache(back, parts)  # present: left alone
+    offline.pack_cache(cache, tmp_path / "lean", lean=True)  # the compiled graphs only
+    offline.restore_cache(tmp_path / "lean-back", sorted((tmp_path / "lean").glob("inductor.tgz.*")))
+    assert sorted(p.name for p in (tmp_path / "lean-back").iterdir()) == ["aotautograd", "fxgraph"]
+    broken = tmp_path / "broken.tgz.aa"
+    broken.write_bytes(b"junk")
+    assert "did not unpack; starting cold" in offline.restore_cache(tmp_path / "cold", [broken])
+    assert not (tmp_path / "cold").exists()
+
+
+def test_build_that_cannot_download_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    pins = tmp_path / "pins.txt"
+    pins.write_text("# a pin that is nowhere\nunsloth==0.0.0.1\n")
+    out = tmp_path / "gpu" / "site.tgz"
+    with pytest.raises(
+        offline.OfflineError, match=r"pip download failed: .*unsloth==0\.0\.0\.1.*check the pins"
+    ):
+        offline.build(pins, out)
+    assert not out.parent.exists()
+    pins.write_text("# nothing\n")
+    with pytest.raises(offline.OfflineError, match="names no package"):
+        offline.build(pins, out)
+
+
+def test_bounded_run_interrupts_at_the_bound(tmp_path: Path) -> None:
+    code = "import signal,sys,time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(7))\ntime.sleep(30)"
+    t0 = time.time()
+    rc = offline.bounded_run([sys.executable, "-c", code], 1, tmp_path / "log", dict(os.environ))
+    assert rc == 7 and time.time() - t0 < 20  # SIGINT at the bound, and the process's own exit status
+
+
+def run(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["tier"], "no bundle .gpu/site.tgz; build it where PyPI is reachable"),
+        (["tier", "--seconds", "0"], "--seconds: '0': must be at least 1"),
+        (["gate"], "the following arguments are required: --baseline"),
+        (["tier", "--pack-cache", "yes"], "invalid choice: 'yes'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], needle: str) -> None:
+    done = run(
+        sys.executable,
+        "-m",
+        "gemma2_regress.builds.offline",
+        *argv,
+        "--root",
+        str(tmp_path / "r"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "reports").exists()  # nothing made
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "env", "needle"),
+    [
+        ("tier.sh", [], {}, "no bundle .gpu/site.tgz"),
+        ("tier.sh", ["-k"], {}, "SECONDS must be a whole number"),
+        ("tier.sh", ["100"], {"PACK_CACHE": "yes"}, "PACK_CACHE='yes': use one of 0 1 lean"),
+        ("gate.sh", ["100"], {"REVERSE": "true"}, "REVERSE='true': use one of 0 1"),
+        ("gate.sh", [], {}, "no bundle .gpu/site.tgz"),
+    ],
+)
+def test_gpu_wrappers_pass_bad_input_on_in_one_line(
+    tmp_path: Path, script: str, args: list[str], env: dict[str, str], needle: str
+) -> None:
+    done = run(
+        "bash", str(ROOT / "gpu" / script), *args, cwd=tmp_path, BUNDLE_ROOT=str(tmp_path / "r"), **env
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert not (tmp_path / "r").exists()
