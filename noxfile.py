@@ -218,6 +218,12 @@ def perf(session: nox.Session) -> None:
     Arguments go to `python -m gemma2_regress.perf run`, e.g. `nox -s perf -- --full --gate-demo`.
     On an air-gapped runner: `nox -s perf --no-venv` (the current interpreter).
     """
+    from gemma2_regress.perf.cli import check_run_args
+
+    try:  # before the install: bad input fails at once
+        check_run_args(list(session.posargs))
+    except ValueError as exc:
+        session.error(f"perf: {exc}")
     install_unsloth(session)
     if _venv_python(session):
         # plots are optional: without matplotlib the JSON and table are written

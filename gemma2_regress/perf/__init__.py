@@ -6,7 +6,15 @@ Modules: ``grid`` (shapes, cells, FLOPs), ``impls`` (the implementations, the pl
 ``plot``, ``gatecheck`` (the gate: ``compare``), ``demo`` (the gate shown passing and failing), ``cli``.
 """
 
-from .bench import Options, run
-from .gatecheck import compare
+import importlib
 
 __all__ = ["Options", "compare", "run"]
+_WHERE = {"Options": "bench", "run": "bench", "compare": "gatecheck"}
+
+
+def __getattr__(name: str) -> object:
+    """``Options``, ``run`` and ``compare`` load torch on first use: the package's argument checks
+    (``cli.check_run_args``) run where torch is not installed yet (nox, before building the env)."""
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

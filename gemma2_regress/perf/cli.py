@@ -135,7 +135,7 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
 def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
     """``run``'s argument values, checked without measuring or writing anything: (cells, impls,
     modes); a bad value is a one-line ``ValueError``."""
-    from . import grid, impls
+    from . import grid
 
     if a.device and not DEVICE.fullmatch(a.device):
         raise ValueError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
@@ -146,7 +146,7 @@ def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], t
         raise ValueError(f"--out {a.out}: {why}; pass a writable folder")
     return (
         grid.select(preset, a.models, a.layers, a.lengths, a.batch),
-        grid.parse_names(a.impls, impls.IMPLS, "impls"),
+        grid.parse_names(a.impls, grid.IMPLS, "impls"),
         grid.parse_names(a.modes, grid.MODES, "modes"),
     )
 

@@ -49,6 +49,7 @@ MODELS: dict[str, Shape] = {
     "tiny": Shape("tiny-cpu-smoke", 4, 2, 16, 16.0, 50.0, 32),
 }
 LAYERS = ("sliding", "global")
+IMPLS = ("unsloth", "flex", "sdpa")  # Unsloth's slow path, flex attention, the SDPA floor
 MODES = ("fwd", "fwdbwd")
 
 

@@ -29,9 +29,8 @@ import torch
 
 from gemma2_regress import unsloth_adapter
 
-from .grid import Cell
+from .grid import IMPLS, Cell
 
-IMPLS = ("unsloth", "flex", "sdpa")
 Call = Callable[[str], None]
 
 
