@@ -160,6 +160,7 @@ class _Plugin:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         self.costs.records.extend(getattr(node, "workeroutput", {}).get("gemma2_costs", []))
 
+    @pytest.hookimpl(tryfirst=True)  # the cost table first, then the report's (plugins.report)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if hasattr(self.config, "workeroutput") or not self.costs.records:
             return

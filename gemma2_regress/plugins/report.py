@@ -271,7 +271,6 @@ class _Plugin:
         )
         run.summary_path = out
 
-    @pytest.hookimpl(trylast=True)  # after the suite-cost table
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.run.rows:
             terminalreporter.section(
