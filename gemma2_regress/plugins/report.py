@@ -29,7 +29,7 @@ The summary JSON, written at the end of the session (also an interrupted one: Ct
       "tests": {
         <pytest node id>: {                        # "tests/kernel/test_slow_kernel.py::test_x[cpu]"
           "outcome": "passed" | "failed" | "error" | "skipped" | "xfailed" | "xpassed",
-          "duration_s": float,                     # setup + call + teardown
+          "duration_s": float,                     # the call's seconds, plus a failed setup's/teardown's
           "verdicts": [                            # [] unless outcome is "failed" or "error"
             {
               "verdict": str,                      # mismatch | nan | crash:<Type>@<file>:<function>
@@ -144,7 +144,8 @@ def report_verdicts(rep: Any, exc: BaseException | None) -> list[dict]:
 
 def note_test(tests: dict[str, dict], rep: Any) -> None:
     """Keep a test's outcome in ``tests`` from its pytest reports: passed, failed, error (setup/teardown),
-    skipped, xfailed or xpassed, with the summed duration and the failed reports' verdicts."""
+    skipped, xfailed or xpassed, with the call's duration (plus a failed setup's or teardown's) and the
+    failed reports' verdicts."""
     nodeid, when = rep.nodeid, rep.when
     if hasattr(rep, "wasxfail"):
         outcome = "xfailed" if rep.skipped else "xpassed"
