@@ -1,4 +1,5 @@
-"""Suite-wide pytest set-up: Hypothesis profiles, the device fixture, the header and the reports.
+"""Suite-wide pytest set-up: Hypothesis profiles, the plugins, the device fixture, the header, and the
+recorded upstream bugs (``fixtures/known_issues.py``) marked as strict xfails.
 
 Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` set picks ``ci``):
   ci       deterministic (derandomize, no database), few examples: what CI and `nox -s cpu` run
@@ -10,24 +11,18 @@ Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` s
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import time
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from gemma2_regress import versions
-from gemma2_regress.atomic import write_json_atomic
-from gemma2_regress.plugins import report
-from gemma2_regress.plugins.report import (
-    note_test,  # by name: pytest's hook argument `report` shadows the module
-)
 
 pytest_plugins = [
+    "gemma2_regress.plugins.report",  # per-test verdicts, per-example records, reports/<tier>/summary.json
     "gemma2_regress.plugins.costs",  # the suite's own cost per tier/target (docs/perf.md)
     "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
+    "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first
 ]
 
 _COMMON = dict(
@@ -54,24 +49,15 @@ def pytest_configure(config: pytest.Config) -> None:
                 setattr(torch._dynamo.config, name, 512)
     except ImportError:
         pass
-    config._gemma2_started = time.time()  # type: ignore[attr-defined]
-    if _controller(config):  # xdist workers, started after this, inherit the spool folder's name
-        config._gemma2_spool = tempfile.mkdtemp(prefix="gemma2-records-")  # type: ignore[attr-defined]
-        os.environ[report.SPOOL_ENV] = config._gemma2_spool  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from fixtures.known_issues import KNOWN_ISSUES
-    from gemma2_regress.plugins.schedule import heaviest_first
     from gemma2_regress.plugins.strict_xfail import mark_items
     from gemma2_regress.unsloth_adapter import installed_version
 
     mark_items(items, KNOWN_ISSUES, installed_version())
-    # The GPU tier under xdist (only workers collect): longest first. In one process the given order
-    # stands: the kill matrix's `-x` runs list model tests first, so a model-level kill is quoted.
-    if hasattr(config, "workerinput") and items and all(it.get_closest_marker("gpu") for it in items):
-        items[:] = heaviest_first(items)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -98,51 +84,3 @@ def device(request: pytest.FixtureRequest) -> str:
 
         need_cuda(request.config)
     return request.param
-
-
-def _controller(config: pytest.Config) -> bool:
-    """The pytest process that reports (not an xdist worker)."""
-    return not hasattr(config, "workerinput")
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:  # xdist forwards workers' reports
-    note_test(report)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    spool = getattr(config, "_gemma2_spool", None)
-    if spool:
-        shutil.rmtree(spool, ignore_errors=True)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if not _controller(config):
-        return
-    spool = getattr(config, "_gemma2_spool", None)
-    records = report.read_spool(spool) if spool else report.RECORDS
-    rows = report.worst_by_property(records)
-    if not rows and not report.TESTS:
-        return
-    if rows:
-        terminalreporter.section(
-            "gemma2-regress: worst error ratio per property (1.0 = at the tolerance bound)"
-        )
-        for line in report.table_lines(rows):
-            terminalreporter.write_line(line)
-    out = report.report_path("summary.json", "GEMMA2_REGRESS_REPORT")
-    from gemma2_regress.plugins.require_gpu import failure
-
-    if exitstatus == 0 and failure(config):  # the zero-GPU-tests rule turned the run red
-        exitstatus = pytest.ExitCode.TESTS_FAILED
-    write_json_atomic(
-        out,
-        {
-            "versions": versions.versions(),
-            "exit_status": int(exitstatus),
-            "wall_s": round(time.time() - config._gemma2_started, 1),  # type: ignore[attr-defined]
-            "tests": report.TESTS,
-            "properties": rows,
-            "records": records,
-        },
-    )
-    terminalreporter.write_line(f"summary JSON: {out}")

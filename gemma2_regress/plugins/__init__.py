@@ -4,5 +4,7 @@
 (the suite's own cost per tier and target), ``schedule`` (costliest GPU tests first under xdist),
 ``strict_xfail`` (tests of recorded upstream bugs become strict xfails on the affected releases;
 the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``).
-May import ``reference`` and the top-level ``gpu_check``, ``versions`` and ``atomic``.
+A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
+registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
+top-level ``gpu_check``, ``versions`` and ``atomic``.
 """

@@ -14,21 +14,27 @@ Tier is the ``device`` parameter (``cpu``/``cuda``) where a test has one, else `
 marked ``gpu`` and ``cpu`` otherwise; target is the ``target`` parameter's name, else
 ``(<test module>)``.
 The same figures go to ``reports/<tier>/costs.json`` (``report.report_path``: ``cpu``/``gpu`` under
-nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can be held to them. Cost: two ``perf_counter`` calls per example.
+nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can be held to them:
+``{"rows": [<summarize row>, ...], "tests": [<record>, ...]}``, written at the end of the session
+(also an interrupted one). Cost: two ``perf_counter`` calls per example.
+
+The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``); xdist
+workers hand theirs to the controller when they finish.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import statistics
 import time
+from typing import Any
 
 import pytest
 
 from gemma2_regress.atomic import write_json_atomic
-
-RECORDS: list[dict] = []  # one per test call: tier, target, test, example seconds (in run order)
+from gemma2_regress.plugins import report
 
 
 def _tier_and_target(item: pytest.Item) -> tuple[str, str]:
@@ -37,42 +43,6 @@ def _tier_and_target(item: pytest.Item) -> tuple[str, str]:
     target = params.get("target")
     name = getattr(target, "name", None) or (str(target) if target is not None else f"({item.path.stem})")
     return str(tier), name
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item):
-    hyp = getattr(getattr(item, "obj", None), "hypothesis", None)
-    inner = getattr(hyp, "inner_test", None)
-    times: list[float] = []
-    if inner is not None:
-
-        @functools.wraps(inner)
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                times.append(time.perf_counter() - t0)
-
-        hyp.inner_test = timed
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        total = time.perf_counter() - t0
-        if inner is not None:
-            hyp.inner_test = inner
-        tier, target = _tier_and_target(item)
-        RECORDS.append(
-            {
-                "test": item.nodeid,
-                "tier": tier,
-                "target": target,
-                "examples_s": times if inner is not None else [total],
-                "call_s": total,
-                "hypothesis": inner is not None,
-            }
-        )
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -117,37 +87,106 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if hasattr(session.config, "workeroutput"):  # an xdist worker hands its records to the controller
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-        session.config.workeroutput["gemma2_costs"] = [{**r, "worker": worker} for r in RECORDS]
+@dataclasses.dataclass
+class Costs:
+    """One session's cost records (``config.stash[COSTS]``): one per test call, in run order, with
+    tier, target, test and the seconds of each example; on the controller also the workers'."""
+
+    records: list[dict] = dataclasses.field(default_factory=list)
+    path: str | None = None  # where costs.json went, once written
+    error: str | None = None  # why it was not written
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
-    RECORDS.extend(getattr(node, "workeroutput", {}).get("gemma2_costs", []))
+COSTS = pytest.StashKey[Costs]()
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if hasattr(config, "workeroutput") or not RECORDS:
-        return
-    from gemma2_regress.plugins import report
+class _Plugin:
+    """The hooks, bound to one session's ``Costs``."""
 
-    rows = summarize(RECORDS)
-    tr = terminalreporter
-    tr.section("gemma2-regress: suite cost per tier/target (first = first example in a process: compile)")
-    tr.write_line(
-        f"{'tier':5} {'target':52} {'tests':>5} {'examples':>8} {'first s':>8} {'ms/example':>10} {'total s':>8}"
-    )
-    for r in rows:
-        per = f"{r['ms_per_example']:.1f}" if r["ms_per_example"] is not None else "-"
+    def __init__(self, costs: Costs, config: pytest.Config) -> None:
+        self.costs, self.config = costs, config
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        hyp = getattr(getattr(item, "obj", None), "hypothesis", None)
+        inner = getattr(hyp, "inner_test", None)
+        times: list[float] = []
+        if inner is not None:
+
+            @functools.wraps(inner)
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return inner(*args, **kwargs)
+                finally:
+                    times.append(time.perf_counter() - t0)
+
+            hyp.inner_test = timed
+        t0 = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            total = time.perf_counter() - t0
+            if inner is not None:
+                hyp.inner_test = inner
+            tier, target = _tier_and_target(item)
+            self.costs.records.append(
+                {
+                    "test": item.nodeid,
+                    "tier": tier,
+                    "target": target,
+                    "examples_s": times if inner is not None else [total],
+                    "call_s": total,
+                    "hypothesis": inner is not None,
+                }
+            )
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        records = self.costs.records
+        if hasattr(self.config, "workeroutput"):  # an xdist worker hands its records to the controller
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+            self.config.workeroutput["gemma2_costs"] = [{**r, "worker": worker} for r in records]
+            return
+        if not records:
+            return
+        path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
+        try:
+            write_json_atomic(path, {"rows": summarize(records), "tests": records})
+            self.costs.path = path
+        except OSError as exc:
+            self.costs.error = str(exc)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.costs.records.extend(getattr(node, "workeroutput", {}).get("gemma2_costs", []))
+
+    @pytest.hookimpl(tryfirst=True)  # the cost table first, then the report's (plugins.report)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workeroutput") or not self.costs.records:
+            return
+        tr = terminalreporter
+        tr.section("gemma2-regress: suite cost per tier/target (first = first example in a process: compile)")
         tr.write_line(
-            f"{r['tier'][:5]:5} {r['target'][:52]:52} {r['tests']:>5} {r['examples']:>8} "
-            f"{r['first_s']:>8.2f} {per:>10} {r['total_s']:>8.1f}"
+            f"{'tier':5} {'target':52} {'tests':>5} {'examples':>8} {'first s':>8} {'ms/example':>10} {'total s':>8}"
         )
-    path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
-    try:
-        write_json_atomic(path, {"rows": rows, "tests": RECORDS})
-        tr.write_line(f"suite cost JSON: {path}")
-    except OSError as exc:
-        tr.write_line(f"suite cost JSON not written ({exc})")
+        for r in summarize(self.costs.records):
+            per = f"{r['ms_per_example']:.1f}" if r["ms_per_example"] is not None else "-"
+            tr.write_line(
+                f"{r['tier'][:5]:5} {r['target'][:52]:52} {r['tests']:>5} {r['examples']:>8} "
+                f"{r['first_s']:>8.2f} {per:>10} {r['total_s']:>8.1f}"
+            )
+        if self.costs.path:
+            tr.write_line(f"suite cost JSON: {self.costs.path}")
+        elif self.costs.error:
+            tr.write_line(f"suite cost JSON not written ({self.costs.error})")
+
+
+def costs_of(config: pytest.Config) -> Costs | None:
+    """This session's ``Costs`` (None where the plugin is not loaded)."""
+    return config.stash.get(COSTS, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    costs = Costs()
+    config.stash[COSTS] = costs
+    config.pluginmanager.register(_Plugin(costs, config), "gemma2-costs")

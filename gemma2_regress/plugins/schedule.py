@@ -1,15 +1,17 @@
 """The GPU tier's test order: the costliest first, so that xdist workers finish together.
 
-On a cold machine the GPU tier's time is compiling (Unsloth's kernels are ``torch.compile``d with
-max-autotune: 20 to 150 s per new graph on an H200). With several workers, the run ends when the
-worker holding the last long test ends; handing out the longest tests first (the classic
-longest-processing-time rule) keeps that tail short. ``COLD_SECONDS`` holds each test function's cold
-time on an H200 (2026-11-28, 6 workers on 2 GPUs, `bash gpu/tier.sh`; docs/gpu.md), divided by
-the number of dtype variants where a test has since been split per dtype. A test missing from
-it counts ``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at
-the summed cost of their members. The order only matters to the scheduler: results do not depend on it.
-It is applied in xdist workers only (``conftest.py``): in a single process the selection's own order
-stands (the kill matrix relies on it to try model-level tests first).
+A pytest plugin (registered from conftest with ``pytest_plugins``). On a cold machine the GPU tier's
+time is compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to 150 s per new
+graph on an H200). With several workers, the run ends when the worker holding the last long test
+ends; handing out the longest tests first (the classic longest-processing-time rule) keeps that tail
+short. ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
+(docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it counts
+``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at the summed
+cost of their members. The order only matters to the scheduler: results do not depend on it.
+
+It applies where every selected test is ``gpu``-marked, in xdist workers only (they collect what
+the controller hands out): in a single process the selection's own order stands (the kill matrix
+relies on it to try model-level tests first).
 """
 
 from __future__ import annotations
@@ -60,3 +62,9 @@ def heaviest_first(items: Sequence[pytest.Item]) -> list[pytest.Item]:
         return -(group_cost[g] if g is not None else cost[id(it)])
 
     return sorted(items, key=key)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput") and items and all(it.get_closest_marker("gpu") for it in items):
+        items[:] = heaviest_first(items)

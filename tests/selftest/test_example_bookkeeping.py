@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -15,39 +16,38 @@ from gemma2_regress.reference import tolerance
 
 
 @pytest.fixture
-def records(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    monkeypatch.setattr(report, "RECORDS", [])
-    monkeypatch.delenv(report.SPOOL_ENV, raising=False)  # keep these fake records out of the run's summary
+def records(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict]]:
+    """The records written from here on: a spool of their own keeps them out of the run's summary."""
+    monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path))
     monkeypatch.setattr(model_properties, "_write", lambda line: None)
-    return report.RECORDS
+    return lambda: report.read_spool(tmp_path)
 
 
-def test_interrupt_is_recorded_as_interrupted(records: list[dict]) -> None:
+def test_interrupt_is_recorded_as_interrupted(records: Callable[[], list[dict]]) -> None:
     with pytest.raises(KeyboardInterrupt):
         with model_properties.example("p", "t", "case"):
             raise KeyboardInterrupt
-    assert records[-1]["verdict"] == "interrupted" and math.isnan(records[-1]["ratio"])
+    assert records()[-1]["verdict"] == "interrupted" and math.isnan(records()[-1]["ratio"])
 
 
-def test_a_body_without_a_verdict_is_a_crash(records: list[dict]) -> None:
+def test_a_body_without_a_verdict_is_a_crash(records: Callable[[], list[dict]]) -> None:
     with pytest.raises(RuntimeError, match="without a verdict"):
         with model_properties.example("p", "t", "case"):
             pass
-    assert records[-1]["verdict"].startswith("crash:RuntimeError")
+    assert records()[-1]["verdict"].startswith("crash:RuntimeError")
 
 
-def test_a_judged_example_is_ok(records: list[dict]) -> None:
+def test_a_judged_example_is_ok(records: Callable[[], list[dict]]) -> None:
     import torch
 
     x = torch.zeros(3)
     with model_properties.example("p", "t", "case") as box:
         cmp = tolerance.compare(x, x.double(), x, dtype=torch.float32)
         model_properties._judge(box, "p", "t", "case", {"x": cmp})
-    assert records[-1]["verdict"] == "ok"
+    assert records()[-1]["verdict"] == "ok"
 
 
 def test_spooled_records_survive_a_killed_writer(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "RECORDS", [])
     monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path))
     report.record("p", "t", "ok", 0.5, "case 1")
     report.record("p", "t", "mismatch", 2.0, "case 2")
@@ -57,19 +57,19 @@ def test_spooled_records_survive_a_killed_writer(tmp_path, monkeypatch: pytest.M
     assert report.worst_by_property(got)[0]["bad"] == 1
 
 
-def test_examples_of_a_recorded_upstream_bug_count_as_known(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "RECORDS", [])
-    monkeypatch.delenv(report.SPOOL_ENV, raising=False)
+def test_examples_of_a_recorded_upstream_bug_count_as_known(
+    records: Callable[[], list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/k.py::test_bug[cuda] (call)")
     report.record("p", "t", "nan", float("inf"), "the recorded case")
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/k.py::test_other (call)")
     report.record("p", "t", "ok", 0.25, "a passing case")
-    assert [r["test"] for r in report.RECORDS] == ["tests/k.py::test_bug[cuda]", "tests/k.py::test_other"]
+    assert [r["test"] for r in records()] == ["tests/k.py::test_bug[cuda]", "tests/k.py::test_other"]
     xfailed = {"tests/k.py::test_bug[cuda]": {"outcome": "xfailed"}}
-    (row,) = report.worst_by_property(tests=xfailed)
+    (row,) = report.worst_by_property(records(), tests=xfailed)
     assert (row["bad"], row["known"], row["worst_ratio"]) == (0, 1, 0.25)
     # the same failure in a test that did not xfail is bad, and is the worst
-    (row,) = report.worst_by_property(tests={"tests/k.py::test_bug[cuda]": {"outcome": "failed"}})
+    (row,) = report.worst_by_property(records(), tests={"tests/k.py::test_bug[cuda]": {"outcome": "failed"}})
     assert (row["bad"], row["known"], row["worst_ratio"]) == (1, 0, float("inf"))
 
 
@@ -127,8 +127,8 @@ class Rep:
         ([Rep("call", "passed", wasxfail="known")], "xpassed"),
     ],
 )
-def test_each_tests_verdict(reports: list[Rep], outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report, "TESTS", {})
+def test_each_tests_verdict(reports: list[Rep], outcome: str) -> None:
+    tests: dict[str, dict] = {}
     for rep in reports:
-        report.note_test(rep)
-    assert report.TESTS["t.py::x"]["outcome"] == outcome
+        report.note_test(tests, rep)
+    assert tests["t.py::x"]["outcome"] == outcome

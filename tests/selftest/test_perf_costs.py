@@ -41,7 +41,6 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     )
     out = pytester.path / "costs.json"
     monkeypatch.setenv("GEMMA2_REGRESS_COSTS", str(out))
-    before = len(costs.RECORDS)
     result = pytester.runpytest_inprocess(
         "-p", "gemma2_regress.plugins.costs", "-p", "no:cacheprovider", "-q"
     )
@@ -53,4 +52,3 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     by_test = {t["test"].split("::")[-1]: t for t in data["tests"]}
     assert by_test["test_h[cpu]"]["hypothesis"] and len(by_test["test_h[cpu]"]["examples_s"]) == 7
     assert not by_test["test_plain"]["hypothesis"] and len(by_test["test_plain"]["examples_s"]) == 1
-    del costs.RECORDS[before:]  # the inner run shares this module: leave the outer run's records alone

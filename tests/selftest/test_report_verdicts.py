@@ -1,0 +1,378 @@
+"""Per-test verdicts recorded at the source (gemma2_regress.plugins.report): the summary JSON's
+``tests`` entries, computed from the live exception where the test ran, are the verdict strings the
+JUnit reader (gemma2_regress.builds.junit) reads back from the same run's JUnit XML, in one process and
+under xdist (where the reader can see them: ``_junit_view``); they survive an interrupted run and a
+crashed xdist worker."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress.builds import junit
+from gemma2_regress.plugins import report
+from gemma2_regress.reference import verdicts
+
+# Python 3.10 has no built-in one; Hypothesis raises the backport's there.
+ExceptionGroup = (
+    getattr(builtins, "ExceptionGroup", None) or importlib.import_module("exceptiongroup").ExceptionGroup
+)
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = ("-p", "gemma2_regress.plugins.report", "-p", "no:cacheprovider")
+# The JUnit text is read in the style the kill matrix runs (pytest's default style prints the innermost
+# frame as "file:line: Type", which the JUnit reader does not count as a frame).
+JUNIT = ("--tb=native",)
+
+# A stand-in for Unsloth's kernel module: a file under a folder named `unsloth`, so that the crash
+# rule picks its frame, loaded from its path (nothing named `unsloth` is importable from it).
+FAKE_KERNEL = """
+class UnslothUnavailable(RuntimeError):
+    pass
+
+
+def slow_attention_softcapping(mask):
+    return _compiled(mask)
+
+
+def _compiled(mask):
+    return mask.dim()  # a bool: AttributeError, as in the 2024 crash
+
+
+def load():
+    raise UnslothUnavailable("unsloth 0.0 does not import here")
+"""
+
+TESTS = """
+import importlib.util
+import pathlib
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+_spec = importlib.util.spec_from_file_location(
+    "fake_flex_attention", pathlib.Path(__file__).parent / "site" / "unsloth" / "kernels" / "flex_attention.py"
+)
+kernels = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernels)
+
+COMPARISON = "  mismatch: err(target)=1.1 err(baseline)=0 bound=2e-06 ratio=5.51e+05 worst at (0, 1, 34)"
+
+
+def test_passes():
+    pass
+
+
+def test_mismatch():
+    raise AssertionError("kernel_matches_oracle failed for k[m]\\n  case: b1 q2/kv2 W=1\\n" + COMPARISON)
+
+
+def test_nan_wins_on_a_model_line():
+    raise AssertionError(
+        "model_logits_loss failed\\n  logits: mismatch: err(target)=9 ...; loss: nan: err(target)=inf ..."
+    )
+
+
+def test_plain_assert():
+    assert 1 + 1 == 3, "output changed"
+
+
+def test_crash_inside_the_kernel():
+    kernels.slow_attention_softcapping(True)
+
+
+def test_unusable_build():
+    kernels.load()
+
+
+def test_crash_raised_from_the_kernel():
+    try:
+        kernels.slow_attention_softcapping(True)
+    except AttributeError as exc:
+        raise ValueError("wrapped") from exc
+
+
+@settings(max_examples=100, database=None, derandomize=True, report_multiple_bugs=True)
+@given(x=st.integers(0, 10), data=st.data())
+def test_two_distinct_failures(x, data):
+    q_len = data.draw(st.integers(1, 3), label="q_len")
+    if x > 5:
+        kernels.slow_attention_softcapping(q_len > 0)
+    if x > 2:
+        raise AssertionError("kernel_matches_oracle failed\\n" + COMPARISON)
+
+
+@settings(max_examples=50, database=None, derandomize=True)
+@given(x=st.integers(0, 10))
+def test_one_failure(x):
+    assert x < 4, "nan: err(target)=inf err(baseline)=0"
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("the fixture broke")
+
+
+def test_setup_error(broken):
+    pass
+
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise OSError("teardown broke")
+
+
+def test_teardown_error(broken_teardown):
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="a recorded upstream bug")
+def test_xfail():
+    raise AssertionError("nan: err(target)=inf")
+
+
+@pytest.mark.xfail(strict=True, reason="a recorded upstream bug, fixed")
+def test_strict_xpass():
+    pass
+
+
+def test_skipped():
+    pytest.skip("no GPU")
+"""
+
+EXPECTED = {  # node id -> (outcome, verdicts)
+    "test_passes": ("passed", []),
+    "test_mismatch": ("failed", ["mismatch"]),
+    "test_nan_wins_on_a_model_line": ("failed", ["nan"]),
+    "test_plain_assert": ("failed", ["mismatch"]),
+    "test_crash_inside_the_kernel": ("failed", ["crash:AttributeError@flex_attention.py:_compiled"]),
+    "test_unusable_build": ("failed", ["crash:UnslothUnavailable@flex_attention.py:load"]),
+    "test_crash_raised_from_the_kernel": ("failed", ["crash:ValueError@flex_attention.py:_compiled"]),
+    "test_two_distinct_failures": (
+        "failed",
+        ["crash:AttributeError@flex_attention.py:_compiled", "mismatch"],
+    ),
+    "test_one_failure": ("failed", ["nan"]),
+    "test_setup_error": ("error", ["crash:RuntimeError@test_suite.py:broken"]),
+    "test_teardown_error": ("error", ["crash:OSError@test_suite.py:broken_teardown"]),
+    "test_xfail": ("xfailed", []),
+    "test_strict_xpass": ("failed", ["crash:Error"]),
+    "test_skipped": ("skipped", []),
+}
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    kernel = pytester.path / "site" / "unsloth" / "kernels" / "flex_attention.py"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_text(FAKE_KERNEL)
+    pytester.makepyfile(test_suite=TESTS)
+    monkeypatch.setenv("GEMMA2_REGRESS_REPORT", str(pytester.path / "summary.json"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "GEMMA2_REGRESS_TIER"):
+        monkeypatch.delenv(name, raising=False)
+    return pytester
+
+
+def _summary(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "summary.json").read_text())
+
+
+def _junit_view(verdict: str, outcome: str) -> str:
+    """What the JUnit reader can see of a verdict: outside a test's call pytest's message reads
+    'failed on setup with "..."' and the native traceback has no "E   Type:" line, so the reader
+    reads such an error's type as ``Error`` (its frame it does read)."""
+    if outcome == "error" and verdict.startswith("crash:"):
+        return "crash:Error" + verdict[verdict.index("@") :] if "@" in verdict else "crash:Error"
+    return verdict
+
+
+def _same_as_junit(summary: dict, junit_xml: Path) -> None:
+    """Every test's verdicts, messages and examples as the JUnit reader derives them."""
+    cases = junit.read(junit_xml)
+    assert len(cases) >= len(EXPECTED)
+    for case in cases:
+        entry = summary["tests"][f"{case.module}::{case.name}"]
+        got = entry["verdicts"]
+        if case.outcome != "failed":
+            assert got == [], case.nodeid
+            continue
+        seen = [_junit_view(v["verdict"], entry["outcome"]) for v in got]
+        assert seen == [f.verdict for f in case.failures], case.nodeid
+        assert [v["example"] for v in got] == [f.counterexample for f in case.failures], case.nodeid
+        if entry["outcome"] == "failed" and not case.message.startswith("[XPASS"):
+            assert [v["message"] for v in got] == [f.message.splitlines()[0][:300] for f in case.failures]
+
+
+def _check(summary: dict) -> None:
+    tests = {nodeid.split("::")[-1]: entry for nodeid, entry in summary["tests"].items()}
+    got = {name: (e["outcome"], [v["verdict"] for v in e["verdicts"]]) for name, e in tests.items()}
+    assert {k: got.get(k) for k in EXPECTED} == EXPECTED
+    for entry in tests.values():
+        assert set(entry) == {"outcome", "duration_s", "verdicts"}
+        for v in entry["verdicts"]:
+            assert set(v) == {"verdict", "message", "example", "example_block"}
+            assert len(v["message"]) <= 300 and "\n" not in v["message"]
+    crash, mismatch = tests["test_two_distinct_failures"]["verdicts"]
+    assert crash["message"] == "AttributeError: 'bool' object has no attribute 'dim'"
+    assert crash["example"].startswith("test_two_distinct_failures(x=6, q_len=1")  # draws inlined
+    assert crash["example_block"].startswith("Failing test case: test_two_distinct_failures(\n")
+    assert "Draw 1 (q_len): 1" in crash["example_block"] and "Explanation" not in crash["example_block"]
+    assert mismatch["message"] == "AssertionError: kernel_matches_oracle failed"
+    assert mismatch["example"].startswith("test_two_distinct_failures(x=3, q_len=1")
+    (one,) = tests["test_one_failure"]["verdicts"]
+    assert one["example"] == "test_one_failure(x=4,)"
+    assert tests["test_unusable_build"]["verdicts"][0]["message"].endswith(
+        "UnslothUnavailable: unsloth 0.0 does not import here"
+    )
+    assert tests["test_strict_xpass"]["verdicts"][0]["message"].startswith("[XPASS(strict)]")
+    assert tests["test_passes"]["verdicts"] == [] and tests["test_passes"]["duration_s"] >= 0
+    assert summary["exit_status"] == 1 and {"versions", "wall_s", "properties", "records"} <= set(summary)
+
+
+def test_verdicts_in_one_process_match_the_junit_reader(suite: pytest.Pytester) -> None:
+    spool_before = os.environ.get(report.SPOOL_ENV)
+    result = suite.runpytest_inprocess(
+        *PLUGIN, *JUNIT, f"--junitxml={suite.path / 'j.xml'}", "-p", "no:xdist"
+    )
+    result.assert_outcomes(
+        passed=2, failed=9, errors=2, skipped=1, xfailed=1
+    )  # teardown_error passed its call
+    summary = _summary(suite)
+    _check(summary)
+    _same_as_junit(summary, suite.path / "j.xml")
+    result.stdout.fnmatch_lines([f"summary JSON: {suite.path / 'summary.json'}"])
+    # the inner run handed the outer run's spool folder back
+    assert os.environ.get(report.SPOOL_ENV) == spool_before
+
+
+def test_verdicts_under_xdist_survive_a_crashed_worker(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_worker_dies="import os\n\ndef test_dies():\n    os._exit(3)\n")
+    result = suite.runpytest_subprocess(*PLUGIN, *JUNIT, f"--junitxml={suite.path / 'j.xml'}", "-n", "2")
+    assert result.ret == 1
+    summary = _summary(suite)
+    _check(summary)
+    _same_as_junit(summary, suite.path / "j.xml")
+    dead = summary["tests"]["test_worker_dies.py::test_dies"]
+    assert dead["outcome"] == "error" and [v["verdict"] for v in dead["verdicts"]] == ["crash:Error"]
+    assert "crashed while running" in dead["verdicts"][0]["message"]
+
+
+SLOW = """
+import pathlib
+import time
+
+def test_a_fast():
+    pass
+
+def test_b_slow():
+    (pathlib.Path(__file__).parent / "started").touch()
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_summary_written_when_interrupted(pytester: pytest.Pytester, workers: list[str]) -> None:
+    """Ctrl-C (SIGINT to the process group) mid-run: the summary still holds the finished tests."""
+    pytester.makepyfile(test_slow=SLOW)
+    out = pytester.path / "summary.json"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")},
+        "GEMMA2_REGRESS_REPORT": str(out),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    dist = workers or ["-p", "no:xdist"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *PLUGIN, *dist, "-q", "test_slow.py"],
+        cwd=pytester.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (pytester.path / "started").exists():
+            assert proc.poll() is None and time.time() < deadline, "the slow test never started"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the fast test's report reaches the controller
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = json.loads(out.read_text())
+    assert summary["exit_status"] == pytest.ExitCode.INTERRUPTED
+    assert summary["tests"]["test_slow.py::test_a_fast"] == {
+        "outcome": "passed",
+        "duration_s": summary["tests"]["test_slow.py::test_a_fast"]["duration_s"],
+        "verdicts": [],
+    }
+
+
+def test_keyboard_interrupt_in_a_test_still_writes_the_summary(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    raise KeyboardInterrupt\n")
+    monkeypatch.setenv("GEMMA2_REGRESS_REPORT", str(pytester.path / "summary.json"))
+    result = pytester.runpytest_inprocess(*PLUGIN, "-p", "no:xdist", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    summary = _summary(pytester)
+    assert (
+        summary["exit_status"] == 2
+        and summary["tests"]["test_keyboard_interrupt_in_a_test_still_writes_the_summary.py::test_a"][
+            "outcome"
+        ]
+        == "passed"
+    )
+
+
+def test_record_outside_a_run_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(report.SPOOL_ENV, raising=False)
+    report.record("p", "t", "ok", 0.5, "case")  # no spool folder: nothing to write to, no error
+    monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path / "gone"))
+    report.record("p", "t", "ok", 0.5, "case")
+    assert not (tmp_path / "gone").exists()
+    monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path))
+    report.record("p", "t", "ok", 0.5, "case")
+    assert [r["case"] for r in report.read_spool(tmp_path)] == ["case"]
+
+
+def test_failures_of_a_live_exception_group() -> None:
+    def kernel() -> None:
+        raise TypeError("'bool' object is not subscriptable")
+
+    try:
+        kernel()
+    except TypeError as exc:
+        crash = exc
+    crash.__notes__ = [  # as Hypothesis adds them
+        "Failing test case: test_k(\n    device='cpu',\n    data=data(...),\n)",
+        "Draw 1 (case): Case(bsz=1,\n q_len=2)",
+        "Explanation:",
+    ]
+    group = ExceptionGroup(
+        "two", [crash, ExceptionGroup("inner", [AssertionError("x\n  nan: err(target)=inf")])]
+    )
+    a, b = verdicts.failures(group)
+    assert a.verdict == "crash:TypeError@test_report_verdicts.py:kernel"
+    assert a.example == "test_k(device='cpu', case=Case(bsz=1, q_len=2),)"
+    assert (
+        a.example_block
+        == "Failing test case: test_k(\n    device='cpu',\n    data=data(...),\n)\nDraw 1 (case): Case(bsz=1,\n q_len=2)"
+    )
+    assert (b.verdict, b.message, b.example, b.example_block) == ("nan", "AssertionError: x", None, None)
+    # in setup or teardown an assertion is a crash, not a property's verdict
+    assert (
+        verdicts.failures(AssertionError("nan: err(target)=inf"), crash_only=True)[0].verdict
+        == "crash:AssertionError"
+    )
