@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gemma2_regress import cli
-from gemma2_regress.builds import bisect, envs
+from gemma2_regress.builds import bisect, envs, sources
 from gemma2_regress.builds.runner import Outcome, Selection, classify, falsifying_example
 
 BEHAVIOUR = {
@@ -154,7 +154,7 @@ def make_bisect(
 ) -> bisect.Bisect:
     sel = Selection(["-p", "hypothesis", "test_fake.py"], signature)
     return bisect.Bisect(
-        bisect.Wheelhouse(fakes["house"]),
+        sources.Wheelhouse(fakes["house"]),
         good,
         bad,
         sel,
@@ -222,9 +222,9 @@ def test_wrong_way_ranges_are_errors(fakes, tmp_path):
 
 
 def test_dates_pick_releases(fakes):
-    src = bisect.Wheelhouse(fakes["house"])
+    src = sources.Wheelhouse(fakes["house"])
     assert src.pick("2026-01-03").ref == "1.2"  # the newest build up to that day
-    with pytest.raises(bisect.BisectError, match="no wheelhouse build on or before"):
+    with pytest.raises(sources.BisectError, match="no wheelhouse build on or before"):
         src.pick("2025-12-01")
 
 
@@ -308,7 +308,7 @@ def test_git_commits_are_candidates(fakes, tmp_path):
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", f"c{i} {b}")
     shas = git("rev-list", "--reverse", "HEAD").split()
     here = envs.Env(sys.executable)
-    src = bisect.GitCheckout(repo, shas[0], shas[-1], base=lambda: here)
+    src = sources.GitCheckout(repo, shas[0], shas[-1], base=lambda: here)
     sel = Selection(["-p", "hypothesis", "test_fake.py"])
     b = bisect.Bisect(
         src,
@@ -324,7 +324,7 @@ def test_git_commits_are_candidates(fakes, tmp_path):
     assert res["first_new"] == shas[2][:12] and res["test_runs"] <= res["bound"]
     assert res["compare"].endswith(f"{shas[1]}...{shas[2]}")
     with pytest.raises(bisect.BisectError, match="wrong-way range"):
-        bisect.GitCheckout(repo, shas[-1], shas[0], base=lambda: here).candidates()
+        sources.GitCheckout(repo, shas[-1], shas[0], base=lambda: here).candidates()
 
 
 def test_script_exit_mapping():
