@@ -231,6 +231,12 @@ def test_matrix_rows_and_json_schema(tmp_path) -> None:
         assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(killmatrix.STATES)
 
 
+def test_matrix_columns_are_the_test_modules() -> None:
+    columns = killmatrix.modules()
+    assert "tests/kernel/test_slow_kernel.py" in columns
+    assert all(c.startswith(killmatrix.MODULE_DIRS) and c.endswith(".py") for c in columns)
+
+
 def test_union_selection_covers_every_mutant() -> None:
     chosen = list(mutants.CATALOGUE.values())
     paths, k = killmatrix.union_selection(chosen, "cpu")
