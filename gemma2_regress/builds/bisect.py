@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
-from gemma2_regress.builds import envs
-from gemma2_regress.builds.runner import RunResult, Selection, falsifying_example, run
+from gemma2_regress.builds import envs, runner
+from gemma2_regress.builds.runner import RunResult, Selection
 from gemma2_regress.builds.sources import BisectError, Candidate, Source
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
@@ -59,7 +59,11 @@ class Step:
 
 @dataclasses.dataclass
 class Bisect:
-    """A configured bisection. ``run()`` returns the result dict (also written to ``workdir``)."""
+    """A configured bisection. ``run()`` returns the result dict (also written to ``workdir``).
+
+    As in mozregression, the search knows neither where builds come from nor how one is tested: it
+    is given a build source (``builds.sources``) and a test runner (``builds.runner.run`` unless
+    ``test_runner`` names another)."""
 
     source: Source
     good: str
@@ -71,6 +75,8 @@ class Bisect:
     find_fix: bool = False
     gpus: list[str] = dataclasses.field(default_factory=list)
     log: Callable[[str], None] = lambda s: print(s, flush=True)
+    # (env, selection, step folder, *, cwd, extra_env, gpu) -> RunResult; None: builds.runner.run
+    test_runner: Callable[..., RunResult] | None = None
 
     # -- candidates and state ------------------------------------------------------------------
     def range(self) -> list[Candidate]:
@@ -142,16 +148,22 @@ class Bisect:
                 gpu,
             )
         install_s = round(time.time() - t0, 1)
-        extra = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
+        extra = {}
         if "HYPOTHESIS_PROFILE" not in os.environ:
             extra["HYPOTHESIS_PROFILE"] = "ci"  # deterministic draws: every candidate sees the same examples
-        res: RunResult = run(
-            env, self.selection, self.workdir / "steps" / _safe(cand.label), cwd=self.cwd, extra_env=extra
+        run_tests = self.test_runner or runner.run
+        res: RunResult = run_tests(
+            env,
+            self.selection,
+            self.workdir / "steps" / _safe(cand.label),
+            cwd=self.cwd,
+            extra_env=extra,
+            gpu=gpu,
         )
         state = (
             "skip" if res.status == "skip" else ("new" if (res.status == "bad") != self.find_fix else "old")
         )
-        failing = [t.nodeid for t in res.tests if t.verdict not in ("ok", "skipped")][:20]
+        failing = [t.nodeid for t in res.tests if t.failed][:20]
         return Step(
             n,
             cand.label,
@@ -257,20 +269,12 @@ class Bisect:
             "test_runs": len(ordered),
             "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
             "compare": link,
-            "falsifying_example": _falsifying(deciding) if deciding and deciding.status == "bad" else None,
+            "falsifying_example": deciding.falsifying if deciding and deciding.status == "bad" else None,
             "wall_s": round(wall, 1),
             "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
         }
         out["issue_text"] = issue_text(out, deciding)
         return out
-
-
-def _falsifying(step: Step) -> str | None:
-    """The step's minimal failing example, re-read from its log when that is still there."""
-    log = Path(step.log) if step.log else None
-    if log is not None and log.exists():
-        return falsifying_example(log.read_text(errors="replace")) or step.falsifying
-    return step.falsifying
 
 
 def _safe(s: str) -> str:

@@ -17,7 +17,7 @@ sides' ``perf run`` JSON when requested (default: on a GPU); without that module
 Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, failures = regressions).
 Both specs are checked (``sources.check_spec``: the version is on PyPI, the wheel file exists, the git
 ref resolves, the site folder holds Unsloth) before either side is built (``sources.environment``), and
-nothing is written before.
+nothing is written before. Per-test verdicts come from each side's summary JSON (``builds.runner``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
-from gemma2_regress.builds import envs
-from gemma2_regress.builds.runner import Outcome, Selection, run
+from gemma2_regress.builds import envs, runner
+from gemma2_regress.builds.runner import Outcome, Selection
 from gemma2_regress.builds.sources import BisectError, check_spec, environment
 
 TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
@@ -57,8 +57,8 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
     for node in sorted(set(b) | set(c)):
         bv = b[node].verdict if node in b else None
         cv = c[node].verdict if node in c else None
-        fail_b = bv not in (None, "ok", "skipped")
-        fail_c = cv not in (None, "ok", "skipped")
+        fail_b = node in b and b[node].failed
+        fail_c = node in c and c[node].failed
         if bv is None:
             call = "new-fail" if fail_c else "new"
         elif cv is None:
@@ -169,7 +169,7 @@ def gate(
             extra = {"HYPOTHESIS_PROFILE": TIER_PROFILE[tier]}
             if tier == "gpu":
                 extra["GEMMA2_REGRESS_GPUS"] = str(_cuda(s.env))
-            res = run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
+            res = runner.run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
             log(
                 f"gate: {tier} tier on {s.name} {s.spec}: {len(res.tests)} tests, pytest exit {res.exit_code}, "
                 f"{res.test_s:.0f} s"
