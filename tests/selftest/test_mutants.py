@@ -181,7 +181,7 @@ def test_missing_anchor_is_not_applicable() -> None:
         mutants._resolve(gone, mutants._handles())
 
 
-# --- the kill matrix's rows and JSON (its JUnit parsing: test_junit.py) -----------------------------
+# --- the kill matrix's rows and JSON (its reading of the summary JSON: test_runner.py) ---------------
 def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
     return killmatrix.Run("m", rc, 1.0, tests, status, "", ["python", "-m", "pytest"])
 

@@ -74,3 +74,36 @@ def test_a_failed_test_without_verdicts_is_unjudged(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps(data))
     group = {t.nodeid: t for t in read_summary(tmp_path / "summary.json") or []}[GROUP]
     assert group.failed and group.verdict == "unjudged" and group.matching("mismatch") is None
+
+
+def test_kill_matrix_rows_from_the_summary() -> None:
+    from gemma2_regress.mutants import killmatrix
+
+    rows = killmatrix.rows(read_summary(FIXTURE) or [])
+    assert [r["outcome"] for r in rows] == ["passed", "failed", "skipped", "skipped", "passed", "failed"]
+    bad = rows[1]
+    assert bad["module"] == "tests/kernel/test_slow_kernel.py"
+    assert bad["test"] == "test_small_windows[cuda-slow_inference_attention_softcapping[unsloth-eval]]"
+    assert bad["verdict"] == CRASH and "q_len=1" in bad["counterexample"]
+    assert [f["verdict"] for f in bad["failures"]] == [CRASH, "mismatch"]
+    assert bad["failures"][1]["message"].startswith("AssertionError: kernel_matches_oracle failed")
+    assert rows[5]["test"] == "TestEvaluate::test_past_window[4]"
+
+
+def test_kill_matrix_runs_pytest_through_the_runner(tmp_path: Path, monkeypatch) -> None:
+    """A baseline run of the kill matrix over a small real selection: the suite's own conftest writes
+    the summary JSON the runner reads; a mutant named in the caller's environment is not planted
+    (an unknown one would stop pytest with a usage error, exit 4)."""
+    import sys
+
+    from gemma2_regress.mutants import killmatrix
+
+    monkeypatch.setenv("GEMMA2_REGRESS_MUTANT", "no_such_bug")
+    run = killmatrix.run_pytest(
+        sys.executable, ("tests/selftest/test_schedule.py",), "cpu", "", 0, None, 300.0, tmp_path
+    )
+    assert run.rc == 0 and run.status is None, run.output_tail
+    assert run.tests and {t["outcome"] for t in run.tests} == {"passed"}
+    assert {t["module"] for t in run.tests} == {"tests/selftest/test_schedule.py"}
+    assert run.command[run.command.index("-m", 3) + 1] == killmatrix.MARKERS["cpu"] and "-x" in run.command
+    assert (tmp_path / "cpu-baseline" / "summary.json").exists()
