@@ -9,9 +9,10 @@ one into an empty folder of the environment cache:
 - ``GitCheckout``   first-parent commits of an Unsloth checkout, each laid as source over a base environment.
 
 A ``Spec`` is one build named on a command line (``installed``, a release version, an unpacked site
-folder, a wheel file, a git ref of a checkout): ``check_spec`` checks it without building anything,
-``environment`` turns a checked spec into an environment (from the cache when it is there). The
-gate's ``--candidate`` / ``--baseline`` and bisect's ``--base`` go through them.
+folder, a wheel file, a git ref of a checkout), checked without building anything: the gate's
+``--candidate`` / ``--baseline`` by ``check_spec``, bisect's ``--base`` (``installed`` or a release
+that ``PyPIReleases.pick`` finds) by the command line. ``environment`` is the one way from a spec to
+an environment (from the cache when it is there).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from gemma2_regress.builds import envs, install
 
 
 class BisectError(RuntimeError):
-    """Bad input to bisect or gate (an unknown build, a wrong-way range, a spec or option that cannot
-    be used); the message names the problem and the fix. Raised before anything is built."""
+    """Bad input to bisect or gate (an unknown build, a wrong-way range, an untestable end, a spec or
+    option that cannot be used); the message names the problem and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
