@@ -21,7 +21,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from gemma2_regress.argcheck import OneLineParser, bounded, choices, unwritable
-from gemma2_regress.builds import bisect, envs, install
+from gemma2_regress.builds import bisect, envs, install, runner, sources
 from gemma2_regress.gpu_check import visible_gpus
 
 EPILOG_BISECT = """examples:
@@ -242,27 +242,24 @@ def _check_installer(installer: str) -> None:
         )
 
 
-def _base_source(spec: str, args: argparse.Namespace) -> tuple[bisect.PyPIReleases, bisect.Candidate] | None:
-    """``--base``: None for 'installed', else the release (checked against PyPI; nothing is built)."""
+def _base_spec(spec: str, args: argparse.Namespace) -> sources.Spec:
+    """``--base``: 'installed' (this interpreter, which need not hold Unsloth: the checkout supplies
+    it) or a release, checked against PyPI's list (a version or a date); nothing is built."""
     if spec == "installed":
-        return None
-    src = bisect.PyPIReleases(torch=args.torch, installer=args.installer)
-    return src, src.pick(spec)
+        return sources.INSTALLED
+    return sources.Spec.release(sources.PyPIReleases(torch=args.torch, installer=args.installer).pick(spec))
 
 
-def _base_env(base: tuple[bisect.PyPIReleases, bisect.Candidate] | None, cache: envs.EnvCache) -> envs.Env:
-    if base is None:
-        return envs.Env(sys.executable, [], {"unsloth": "installed"})
-    src, cand = base
-    return cache.get(src.key(cand), lambda d: src.build(cand, d))[0]
+def _base_env(spec: sources.Spec, cache: envs.EnvCache, args: argparse.Namespace) -> envs.Env:
+    return sources.environment(spec, cache, torch=args.torch, installer=args.installer)[0]
 
 
-def _selection(args: argparse.Namespace) -> bisect.Selection:
+def _selection(args: argparse.Namespace) -> runner.Selection:
     if not args.pytest_args:
         raise bisect.BisectError(
             "no test selection: put pytest arguments after --, e.g. -- tests/kernel -k small_windows"
         )
-    return bisect.Selection(list(args.pytest_args), args.signature, args.timeout)
+    return runner.Selection(list(args.pytest_args), args.signature, args.timeout)
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
@@ -282,28 +279,28 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             )
         if not Path(args.repo).is_dir():
             raise bisect.BisectError(f"--repo {args.repo}: no such folder; pass an Unsloth checkout")
-        base = _base_env(_base_source(args.base, args), cache)
+        base = _base_env(_base_spec(args.base, args), cache, args)
         env = envs.Env(base.python, [str(Path(args.repo).resolve()), *base.pythonpath])
         # The suite's checkout: `git bisect run` starts this in Unsloth's checkout.
         root = Path(os.environ.get("GEMMA2_REGRESS_ROOT", cwd))
         wd = Path(args.workdir) if args.workdir else root / "reports" / "bisect" / "script"
-        res = bisect.run(env, sel, wd, cwd=root)
+        res = runner.run(env, sel, wd, cwd=root)
         code = bisect.script_exit(res.status, args.find_fix)
         print(f"gemma2-regress: {res.status} ({res.signature}) {res.reason} -> exit {code}", flush=True)
         return code
     if not (args.good and args.bad):
         raise bisect.BisectError("pass both --good and --bad (versions, YYYY-MM-DD dates or git refs)")
     if args.repo:
-        base_src = _base_source(args.base, args)  # checked now, built with the first commit
-        source: bisect.Source = bisect.GitCheckout(
+        base_spec = _base_spec(args.base, args)  # checked now, built with the first commit
+        source: sources.Source = sources.GitCheckout(
             args.repo,
             *((args.bad, args.good) if args.find_fix else (args.good, args.bad)),
-            base=lambda: _base_env(base_src, cache),
+            base=lambda: _base_env(base_spec, cache, args),
         )
     elif args.wheelhouse:
-        source = bisect.Wheelhouse(args.wheelhouse, installer=args.installer)
+        source = sources.Wheelhouse(args.wheelhouse, installer=args.installer)
     else:
-        source = bisect.PyPIReleases(torch=args.torch, installer=args.installer)
+        source = sources.PyPIReleases(torch=args.torch, installer=args.installer)
     workdir = (
         Path(args.workdir)
         if args.workdir

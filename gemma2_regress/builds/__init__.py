@@ -1,9 +1,11 @@
 """Unsloth builds, and runs of the suite against them.
 
 ``install`` (one release with the neighbours it accepts), ``envs`` (isolated environments, cached),
-``runner`` (the one pytest runner: a selection run in an environment, read per test), ``junit`` (its
-JUnit reader), ``bisect`` (first bad / first fixed build), ``gate`` (candidate against baseline),
-``reruns`` (the same selection under other CPU settings, or many times: portability and flakes).
+``sources`` (what can be installed and how: PyPI releases, a wheelhouse, commits of a checkout, and a
+build named on a command line turned into an environment), ``runner`` (the one pytest runner: a
+selection run in an environment, read per test from the run's summary JSON), ``bisect`` (first bad /
+first fixed build, given a source and a runner), ``gate`` (candidate against baseline), ``reruns``
+(the same selection under other CPU settings, or many times: portability and flakes).
 May import ``reference.verdicts``, ``plugins``, ``perf`` (the gate's timing), and the top-level
 ``argcheck``, ``gpu_check``, ``toolslock`` and ``atomic``; nothing imports it but ``mutants.killmatrix``
 and ``cli``.

@@ -10,264 +10,31 @@ the next one nearest the middle is tried instead, and if only skips remain the a
 
 Test runs for N candidates: 2 (the ends) + ceil(log2(N - 1)) without skips, i.e. at most
 ceil(log2 N) + 2. Each step's result is saved (atomically) in ``<workdir>/state.json`` and the
-same command resumes from it.
+same command resumes from it. The answer is written as ``result.json`` and as a ready-to-paste
+issue text (``result.md``); ``script_exit`` maps one verdict to ``git bisect run``'s exit codes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
-import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
-from gemma2_regress import toolslock
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
-from gemma2_regress.builds import envs, install
-from gemma2_regress.builds.runner import RunResult, Selection, falsifying_example, run
+from gemma2_regress.builds import envs, runner
+from gemma2_regress.builds.runner import RunResult, Selection
+from gemma2_regress.builds.sources import BisectError, Candidate, Source
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
 EXIT_FOUND, EXIT_ERROR, EXIT_AMBIGUOUS = 0, 2, 3
 SCRIPT_GOOD, SCRIPT_BAD, SCRIPT_SKIP = 0, 1, 125  # git bisect run
-
-
-class BisectError(RuntimeError):
-    """The range or the command is unusable; the message names the problem and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """One build: ``release`` (a version of a source), ``commit`` (sha of a checkout) or ``wheel``."""
-
-    kind: str
-    ref: str
-    date: str = ""
-
-    @property
-    def label(self) -> str:
-        return (
-            self.ref[:12]
-            if self.kind == "commit"
-            else Path(self.ref).name
-            if self.kind == "wheel"
-            else self.ref
-        )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Sources: where candidates come from and how an environment is built for one.
-
-
-class Source:
-    """Lists candidates and builds an environment for one (into an empty cache directory)."""
-
-    name = "source"
-    empty_hint = "check the source"
-
-    def candidates(self) -> list[Candidate]:
-        raise NotImplementedError
-
-    def build(self, cand: Candidate, d: Path) -> envs.Env:
-        raise NotImplementedError
-
-    def key(self, cand: Candidate) -> str:
-        return f"{self.name}-{cand.ref}"
-
-    def pick(self, spec: str) -> Candidate:
-        """A candidate by version/ref or by date (``YYYY-MM-DD``: the newest one up to that day)."""
-        cands = self.candidates()
-        if not cands:
-            raise BisectError(f"no {self.name} builds to choose from; {self.empty_hint}")
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
-            upto = [c for c in cands if c.date and c.date[:10] <= spec]
-            if not upto:
-                raise BisectError(
-                    f"no {self.name} build on or before {spec}; the oldest is {cands[0].label} ({cands[0].date[:10]})"
-                )
-            return upto[-1]
-        for c in cands:
-            if spec in (c.ref, c.label) or (c.kind == "commit" and c.ref.startswith(spec)):
-                return c
-        near = ", ".join(c.label for c in cands[-5:])
-        raise BisectError(
-            f"{spec!r} is not a known {self.name} build (latest: {near}); pass a version or a YYYY-MM-DD date"
-        )
-
-
-class PyPIReleases(Source):
-    """Unsloth releases on PyPI, each in its own venv with the neighbours it accepts.
-
-    ``torch``: a torch version to use even where a release caps torch lower (recorded; it keeps a CPU
-    bisect affordable: one local CPU torch for every release). ``installer``: uv | pip | auto."""
-
-    name = "pypi"
-
-    def __init__(self, torch: str | None = None, installer: str = "auto", find_links: tuple[str, ...] = ()):
-        self.torch, self.installer = torch, installer
-        self.find_links = find_links or tuple(p for p in os.environ.get("PIP_FIND_LINKS", "").split() if p)
-
-    def candidates(self) -> list[Candidate]:
-        return [
-            Candidate("release", str(v), t.isoformat())
-            for v, t in install.releases("unsloth")
-            if not v.is_prerelease
-        ]
-
-    def key(self, cand: Candidate) -> str:
-        return (
-            f"pypi-{cand.ref}-torch{self.torch or 'auto'}-py{sys.version_info.major}{sys.version_info.minor}"
-        )
-
-    def build(self, cand: Candidate, d: Path) -> envs.Env:
-        try:
-            steps = install.plan(cand.ref)
-            wheels = [str(install.wheel(*r.split("=="))) for r in steps["unsloth"]]
-        except install.InstallError as exc:
-            raise envs.BuildError(str(exc)) from exc
-        torch = f"torch=={self.torch}" if self.torch else steps["torch"][0]
-        neighbours = [r for r in steps["neighbours"] if not r.startswith("torch==")]
-        python = envs.make_venv(d / "venv", installer=self.installer)
-        extra: list[str] = []
-        uv = envs.uv_binary() if self.installer in ("auto", "uv") else None
-        if uv:  # resolve the neighbours as of the release's upload date (+1 day), torch forced
-            cutoff = (dt.datetime.fromisoformat(cand.date) + dt.timedelta(days=1)).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"
-            )
-            (d / "override.txt").write_text(torch + "\n")
-            extra = ["--exclude-newer", cutoff, "--override", str(d / "override.txt")]
-            # The suite's own tools are pinned (requirements/test.txt) and may be newer than the release.
-            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            for name in sorted({p.name for p in toolslock.read()}):
-                extra += ["--exclude-newer-package", f"{name}={now}"]
-        t = envs.pip_install(
-            [torch, *neighbours, *install.TEST_TOOLS],
-            python=python,
-            installer=self.installer,
-            find_links=self.find_links,
-            extra=extra,
-        )
-        t += envs.pip_install(["--no-deps", *wheels], python=python, installer=self.installer)
-        return envs.Env(
-            python,
-            [],
-            {
-                "unsloth": cand.ref,
-                "zoo": steps["unsloth"][1],
-                "torch": torch,
-                "install_s": round(t, 1),
-                "installer": "uv" if uv else "pip",
-            },
-        )
-
-
-class Wheelhouse(Source):
-    """A directory of Unsloth builds as wheels (``unsloth-<version>-*.whl``): nightlies kept locally,
-    or a test fixture. Each is installed with ``--no-deps`` over the base interpreter (``python``),
-    which must already hold the neighbours. Dates come from ``dates.json`` ({version: iso}) if present."""
-
-    name = "wheelhouse"
-    empty_hint = "put unsloth-<version>-*.whl files in the --wheelhouse folder"
-
-    def __init__(self, path: str | Path, python: str = sys.executable, installer: str = "auto"):
-        self.path, self.python, self.installer = Path(path), python, installer
-        if not self.path.is_dir():
-            raise BisectError(f"wheelhouse {path} is not a directory; pass a folder of unsloth-*.whl files")
-
-    def candidates(self) -> list[Candidate]:
-        dates = {}
-        if (self.path / "dates.json").exists():
-            dates = json.loads((self.path / "dates.json").read_text())
-        out = []
-        for w in self.path.glob("unsloth-*.whl"):
-            ver = w.name.split("-")[1]
-            try:
-                Version(ver)
-            except InvalidVersion:
-                continue
-            out.append(Candidate("release", ver, dates.get(ver, "")))
-        return sorted(out, key=lambda c: Version(c.ref))
-
-    def build(self, cand: Candidate, d: Path) -> envs.Env:
-        wheel = next(self.path.glob(f"unsloth-{cand.ref}-*.whl"))
-        t = envs.pip_install(
-            ["--no-deps", str(wheel)],
-            target=d / "site",
-            python=self.python,
-            installer=self.installer,
-            offline=True,
-        )
-        return envs.Env(self.python, [str(d / "site")], {"install_s": round(t, 1)})
-
-
-class GitCheckout(Source):
-    """Commits of a local Unsloth checkout between two refs (first-parent history), each laid as
-    source over a base environment (a release's venv, or the current interpreter)."""
-
-    name = "git"
-
-    def __init__(self, repo: str | Path, good: str, bad: str, base: Callable[[], envs.Env]):
-        self.repo, self.base = Path(repo), base
-        if not (self.repo / ".git").exists() and not (self.repo / "HEAD").exists():
-            raise BisectError(f"{repo} is not a git checkout; pass --repo PATH to an Unsloth clone")
-        self.range = (good, bad)
-
-    def _git(self, *args: str) -> str:
-        done = subprocess.run(["git", "-C", str(self.repo), *args], capture_output=True, text=True)
-        if done.returncode:
-            first = (done.stderr.strip().splitlines() or ["no output"])[0][:200]
-            raise BisectError(f"git {' '.join(args)} failed: {first}; check the ref and --repo {self.repo}")
-        return done.stdout.strip()
-
-    def candidates(self) -> list[Candidate]:
-        a, b = (self._git("rev-parse", r + "^{commit}") for r in self.range)
-        if self._git("merge-base", a, b) != a:  # not an ancestor: maybe the other way round
-            if self._git("merge-base", a, b) == b:
-                raise BisectError(
-                    f"wrong-way range: {self.range[0]} is newer than {self.range[1]}; swap them (or use --find-fix)"
-                )
-            raise BisectError(
-                f"{self.range[0]} is not an ancestor of {self.range[1]}; pick refs on one branch"
-            )
-        shas = self._git("rev-list", "--first-parent", "--reverse", f"{a}..{b}").split()
-        out = []
-        for sha in [a, *shas]:
-            out.append(Candidate("commit", sha, self._git("show", "-s", "--format=%cI", sha)))
-        return out
-
-    def pick(self, spec: str) -> Candidate:
-        sha = self._git("rev-parse", spec + "^{commit}")
-        return next(c for c in self.candidates() if c.ref == sha)
-
-    def build(self, cand: Candidate, d: Path) -> envs.Env:
-        src = d / "src"
-        src.mkdir()
-        tar = subprocess.run(
-            ["git", "-C", str(self.repo), "archive", "--format=tar", cand.ref], capture_output=True
-        )
-        if tar.returncode:
-            raise envs.BuildError(f"git archive {cand.ref} failed: {tar.stderr.decode()[:200]}")
-        (d / "src.tar").write_bytes(tar.stdout)
-        with tarfile.open(d / "src.tar") as tf:
-            tf.extractall(src, filter="data") if sys.version_info >= (3, 12) else tf.extractall(src)
-        (d / "src.tar").unlink()
-        base = self.base()
-        return envs.Env(base.python, [str(src), *base.pythonpath], {"commit": cand.ref})
-
-
-# ---------------------------------------------------------------------------------------------------
-# Steps and the search.
 
 
 @dataclasses.dataclass
@@ -292,7 +59,11 @@ class Step:
 
 @dataclasses.dataclass
 class Bisect:
-    """A configured bisection. ``run()`` returns the result dict (also written to ``workdir``)."""
+    """A configured bisection. ``run()`` returns the result dict (also written to ``workdir``).
+
+    As in mozregression, the search knows neither where builds come from nor how one is tested: it
+    is given a build source (``builds.sources``) and a test runner (``builds.runner.run`` unless
+    ``test_runner`` names another)."""
 
     source: Source
     good: str
@@ -304,6 +75,8 @@ class Bisect:
     find_fix: bool = False
     gpus: list[str] = dataclasses.field(default_factory=list)
     log: Callable[[str], None] = lambda s: print(s, flush=True)
+    # (env, selection, step folder, *, cwd, extra_env, gpu) -> RunResult; None: builds.runner.run
+    test_runner: Callable[..., RunResult] | None = None
 
     # -- candidates and state ------------------------------------------------------------------
     def range(self) -> list[Candidate]:
@@ -375,16 +148,22 @@ class Bisect:
                 gpu,
             )
         install_s = round(time.time() - t0, 1)
-        extra = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
+        extra = {}
         if "HYPOTHESIS_PROFILE" not in os.environ:
             extra["HYPOTHESIS_PROFILE"] = "ci"  # deterministic draws: every candidate sees the same examples
-        res: RunResult = run(
-            env, self.selection, self.workdir / "steps" / _safe(cand.label), cwd=self.cwd, extra_env=extra
+        run_tests = self.test_runner or runner.run
+        res: RunResult = run_tests(
+            env,
+            self.selection,
+            self.workdir / "steps" / _safe(cand.label),
+            cwd=self.cwd,
+            extra_env=extra,
+            gpu=gpu,
         )
         state = (
             "skip" if res.status == "skip" else ("new" if (res.status == "bad") != self.find_fix else "old")
         )
-        failing = [t.nodeid for t in res.tests if t.verdict not in ("ok", "skipped")][:20]
+        failing = [t.nodeid for t in res.tests if t.failed][:20]
         return Step(
             n,
             cand.label,
@@ -490,20 +269,12 @@ class Bisect:
             "test_runs": len(ordered),
             "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
             "compare": link,
-            "falsifying_example": _falsifying(deciding) if deciding and deciding.status == "bad" else None,
+            "falsifying_example": deciding.falsifying if deciding and deciding.status == "bad" else None,
             "wall_s": round(wall, 1),
             "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
         }
         out["issue_text"] = issue_text(out, deciding)
         return out
-
-
-def _falsifying(step: Step) -> str | None:
-    """The step's minimal failing example, re-read from its log when that is still there."""
-    log = Path(step.log) if step.log else None
-    if log is not None and log.exists():
-        return falsifying_example(log.read_text(errors="replace")) or step.falsifying
-    return step.falsifying
 
 
 def _safe(s: str) -> str:

@@ -15,30 +15,25 @@ examples. Per test: ``regression`` (ok on baseline, failing on candidate: the ga
 Performance: ``gemma2_regress.perf.compare(candidate_json, baseline_json, threshold)`` on the two
 sides' ``perf run`` JSON when requested (default: on a GPU); without that module, "perf: not run".
 Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, failures = regressions).
-Both specs are checked (``check_spec``: the version is on PyPI, the wheel file exists, the git ref
-resolves, the site folder holds Unsloth) before either side is built, and nothing is written before.
+Both specs are checked (``sources.check_spec``: the version is on PyPI, the wheel file exists, the git
+ref resolves, the site folder holds Unsloth) before either side is built (``sources.environment``), and
+nothing is written before. Per-test verdicts come from each side's summary JSON (``builds.runner``).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import importlib.util
-import json
 import os
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
-import zipfile
 from pathlib import Path
 
-from packaging.version import Version
-
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
-from gemma2_regress.builds import bisect, envs, install
-from gemma2_regress.builds.runner import Outcome, Selection, run
+from gemma2_regress.builds import envs, runner
+from gemma2_regress.builds.runner import Outcome, Selection
+from gemma2_regress.builds.sources import BisectError, check_spec, environment
 
 TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
 TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
@@ -55,123 +50,6 @@ class Side:
     cache_hit: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """A checked candidate or baseline: ``kind`` installed | site | wheel | git | release, ``ref`` the
-    folder, wheel path, commit sha or version, ``date`` a release's upload time."""
-
-    kind: str
-    ref: str
-    label: str
-    date: str = ""
-
-
-def check_spec(spec: str, role: str, repo: str | None = None) -> Spec:
-    """Check a ``--candidate`` / ``--baseline`` spec without building anything: the version is on
-    PyPI, the wheel file exists, the git ref resolves in ``repo``, the site folder holds Unsloth.
-    Raises ``bisect.BisectError`` or ``install.InstallError`` (no network) with a one-line message."""
-    flag = f"--{role}"
-    if spec == "installed":
-        if importlib.util.find_spec("unsloth") is None:
-            raise bisect.BisectError(
-                f"{flag} installed: this interpreter ({sys.executable}) has no unsloth; install one or pass a version"
-            )
-        return Spec("installed", "", "installed")
-    path = Path(spec).expanduser()
-    if path.is_dir():  # an unpacked site folder (an offline GPU bundle) over this interpreter
-        if not (path / "unsloth" / "__init__.py").is_file():
-            raise bisect.BisectError(
-                f"{flag} {spec}: not an unpacked bundle (no unsloth/ package inside); unpack one "
-                "(tar xzf .gpu/site.tgz -C /tmp, then pass /tmp/gpusite) or pass a version"
-            )
-        site = str(path.resolve())
-        return Spec("site", site, f"{_site_version(site)} ({site})")
-    if spec.endswith(".whl"):
-        if not path.is_file():
-            raise bisect.BisectError(f"{flag} {spec}: no such wheel file; pass a path to an unsloth-*.whl")
-        if not path.name.startswith("unsloth-") or not zipfile.is_zipfile(path):
-            raise bisect.BisectError(
-                f"{flag} {spec}: not an unsloth wheel (a zip named unsloth-<version>-*.whl); rebuild or re-download it"
-            )
-        return Spec("wheel", str(path.resolve()), path.name)
-    if repo and role == "candidate":
-        src = bisect.GitCheckout(repo, spec, spec, base=lambda: envs.Env(sys.executable))
-        try:
-            sha = src._git("rev-parse", spec + "^{commit}")
-        except bisect.BisectError:
-            raise bisect.BisectError(
-                f"{flag} {spec}: not a commit of {repo}; pass a branch, tag or sha there (git -C {repo} log)"
-            ) from None
-        return Spec("git", sha, f"{spec} ({sha[:12]})")
-    if os.sep in spec or spec.startswith((".", "~")):
-        raise bisect.BisectError(
-            f"{flag} {spec}: no such file or folder; pass a version, a wheel file or an unpacked bundle folder"
-        )
-    try:
-        version = install.resolve_version(spec)
-        when = dict(install.releases("unsloth"))[Version(version)]
-    except install.InstallError as exc:
-        raise install.InstallError(f"{flag} {spec}: {exc}") from exc
-    return Spec("release", version, version, when.isoformat())
-
-
-def resolve_env(
-    spec: Spec,
-    cache: envs.EnvCache,
-    *,
-    base: envs.Env | None,
-    repo: str | None,
-    torch: str | None,
-    installer: str,
-) -> tuple[envs.Env, float, bool, str]:
-    """(env, install seconds, cache hit, label) for a checked spec (``check_spec``); ``base`` is the
-    baseline's env for wheel files and git refs."""
-    t0 = time.time()
-    if spec.kind == "installed":
-        return envs.Env(sys.executable, [], {"unsloth": "installed"}), 0.0, True, spec.label
-    if spec.kind == "site":
-        return envs.Env(sys.executable, [spec.ref], {"site": spec.ref}), 0.0, True, spec.label
-    if spec.kind == "wheel":
-        wheel = Path(spec.ref)
-        if base is None:  # a wheel baseline: laid over the current interpreter's environment
-            base = envs.Env(sys.executable, [], {"unsloth": "installed"})
-        over = base
-
-        def build(d: Path) -> envs.Env:
-            envs.pip_install(
-                ["--no-deps", str(wheel)],
-                target=d / "site",
-                python=over.python,
-                installer=installer,
-            )
-            return envs.Env(over.python, [str(d / "site"), *over.pythonpath], {"wheel": wheel.name})
-
-        key = f"wheel-{wheel.name}-{int(wheel.stat().st_mtime)}-on-{_tag(base)}"
-        env, hit, _ = cache.get(key, build)
-        return env, round(time.time() - t0, 1), hit, spec.label
-    if spec.kind == "git":
-        if base is None or repo is None:
-            raise bisect.BisectError("a git ref is laid over the baseline's environment; pass --baseline")
-        layer = base
-        src = bisect.GitCheckout(repo, spec.ref, spec.ref, base=lambda: layer)
-        cand = bisect.Candidate("commit", spec.ref)
-        env, hit, _ = cache.get(f"git-{cand.ref}-on-{_tag(base)}", lambda d: src.build(cand, d))
-        return env, round(time.time() - t0, 1), hit, spec.label
-    pypi = bisect.PyPIReleases(torch=torch, installer=installer)
-    cand = bisect.Candidate("release", spec.ref, spec.date)
-    env, hit, _ = cache.get(pypi.key(cand), lambda d: pypi.build(cand, d))
-    return env, round(time.time() - t0, 1), hit, spec.label
-
-
-def _site_version(site: str) -> str:
-    found = sorted(Path(site).glob("unsloth-*.dist-info"))
-    return "unsloth " + found[0].name[len("unsloth-") : -len(".dist-info")] if found else "unsloth ?"
-
-
-def _tag(env: envs.Env) -> str:
-    return hashlib.sha1(json.dumps([env.python, env.pythonpath]).encode()).hexdigest()[:10]
-
-
 def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
     """Per-test rows for one tier: baseline verdict, candidate verdict, and the gate's call."""
     b, c = {t.nodeid: t for t in base}, {t.nodeid: t for t in cand}
@@ -179,8 +57,8 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
     for node in sorted(set(b) | set(c)):
         bv = b[node].verdict if node in b else None
         cv = c[node].verdict if node in c else None
-        fail_b = bv not in (None, "ok", "skipped")
-        fail_c = cv not in (None, "ok", "skipped")
+        fail_b = node in b and b[node].failed
+        fail_c = node in c and c[node].failed
         if bv is None:
             call = "new-fail" if fail_c else "new"
         elif cv is None:
@@ -263,18 +141,15 @@ def gate(
     # Both sides are checked before either is built: a typo in the candidate must not cost a baseline build.
     unknown = [t for t in tiers or () if t not in TIER_MARKS]
     if unknown or tiers == []:
-        raise bisect.BisectError(
+        raise BisectError(
             f"unknown tier(s) {', '.join(unknown) or '(none given)'}; use --tiers cpu, gpu or cpu,gpu"
         )
     c_spec = check_spec(candidate, "candidate", repo)
     b_spec = check_spec(baseline, "baseline")
-    base_env, b_s, b_hit, b_label = resolve_env(
-        b_spec, cache, base=None, repo=None, torch=torch, installer=installer
-    )
+    b_label, c_label = b_spec.label, c_spec.label
+    base_env, b_s, b_hit = environment(b_spec, cache, torch=torch, installer=installer)
     log(f"gate: baseline {b_label} ready ({'cache hit' if b_hit else f'built in {b_s:.1f} s'})")
-    c_env, c_s, c_hit, c_label = resolve_env(
-        c_spec, cache, base=base_env, repo=repo, torch=torch, installer=installer
-    )
+    c_env, c_s, c_hit = environment(c_spec, cache, base=base_env, repo=repo, torch=torch, installer=installer)
     log(f"gate: candidate {c_label} ready ({'cache hit' if c_hit else f'built in {c_s:.1f} s'})")
     sides = [Side("baseline", b_label, base_env, b_s, b_hit), Side("candidate", c_label, c_env, c_s, c_hit)]
     if tiers is None:
@@ -294,7 +169,7 @@ def gate(
             extra = {"HYPOTHESIS_PROFILE": TIER_PROFILE[tier]}
             if tier == "gpu":
                 extra["GEMMA2_REGRESS_GPUS"] = str(_cuda(s.env))
-            res = run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
+            res = runner.run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
             log(
                 f"gate: {tier} tier on {s.name} {s.spec}: {len(res.tests)} tests, pytest exit {res.exit_code}, "
                 f"{res.test_s:.0f} s"

@@ -13,10 +13,10 @@ that on one machine:
     prints per test how often it passed. Exit 1 when a test both passed and failed (a flake: a bug),
     3 when tests failed every time and none flaked (a real red), 0 otherwise.
 
-Both run pytest through ``selection.run`` (the suite's one pytest runner) in this interpreter, under
-the deterministic ``ci`` Hypothesis profile by default, so every run draws the same examples. State
-is kept per finished run in ``<out>/state.json`` (written atomically): the same command again resumes,
-``--fresh`` starts over. ``python -m gemma2_regress.builds.reruns portability|flakes --help``.
+Both run pytest through ``builds.runner.run`` (the suite's one pytest runner, which reads each test's
+outcome from the run's summary JSON) in this interpreter, under the deterministic ``ci`` Hypothesis
+profile by default, so every run draws the same examples. State is kept per finished run in
+``<out>/state.json`` (written atomically): the same command again resumes, ``--fresh`` starts over. ``python -m gemma2_regress.builds.reruns portability|flakes --help``.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def execute(
             extra = {**setting.env, "HYPOTHESIS_PROFILE": plan.profile}
             t0 = time.time()
             res = run(env, sel, out / label, cwd=Path.cwd(), extra_env=extra)
-            tests = {t.nodeid: _outcome(t.verdict) for t in res.tests}
+            tests = {t.nodeid: t.plain for t in res.tests}
             state["runs"][label] = tests or {"": f"error: {res.reason}"}
             done_now += 1
             counts = collections.Counter(tests.values())
@@ -160,10 +160,6 @@ def execute(
             )
         write_json_atomic(state_path, state)
     return state["runs"]
-
-
-def _outcome(verdict: str) -> str:
-    return {"ok": "passed", "skipped": "skipped"}.get(verdict, "failed")
 
 
 def tally(runs: dict[str, dict[str, str]]) -> dict[str, collections.Counter]:

@@ -1,19 +1,31 @@
-"""What "bad" means for a candidate: a pytest selection run in its environment, read per test.
+"""The one pytest runner: a selection run in a build's environment, read back per test.
 
-A ``Selection`` is pytest arguments (node ids, ``-k``, ``-m``...) and optionally a verdict pattern
-(``gemma2_regress.reference.verdicts.matches``: ``crash``, ``crash:TypeError``, ``mismatch``, ``nan``,
-``bad``). ``run`` starts pytest with the candidate's interpreter, writes JUnit XML and the suite's
-summary JSON (``GEMMA2_REGRESS_REPORT``) into a step directory, and classifies the candidate:
+A ``Selection`` is pytest arguments (node ids, ``-k``, ``-m``, ``-x``, plugin options such as
+``--mutant``...) and optionally a verdict pattern (``gemma2_regress.reference.verdicts.matches``:
+``crash``, ``crash:TypeError``, ``mismatch``, ``nan``, ``bad``). ``run`` starts pytest with the
+environment's interpreter (extra environment variables, one GPU via ``CUDA_VISIBLE_DEVICES``, a
+time limit), has it write the suite's summary JSON (``GEMMA2_REGRESS_REPORT``), JUnit XML (for CI
+systems, not read here) and the log into a step folder, and classifies the run:
 
 - ``good``  every selected test passed, or the failures do not match the pattern;
 - ``bad``   a test failed with a verdict that matches the pattern (any failure without a pattern);
-- ``skip``  the candidate cannot be judged: it does not import (``crash:UnslothUnavailable``), the
-            selection did not collect, or the run timed out. Never "bad".
+- ``skip``  the run cannot be judged: the build does not import (``crash:UnslothUnavailable``), the
+            selection did not collect, the run timed out, or it left no per-test verdicts
+            (``unjudged``: no summary JSON, or a failed test without a recorded verdict when a
+            pattern asks which failure it was). Never "bad", and never "good".
 
-Per-test verdicts come from the JUnit XML (``gemma2_regress.builds.junit``): ``ok``; ``mismatch`` / ``nan``
-when the property's assertion says so; otherwise ``crash:<Type>@<file>:<function>`` with the
-innermost frame inside Unsloth, transformers or torch's compiler. A test in which Hypothesis found
-several distinct failures is bad when any of them matches the pattern.
+Per-test outcomes and verdicts are read from the summary JSON's ``tests``, where the suite's hook
+recorded them from the live exception (``read_summary``)::
+
+    "tests": {"tests/kernel/test_slow_kernel.py::test_x[a]": {
+        "outcome": "passed|failed|error|skipped|xfailed|xpassed", "duration_s": 1.5,
+        "verdicts": [{"verdict": "mismatch|nan|crash:<Type>@<file>:<function>", "message": "first line",
+                      "example": "one-line counterexample or null", "example_block": "full block or null"}]}}
+
+A test in which Hypothesis found several distinct failures has several verdicts and is bad when any
+of them matches the pattern. A Hypothesis counterexample comes in the two renderings recorded
+there: ``example`` (one line, for tables) and ``example_block`` (Hypothesis's own block, for the
+issue text).
 """
 
 from __future__ import annotations
@@ -22,19 +34,18 @@ import collections
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from gemma2_regress.builds import junit
 from gemma2_regress.builds.envs import Env
 from gemma2_regress.reference import verdicts
 
 UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
-_END = re.compile(
-    r"(Explanation:|You can reproduce|Highest target score|Trying example|_ _|={3,}|\S+\.py:\d+)"
-)
+UNJUDGED = "unjudged"  # a failed test with no recorded verdict, or a run with no summary JSON
+FAILED = ("failed", "error")  # pytest outcomes that are failures (a strict XPASS is "failed")
+PASSED = ("passed", "xpassed")
 
 
 @dataclasses.dataclass
@@ -50,18 +61,60 @@ class Selection:
         return "pytest " + " ".join(self.pytest_args) + sig
 
 
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One distinct failure of a test, as the suite's hook recorded it."""
+
+    verdict: str  # mismatch | nan | crash:<Type>@<file>:<function>
+    message: str = ""  # the exception message's first line
+    example: str | None = None  # Hypothesis's counterexample on one line
+    example_block: str | None = None  # the same as Hypothesis printed it ("Falsifying example: ...")
+
+
 @dataclasses.dataclass
 class Outcome:
-    """One test's verdict in one candidate."""
+    """One test in one run: pytest's outcome and, for a failure, each distinct failure's verdict."""
 
-    nodeid: str
-    verdict: str  # ok | skipped | mismatch | nan | crash:... (a failed test's first distinct failure)
-    message: str = ""
-    all_verdicts: tuple[str, ...] = ()  # every distinct failure's (Hypothesis may find several)
+    nodeid: str  # pytest's: "tests/kernel/test_slow_kernel.py::test_small_windows[...]"
+    outcome: str  # passed | failed | error | skipped | xfailed | xpassed
+    failures: tuple[Failure, ...] = ()
+    duration_s: float = 0.0
 
-    def matching(self, wanted: str) -> str | None:
-        """The first of this test's verdicts that matches the pattern (``verdicts.matches``), or None."""
-        return next((v for v in self.all_verdicts or (self.verdict,) if verdicts.matches(v, wanted)), None)
+    @property
+    def failed(self) -> bool:
+        return self.outcome in FAILED
+
+    @property
+    def plain(self) -> str:
+        """passed, failed or skipped: an xpassed test counts as passed, an error (in setup or
+        teardown) as failed, an xfailed one as skipped."""
+        return "failed" if self.failed else "passed" if self.outcome in PASSED else "skipped"
+
+    @property
+    def module(self) -> str:
+        """The test's file, ``tests/kernel/test_slow_kernel.py``."""
+        return self.nodeid.split("::", 1)[0]
+
+    @property
+    def verdict(self) -> str:
+        """``ok`` (passed, xpassed), ``skipped`` (skipped, xfailed), else the first failure's verdict
+        (``unjudged`` when none was recorded)."""
+        if not self.failed:
+            return "ok" if self.outcome in PASSED else "skipped"
+        return self.failures[0].verdict if self.failures else UNJUDGED
+
+    @property
+    def message(self) -> str:
+        return self.failures[0].message if self.failures else ""
+
+    def matching(self, wanted: str) -> Failure | None:
+        """The first of this test's failures whose verdict matches the pattern (``verdicts.matches``);
+        a failure without a recorded verdict matches only ``bad`` (any failure)."""
+        if not self.failed:
+            return None
+        if not self.failures:
+            return Failure(UNJUDGED) if wanted == "bad" else None
+        return next((f for f in self.failures if verdicts.matches(f.verdict, wanted)), None)
 
 
 @dataclasses.dataclass
@@ -71,38 +124,36 @@ class RunResult:
     signature: str  # the verdict that decided (first matching failure), or "ok"
     tests: list[Outcome]
     test_s: float
-    exit_code: int
-    falsifying: str | None = None
+    exit_code: int  # pytest's; -1 when it was stopped at the time limit
+    falsifying: str | None = None  # the deciding failure's counterexample block
     log: str = ""
     records: dict[str, int] = dataclasses.field(default_factory=dict)
+    command: list[str] = dataclasses.field(default_factory=list)
+    timed_out: bool = False
 
 
-def read_junit(path: Path) -> list[Outcome]:
-    """Per-test outcomes from a JUnit XML file (``gemma2_regress.builds.junit``; empty if it is missing)."""
-    return [
-        Outcome(t.nodeid, t.verdict, t.message.splitlines()[0][:300] if t.message else "", tuple(t.verdicts))
-        for t in junit.read(path)
-    ]
-
-
-def falsifying_example(log: str) -> str | None:
-    """The first Hypothesis counterexample block in a pytest log ("Falsifying example: ..." or, in
-    newer Hypothesis, "Failing test case: ..."): the call and any ``Draw n: ...`` values of
-    ``st.data()``, up to Hypothesis's explanation / reproduction hints."""
-    lines = [re.sub(r"^E\s?", "", ln).rstrip() for ln in log.splitlines()]
-    for i, ln in enumerate(lines):
-        m = re.search(r"(Falsifying example|Failing test case):", ln)
-        if m is None:
-            continue
-        indent = len(ln) - len(ln.lstrip())
-        block = [ln[m.start() :].strip()]
-        for nxt in lines[i + 1 : i + 120]:
-            body = nxt[indent:] if nxt[:indent].strip() == "" else nxt.strip()
-            if not body.strip() or _END.match(body) or (block[-1] == ")" and not body.startswith("Draw ")):
-                break
-            block.append(body)
-        return "\n".join(block)
-    return None
+def read_summary(path: Path) -> list[Outcome] | None:
+    """Per-test outcomes from a run's summary JSON (schema: the module doc), in its order; None when
+    the file is missing, unreadable or has no ``tests`` (the run cannot be judged)."""
+    try:
+        tests = json.loads(Path(path).read_text()).get("tests")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(tests, dict):
+        return None
+    out = []
+    for nodeid, t in tests.items():
+        failures = tuple(
+            Failure(
+                str(v.get("verdict") or UNJUDGED),
+                (v.get("message") or "").split("\n", 1)[0][:300],
+                v.get("example"),
+                v.get("example_block"),
+            )
+            for v in t.get("verdicts") or ()
+        )
+        out.append(Outcome(nodeid, str(t.get("outcome", "")), failures, float(t.get("duration_s") or 0.0)))
+    return out
 
 
 def _record_counts(path: Path) -> dict[str, int]:
@@ -113,12 +164,13 @@ def _record_counts(path: Path) -> dict[str, int]:
     return dict(collections.Counter(r.get("verdict", "?") for r in records))
 
 
-def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str, str, str]:
-    """(status, reason, deciding signature) from pytest's exit code and the per-test verdicts."""
-    failed = [t for t in tests if t.verdict not in ("ok", "skipped")]
+def classify(sel: Selection, exit_code: int, tests: list[Outcome] | None) -> tuple[str, str, str]:
+    """(status, reason, deciding signature) from pytest's exit code and the per-test outcomes
+    (``None``: the run left no summary JSON)."""
+    failed = [t for t in tests or () if t.failed]
     if failed and all(any(t.verdict.startswith(u) for u in UNUSABLE) for t in failed):
         return "skip", f"does not import: {failed[0].message or failed[0].verdict}", failed[0].verdict
-    if exit_code == 5 or (exit_code == 0 and not tests):
+    if exit_code == 5 or (exit_code == 0 and tests == []):
         return "skip", "the selection collected no tests here", "none"
     if exit_code in (2, 3) and not failed:
         return (
@@ -128,6 +180,12 @@ def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str,
         )
     if exit_code == 4:
         return "skip", "pytest rejected the arguments (exit 4); check the selection", "error"
+    if tests is None:
+        return (
+            "skip",
+            f"unjudged: pytest exit {exit_code} left no summary JSON with per-test verdicts",
+            UNJUDGED,
+        )
     if not failed:
         return (
             ("good", "all selected tests passed", "ok")
@@ -135,12 +193,26 @@ def classify(sel: Selection, exit_code: int, tests: list[Outcome]) -> tuple[str,
             else ("skip", f"pytest exit {exit_code} without a failing test", "error")
         )
     wanted = sel.signature or "bad"
-    hits = [(t, sig) for t in failed if (sig := t.matching(wanted)) is not None]
+    hits = [(t, f) for t in failed if (f := t.matching(wanted)) is not None]
     if hits:
-        first, sig = hits[0]
-        return "bad", f"{len(hits)}/{len(tests)} tests {sig}: {first.nodeid}", sig
+        first, f = hits[0]
+        return "bad", f"{len(hits)}/{len(tests)} tests {f.verdict}: {first.nodeid}", f.verdict
+    unjudged = [t for t in failed if not t.failures]
+    if unjudged:
+        return (
+            "skip",
+            f"unjudged: {len(unjudged)} failed test(s) have no recorded verdict, "
+            f"so whether they are {wanted!r} is unknown ({unjudged[0].nodeid})",
+            UNJUDGED,
+        )
     others = sorted({t.verdict for t in failed})
     return "good", f"no failure matches {wanted!r} (other failures: {', '.join(others)})", "ok"
+
+
+def deciding_failure(sel: Selection, tests: list[Outcome]) -> Failure | None:
+    """The failure a ``bad`` run is called bad for: the first one matching the pattern."""
+    wanted = sel.signature or "bad"
+    return next((f for t in tests if (f := t.matching(wanted)) is not None), None)
 
 
 def run(
@@ -149,9 +221,12 @@ def run(
     step_dir: Path,
     *,
     cwd: Path,
-    extra_env: dict[str, str] | None = None,
+    extra_env: Mapping[str, str | None] | None = None,
+    gpu: str | None = None,
 ) -> RunResult:
-    """Run the selection in ``env`` from ``cwd``; reports and the log go to ``step_dir``."""
+    """Run the selection in ``env`` from ``cwd`` (put first on PYTHONPATH); reports and the log go to
+    ``step_dir``. ``extra_env`` is set in the test process (a value of None removes the variable);
+    ``gpu`` pins the run to that CUDA device. Never raises for a failing or hanging suite."""
     step_dir.mkdir(parents=True, exist_ok=True)
     junit, summary, logf = step_dir / "junit.xml", step_dir / "summary.json", step_dir / "pytest.log"
     for p in (junit, summary):
@@ -163,10 +238,15 @@ def run(
     }
     if "UNSLOTH_COMPILE_LOCATION" not in os.environ:  # no compiled code shared between builds or left in cwd
         own["UNSLOTH_COMPILE_LOCATION"] = str(step_dir.resolve() / "unsloth_compiled_cache")
+    if gpu is not None:
+        own["CUDA_VISIBLE_DEVICES"] = gpu
+    extra = {**own, **(extra_env or {})}
     environ = env.environ(
-        {**own, **(extra_env or {})},
+        {k: v for k, v in extra.items() if v is not None},
         base={**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")])},
     )
+    for k in [k for k, v in extra.items() if v is None]:
+        environ.pop(k, None)
     argv = [
         env.python,
         "-m",
@@ -192,22 +272,26 @@ def run(
             time.time() - t0,
             -1,
             log=str(logf),
+            command=argv,
+            timed_out=True,
         )
     spent = time.time() - t0
-    tests = read_junit(junit)
+    tests = read_summary(summary)
     status, reason, sig = classify(sel, code, tests)
-    text = logf.read_text(errors="replace")
     if status == "skip" and not tests:
+        text = logf.read_text(errors="replace")
         tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:]
         reason += f" ({tail[0][:200]})" if tail else ""
+    deciding = deciding_failure(sel, tests or []) if status == "bad" else None
     return RunResult(
         status,
         reason,
         sig,
-        tests,
+        tests or [],
         spent,
         code,
-        falsifying_example(text) if status == "bad" else None,
+        (deciding.example_block or deciding.example) if deciding else None,
         str(logf),
         _record_counts(summary),
+        argv,
     )

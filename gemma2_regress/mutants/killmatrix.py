@@ -4,8 +4,8 @@
 
 For each tier: one baseline run with no mutant over the union of the selections (it must pass, else
 the matrix means nothing), then one pytest run per mutant over its fast selection with ``-x`` (a
-mutant is killed as soon as one test fails) and the ``ci`` Hypothesis profile. Each run's JUnit XML
-gives per-test outcomes; a failure's text gives the verdict (``mismatch``/``nan``/``crash:...``) and
+mutant is killed as soon as one test fails) and the ``ci`` Hypothesis profile. Each run's summary JSON
+(``builds.runner``) gives per-test outcomes, each failure's verdict (``mismatch``/``nan``/``crash:...``) and
 Hypothesis's shrunk counterexample. Cells, one per mutant x test module:
 
     KILLED         a test of that module failed under the mutant (the first kill is quoted)
@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +39,12 @@ from pathlib import Path
 from gemma2_regress import mutants
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
-from gemma2_regress.builds import junit
+from gemma2_regress.builds import runner
+from gemma2_regress.builds.envs import Env
 from gemma2_regress.reference import verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/ and conftest.py
 MODULE_DIRS = ("tests/kernel", "tests/model", "tests/trainer")
 CPU_PATHS = ("tests/kernel",)
 MARKERS = {"cpu": "not gpu and not slow", "gpu": "gpu and not slow"}
@@ -63,20 +64,29 @@ class Run:
     command: list[str]
 
 
-# --- parsing ---------------------------------------------------------------------------------------
-def parse_junit(path: Path) -> list[dict]:
-    """Per test (``gemma2_regress.builds.junit``): module path, test id, outcome (passed/failed/skipped),
-    message; failures add ``failures`` (each distinct failure's verdict and shrunk counterexample)
-    and the first's ``verdict`` and ``counterexample``. Plain dicts: they go into the JSON."""
-    tests = []
-    for t in junit.read(path):
-        row = {"module": t.module, "test": t.name, "outcome": t.outcome, "message": t.message}
-        if t.outcome == "failed":
-            row["failures"] = [dataclasses.asdict(f) for f in t.failures]
-            row["verdict"] = t.failures[0].verdict
-            row["counterexample"] = t.failures[0].counterexample
-        tests.append(row)
-    return tests
+# --- reading ---------------------------------------------------------------------------------------
+def rows(tests: list[runner.Outcome]) -> list[dict]:
+    """Per test (``gemma2_regress.builds.runner``, from the run's summary JSON): module path, test id,
+    outcome (passed/failed/skipped), message; failures add ``failures`` (each distinct failure's verdict,
+    message and one-line counterexample) and the first's ``verdict`` and ``counterexample``. Plain
+    dicts: they go into the JSON."""
+    out = []
+    for t in tests:
+        row = {
+            "module": t.module,
+            "test": t.nodeid.split("::", 1)[-1],
+            "outcome": t.plain,
+            "message": t.message,
+        }
+        if t.failed:
+            found = t.failures or (runner.Failure(runner.UNJUDGED),)
+            row["failures"] = [
+                {"verdict": f.verdict, "message": f.message, "counterexample": f.example} for f in found
+            ]
+            row["verdict"] = found[0].verdict
+            row["counterexample"] = found[0].example
+        out.append(row)
+    return out
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -115,18 +125,17 @@ def union_selection(chosen: list[mutants.Mutant], tier: str) -> tuple[tuple[str,
     return tuple(paths), " or ".join(f"({e})" for e in exprs)
 
 
-def pytest_command(
-    python: str, paths: tuple[str, ...], tier: str, k: str, workers: int, junit: Path, mutant: str | None
-) -> list[str]:
-    cmd = [python, "-m", "pytest", *paths, "-m", MARKERS[tier], "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += ["--tb=native", "--junitxml", str(junit)]
+def pytest_args(paths: tuple[str, ...], tier: str, k: str, workers: int, mutant: str | None) -> list[str]:
+    """The selection of one run: the tier's marker expression, ``-x`` (one failing test kills the
+    mutant), ``-k`` and the mutant (the plugin option ``--mutant``)."""
+    args = [*paths, "-m", MARKERS[tier], "-x", "--tb=native"]
     if workers > 0:  # 0: in-process (no -n, so it runs where pytest-xdist is absent too)
-        cmd += ["-n", str(workers)]
+        args += ["-n", str(workers)]
     if k:
-        cmd += ["-k", k]
+        args += ["-k", k]
     if mutant:
-        cmd += ["--mutant", mutant] + (["--mutant-no-shrink"] if NO_SHRINK else [])
-    return cmd
+        args += ["--mutant", mutant] + (["--mutant-no-shrink"] if NO_SHRINK else [])
+    return args
 
 
 def run_pytest(
@@ -140,45 +149,31 @@ def run_pytest(
     scratch: Path,
     device: str | None = None,
 ) -> Run:
-    """One pytest run (baseline when ``mutant`` is None); never raises for a failing suite.
-    ``device``: the CUDA device index this run is pinned to (None: whatever is visible)."""
-    tag = mutant or "baseline"
-    junit, status_file = scratch / f"{tier}-{tag}.xml", scratch / f"{tier}-{tag}.status.json"
-    cmd = pytest_command(python, paths, tier, k, workers, junit, mutant)
-    env = dict(os.environ)
-    env.pop(mutants.ENV, None)
-    env.update(
-        {
-            "HYPOTHESIS_PROFILE": "ci",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
-            mutants.STATUS_ENV: str(status_file),
-            "GEMMA2_REGRESS_REPORT": str(scratch / f"{tier}-{tag}.summary.json"),
-            "GEMMA2_REGRESS_COSTS": str(scratch / f"{tier}-{tag}.costs.json"),
-        }
-    )
+    """One pytest run through the suite's runner (``builds.runner``; baseline when ``mutant`` is
+    None); never raises for a failing suite. ``device``: the CUDA device index this run is pinned to
+    (None: whatever is visible). A run stopped at ``timeout_s`` has ``rc`` 124."""
+    step = scratch / f"{tier}-{mutant or 'baseline'}"
+    status_file = step / "mutant-status.json"
+    step.mkdir(parents=True, exist_ok=True)
+    status_file.unlink(missing_ok=True)
+    extra: dict[str, str | None] = {
+        "HYPOTHESIS_PROFILE": "ci",
+        mutants.STATUS_ENV: str(status_file),
+        mutants.ENV: None,  # the mutant comes from --mutant only, never from the caller's environment
+        # Unsloth's compile cache as the caller has it (unset: Unsloth's default), not one per run
+        "UNSLOTH_COMPILE_LOCATION": os.environ.get("UNSLOTH_COMPILE_LOCATION"),
+    }
     if tier == "cpu":
-        env.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = device
-    t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
-        rc, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc = 124
-        out = (
-            (exc.stdout or b"").decode(errors="replace")
-            if isinstance(exc.stdout, bytes)
-            else exc.stdout or ""
-        )
+        extra["UNSLOTH_ALLOW_CPU"] = os.environ.get("UNSLOTH_ALLOW_CPU", "1")
+    sel = runner.Selection(pytest_args(paths, tier, k, workers, mutant), timeout_s=timeout_s)
+    res = runner.run(Env(python), sel, step, cwd=ROOT, extra_env=extra, gpu=device)
+    log = Path(res.log)
+    out = log.read_text(errors="replace") if log.exists() else ""
+    rc = 124 if res.timed_out else res.exit_code
+    if res.timed_out:
         out += f"\n[killmatrix] timed out after {timeout_s:.0f}s"
-    wall = time.time() - t0
-    status = None
-    if status_file.exists():
-        import json
-
-        status = json.loads(status_file.read_text())
-    return Run(mutant, rc, round(wall, 1), parse_junit(junit), status, out[-4000:], cmd)
+    status = json.loads(status_file.read_text()) if status_file.exists() else None
+    return Run(mutant, rc, round(res.test_s, 1), rows(res.tests), status, out[-4000:], res.command)
 
 
 # --- the matrix --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 from test_bisect import make_wheel
 
 from gemma2_regress import cli
-from gemma2_regress.builds import bisect, envs, gate, install
+from gemma2_regress.builds import bisect, envs, gate, install, runner
 from gemma2_regress.mutants import killmatrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,8 +79,7 @@ def never_built(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(envs.EnvCache, "get", refuse_build)
     monkeypatch.setattr(envs, "pip_install", refuse_build)
-    monkeypatch.setattr(bisect, "run", refuse_build)
-    monkeypatch.setattr(gate, "run", refuse_build)
+    monkeypatch.setattr(runner, "run", refuse_build)
     return calls
 
 

@@ -1,9 +1,10 @@
 """Self-tests of the bisect logic, with no network: a wheelhouse of fake tiny "unsloth" builds of
-known behaviour, a fake test selection, and the real bisect / selection / env-cache code.
+known behaviour, a fake test selection, and the real bisect / sources / runner / env-cache code.
 
 Fake builds (version: behaviour): 1.0-1.3 good; 1.4 not installable (a broken wheel); 1.5 does not
 import (raises UnslothUnavailable, as the adapter does); 1.6 a mismatch; 1.7-1.9 a TypeError crash
-(Hypothesis finds it at n >= 3); 2.0-2.1 fixed (good).
+(Hypothesis finds it at n >= 3); 2.0-2.1 fixed (good). The fake project's conftest.py is
+``fake_verdict_hook.py``: it writes the per-test verdicts into the summary JSON, as the suite's hook does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from gemma2_regress import cli
-from gemma2_regress.builds import bisect, envs
-from gemma2_regress.builds.runner import Outcome, Selection, classify, falsifying_example
+from gemma2_regress.builds import bisect, envs, runner, sources
+from gemma2_regress.builds.runner import Failure, Outcome, Selection, classify
+
+HOOK = Path(__file__).with_name("fake_verdict_hook.py")
 
 BEHAVIOUR = {
     "1.0": "good",
@@ -113,6 +117,7 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tests = root / "proj"
     tests.mkdir()
     (tests / "test_fake.py").write_text(FAKE_TEST)
+    shutil.copy(HOOK, tests / "conftest.py")
     return {"root": root, "house": house, "proj": tests, "cache": root / "envcache"}
 
 
@@ -128,17 +133,17 @@ RUNS: dict[tuple, object] = {}
 
 @pytest.fixture
 def memo_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each (build, selection, pattern) once per session: a fake build's result is deterministic,
-    so the search logic is tested on real runs without repeating them."""
-    real = bisect.run
+    """Run each (build, project, selection, pattern) once per session: a fake build's result is
+    deterministic, so the search logic is tested on real runs without repeating them."""
+    real = runner.run
 
     def memo_run(env, sel, step_dir, **kw):
-        key = (tuple(env.pythonpath), tuple(sel.pytest_args), sel.signature)
+        key = (tuple(env.pythonpath), str(kw["cwd"]), tuple(sel.pytest_args), sel.signature)
         if key not in RUNS:
             RUNS[key] = real(env, sel, step_dir, **kw)
         return RUNS[key]
 
-    monkeypatch.setattr(bisect, "run", memo_run)
+    monkeypatch.setattr(runner, "run", memo_run)
 
 
 def make_bisect(
@@ -154,7 +159,7 @@ def make_bisect(
 ) -> bisect.Bisect:
     sel = Selection(["-p", "hypothesis", "test_fake.py"], signature)
     return bisect.Bisect(
-        bisect.Wheelhouse(fakes["house"]),
+        sources.Wheelhouse(fakes["house"]),
         good,
         bad,
         sel,
@@ -222,9 +227,9 @@ def test_wrong_way_ranges_are_errors(fakes, tmp_path):
 
 
 def test_dates_pick_releases(fakes):
-    src = bisect.Wheelhouse(fakes["house"])
+    src = sources.Wheelhouse(fakes["house"])
     assert src.pick("2026-01-03").ref == "1.2"  # the newest build up to that day
-    with pytest.raises(bisect.BisectError, match="no wheelhouse build on or before"):
+    with pytest.raises(sources.BisectError, match="no wheelhouse build on or before"):
         src.pick("2025-12-01")
 
 
@@ -308,7 +313,7 @@ def test_git_commits_are_candidates(fakes, tmp_path):
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", f"c{i} {b}")
     shas = git("rev-list", "--reverse", "HEAD").split()
     here = envs.Env(sys.executable)
-    src = bisect.GitCheckout(repo, shas[0], shas[-1], base=lambda: here)
+    src = sources.GitCheckout(repo, shas[0], shas[-1], base=lambda: here)
     sel = Selection(["-p", "hypothesis", "test_fake.py"])
     b = bisect.Bisect(
         src,
@@ -324,7 +329,7 @@ def test_git_commits_are_candidates(fakes, tmp_path):
     assert res["first_new"] == shas[2][:12] and res["test_runs"] <= res["bound"]
     assert res["compare"].endswith(f"{shas[1]}...{shas[2]}")
     with pytest.raises(bisect.BisectError, match="wrong-way range"):
-        bisect.GitCheckout(repo, shas[-1], shas[0], base=lambda: here).candidates()
+        sources.GitCheckout(repo, shas[-1], shas[0], base=lambda: here).candidates()
 
 
 def test_script_exit_mapping():
@@ -332,16 +337,51 @@ def test_script_exit_mapping():
     assert [bisect.script_exit(s, True) for s in ("good", "bad", "skip")] == [1, 0, 125]  # "new" = fixed
 
 
+def _failed(nodeid: str, *found: str) -> Outcome:
+    return Outcome(nodeid, "failed", tuple(Failure(v) for v in found))
+
+
 def test_classify():
     sel = Selection(["x"], "crash:TypeError")
     sig = "crash:TypeError@flex_attention.py:slow_attention_softcapping"
-    assert classify(sel, 1, [Outcome("t", sig)])[0] == "bad"
-    assert classify(sel, 1, [Outcome("t", "mismatch")])[0] == "good"
+    assert classify(sel, 1, [_failed("t", sig)])[0] == "bad"
+    assert classify(sel, 1, [_failed("t", "mismatch")])[0] == "good"
     # Hypothesis found two distinct failures in one test: bad if either matches, and that one is quoted
-    both = Outcome("t", "mismatch", "", ("mismatch", sig))
-    assert classify(sel, 1, [both]) == ("bad", f"1/1 tests {sig}: t", sig)
+    assert classify(sel, 1, [_failed("t", "mismatch", sig)]) == ("bad", f"1/1 tests {sig}: t", sig)
     assert classify(sel, 2, [])[0] == "skip"  # collection error: the build does not import
-    assert classify(sel, 5, [])[0] == "skip"
-    assert classify(sel, 1, [Outcome("t", "crash:UnslothUnavailable@x.py:load")])[0] == "skip"
-    log = "E   Falsifying example: test_attention(\nE       n=3,\nE   )\nmore"
-    assert falsifying_example(log).splitlines()[1].strip() == "n=3,"
+    assert classify(sel, 5, None)[0] == "skip"
+    assert classify(sel, 1, [_failed("t", "crash:UnslothUnavailable@x.py:load")])[0] == "skip"
+    assert classify(sel, 0, [Outcome("t", "passed"), Outcome("u", "xfailed")])[0] == "good"
+
+
+def test_a_run_without_verdicts_is_unjudged_never_good():
+    sel = Selection(["x"], "crash:TypeError")
+    # no summary JSON at all: whatever pytest's exit status, the run cannot be judged
+    assert classify(sel, 0, None) == (
+        "skip",
+        "unjudged: pytest exit 0 left no summary JSON with per-test verdicts",
+        "unjudged",
+    )
+    assert classify(sel, 1, None)[0] == "skip"
+    # a failed test without a recorded verdict: bad for "any failure", unknown for a narrower pattern
+    bare = Outcome("t", "failed")
+    assert bare.verdict == "unjudged"
+    assert classify(Selection(["x"]), 1, [bare])[:2] == ("bad", "1/1 tests unjudged: t")
+    status, reason, sig = classify(sel, 1, [bare, _failed("u", "mismatch")])
+    assert (status, sig) == ("skip", "unjudged") and "1 failed test(s) have no recorded verdict" in reason
+    status, _, sig = classify(sel, 1, [bare, _failed("u", "crash:TypeError@a.py:f")])
+    assert (status, sig) == ("bad", "crash:TypeError@a.py:f")  # a matching failure still decides
+
+
+def test_a_project_without_the_hook_is_unjudged(fakes, tmp_path):
+    """The same fake test without the verdict hook: pytest passes it, the runner still says skip."""
+    proj = tmp_path / "nohook"
+    proj.mkdir()
+    (proj / "test_fake.py").write_text(FAKE_TEST)
+    env, _, _ = envs.EnvCache(fakes["cache"], 2**30).get(
+        "wheelhouse-1.0",
+        lambda d: sources.Wheelhouse(fakes["house"]).build(sources.Candidate("release", "1.0"), d),
+    )
+    res = runner.run(env, Selection(["-p", "hypothesis", "test_fake.py"]), tmp_path / "step", cwd=proj)
+    assert (res.exit_code, res.status, res.signature) == (0, "skip", "unjudged")
+    assert (tmp_path / "step" / "junit.xml").exists()  # JUnit is still written, for CI; it is not read

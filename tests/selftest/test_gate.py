@@ -10,8 +10,8 @@ import pytest
 from test_bisect import fakes  # noqa: F401 - the shared wheelhouse fixture
 
 from gemma2_regress import cli
-from gemma2_regress.builds import envs, gate
-from gemma2_regress.builds.runner import Outcome
+from gemma2_regress.builds import envs, gate, runner
+from gemma2_regress.builds.runner import Failure, Outcome
 
 RUNS: dict[tuple, object] = {}
 
@@ -19,7 +19,7 @@ RUNS: dict[tuple, object] = {}
 @pytest.fixture(autouse=True)
 def _quiet_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    real = gate.run
+    real = runner.run
 
     def memo_run(env, sel, step_dir, **kw):  # a fake build's run is deterministic: run it once per session
         key = (tuple(env.pythonpath), tuple(sel.pytest_args))
@@ -27,7 +27,7 @@ def _quiet_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
             RUNS[key] = real(env, sel, step_dir, **kw)
         return RUNS[key]
 
-    monkeypatch.setattr(gate, "run", memo_run)
+    monkeypatch.setattr(runner, "run", memo_run)
 
 
 def _gate(fakes, tmp_path, candidate: str, baseline: str = "1.0") -> dict:  # noqa: F811
@@ -47,13 +47,13 @@ def _gate(fakes, tmp_path, candidate: str, baseline: str = "1.0") -> dict:  # no
 def test_regression_fails_the_gate(fakes, tmp_path):  # noqa: F811
     res = _gate(fakes, tmp_path, "1.7")
     assert not res["pass"]
-    assert [r["test"] for r in res["regressions"]] == ["test_fake::test_attention"]
+    assert [r["test"] for r in res["regressions"]] == ["test_fake.py::test_attention"]
     assert res["regressions"][0]["candidate"].startswith("crash:TypeError")
     assert res["perf"]["status"] == "not run"
     suite = ET.parse(tmp_path / "gate" / "gate-junit.xml").getroot()
     assert suite.get("failures") == "1" and suite.get("tests") == "2"
     assert json.loads((tmp_path / "gate" / "gate.json").read_text())["pass"] is False
-    assert "gate FAIL" in gate.render(res) and "REGRESSION test_fake::test_attention" in gate.render(res)
+    assert "gate FAIL" in gate.render(res) and "REGRESSION test_fake.py::test_attention" in gate.render(res)
 
 
 def test_fix_and_same_build_pass(fakes, tmp_path):  # noqa: F811
@@ -67,20 +67,20 @@ def test_unusable_candidate_fails_the_gate(fakes, tmp_path):  # noqa: F811
     assert not res["pass"]
 
 
+def _test(nodeid: str, verdict: str) -> Outcome:
+    if verdict == "ok":
+        return Outcome(nodeid, "passed")
+    return Outcome(nodeid, "failed", (Failure(verdict, f"{verdict} in {nodeid}"),))
+
+
 def test_compare_tier_calls():
-    base = [
-        Outcome("a", "ok"),
-        Outcome("b", "mismatch"),
-        Outcome("c", "ok"),
-        Outcome("d", "nan"),
-        Outcome("g", "ok"),
-    ]
+    base = [_test("a", "ok"), _test("b", "mismatch"), _test("c", "ok"), _test("d", "nan"), _test("g", "ok")]
     cand = [
-        Outcome("a", "crash:TypeError@x.py:f"),
-        Outcome("b", "ok"),
-        Outcome("c", "ok"),
-        Outcome("d", "nan"),
-        Outcome("n", "mismatch"),
+        _test("a", "crash:TypeError@x.py:f"),
+        _test("b", "ok"),
+        _test("c", "ok"),
+        _test("d", "nan"),
+        _test("n", "mismatch"),
     ]
     calls = {r["test"]: r["call"] for r in gate.compare_tier(base, cand)}
     assert calls == {

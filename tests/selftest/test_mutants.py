@@ -181,7 +181,7 @@ def test_missing_anchor_is_not_applicable() -> None:
         mutants._resolve(gone, mutants._handles())
 
 
-# --- the kill matrix's rows and JSON (its JUnit parsing: test_junit.py) -----------------------------
+# --- the kill matrix's rows and JSON (its reading of the summary JSON: test_runner.py) ---------------
 def _run(tests: list[dict], status: dict | None, rc: int = 1) -> killmatrix.Run:
     return killmatrix.Run("m", rc, 1.0, tests, status, "", ["python", "-m", "pytest"])
 
@@ -229,6 +229,12 @@ def test_matrix_rows_and_json_schema(tmp_path) -> None:
     for r in data["mutants"]:
         assert {"name", "status", "cells"} <= set(r)
         assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(killmatrix.STATES)
+
+
+def test_matrix_columns_are_the_test_modules() -> None:
+    columns = killmatrix.modules()
+    assert "tests/kernel/test_slow_kernel.py" in columns
+    assert all(c.startswith(killmatrix.MODULE_DIRS) and c.endswith(".py") for c in columns)
 
 
 def test_union_selection_covers_every_mutant() -> None:

@@ -3,12 +3,15 @@ and an end-to-end census over a test that flakes on purpose."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from gemma2_regress.builds import reruns
+
+HOOK = Path(__file__).with_name("fake_verdict_hook.py")  # writes the summary JSON the runner reads
 
 FLAKY = """
 import os
@@ -81,14 +84,15 @@ def test_census_finds_the_flake_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY)
+    shutil.copy(HOOK, tmp_path / "conftest.py")
     monkeypatch.setenv("FLAKY_COUNTER", str(tmp_path / "counter"))
     monkeypatch.chdir(tmp_path)
     argv = ["flakes", "--runs", "3", "--settings", "threads-1", "--out", str(tmp_path / "out")]
     argv += ["--", "test_planted.py", "-p", "no:xdist"]
     assert reruns.main(argv) == 1
     out = capsys.readouterr().out
-    assert "FLAKY  passed 3/4: test_planted::test_flaky" in out  # the second of four runs failed
-    assert "FLAKY  passed 3/4: test_planted::test_setting_sensitive" in out  # only under threads-1
+    assert "FLAKY  passed 3/4: test_planted.py::test_flaky" in out  # the second of four runs failed
+    assert "FLAKY  passed 3/4: test_planted.py::test_setting_sensitive" in out  # only under threads-1
     assert "passed in every run: 1;" in out
     assert (tmp_path / "out" / "flakes.json").exists()
     assert reruns.main(argv) == 1  # the same command again: every run resumed, none repeated
@@ -98,6 +102,7 @@ def test_census_finds_the_flake_and_resumes(
 
 def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY.replace("test_flaky", "_not_collected"))
+    shutil.copy(HOOK, tmp_path / "conftest.py")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     argv = ["portability", "--settings", "as-is,threads-2", "--out", str(out), "--", "test_planted.py"]
