@@ -26,7 +26,7 @@ from gemma2_regress.plugins.report import (
 
 pytest_plugins = [
     "gemma2_regress.plugins.costs",  # the suite's own cost per tier/target (docs/perf.md)
-    "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
+    "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
 ]
 

@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma2_regress import mutants
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds import junit
+from gemma2_regress.mutants import catalogue as mutants
 from gemma2_regress.reference import verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
