@@ -43,7 +43,7 @@ from gemma2_regress.mutants import catalogue as mutants
 from gemma2_regress.reference import verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: pytest runs there
 MODULE_DIRS = ("tests/kernel", "tests/model", "tests/trainer")
 CPU_PATHS = ("tests/kernel",)
 MARKERS = {"cpu": "not gpu and not slow", "gpu": "gpu and not slow"}
