@@ -10,11 +10,14 @@
 ``plugin``      the pytest plugin (conftest.py's ``pytest_plugins``): ``--mutant NAME`` /
                 ``GEMMA2_REGRESS_MUTANT`` plants it in every process that runs tests. Imports
                 ``catalogue``, ``patching``, ``atomic`` and ``unsloth_adapter``.
-``killmatrix``  ``python -m gemma2_regress.mutants.killmatrix``: the suite once per mutant (pytest
-                child processes that load the plugin), tabulated per test module. Imports
-                ``catalogue`` (never ``patching`` or ``plugin``: it plants nothing itself), ``builds``
-                (the pytest runner and its JUnit reader), ``reference.verdicts`` and the top-level
-                ``argcheck``, ``atomic``, ``versions`` and ``gpu_check``.
+``matrix``      what the kill matrix is: each mutant's selection per tier, a run's results as cells
+                and a row status, the exit status, the printed table. Pure functions; imports
+                ``catalogue`` and ``reference.verdicts``.
+``killmatrix``  ``python -m gemma2_regress.mutants.killmatrix``: runs the suite once per mutant (pytest
+                child processes that load the plugin) with ``Options`` from its command line, and
+                writes the matrix. Imports ``catalogue`` and ``matrix`` (never ``patching`` or
+                ``plugin``: it plants nothing itself), ``builds`` (the pytest runner and its JUnit
+                reader) and the top-level ``argcheck``, ``atomic``, ``versions`` and ``gpu_check``.
 
 Nothing else of the package imports this subpackage; conftest.py loads ``plugin``, noxfile.py reads
 ``catalogue`` and ``killmatrix``'s argument checks.

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from gemma2_regress import unsloth_adapter
-from gemma2_regress.mutants import catalogue, killmatrix, patching
+from gemma2_regress.mutants import catalogue, killmatrix, matrix, patching
 
 REQUIRED = {
     "crash2024",
@@ -221,53 +221,75 @@ def test_matrix_rows_and_json_schema(tmp_path) -> None:
     fail = {"verdict": "crash:TypeError@f.py:g", "message": "TypeError: x", "counterexample": "Case(q_len=2)"}
     killed = {"module": cols[0], "test": "t", "outcome": "failed", "message": "m", "failures": [fail], **fail}
     crash = catalogue.get("crash2024")
-    row = killmatrix.summarize(_run([killed], {"applied": True}), crash, "cpu", cols)
+    row = matrix.summarize(_run([killed], {"applied": True}), crash, "cpu", cols)
     assert row["status"] == "killed" and row["cells"] == {cols[0]: "KILLED", cols[1]: "unreachable"}
     assert row["first_kill"]["counterexample"] == "Case(q_len=2)"
     # Hypothesis may report several distinct failures: the expected one is quoted first
     both = dict(killed, failures=[dict(fail, verdict="nan"), fail])
-    row2 = killmatrix.summarize(_run([both], {"applied": True}), crash, "cpu", cols)
+    row2 = matrix.summarize(_run([both], {"applied": True}), crash, "cpu", cols)
     assert row2["status"] == "killed" and row2["first_kill"]["verdict"].startswith("crash:TypeError")
     assert row2["verdicts"] == ["crash:TypeError@f.py:g", "nan"]
     wrong = dict(killed, failures=[dict(fail, verdict="mismatch")])
     assert (
-        killmatrix.summarize(_run([wrong], {"applied": True}), crash, "cpu", cols)["status"]
+        matrix.summarize(_run([wrong], {"applied": True}), crash, "cpu", cols)["status"]
         == "killed_unexpected"
     )
     passed = dict(killed, outcome="passed")
     soft = catalogue.get("softcap_dropped")
-    survived = killmatrix.summarize(_run([passed], {"applied": True}, rc=0), soft, "cpu", cols)
+    survived = matrix.summarize(_run([passed], {"applied": True}, rc=0), soft, "cpu", cols)
     assert survived["status"] == "survived" and survived["cells"][cols[0]] == "survived"
-    na = killmatrix.summarize(_run([], {"applied": False, "reason": "anchor"}, rc=4), soft, "cpu", cols)
+    na = matrix.summarize(_run([], {"applied": False, "reason": "anchor"}, rc=4), soft, "cpu", cols)
     assert na["status"] == "not_applicable" and set(na["cells"].values()) == {"n/a"}
-    gpu_only = killmatrix.summarize(None, soft, "cpu", cols)
+    gpu_only = matrix.summarize(None, soft, "cpu", cols)
     assert gpu_only["status"] == "unreachable"
     rows = [row, survived]
     base = {"ok": True, "rc": 0, "passed": 3, "failed": 0, "wall_s": 1.0, "failures": []}
-    assert killmatrix.exit_status(base, [row]) == 0
-    assert killmatrix.exit_status(base, rows) == 1
-    assert killmatrix.exit_status(dict(base, ok=False), [row]) == 1
-    assert killmatrix.exit_status(base, [row, na]) == 3
-    text = killmatrix.render("cpu", rows, cols, base)
+    assert matrix.exit_status(base, [row]) == 0
+    assert matrix.exit_status(base, rows) == 1
+    assert matrix.exit_status(dict(base, ok=False), [row]) == 1
+    assert matrix.exit_status(base, [row, na]) == 3
+    assert matrix.worst(0, 3) == 3 and matrix.worst(3, 1) == 1 and matrix.worst(1, 0) == 1
+    assert matrix.baseline(_run([passed], None, rc=0))["ok"]
+    failing = matrix.baseline(_run([passed, killed], None, rc=1))
+    assert not failing["ok"] and failing["failed"] == 1 and "output_tail" in failing
+    assert not matrix.baseline(_run([], None, rc=5))["ok"]  # nothing ran: proves nothing
+    text = matrix.render("cpu", rows, cols, base)
     assert "crash2024" in text and "KILLED" in text and "survived" in text
     out = tmp_path / "km.json"
     from gemma2_regress.atomic import write_json_atomic
 
-    write_json_atomic(out, {"schema": killmatrix.SCHEMA, "mutants": rows, "columns": cols, "baseline": base})
+    write_json_atomic(out, {"schema": matrix.SCHEMA, "mutants": rows, "columns": cols, "baseline": base})
     data = json.loads(out.read_text())
-    assert data["schema"] == killmatrix.SCHEMA
+    assert data["schema"] == matrix.SCHEMA
     for r in data["mutants"]:
         assert {"name", "status", "cells"} <= set(r)
-        assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(killmatrix.STATES)
+        assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(matrix.STATES)
 
 
 def test_union_selection_covers_every_mutant() -> None:
     chosen = list(catalogue.CATALOGUE.values())
-    paths, k = killmatrix.union_selection(chosen, "cpu")
-    assert paths == killmatrix.CPU_PATHS
+    paths, k = matrix.union_selection(chosen, "cpu")
+    assert paths == matrix.CPU_PATHS
     for m in chosen:
         if "cpu" in m.tiers:
             assert f"({m.cpu_select})" in k
+    assert matrix.union_selection(chosen, "cpu", full=True) == (matrix.CPU_PATHS, "")
+    assert matrix.union_selection(chosen, "gpu", full=True) == (matrix.MODULE_DIRS, "")
+
+
+def test_columns_are_the_repositorys_test_modules() -> None:
+    columns = matrix.modules(killmatrix.ROOT)
+    assert "tests/kernel/test_slow_kernel.py" in columns and "tests/trainer/test_evaluate.py" in columns
+    assert all(c.startswith(matrix.MODULE_DIRS) for c in columns)
+
+
+def test_options_from_the_command_line() -> None:
+    args = killmatrix.parse_args(["softcap_dropped", "--full", "--shrink", "--no-baseline"])
+    cpu, gpu = killmatrix.options(args, "cpu"), killmatrix.options(args, "gpu")
+    assert (cpu.jobs, gpu.jobs, cpu.workers) == (2, 4, 0)
+    assert cpu.full and cpu.shrink and not cpu.baseline
+    assert cpu.argv == ("softcap_dropped", "--full", "--shrink", "--no-baseline")
+    assert killmatrix.options(killmatrix.parse_args([]), "cpu") == killmatrix.Options(argv=())
 
 
 def test_gpu_runs_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
