@@ -266,6 +266,12 @@ def test_matrix_rows_and_json_schema(tmp_path) -> None:
         assert set(r["cells"]) == set(cols) and set(r["cells"].values()) <= set(matrix.STATES)
 
 
+def test_matrix_columns_are_the_test_modules() -> None:
+    columns = matrix.modules(killmatrix.ROOT)
+    assert "tests/kernel/test_slow_kernel.py" in columns and "tests/trainer/test_evaluate.py" in columns
+    assert all(c.startswith(matrix.MODULE_DIRS) and c.endswith(".py") for c in columns)
+
+
 def test_union_selection_covers_every_mutant() -> None:
     chosen = list(catalogue.CATALOGUE.values())
     paths, k = matrix.union_selection(chosen, "cpu")
@@ -275,12 +281,6 @@ def test_union_selection_covers_every_mutant() -> None:
             assert f"({m.cpu_select})" in k
     assert matrix.union_selection(chosen, "cpu", full=True) == (matrix.CPU_PATHS, "")
     assert matrix.union_selection(chosen, "gpu", full=True) == (matrix.MODULE_DIRS, "")
-
-
-def test_columns_are_the_repositorys_test_modules() -> None:
-    columns = matrix.modules(killmatrix.ROOT)
-    assert "tests/kernel/test_slow_kernel.py" in columns and "tests/trainer/test_evaluate.py" in columns
-    assert all(c.startswith(matrix.MODULE_DIRS) for c in columns)
 
 
 def test_options_from_the_command_line() -> None:
