@@ -20,7 +20,7 @@ from gemma2_regress import versions
 pytest_plugins = [
     "gemma2_regress.plugins.report",  # per-test verdicts, per-example records, reports/<tier>/summary.json
     "gemma2_regress.plugins.costs",  # the suite's own cost per tier/target (docs/perf.md)
-    "gemma2_regress.mutants",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
+    "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
     "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first
 ]

@@ -265,8 +265,7 @@ def mutants(session: nox.Session) -> None:
     `nox -s mutants` (all mutants, the tier this machine has), `nox -s mutants -- crash2024 softcap_dropped`,
     `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`.
     """
-    from gemma2_regress import mutants as catalogue
-    from gemma2_regress.mutants import killmatrix
+    from gemma2_regress.mutants import catalogue, killmatrix
 
     unknown = [n for n in killmatrix.parse_args(list(session.posargs)).names if n not in catalogue.CATALOGUE]
     if unknown:  # before the install: bad input fails at once

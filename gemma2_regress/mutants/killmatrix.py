@@ -36,19 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma2_regress import mutants
+import gemma2_regress.mutants.catalogue as mutants
+import gemma2_regress.mutants.matrix as matrix
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds import runner
 from gemma2_regress.builds.envs import Env
-from gemma2_regress.reference import verdicts
 
-SCHEMA = "gemma2-regress/killmatrix/1"
-ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/ and conftest.py
-MODULE_DIRS = ("tests/kernel", "tests/model", "tests/trainer")
-CPU_PATHS = ("tests/kernel",)
+ROOT = Path(__file__).resolve().parents[2]  # the repository: pytest runs there
 MARKERS = {"cpu": "not gpu and not slow", "gpu": "gpu and not slow"}
-STATES = ("KILLED", "survived", "not-run", "unreachable", "n/a", "skipped", "error")
 
 
 @dataclasses.dataclass
@@ -90,194 +86,8 @@ def rows(tests: list[runner.Outcome]) -> list[dict]:
 
 
 # --- running ---------------------------------------------------------------------------------------
-def modules() -> list[str]:
-    """The matrix's columns: every test module under tests/kernel, tests/model and tests/trainer."""
-    return sorted(str(p.relative_to(ROOT)) for d in MODULE_DIRS for p in (ROOT / d).glob("test_*.py"))
-
-
-FULL = False  # --full: every test of the tier instead of each mutant's fast selection
-NO_SHRINK = True  # default: quote the first failing example as found (--shrink for a minimal one)
-
-
-def selection(mutant: mutants.Mutant, tier: str) -> tuple[tuple[str, ...], str]:
-    """(paths, -k expression) of a mutant's fast selection on a tier (``--full``: the whole tier)."""
-    if FULL:
-        return (CPU_PATHS if tier == "cpu" else MODULE_DIRS), ""
-    if tier == "cpu":
-        return CPU_PATHS, mutant.cpu_select
-    return mutant.gpu_paths, mutant.gpu_select
-
-
-def union_selection(chosen: list[mutants.Mutant], tier: str) -> tuple[tuple[str, ...], str]:
-    """What the baseline runs: every path and -k expression any chosen mutant uses on this tier."""
-    paths: list[str] = []
-    exprs: list[str] = []
-    for m in chosen:
-        if tier not in m.tiers:
-            continue
-        p, k = selection(m, tier)
-        paths += [x for x in p if x not in paths]
-        if not k:
-            exprs = []
-            break
-        if k not in exprs:
-            exprs.append(k)
-    return tuple(paths), " or ".join(f"({e})" for e in exprs)
-
-
-def pytest_args(paths: tuple[str, ...], tier: str, k: str, workers: int, mutant: str | None) -> list[str]:
-    """The selection of one run: the tier's marker expression, ``-x`` (one failing test kills the
-    mutant), ``-k`` and the mutant (the plugin option ``--mutant``)."""
-    args = [*paths, "-m", MARKERS[tier], "-x", "--tb=native"]
-    if workers > 0:  # 0: in-process (no -n, so it runs where pytest-xdist is absent too)
-        args += ["-n", str(workers)]
-    if k:
-        args += ["-k", k]
-    if mutant:
-        args += ["--mutant", mutant] + (["--mutant-no-shrink"] if NO_SHRINK else [])
-    return args
-
-
-def run_pytest(
-    python: str,
-    paths: tuple[str, ...],
-    tier: str,
-    k: str,
-    workers: int,
-    mutant: str | None,
-    timeout_s: float,
-    scratch: Path,
-    device: str | None = None,
-) -> Run:
-    """One pytest run through the suite's runner (``builds.runner``; baseline when ``mutant`` is
-    None); never raises for a failing suite. ``device``: the CUDA device index this run is pinned to
-    (None: whatever is visible). A run stopped at ``timeout_s`` has ``rc`` 124."""
-    step = scratch / f"{tier}-{mutant or 'baseline'}"
-    status_file = step / "mutant-status.json"
-    step.mkdir(parents=True, exist_ok=True)
-    status_file.unlink(missing_ok=True)
-    extra: dict[str, str | None] = {
-        "HYPOTHESIS_PROFILE": "ci",
-        mutants.STATUS_ENV: str(status_file),
-        mutants.ENV: None,  # the mutant comes from --mutant only, never from the caller's environment
-        # Unsloth's compile cache as the caller has it (unset: Unsloth's default), not one per run
-        "UNSLOTH_COMPILE_LOCATION": os.environ.get("UNSLOTH_COMPILE_LOCATION"),
-    }
-    if tier == "cpu":
-        extra["UNSLOTH_ALLOW_CPU"] = os.environ.get("UNSLOTH_ALLOW_CPU", "1")
-    sel = runner.Selection(pytest_args(paths, tier, k, workers, mutant), timeout_s=timeout_s)
-    res = runner.run(Env(python), sel, step, cwd=ROOT, extra_env=extra, gpu=device)
-    log = Path(res.log)
-    out = log.read_text(errors="replace") if log.exists() else ""
-    rc = 124 if res.timed_out else res.exit_code
-    if res.timed_out:
-        out += f"\n[killmatrix] timed out after {timeout_s:.0f}s"
-    status = json.loads(status_file.read_text()) if status_file.exists() else None
-    return Run(mutant, rc, round(res.test_s, 1), rows(res.tests), status, out[-4000:], res.command)
-
-
-# --- the matrix --------------------------------------------------------------------------------
-def cells(run: Run | None, mutant: mutants.Mutant, tier: str, columns: list[str]) -> dict[str, str]:
-    """One state per module (see the module docstring)."""
-    if run is None:
-        return dict.fromkeys(columns, "unreachable")
-    if run.status is not None and not run.status.get("applied", True):
-        return dict.fromkeys(columns, "n/a")
-    paths, _ = selection(mutant, tier)
-    out = {}
-    for col in columns:
-        if not any(col == p or col.startswith(p.rstrip("/") + "/") for p in paths):
-            out[col] = "unreachable"
-            continue
-        rows = [t for t in run.tests if t["module"] == col]
-        if any(t["outcome"] == "failed" for t in rows):
-            out[col] = "KILLED"
-        elif any(t["outcome"] == "passed" for t in rows):
-            out[col] = "survived"
-        elif rows:
-            out[col] = "skipped"
-        else:
-            out[col] = "not-run" if run.rc in (0, 1, 2) else "error"
-    return out
-
-
-def summarize(run: Run | None, mutant: mutants.Mutant, tier: str, columns: list[str]) -> dict:
-    """The matrix row of one mutant on one tier."""
-    row: dict = {"name": mutant.name, "summary": mutant.summary, "expect": list(mutant.expect)}
-    row["cells"] = cells(run, mutant, tier, columns)
-    if run is None:
-        row.update(status="unreachable", reason=f"no test of the {tier} tier reaches it")
-        return row
-    row.update(rc=run.rc, wall_s=run.wall_s, command=" ".join(run.command[1:]))
-    if run.status is not None and not run.status.get("applied", True):
-        row.update(status="not_applicable", reason=run.status.get("reason", ""))
-        return row
-    kills = [t for t in run.tests if t["outcome"] == "failed"]
-    if kills:
-        wanted = mutant.expect
-        found = [dict(f, module=t["module"], test=t["test"]) for t in kills for f in t["failures"]]
-        good = [f for f in found if not wanted or any(verdicts.matches(f["verdict"], w) for w in wanted)]
-        row["first_kill"] = (good or found)[0]
-        row["verdicts"] = sorted({f["verdict"] for f in found})
-        row["status"] = "killed" if good else "killed_unexpected"
-        if not good:
-            row["reason"] = f"killed as {', '.join(row['verdicts'])}, expected one of {', '.join(wanted)}"
-    elif run.rc not in (0, 1, 2) or run.status is None:
-        row.update(
-            status="error", reason=f"pytest exit {run.rc}; no test failed", output_tail=run.output_tail
-        )
-    elif any(t["outcome"] == "passed" for t in run.tests):
-        row["status"] = "survived_known_gap" if mutant.known_gap else "survived"
-        if mutant.known_gap:
-            row["reason"] = mutant.known_gap
-    else:
-        row.update(status="error", reason="no selected test ran (everything skipped or deselected)")
-    return row
-
-
-SYMBOL = {"unreachable": "-", "not-run": "not-run"}
-
-
-def render(tier: str, rows: list[dict], columns: list[str], baseline: dict | None) -> str:
-    """The printed matrix (columns numbered, legend below), then each mutant's first kill with its
-    shrunk counterexample."""
-    width = max([len(r["name"]) for r in rows] + [8])
-    lines = [f"kill matrix, {tier} tier"]
-    if baseline is not None:
-        lines.append(
-            f"baseline (no mutant): {'PASS' if baseline['ok'] else 'FAIL'} "
-            f"({baseline['passed']} passed, {baseline['failed']} failed, {baseline['wall_s']}s)"
-        )
-    lines.append(
-        f"{'mutant':{width}}  {'result':18} {'s':>6}  "
-        + " ".join(f"[{i + 1}]".ljust(8) for i in range(len(columns)))
-    )
-    for r in rows:
-        cells = " ".join(SYMBOL.get(r["cells"][c], r["cells"][c]).ljust(8) for c in columns)
-        lines.append(f"{r['name']:{width}}  {r['status']:18} {r.get('wall_s', ''):>6}  {cells}")
-    lines.append("columns: " + "  ".join(f"[{i + 1}] {c}" for i, c in enumerate(columns)))
-    lines.append(
-        "cells: KILLED | survived | not-run (stopped by -x first) | - (not reachable on this tier) | n/a"
-    )
-    lines.append("")
-    for r in rows:
-        k = r.get("first_kill")
-        if k:
-            lines.append(f"{r['name']}: {k['verdict']} in {k['module']}::{k['test']}")
-            lines.append(f"    {k.get('counterexample') or k['message'][:200]}")
-        elif r.get("reason"):
-            lines.append(f"{r['name']}: {r['status']}: {r['reason']}")
-    return "\n".join(lines)
-
-
-def exit_status(baseline: dict | None, rows: list[dict]) -> int:
-    bad = {"survived", "killed_unexpected", "error"}
-    if (baseline is not None and not baseline["ok"]) or any(r["status"] in bad for r in rows):
-        return 1
-    return 3 if any(r["status"] == "not_applicable" for r in rows) else 0
-
-
 def detect_tier() -> str:
+    """``gpu`` where torch sees CUDA, else ``cpu`` (``--tier auto``)."""
     try:
         import torch
 
@@ -297,62 +107,138 @@ def gpu_slots(tier: str) -> list[str | None]:
     return [str(i) for i in range(n)] if n > 1 else [None]
 
 
-def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) -> int:
-    columns = modules()
+def pytest_args(
+    paths: tuple[str, ...], tier: str, k: str, workers: int, mutant: str | None, shrink: bool = False
+) -> list[str]:
+    """The selection of one run: the tier's marker expression, ``-x`` (one failing test kills the
+    mutant), ``-k`` and the mutant (the plugin option ``--mutant``; unshrunk unless ``shrink``)."""
+    args = [*paths, "-m", MARKERS[tier], "-x", "--tb=native"]
+    if workers > 0:  # 0: in-process (no -n, so it runs where pytest-xdist is absent too)
+        args += ["-n", str(workers)]
+    if k:
+        args += ["-k", k]
+    if mutant:
+        args += ["--mutant", mutant] + ([] if shrink else ["--mutant-no-shrink"])
+    return args
+
+
+def run_pytest(
+    python: str,
+    paths: tuple[str, ...],
+    tier: str,
+    k: str,
+    workers: int,
+    mutant: str | None,
+    timeout_s: float,
+    scratch: Path,
+    device: str | None = None,
+    shrink: bool = False,
+) -> Run:
+    """One pytest run through the suite's runner (``builds.runner``; baseline when ``mutant`` is
+    None); never raises for a failing suite. ``device``: the CUDA device index this run is pinned to
+    (None: whatever is visible). A run stopped at ``timeout_s`` has ``rc`` 124."""
+    step = scratch / f"{tier}-{mutant or 'baseline'}"
+    status_file = step / "mutant-status.json"
+    step.mkdir(parents=True, exist_ok=True)
+    status_file.unlink(missing_ok=True)
+    extra: dict[str, str | None] = {
+        "HYPOTHESIS_PROFILE": "ci",
+        mutants.STATUS_ENV: str(status_file),
+        mutants.ENV: None,  # the mutant comes from --mutant only, never from the caller's environment
+        # Unsloth's compile cache as the caller has it (unset: Unsloth's default), not one per run
+        "UNSLOTH_COMPILE_LOCATION": os.environ.get("UNSLOTH_COMPILE_LOCATION"),
+    }
+    if tier == "cpu":
+        extra["UNSLOTH_ALLOW_CPU"] = os.environ.get("UNSLOTH_ALLOW_CPU", "1")
+    sel = runner.Selection(pytest_args(paths, tier, k, workers, mutant, shrink), timeout_s=timeout_s)
+    res = runner.run(Env(python), sel, step, cwd=ROOT, extra_env=extra, gpu=device)
+    log = Path(res.log)
+    out = log.read_text(errors="replace") if log.exists() else ""
+    rc = 124 if res.timed_out else res.exit_code
+    if res.timed_out:
+        out += f"\n[killmatrix] timed out after {timeout_s:.0f}s"
+    status = json.loads(status_file.read_text()) if status_file.exists() else None
+    return Run(mutant, rc, round(res.test_s, 1), rows(res.tests), status, out[-4000:], res.command)
+
+
+# --- one tier --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """One tier's settings, from the command line (``options``; each explained in ``parse_args``)."""
+
+    workers: int = 0
+    jobs: int = 2
+    timeout_s: float = 1200.0
+    out: str = "reports/killmatrix-{tier}.json"
+    python: str = sys.executable
+    baseline: bool = True
+    full: bool = False
+    shrink: bool = False
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace, tier: str) -> Options:
+    """The parsed command line as one tier's :class:`Options` (``--jobs`` defaults per tier)."""
+    return Options(
+        workers=args.workers if args.workers is not None else 0,
+        jobs=args.jobs if args.jobs is not None else (2 if tier == "cpu" else 4),
+        timeout_s=args.timeout_s,
+        out=args.out,
+        python=args.python or sys.executable,
+        baseline=not args.no_baseline,
+        full=args.full,
+        shrink=not args.no_shrink,
+        argv=tuple(args.argv),
+    )
+
+
+def run_tier(tier: str, chosen: list[mutants.Mutant], opts: Options) -> int:
+    """The baseline and one run per chosen mutant on one tier; prints the matrix, writes its JSON
+    (atomically) and returns the exit status."""
+    columns = matrix.modules(ROOT)
     slots = gpu_slots(tier)
     scratch = Path(tempfile.mkdtemp(prefix=f"killmatrix-{tier}-"))
     t0 = time.time()
-    python = args.python or sys.executable
-    baseline = None
 
     def one(m: mutants.Mutant | None, device: str | None) -> tuple[mutants.Mutant | None, Run | None]:
         if m is None:  # the baseline: the union of the selections, no mutant
-            paths, k = union_selection(chosen, tier)
+            paths, k = matrix.union_selection(chosen, tier, opts.full)
             print(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
-            r = run_pytest(python, paths, tier, k, args.workers, None, args.timeout_s, scratch, device)
+            r = run_pytest(
+                opts.python, paths, tier, k, opts.workers, None, opts.timeout_s, scratch, device, opts.shrink
+            )
             print(f"[killmatrix] {tier}: baseline: rc={r.rc} {r.wall_s}s", flush=True)
             return None, r
         if tier not in m.tiers:
             return m, None
-        paths, k = selection(m, tier)
-        r = run_pytest(python, paths, tier, k, args.workers, m.name, args.timeout_s, scratch, device)
+        paths, k = matrix.selection(m, tier, opts.full)
+        r = run_pytest(
+            opts.python, paths, tier, k, opts.workers, m.name, opts.timeout_s, scratch, device, opts.shrink
+        )
         where = f" (GPU {device})" if device is not None else ""
         print(f"[killmatrix] {tier}: {m.name}{where}: rc={r.rc} {r.wall_s}s", flush=True)
         return m, r
 
     # The baseline runs in the same pool, first: with --jobs > 1 it overlaps the mutant runs (its
     # verdict still decides whether the matrix means anything).
-    todo: list[mutants.Mutant | None] = ([] if args.no_baseline else [None]) + list(chosen)
+    todo: list[mutants.Mutant | None] = ([None] if opts.baseline else []) + list(chosen)
     devices = [slots[i % len(slots)] for i in range(len(todo))]  # round robin over the GPUs
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         done = list(pool.map(one, todo, devices))
     results = {m.name: r for m, r in done if m is not None}
     base_run = next((r for m, r in done if m is None), None)
-    if base_run is not None:
-        failed = [t for t in base_run.tests if t["outcome"] == "failed"]
-        passed = [t for t in base_run.tests if t["outcome"] == "passed"]
-        baseline = {
-            "ok": base_run.rc == 0 and not failed and bool(passed),
-            "rc": base_run.rc,
-            "passed": len(passed),
-            "failed": len(failed),
-            "wall_s": base_run.wall_s,
-            "command": " ".join(base_run.command[1:]),
-            "failures": failed,
-        }
-        if not baseline["ok"]:
-            baseline["output_tail"] = base_run.output_tail
-    rows = [summarize(results.get(m.name), m, tier, columns) for m in chosen]
-    status = exit_status(baseline, rows)
+    baseline = matrix.baseline(base_run) if base_run is not None else None
+    rows = [matrix.summarize(results.get(m.name), m, tier, columns, opts.full) for m in chosen]
+    status = matrix.exit_status(baseline, rows)
     from gemma2_regress.versions import versions
 
     payload = {
-        "schema": SCHEMA,
+        "schema": matrix.SCHEMA,
         "tier": tier,
-        "command": " ".join(["python -m gemma2_regress.mutants.killmatrix", *args.argv]),
-        "workers": args.workers,
-        "jobs": args.jobs,
-        "shrink": not NO_SHRINK,
+        "command": " ".join(["python -m gemma2_regress.mutants.killmatrix", *opts.argv]),
+        "workers": opts.workers,
+        "jobs": opts.jobs,
+        "shrink": opts.shrink,
         "wall_s": round(time.time() - t0, 1),
         "versions": versions(),
         "columns": columns,
@@ -360,11 +246,14 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], args: argparse.Namespace) 
         "mutants": rows,
         "exit_status": status,
     }
-    out = Path(args.out.format(tier=tier))
+    out = Path(opts.out.format(tier=tier))
     write_json_atomic(out, payload)
-    print(render(tier, rows, columns, baseline))
+    print(matrix.render(tier, rows, columns, baseline))
     print(f"\n[killmatrix] {tier} tier: wall {payload['wall_s']}s; JSON: {out}; exit {status}")
     return status
+
+
+# --- the command line ------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -399,7 +288,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         dest="no_shrink",
         action="store_false",
         help="shrink each mutant's first counterexample (minimal, but each shrink step may recompile "
-        "the kernel: ~45-50 min on 2 CPU cores instead of ~11)",
+        "the kernel: several times slower, docs/mutants.md)",
     )
     shrink.add_argument(
         "--no-shrink",
@@ -445,16 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:26} [{','.join(m.tiers)}] {m.summary}")
         return 0
     chosen = [mutants.get(n) for n in args.names] if args.names else list(mutants.CATALOGUE.values())
-    global FULL, NO_SHRINK
-    FULL, NO_SHRINK = args.full, args.no_shrink
     tiers = [detect_tier()] if args.tier == "auto" else [t.strip() for t in args.tier.split(",")]
     worst = 0
     for tier in tiers:
-        a = argparse.Namespace(**vars(args))
-        a.workers = args.workers if args.workers is not None else 0
-        a.jobs = args.jobs if args.jobs is not None else (2 if tier == "cpu" else 4)
-        status = run_tier(tier, chosen, a)
-        worst = status if worst == 0 else (1 if 1 in (worst, status) else worst)
+        worst = matrix.worst(worst, run_tier(tier, chosen, options(args, tier)))
     return worst
 
 
