@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma2_regress.model import targets as model_targets
+from fixtures.model import bound_session
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase, budget, gpu_phases, model_cases
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import check_logits_and_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -49,7 +50,7 @@ PINNED = [
 
 def run(case: ModelCase) -> None:
     path = tiny.checkpoint(init=case.init)
-    check_logits_and_loss(*model_targets.gpu_targets(path, case.torch_dtype), case)
+    check_logits_and_loss(*gpu_targets(path, case.torch_dtype, bound_session()), case)
 
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -10,6 +10,7 @@ import math
 import pytest
 
 from gemma2_regress.model import properties as model_properties
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress.plugins import report
 from gemma2_regress.reference import tolerance
 
@@ -18,20 +19,22 @@ from gemma2_regress.reference import tolerance
 def records(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     monkeypatch.setattr(report, "RECORDS", [])
     monkeypatch.delenv(report.SPOOL_ENV, raising=False)  # keep these fake records out of the run's summary
-    monkeypatch.setattr(model_properties, "_write", lambda line: None)
     return report.RECORDS
+
+
+QUIET = ModelSession(write=lambda line: None)
 
 
 def test_interrupt_is_recorded_as_interrupted(records: list[dict]) -> None:
     with pytest.raises(KeyboardInterrupt):
-        with model_properties.example("p", "t", "case"):
+        with model_properties.example("p", "t", "case", QUIET):
             raise KeyboardInterrupt
     assert records[-1]["verdict"] == "interrupted" and math.isnan(records[-1]["ratio"])
 
 
 def test_a_body_without_a_verdict_is_a_crash(records: list[dict]) -> None:
     with pytest.raises(RuntimeError, match="without a verdict"):
-        with model_properties.example("p", "t", "case"):
+        with model_properties.example("p", "t", "case", QUIET):
             pass
     assert records[-1]["verdict"].startswith("crash:RuntimeError")
 
@@ -40,7 +43,7 @@ def test_a_judged_example_is_ok(records: list[dict]) -> None:
     import torch
 
     x = torch.zeros(3)
-    with model_properties.example("p", "t", "case") as box:
+    with model_properties.example("p", "t", "case", QUIET) as box:
         cmp = tolerance.compare(x, x.double(), x, dtype=torch.float32)
         model_properties._judge(box, "p", "t", "case", {"x": cmp})
     assert records[-1]["verdict"] == "ok"
