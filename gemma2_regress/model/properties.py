@@ -106,16 +106,18 @@ def example(prop: str, target: str, case: str, session: ModelSession) -> Iterato
         )
 
 
+_SEVERITY = ("ok", "mismatch", "nan")  # tolerance.Comparison.kind, mildest first
+
+
 def _judge(
     box: dict[str, Any], prop: str, target: str, case: str, parts: dict[str, tolerance.Comparison]
 ) -> None:
-    """Fold named comparisons into the box and assert them all."""
+    """Fold named comparisons into the box and assert them all: the verdict is the worst of their
+    kinds (nan over mismatch over ok), the ratio the largest."""
     worst = max(parts.values(), key=lambda c: c.ratio)
-    bad = {k: c for k, c in parts.items() if not c.ok}
+    bad = [k for k, c in parts.items() if not c.ok]
     box["ratio"] = worst.ratio
-    box["verdict"] = (
-        "ok" if not bad else ("nan" if any(c.kind == "nan" for c in bad.values()) else "mismatch")
-    )
+    box["verdict"] = max((c.kind for c in parts.values()), key=_SEVERITY.index)
     try:
         hypothesis.target(min(worst.ratio, 1e6), label=f"{prop}:{target}")
     except hypothesis.errors.InvalidArgument:
