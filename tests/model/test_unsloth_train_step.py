@@ -41,8 +41,8 @@ def run(case: ModelCase) -> None:
     check_attention_grads(*gpu_targets(path, case.torch_dtype, bound_session()), case)
 
 
-# One test per dtype: each compiles only its dtype's graphs (a backward graph took 150 s cold on an
-# H200), and xdist spreads them over workers and GPUs.
+# One test per dtype: each compiles only its dtype's graphs (a cold backward graph is the tier's
+# costliest compile, docs/gpu.md), and xdist spreads them over workers and GPUs.
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 @settings(max_examples=budget(0.25 / 3, at_least=2), phases=gpu_phases())
 @given(data=st.data())
