@@ -6,6 +6,10 @@ installed release: it imports Unsloth (with ``UNSLOTH_ALLOW_CPU=1`` where there 
 the kernels by name, reads from the source of ``Gemma2Attention_fast_forward`` which length the
 model hands the kernel, and builds masks with the same helpers ``LlamaModel_fast_forward`` uses.
 Every attribute is looked up at call time, so a run-time patch (a planted mutant) takes effect.
+
+The whole model goes through here too: ``from_pretrained`` (``FastLanguageModel``), ``for_inference``
+and its undoing, and the sentinel Unsloth's pre-patch record uses for an attribute it added. Nothing
+else in the package imports ``unsloth`` in this process (``gpu_check`` tries the import in a child).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib.metadata
 import inspect
 import os
 import re
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -148,3 +153,41 @@ def load() -> Unsloth:
         # torch's default /tmp folder; a runner that keeps its cache elsewhere (docs/gpu.md) needs it back.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen_cache
     return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2))
+
+
+# --- the whole model: FastLanguageModel ------------------------------------------------------------
+
+
+def from_pretrained(
+    path: str | os.PathLike[str], *, max_seq_length: int, dtype: torch.dtype
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from ``FastLanguageModel.from_pretrained(path, max_seq_length=...,
+    dtype=..., load_in_4bit=False)``; call ``load()`` first (it imports Unsloth, or says why not)."""
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(
+        str(path), max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=False
+    )
+
+
+def for_inference(model: torch.nn.Module) -> None:
+    """``FastLanguageModel.for_inference(model)``: every later forward takes Unsloth's inference kernels
+    until ``undo_for_inference``."""
+    from unsloth import FastLanguageModel
+
+    FastLanguageModel.for_inference(model)
+
+
+def undo_for_inference(model: torch.nn.Module) -> None:
+    """Drop the ``_flag_for_generation`` marks ``for_inference`` leaves (they reroute every forward
+    through Unsloth's inference kernels), without ``FastLanguageModel.for_training``'s side effects."""
+    for m in model.modules():
+        if "_flag_for_generation" in vars(m):
+            del m._flag_for_generation
+
+
+def pre_patch_sentinels() -> tuple[object, ...]:
+    """The value(s) Unsloth's record of pre-patched transformers attributes uses for "was absent"
+    (``unsloth.models.llama._MISSING``); empty if Unsloth is not imported (never imports it)."""
+    mod = sys.modules.get("unsloth.models.llama")
+    return (mod._MISSING,) if mod is not None and hasattr(mod, "_MISSING") else ()

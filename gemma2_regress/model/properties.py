@@ -1,10 +1,11 @@
 """Model-level property functions, shared by the GPU tier (Unsloth) and their CPU validation (transformers).
 
-Each function takes a ``target`` (a ``model_targets`` target: Unsloth's model on the GPU, or the
-eager twin when the property itself is being validated on CPU), a ``golden`` (eager float64) and a
-``baseline`` (eager, in the target's dtype), runs one example, judges it with the one tolerance rule
-(``tolerance.compare``), records it (``report.record``: property, target, verdict, worst ratio,
-case, peak GPU memory, compile vs run seconds), prints one line, and asserts.
+Each function takes a ``target`` (a ``ModelTarget``: Unsloth's model on the GPU, or the eager twin
+when the property itself is being validated on CPU), a ``golden`` (eager float64) and a ``baseline``
+(eager, in the target's dtype), all three built with one ``ModelSession``; runs one example, judges
+it with the one tolerance rule (``tolerance.compare``), records it (``report.record``: property,
+target, verdict, worst ratio, case, peak GPU memory, compile vs run seconds), writes one line to the
+session's writer, and asserts.
 
 Metamorphic properties (KV cache, batch row, padded row) compare the target's *variant* (cached,
 batched, padded) against the reference's *canonical* form (full forward, row alone, unpadded), so
@@ -15,24 +16,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
 import torch
 
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.model.session import ModelSession, peak_gib, reset_peak, timed
+from gemma2_regress.model.targets import ModelTarget
 from gemma2_regress.plugins import report
 from gemma2_regress.reference import masks, tolerance, verdicts
 from gemma2_regress.versions import one_line
 
 # Greedy generation: a differing token is a failure unless the reference's top-2 logits at that step
-# are closer than this (a near tie that any rounding may flip). Set from the logit error each dtype
-# shows at model level: ~1e-6 in float32, ~1e-2 in bfloat16 (UNSLOTH_FACTS.md).
+# are closer than this (a near tie that any rounding may flip): well above the logit error each
+# dtype shows at model level (docs/gpu.md).
 TIE_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
 
-_write: Callable[[str], None] = print
 UNJUDGED = "unjudged"  # an example's verdict until _judge (or an exception) sets it
 
 
@@ -45,22 +46,29 @@ def model_compare(
     )
 
 
-def set_writer(write: Callable[[str], None]) -> None:
-    """Where the per-example lines go (tests hand in pytest's terminal writer so they are not captured)."""
-    global _write
-    _write = write
+def shared_session(*targets: ModelTarget) -> ModelSession:
+    """The one ``ModelSession`` that a target, its golden and its baseline were built with."""
+    session = targets[0].session
+    if any(t.session is not session for t in targets[1:]):
+        names = [t.name for t in targets]
+        raise ValueError(
+            f"{names} were built with different ModelSessions; build target, golden and baseline "
+            "with one session so that their times add up in one place"
+        )
+    return session
 
 
 @contextlib.contextmanager
-def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
-    """Bookkeeping around one example: peak memory, compile/run seconds, record and one printed line.
+def example(prop: str, target: str, case: str, session: ModelSession) -> Iterator[dict[str, Any]]:
+    """Bookkeeping around one example: peak memory, compile/run seconds (from ``session.timings``),
+    record and one line to ``session.write``.
 
     The body stores ``verdict`` and ``ratio`` (and optionally ``detail``) in the yielded dict, through
     ``_judge``; an exception is recorded as a ``crash:`` verdict, an interrupt as ``interrupted``, a body
     that sets no verdict as a crash, and each is re-raised. Nothing is recorded ``ok`` unless judged so.
     """
-    model_targets.reset_peak()
-    t = model_targets.TIMINGS
+    reset_peak()
+    t = session.timings
     c0, r0, f0, w0 = t.compile_s, t.run_s, t.reference_s, time.perf_counter()
     box: dict[str, Any] = {"verdict": UNJUDGED, "ratio": float("nan"), "detail": ""}
     try:
@@ -83,14 +91,14 @@ def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
         raise
     finally:
         extra = dict(
-            peak_gib=round(model_targets.peak_gib(), 3),
+            peak_gib=round(peak_gib(), 3),
             compile_s=round(t.compile_s - c0, 3),
             run_s=round(t.run_s - r0, 3),
             reference_s=round(t.reference_s - f0, 3),
             wall_s=round(time.perf_counter() - w0, 3),
         )
         report.record(prop, target, box["verdict"], box["ratio"], case, **extra)
-        _write(
+        session.write(
             f"[{prop}] {target} | {case} | {box['verdict']} ratio={box['ratio']:.3g} | "
             f"target compile {extra['compile_s']:.1f}s run {extra['run_s']:.2f}s, reference "
             f"{extra['reference_s']:.2f}s, wall {extra['wall_s']:.1f}s "
@@ -98,16 +106,18 @@ def example(prop: str, target: str, case: str) -> Iterator[dict[str, Any]]:
         )
 
 
+_SEVERITY = ("ok", "mismatch", "nan")  # tolerance.Comparison.kind, mildest first
+
+
 def _judge(
     box: dict[str, Any], prop: str, target: str, case: str, parts: dict[str, tolerance.Comparison]
 ) -> None:
-    """Fold named comparisons into the box and assert them all."""
+    """Fold named comparisons into the box and assert them all: the verdict is the worst of their
+    kinds (nan over mismatch over ok), the ratio the largest."""
     worst = max(parts.values(), key=lambda c: c.ratio)
-    bad = {k: c for k, c in parts.items() if not c.ok}
+    bad = [k for k, c in parts.items() if not c.ok]
     box["ratio"] = worst.ratio
-    box["verdict"] = (
-        "ok" if not bad else ("nan" if any(c.kind == "nan" for c in bad.values()) else "mismatch")
-    )
+    box["verdict"] = max((c.kind for c in parts.values()), key=_SEVERITY.index)
     try:
         hypothesis.target(min(worst.ratio, 1e6), label=f"{prop}:{target}")
     except hypothesis.errors.InvalidArgument:
@@ -119,11 +129,15 @@ def _judge(
 # --- item 1: logits and loss ------------------------------------------------------------------------
 
 
-def check_logits_and_loss(target: Any, golden: Any, baseline: Any, case: ModelCase) -> None:
+def check_logits_and_loss(
+    target: ModelTarget, golden: ModelTarget, baseline: ModelTarget, case: ModelCase
+) -> None:
     """Logits at every real position and the loss equal the eager reference's (one tolerance rule)."""
     ids, mask, labels = case.inputs(target.config)
     valid = case.valid(target.config)
-    with example("model_logits_loss", target.name, case.short()) as box:
+    with example(
+        "model_logits_loss", target.name, case.short(), shared_session(target, golden, baseline)
+    ) as box:
         t = target.forward(ids, mask, labels, mode=case.mode)
         with torch.no_grad():
             g = golden.forward(ids, mask, labels, mode=case.mode)
@@ -138,13 +152,17 @@ def check_logits_and_loss(target: Any, golden: Any, baseline: Any, case: ModelCa
 # --- item 2: a training step ------------------------------------------------------------------------
 
 
-def check_attention_grads(target: Any, golden: Any, baseline: Any, case: ModelCase) -> None:
+def check_attention_grads(
+    target: ModelTarget, golden: ModelTarget, baseline: ModelTarget, case: ModelCase
+) -> None:
     """loss.backward() gradients of every q/k/v/o projection weight equal the reference's, under
     ``tolerance.K_GRAD`` (a backward reduces over the sequence and batch, reordered more freely)."""
     ids, mask, labels = case.inputs(target.config)
     if labels is None:
         raise ValueError("a training step needs labels: draw the case with with_labels=True")
-    with example("model_attention_grads", target.name, case.short()) as box:
+    with example(
+        "model_attention_grads", target.name, case.short(), shared_session(target, golden, baseline)
+    ) as box:
         lt, gt = target.attention_grads(ids, mask, labels)
         lg, gg = golden.attention_grads(ids, mask, labels)
         lb, gb = baseline.attention_grads(ids, mask, labels)
@@ -164,9 +182,9 @@ def check_attention_grads(target: Any, golden: Any, baseline: Any, case: ModelCa
 
 
 def check_kv_cache(
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
     split: int,
@@ -177,7 +195,7 @@ def check_kv_cache(
     ``explicit_positions`` hands the second call its ``position_ids``; else the model infers them."""
     pos = " positions" if explicit_positions else ""
     case = f"b{ids.shape[0]} L{ids.shape[1]} prefix{split}+{ids.shape[1] - split}{pos} {_mask_text(mask)} {_dt(dtype)}"
-    with example("model_kv_cache", target.name, case) as box:
+    with example("model_kv_cache", target.name, case, shared_session(target, golden, baseline)) as box:
         t = target.forward_cached(ids, mask, split, explicit_positions)
         with torch.no_grad():
             g = golden.forward(ids, mask).logits[:, split:]
@@ -188,9 +206,9 @@ def check_kv_cache(
 
 
 def check_row_alone(
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
     row: int,
@@ -199,7 +217,7 @@ def check_row_alone(
     """Row ``row`` of a batch gives the logits that row gives alone."""
     case = f"b{ids.shape[0]} L{ids.shape[1]} row{row} {_mask_text(mask)} {_dt(dtype)}"
     alone_mask = None if mask is None else mask[row : row + 1]
-    with example("model_batch_row", target.name, case) as box:
+    with example("model_batch_row", target.name, case, shared_session(target, golden, baseline)) as box:
         t = target.forward(ids, mask).logits[row : row + 1]
         with torch.no_grad():
             g = golden.forward(ids[row : row + 1], alone_mask).logits
@@ -215,9 +233,9 @@ def check_row_alone(
 
 
 def check_padded_row(
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     ids: torch.Tensor,
     pad: int,
     side: str,
@@ -238,7 +256,7 @@ def check_padded_row(
         batch = torch.cat([row, companion], 0)
         bmask = torch.cat([am, torch.ones_like(companion)], 0)
     case = f"L{n} pad={side}{pad} batch{batch.shape[0]} {_dt(dtype)}"
-    with example("model_padded_row", target.name, case) as box:
+    with example("model_padded_row", target.name, case, shared_session(target, golden, baseline)) as box:
         t = target.forward(batch, bmask).logits[:1, sl]
         with torch.no_grad():
             g = golden.forward(ids, None).logits
@@ -253,9 +271,9 @@ def check_padded_row(
 
 
 def check_generation(
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
     max_new_tokens: int,
@@ -264,7 +282,7 @@ def check_generation(
     """Greedy generation gives the reference's tokens (up to a near tie, see ``TIE_MARGIN``); the
     logits of the first step follow the tolerance rule."""
     case = f"b{ids.shape[0]} prompt{ids.shape[1]} new{max_new_tokens} {_mask_text(mask)} {_dt(dtype)}"
-    with example("model_generate", target.name, case) as box:
+    with example("model_generate", target.name, case, shared_session(target, golden, baseline)) as box:
         tok_t, sc_t = target.generate(ids, mask, max_new_tokens)
         tok_g, sc_g = golden.generate(ids, mask, max_new_tokens)
         _, sc_b = baseline.generate(ids, mask, max_new_tokens)
@@ -310,9 +328,9 @@ def token_disagreements(
 
 
 def check_window_boundary(
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
     window: int,
@@ -327,7 +345,7 @@ def check_window_boundary(
     fails as unable to test (a fixture problem, not a pass)."""
     q = ids.shape[1] - 1
     case = f"b{ids.shape[0]} L{ids.shape[1]} W={window} {_mask_text(mask)} {_dt(dtype)}"
-    with example("model_window_boundary", target.name, case) as box:
+    with example("model_window_boundary", target.name, case, shared_session(target, golden, baseline)) as box:
         base = [m.forward(ids, mask).logits[:, q] for m in (target, golden, baseline)]
         parts, golden_delta = {}, {}
         for d in (window - 1, window, window + 1):
@@ -374,9 +392,9 @@ def _dt(dtype: torch.dtype) -> str:
 
 def check_evaluate(
     kind: str,
-    target: Any,
-    golden: Any,
-    baseline: Any,
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
     dataset: Any,
     per_device_eval_batch_size: int,
     dtype: torch.dtype,
@@ -387,12 +405,12 @@ def check_evaluate(
 
     lengths = [len(r) for r in dataset["input_ids"]]
     case = f"{kind} rows={lengths} bsz{per_device_eval_batch_size} {_dt(dtype)}"
-    with example("trainer_evaluate", target.name, case) as box:
+    with example("trainer_evaluate", target.name, case, shared_session(target, golden, baseline)) as box:
         trainer = make_trainer(
             kind, target.model, target.tokenizer, dataset, per_device_eval_batch_size, output_dir
         )
         info: dict[str, Any] = {}
-        with model_targets.timed(info):
+        with timed(info, target.session.timings):
             metrics = trainer.evaluate()
         got = torch.tensor(float(metrics["eval_loss"]), dtype=torch.float64)
         g = reference_eval_loss(trainer, golden)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from fixtures.model import _example_lines, import_unsloth_first, unsloth_ready
-from gemma2_regress.model import targets as model_targets
+import pytest
 
-__all__ = ["_example_lines", "unsloth_ready"]
-import_unsloth_first()
+from fixtures.model import _bind_session, import_unsloth_first, model_session, time_split, unsloth_ready
+
+__all__ = ["_bind_session", "model_session", "unsloth_ready"]
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    t = model_targets.TIMINGS
-    if model_targets.unsloth_skip_reason() is not None or t.compile_calls + t.run_calls == 0:
-        return
-    terminalreporter.section("gemma2-regress: model-level time split (GPU tier)")
-    for line in model_targets.timings_lines():
-        terminalreporter.write_line(line)
+def pytest_configure(config: pytest.Config) -> None:
+    import_unsloth_first(config)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    time_split(terminalreporter, config)

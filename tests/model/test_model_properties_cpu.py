@@ -16,9 +16,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gemma2_regress.model import targets as model_targets
+from fixtures.model import bound_session
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase, labels_for, model_cases
+from gemma2_regress.model.eager import EagerTarget
+from gemma2_regress.model.fast import UnslothTarget, unsloth_skip_reason
 from gemma2_regress.model.properties import (
     check_attention_grads,
     check_generation,
@@ -29,6 +31,7 @@ from gemma2_regress.model.properties import (
     check_window_boundary,
     token_disagreements,
 )
+from gemma2_regress.model.session import ModelSession
 
 SMALL_W = 16
 SMALL_CASES = model_cases(
@@ -44,9 +47,11 @@ def small(init: str = "large", **over):
 
 
 def trio(dtype: torch.dtype, init: str = "large", **over):
+    """(twin in ``dtype``, golden float64, the twin again as baseline), in this test's session."""
     path = small(init, **over)
-    twin = model_targets.EagerTarget(path, dtype)
-    return twin, model_targets.EagerTarget(path, torch.float64), twin
+    session = bound_session()
+    twin = EagerTarget(path, dtype, session=session)
+    return twin, EagerTarget(path, torch.float64, session=session), twin
 
 
 @given(case=SMALL_CASES)
@@ -133,17 +138,17 @@ def test_window_probe_formulation(mask_kind: str) -> None:
     )
 
 
-def test_window_probe_catches_a_wrong_window() -> None:
+def test_window_probe_catches_a_wrong_window(model_session: ModelSession) -> None:
     """The probe is sensitive: a model whose window is one key wider fails the boundary check."""
     path_ok, path_wide = (
         small("probe", num_hidden_layers=1),
         small("probe", num_hidden_layers=1, sliding_window=SMALL_W + 1),
     )
-    wide = model_targets.EagerTarget(path_wide, torch.float32)
+    wide = EagerTarget(path_wide, torch.float32, session=model_session)
     wide.name = "mutant:eager-window-W+1 (expected to fail)"
     golden, baseline = (
-        model_targets.EagerTarget(path_ok, torch.float64),
-        model_targets.EagerTarget(path_ok, torch.float32),
+        EagerTarget(path_ok, torch.float64, session=model_session),
+        EagerTarget(path_ok, torch.float32, session=model_session),
     )
     ids, _ = tiny.token_batch(golden.config, 1, 3 * SMALL_W, seed=5)
     with pytest.raises(AssertionError, match="model_window_boundary failed"):
@@ -165,31 +170,32 @@ def test_labels_ignore_pads_and_the_token_after_a_left_pad() -> None:
     assert labels_for(ids, mask).tolist() == [[-100, -100, -100, 6], [7, 8, -100, -100]]
 
 
-def test_unsloth_target_skips_without_gpu() -> None:
+def test_unsloth_target_skips_without_gpu(model_session: ModelSession) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the skip reason is for machines without one")
-    reason = model_targets.unsloth_skip_reason()
+    reason = unsloth_skip_reason()
     assert reason and "CUDA" in reason
     with pytest.raises(Exception, match="CUDA"):
-        model_targets.UnslothTarget(small(), torch.float32)
+        UnslothTarget(small(), torch.float32, session=model_session)
 
 
 _PATCH_THEN_TWIN = """
 import json, sys, torch
-from gemma2_regress.model import targets as model_targets
-from gemma2_regress.model import tiny
+from gemma2_regress.model import eager, tiny
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress import unsloth_adapter
+session = ModelSession()
 path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
 ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=16), 2, 40, pads=(3, 0), side="left")
-before = model_targets.EagerTarget(path, torch.float32).forward(ids, mask).logits
+before = eager.EagerTarget(path, torch.float32, session=session).forward(ids, mask).logits
 u = unsloth_adapter.load()
 llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
 snap = llama._snapshot_transformers_modules(fast.pre_patch)
 fast.pre_patch()
 llama._record_pre_patch_changes(snap)
 llama._gate_pre_patch_to_unsloth_models(snap)
-model_targets._EAGER.clear()
-twin = model_targets.EagerTarget(path, torch.float32)
+eager._EAGER.clear()
+twin = eager.EagerTarget(path, torch.float32, session=session)
 after = twin.forward(ids, mask).logits
 real = mask.bool()
 print(json.dumps({"rotary": type(twin.model.model.rotary_emb).__module__,

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from fixtures.model import bound_session
 from gemma2_regress.kernel.cases import DTYPES, GEMMA2_WINDOW
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import budget, gpu_phases
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import (
     check_generation,
     check_kv_cache,
@@ -46,7 +47,7 @@ def _batch(config, bsz: int, n: int, mask_kind: str, seed: int):
 
 
 def _targets(dtype: str):
-    return model_targets.gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype])
+    return gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype], bound_session())
 
 
 @per_dtype

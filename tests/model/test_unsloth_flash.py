@@ -14,10 +14,11 @@ from __future__ import annotations
 import pytest
 
 from gemma2_regress import unsloth_adapter
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import check_evaluate, check_logits_and_loss
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress.model.trainer import eval_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -53,18 +54,20 @@ FLASH_CASES = [
 
 
 @pytest.mark.parametrize("case", FLASH_CASES)
-def test_flash_path_logits_and_loss(case: ModelCase, flash_ready: None) -> None:
+def test_flash_path_logits_and_loss(case: ModelCase, flash_ready: None, model_session: ModelSession) -> None:
     """Logits and loss with flash-attn installed, on the flash path and on the slow path it falls back to."""
     path = tiny.checkpoint(init=case.init)
-    check_logits_and_loss(*model_targets.gpu_targets(path, case.torch_dtype), case)
+    check_logits_and_loss(*gpu_targets(path, case.torch_dtype, model_session), case)
 
 
 @pytest.mark.parametrize("bsz", [1, 2, 4])
-def test_flash_evaluate_past_window(bsz: int, flash_ready: None, tmp_path) -> None:
+def test_flash_evaluate_past_window(
+    bsz: int, flash_ready: None, model_session: ModelSession, tmp_path
+) -> None:
     """Trainer.evaluate with flash-attn installed, padded batches past the window: no crash, right loss."""
     import torch
 
-    target, golden, baseline = model_targets.gpu_targets(tiny.checkpoint(init="large"), torch.bfloat16)
+    target, golden, baseline = gpu_targets(tiny.checkpoint(init="large"), torch.bfloat16, model_session)
     check_evaluate(
         "trainer", target, golden, baseline, eval_dataset(target.config), bsz, torch.bfloat16, str(tmp_path)
     )

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma2_regress.model import targets as model_targets
+from fixtures.model import bound_session
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase, budget, gpu_phases, model_cases
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import check_attention_grads
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -37,11 +38,11 @@ def train_cases(dtype: str) -> st.SearchStrategy[ModelCase]:
 
 def run(case: ModelCase) -> None:
     path = tiny.checkpoint(init=case.init)
-    check_attention_grads(*model_targets.gpu_targets(path, case.torch_dtype), case)
+    check_attention_grads(*gpu_targets(path, case.torch_dtype, bound_session()), case)
 
 
-# One test per dtype: each compiles only its dtype's graphs (a backward graph took 150 s cold on an
-# H200), and xdist spreads them over workers and GPUs.
+# One test per dtype: each compiles only its dtype's graphs (a cold backward graph is the tier's
+# costliest compile, docs/gpu.md), and xdist spreads them over workers and GPUs.
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 @settings(max_examples=budget(0.25 / 3, at_least=2), phases=gpu_phases())
 @given(data=st.data())

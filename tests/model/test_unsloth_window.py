@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from gemma2_regress.kernel.cases import GEMMA2_WINDOW
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model import tiny
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import check_window_boundary
+from gemma2_regress.model.session import ModelSession
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 W = GEMMA2_WINDOW
@@ -25,11 +26,11 @@ W = GEMMA2_WINDOW
 
 @pytest.mark.parametrize("n", [W + 104, 2 * W + 1])
 @pytest.mark.parametrize("mask_kind", ["none", "ones", "left"])
-def test_window_boundary(n: int, mask_kind: str, unsloth_ready: None) -> None:
+def test_window_boundary(n: int, mask_kind: str, unsloth_ready: None, model_session: ModelSession) -> None:
     """W-1 back is inside the window, W and W+1 back are outside, in Unsloth as in transformers."""
     config = tiny.tiny_config(num_hidden_layers=1)
     path = tiny.checkpoint(config, init="probe")
-    target, golden, baseline = model_targets.gpu_targets(path, torch.float32)
+    target, golden, baseline = gpu_targets(path, torch.float32, model_session)
     bsz, pads = (2, (3, 0)) if mask_kind == "left" else (1, ())
     ids, mask = tiny.token_batch(target.config, bsz, n, pads=pads, side="left" if pads else "none", seed=n)
     check_window_boundary(

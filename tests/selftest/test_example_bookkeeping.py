@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from gemma2_regress.model import properties as model_properties
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress.plugins import report
 from gemma2_regress.reference import tolerance
 
@@ -19,20 +20,22 @@ from gemma2_regress.reference import tolerance
 def records(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict]]:
     """The records written from here on: a spool of their own keeps them out of the run's summary."""
     monkeypatch.setenv(report.SPOOL_ENV, str(tmp_path))
-    monkeypatch.setattr(model_properties, "_write", lambda line: None)
     return lambda: report.read_spool(tmp_path)
+
+
+QUIET = ModelSession(write=lambda line: None)
 
 
 def test_interrupt_is_recorded_as_interrupted(records: Callable[[], list[dict]]) -> None:
     with pytest.raises(KeyboardInterrupt):
-        with model_properties.example("p", "t", "case"):
+        with model_properties.example("p", "t", "case", QUIET):
             raise KeyboardInterrupt
     assert records()[-1]["verdict"] == "interrupted" and math.isnan(records()[-1]["ratio"])
 
 
 def test_a_body_without_a_verdict_is_a_crash(records: Callable[[], list[dict]]) -> None:
     with pytest.raises(RuntimeError, match="without a verdict"):
-        with model_properties.example("p", "t", "case"):
+        with model_properties.example("p", "t", "case", QUIET):
             pass
     assert records()[-1]["verdict"].startswith("crash:RuntimeError")
 
@@ -41,7 +44,7 @@ def test_a_judged_example_is_ok(records: Callable[[], list[dict]]) -> None:
     import torch
 
     x = torch.zeros(3)
-    with model_properties.example("p", "t", "case") as box:
+    with model_properties.example("p", "t", "case", QUIET) as box:
         cmp = tolerance.compare(x, x.double(), x, dtype=torch.float32)
         model_properties._judge(box, "p", "t", "case", {"x": cmp})
     assert records()[-1]["verdict"] == "ok"

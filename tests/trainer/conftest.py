@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fixtures.model import _example_lines, import_unsloth_first, unsloth_ready
+import pytest
 
-__all__ = ["_example_lines", "unsloth_ready"]
-import_unsloth_first()
+from fixtures.model import _bind_session, import_unsloth_first, model_session, unsloth_ready
+
+__all__ = ["_bind_session", "model_session", "unsloth_ready"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import_unsloth_first(config)

@@ -13,9 +13,10 @@ import importlib.util
 import pytest
 
 from gemma2_regress.kernel.cases import DTYPES
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model import tiny
+from gemma2_regress.model.fast import gpu_targets
 from gemma2_regress.model.properties import check_evaluate
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress.model.trainer import eval_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
@@ -33,9 +34,11 @@ KINDS = [
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("bsz", [1, 2, 4])
 @pytest.mark.parametrize("kind", KINDS)
-def test_evaluate_past_window(kind: str, bsz: int, dtype: str, unsloth_ready: None, tmp_path) -> None:
+def test_evaluate_past_window(
+    kind: str, bsz: int, dtype: str, unsloth_ready: None, model_session: ModelSession, tmp_path
+) -> None:
     """evaluate() on eval rows of 4097 to 8192 tokens: no crash; eval_loss == the reference's."""
-    target, golden, baseline = model_targets.gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype])
+    target, golden, baseline = gpu_targets(tiny.checkpoint(init="large"), DTYPES[dtype], model_session)
     check_evaluate(
         kind, target, golden, baseline, eval_dataset(target.config), bsz, DTYPES[dtype], str(tmp_path)
     )

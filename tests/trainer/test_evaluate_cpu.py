@@ -12,9 +12,10 @@ import importlib.util
 import pytest
 import torch
 
-from gemma2_regress.model import targets as model_targets
 from gemma2_regress.model import tiny
+from gemma2_regress.model.eager import EagerTarget
 from gemma2_regress.model.properties import check_evaluate
+from gemma2_regress.model.session import ModelSession
 from gemma2_regress.model.trainer import eval_dataset
 
 KINDS = [
@@ -35,9 +36,9 @@ KINDS = [
 
 @pytest.mark.parametrize("bsz", [1, 2, 4])
 @pytest.mark.parametrize("kind", KINDS)
-def test_evaluate_harness(kind: str, bsz: int, tmp_path) -> None:
+def test_evaluate_harness(kind: str, bsz: int, tmp_path, model_session: ModelSession) -> None:
     path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
-    twin = model_targets.EagerTarget(path, torch.float32)
-    golden = model_targets.EagerTarget(path, torch.float64)
+    twin = EagerTarget(path, torch.float32, session=model_session)
+    golden = EagerTarget(path, torch.float64, session=model_session)
     data = eval_dataset(twin.config, lengths=(20, 35, 17, 50, 16, 40, 9, 60))
     check_evaluate(kind, twin, golden, twin, data, bsz, torch.float32, str(tmp_path))
