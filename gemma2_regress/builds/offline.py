@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gemma2_regress.argcheck import OneLineParser, bounded
+from gemma2_regress.kernel.selections import KERNEL_TESTS, WINDOW_CPU
 
 BUNDLE = Path(".gpu/site.tgz")
 PINS = Path(__file__).resolve().parents[2] / "gpu" / "bundle-unsloth-2026.10.9.txt"
@@ -396,9 +397,14 @@ def _parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.cmd == "build":
+            if not args.pins.is_file():
+                parser.error(f"--pins {args.pins}: no such file; pass name==version lines, e.g. {PINS}")
+            if not args.out.name.endswith((".tgz", ".tar.gz")) or args.out.is_dir():
+                parser.error(f"--out {args.out}: give a .tgz path, e.g. {BUNDLE}")
             print(build(args.pins, args.out))
             return 0
         if args.cmd == "unpack":
@@ -414,13 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The gate's default: the window tests with Unsloth's own masks under the deterministic ci profile
 # (on an H200 the gpu profile's 40 examples a test took over 200 s a side cold).
-DEFAULT_GATE_SELECTION = (
-    "tests/kernel",
-    "-k",
-    "small_windows and (unsloth-static or unsloth-eval)",
-    "--hypothesis-profile",
-    "ci",
-)
+DEFAULT_GATE_SELECTION = (*KERNEL_TESTS, "-k", WINDOW_CPU, "--hypothesis-profile", "ci")
 
 if __name__ == "__main__":
     sys.exit(main())

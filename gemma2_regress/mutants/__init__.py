@@ -2,7 +2,7 @@
 
 ``catalogue``   the mutants as data: each a named set of textual edits to real Unsloth functions, with
                 the tests that reach it per tier; ``ENV`` / ``STATUS_ENV``, how a run names its mutant
-                and reports whether it was planted. Imports nothing of the package.
+                and reports whether it was planted. Imports only ``kernel.selections``.
 ``patching``    the engine: ``apply(name)`` edits the functions' source, recompiles and installs it
                 wherever Unsloth holds the original, and returns a ``Planted`` handle whose ``undo()``
                 restores everything; ``check(name)`` builds without installing; ``NotApplicable`` when
@@ -16,8 +16,7 @@
 ``killmatrix``  ``python -m gemma2_regress.mutants.killmatrix``: runs the suite once per mutant (pytest
                 child processes that load the plugin) with ``Options`` from its command line, and
                 writes the matrix. Imports ``catalogue`` and ``matrix`` (never ``patching`` or
-                ``plugin``: it plants nothing itself), ``builds`` (the pytest runner and its JUnit
-                reader) and the top-level ``argcheck``, ``atomic``, ``versions`` and ``gpu_check``.
+                ``plugin``: it plants nothing itself), ``builds`` (the pytest runner) and the top-level ``argcheck``, ``atomic``, ``versions`` and ``gpu_check``.
 
 Nothing else of the package imports this subpackage; conftest.py loads ``plugin``, noxfile.py reads
 ``catalogue`` and ``killmatrix``'s argument checks.

@@ -2,9 +2,9 @@
 
 A :class:`Mutant` is a named set of patches (:class:`Patch`), each a few edits (:class:`Edit`: anchor
 text -> new text) of one real Unsloth function; ``patching.apply`` plants them. ``cpu_select`` / ``gpu_paths`` /
-``gpu_select`` are the fast selections the kill matrix runs per tier. Pure data: imports nothing of
-the package and no third-party module, so nox and the kill matrix's argument checks can read it
-anywhere.
+``gpu_select`` are the fast selections the kill matrix runs per tier. Pure data: imports only
+``kernel.selections`` and no third-party module, so nox and the kill matrix's argument checks can
+read it anywhere.
 
 ``ENV`` names a run's mutant (the plugin's ``--mutant`` default) and ``STATUS_ENV`` the file where the
 plugin reports whether it was planted: the contract between the plugin and the kill matrix.
@@ -14,6 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+
+from gemma2_regress.kernel.selections import (
+    CUDA_COMPILED,
+    KERNEL,
+    KERNEL_TESTS,
+    MATH_CPU,
+    MATH_GPU,
+    WINDOW_CPU,
+    WINDOW_GPU,
+)
 
 ENV = "GEMMA2_REGRESS_MUTANT"
 STATUS_ENV = "GEMMA2_REGRESS_MUTANT_STATUS"  # where the plugin writes {"mutant", "applied", "reason"}
@@ -121,13 +131,7 @@ def _swa_band(new: str, flash: str) -> tuple[Patch, ...]:
 # The fast selections feed the compiled training/eval kernel (the 2024 path) with the mask source that
 # reaches the bug. The eager generation copy, which kernel mutants edit too, is left to ``--full``: it
 # fails the baseline on Unsloth 2026.10.9 (docs/mutants.md, "A finding").
-KERNEL = "small_windows and slow_attention_softcapping"
-CUDA_COMPILED = "small_windows and cuda-slow_attention_softcapping"
-WINDOW_CPU = f"{KERNEL} and (unsloth-static or unsloth-eval)"
-WINDOW_GPU = f"window_boundary or ({CUDA_COMPILED} and (unsloth-static or unsloth-eval))"
-MATH_CPU = f"{KERNEL} and oracle-4d"
-MATH_GPU = f"{CUDA_COMPILED} and oracle-4d"
-KERNEL_ONLY = ("tests/kernel",)
+KERNEL_ONLY = KERNEL_TESTS
 
 CATALOGUE: dict[str, Mutant] = {
     m.name: m

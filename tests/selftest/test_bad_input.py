@@ -1,25 +1,22 @@
-"""Bad input to every command fails at once: exit 2 (1 for build-bundle's failed download), one line on
-stderr naming the problem and the fix, no traceback, and nothing built, run or written.
+"""Bad input to every command fails at once: exit 2, one line on stderr naming the problem and the
+fix, no traceback, and nothing built, run or written.
 
 Covers ``gemma2-regress bisect|gate`` (an unknown version, no network, a wrong-way range, an unknown
 gate candidate that must fail before the baseline is built, a missing or broken wheel, bad option
-values), the kill matrix, ``perf`` and the ``gpu/*.sh`` scripts (a missing bundle, a stale unpacked
-bundle replaced, a failed download writing no bundle). No network: PyPI's answers are simulated.
+values), the kill matrix and ``perf``; the offline GPU runner's (``gpu/*.sh``) are in test_offline.py.
+No network: PyPI's answers are simulated.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.error
 from pathlib import Path
 
 import pytest
-from test_bisect import make_wheel
 
 from gemma2_regress import cli
 from gemma2_regress.builds import bisect, envs, gate, install, runner
@@ -381,162 +378,6 @@ def test_perf_bad_arguments(cwd, capsys, args, needles):
     assert rc == 2
     one_line(capsys.readouterr().err, *needles)
     assert tree(cwd) == before
-
-
-# --- gpu/*.sh --------------------------------------------------------------------------------------
-def _project_copy(tmp_path: Path) -> Path:
-    """The gpu/ scripts in an otherwise empty project folder, with a python3 on PATH that only records
-    the PYTHONPATH it was started with (so nox and the tests never run)."""
-    proj = tmp_path / "proj"
-    shutil.copytree(ROOT / "gpu", proj / "gpu")
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "python3").write_text(
-        '#!/bin/sh\necho "$PYTHONPATH $*" >> "$SHIM_LOG"\n'
-        f'case "$*" in "-m pip"*) exec {sys.executable} "$@";; esac\nexit 0\n'
-    )
-    (shim / "python3").chmod(0o755)
-    return proj
-
-
-def _sh(proj: Path, tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
-    full = {
-        **os.environ,
-        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "SHIM_LOG": str(tmp_path / "shim.log"),
-        "BUNDLE_ROOT": str(tmp_path / "unpacked"),
-        **env,
-    }
-    return subprocess.run(["bash", *argv], cwd=proj, env=full, capture_output=True, text=True, timeout=120)
-
-
-def _bundle(path: Path, marker: str) -> Path:
-    """A small stand-in for .gpu/site.tgz: gpusite/unsloth/__init__.py holding ``marker``."""
-    src = path.parent / f"src-{marker}"
-    (src / "gpusite" / "unsloth").mkdir(parents=True)
-    (src / "gpusite" / "unsloth" / "__init__.py").write_text(f"MARK = {marker!r}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tf:
-        tf.add(src / "gpusite", arcname="gpusite")
-    shutil.rmtree(src)
-    return path
-
-
-@pytest.mark.parametrize("script", ["tier.sh", "gate.sh", "mutants-and-gate.sh"])
-def test_gpu_script_without_bundle(tmp_path, script):
-    proj = _project_copy(tmp_path)
-    before = tree(proj)
-    done = _sh(proj, tmp_path, f"gpu/{script}")
-    assert done.returncode == 2, done.stdout + done.stderr
-    one_line(done.stderr, f"{script}: error: no bundle .gpu/", "bash gpu/build-bundle.sh")
-    assert tree(proj) == before and not (tmp_path / "unpacked").exists()
-    assert not (tmp_path / "shim.log").exists()  # nothing ran
-
-
-@pytest.mark.parametrize(
-    ("script", "args", "env", "needles"),
-    [
-        ("tier.sh", ["-k"], {}, ("SECONDS must be a whole number", "'-k'")),
-        ("tier.sh", ["0"], {}, ("SECONDS must be a whole number >= 1",)),
-        ("tier.sh", ["100"], {"PACK_CACHE": "yes"}, ("PACK_CACHE='yes': use one of 0 1 lean",)),
-        ("gate.sh", ["10m"], {}, ("SECONDS",)),
-        ("gate.sh", ["100"], {"REVERSE": "true"}, ("REVERSE='true'",)),
-        ("mutants-and-gate.sh", ["30"], {}, ("SECONDS must be a whole number >= 60",)),
-    ],
-)
-def test_gpu_script_bad_arguments(tmp_path, script, args, env, needles):
-    proj = _project_copy(tmp_path)
-    _bundle(proj / ".gpu" / "site.tgz", "new")
-    _bundle(proj / ".gpu" / "base-2026.10.1.tgz", "base")
-    done = _sh(proj, tmp_path, f"gpu/{script}", *args, **env)
-    assert done.returncode == 2
-    one_line(done.stderr, *needles)
-    assert not (tmp_path / "unpacked").exists() and not (proj / "reports").exists()
-
-
-def test_tier_sh_replaces_a_stale_bundle_and_reuses_a_current_one(tmp_path):
-    proj = _project_copy(tmp_path)
-    site = tmp_path / "unpacked" / "gpusite"
-    site.mkdir(parents=True)  # an old unpack without a stamp: what the scripts used to reuse forever
-    (site / "unsloth").mkdir()
-    (site / "unsloth" / "__init__.py").write_text("MARK = 'old'\n")
-    tgz = _bundle(proj / ".gpu" / "site.tgz", "new")
-
-    assert _sh(proj, tmp_path, "gpu/tier.sh", "5").returncode == 0
-    assert "MARK = 'new'" in (site / "unsloth" / "__init__.py").read_text()
-    stamp = (site / ".bundle-sha256").read_text().strip()
-    assert stamp == subprocess.run(["sha256sum", str(tgz)], capture_output=True, text=True).stdout.split()[0]
-    assert f"{site}:{proj}" in (tmp_path / "shim.log").read_text()  # the tier ran over the fresh folder
-    assert sorted(p.name for p in site.parent.iterdir()) == [".gpusite.lock", "gpusite"]  # no temp left
-
-    (site / "touched").write_text("")  # same bundle again: the folder is reused as it is
-    assert _sh(proj, tmp_path, "gpu/tier.sh", "5").returncode == 0
-    assert (site / "touched").exists()
-
-    tgz.unlink()
-    _bundle(tgz, "newer")  # a new bundle copied over: replaced, the old files gone
-    assert _sh(proj, tmp_path, "gpu/tier.sh", "5").returncode == 0
-    assert "MARK = 'newer'" in (site / "unsloth" / "__init__.py").read_text()
-    assert not (site / "touched").exists()
-
-
-def test_a_broken_bundle_is_never_used(tmp_path):
-    proj = _project_copy(tmp_path)
-    _bundle(proj / ".gpu" / "site.tgz", "good")
-    assert _sh(proj, tmp_path, "gpu/tier.sh", "5").returncode == 0
-    (proj / ".gpu" / "site.tgz").write_bytes(b"\x1f\x8b truncated")
-    (tmp_path / "shim.log").unlink()
-    done = _sh(proj, tmp_path, "gpu/tier.sh", "5")
-    assert done.returncode == 2
-    one_line(done.stderr, "is not a bundle", "rebuild it: bash gpu/build-bundle.sh")
-    assert not (tmp_path / "shim.log").exists()  # the tier did not run over the old folder
-    left = sorted(p.name for p in (tmp_path / "unpacked").iterdir())
-    assert left == [".gpusite.lock", "gpusite"]  # no half-unpacked folder
-
-
-def test_build_bundle_failed_download_writes_nothing(tmp_path):
-    proj = _project_copy(tmp_path)
-    (tmp_path / "links").mkdir()
-    pins = tmp_path / "pins.txt"
-    pins.write_text("# a pin that is nowhere\nunsloth==0.0.0.1\n")
-    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "links"), "PIP_CONFIG_FILE": os.devnull}
-    done = _sh(proj, tmp_path, "gpu/build-bundle.sh", str(pins), ".gpu/site.tgz", **offline)
-    assert done.returncode == 1
-    one_line(done.stderr, "pip download failed", "unsloth==0.0.0.1", "check the pins")
-    assert not (proj / ".gpu").exists()
-
-    make_wheel(tmp_path / "links", "1.0", "good")  # the same pins, now found: a bundle is written
-    pins.write_text("unsloth==1.0\n")
-    done = _sh(proj, tmp_path, "gpu/build-bundle.sh", str(pins), ".gpu/site.tgz", **offline)
-    assert done.returncode == 0, done.stderr
-    with tarfile.open(proj / ".gpu" / "site.tgz") as tf:
-        assert "gpusite/unsloth/__init__.py" in tf.getnames()
-    assert os.listdir(proj / ".gpu") == ["site.tgz"]  # no temporary left beside it
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (proj / ".gpu" / "site.tgz").stat().st_mode & 0o777 == 0o666 & ~umask  # as tar would make it
-
-    pins.write_text("unsloth==0.0.0.1\n")  # a failed rebuild leaves the previous bundle as it was
-    before = (proj / ".gpu" / "site.tgz").read_bytes()
-    assert _sh(proj, tmp_path, "gpu/build-bundle.sh", str(pins), ".gpu/site.tgz", **offline).returncode == 1
-    assert (proj / ".gpu" / "site.tgz").read_bytes() == before
-
-
-@pytest.mark.parametrize(
-    ("args", "needles"),
-    [
-        (["missing-pins.txt"], ("no pins file missing-pins.txt",)),
-        (["gpu/bundle-unsloth-2026.10.9.txt", "out.zip"], ("OUT_TGZ out.zip",)),
-        (["empty.txt"], ("names no package",)),
-    ],
-)
-def test_build_bundle_bad_arguments(tmp_path, args, needles):
-    proj = _project_copy(tmp_path)
-    (proj / "empty.txt").write_text("# nothing\n")
-    done = _sh(proj, tmp_path, "gpu/build-bundle.sh", *args)
-    assert done.returncode == 2
-    one_line(done.stderr, *needles)
-    assert not (proj / ".gpu").exists()
 
 
 def _git_repo(path: Path) -> Path:

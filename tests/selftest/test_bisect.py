@@ -3,8 +3,8 @@ known behaviour, a fake test selection, and the real bisect / sources / runner /
 
 Fake builds (version: behaviour): 1.0-1.3 good; 1.4 not installable (a broken wheel); 1.5 does not
 import (raises UnslothUnavailable, as the adapter does); 1.6 a mismatch; 1.7-1.9 a TypeError crash
-(Hypothesis finds it at n >= 3); 2.0-2.1 fixed (good). The fake project's conftest.py is
-``fake_verdict_hook.py``: it writes the per-test verdicts into the summary JSON, as the suite's hook does.
+(Hypothesis finds it at n >= 3); 2.0-2.1 fixed (good). The fake project's conftest.py
+loads the suite's report plugin, which writes the per-test verdicts into the summary JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,7 +24,8 @@ from gemma2_regress import cli
 from gemma2_regress.builds import bisect, envs, runner, sources
 from gemma2_regress.builds.runner import Failure, Outcome, Selection, classify
 
-HOOK = Path(__file__).with_name("fake_verdict_hook.py")
+# The fake project records verdicts with the suite's own report plugin, as every run of the suite does.
+CONFTEST = 'pytest_plugins = ["gemma2_regress.plugins.report"]\n'
 
 BEHAVIOUR = {
     "1.0": "good",
@@ -117,7 +117,7 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tests = root / "proj"
     tests.mkdir()
     (tests / "test_fake.py").write_text(FAKE_TEST)
-    shutil.copy(HOOK, tests / "conftest.py")
+    (tests / "conftest.py").write_text(CONFTEST)
     return {"root": root, "house": house, "proj": tests, "cache": root / "envcache"}
 
 

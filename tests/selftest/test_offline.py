@@ -117,18 +117,13 @@ def run(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         (["tier", "--seconds", "0"], "--seconds: '0': must be at least 1"),
         (["gate"], "the following arguments are required: --baseline"),
         (["tier", "--pack-cache", "yes"], "invalid choice: 'yes'"),
+        (["build", "--pins", "missing-pins.txt"], "--pins missing-pins.txt: no such file"),
+        (["build", "--out", "out.zip"], "--out out.zip: give a .tgz path"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], needle: str) -> None:
-    done = run(
-        sys.executable,
-        "-m",
-        "gemma2_regress.builds.offline",
-        *argv,
-        "--root",
-        str(tmp_path / "r"),
-        cwd=tmp_path,
-    )
+    offline_cmd = (sys.executable, "-m", "gemma2_regress.builds.offline")
+    done = run(*offline_cmd, *argv, cwd=tmp_path, BUNDLE_ROOT=str(tmp_path / "r"))
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr

@@ -1,8 +1,6 @@
 """Per-test verdicts recorded at the source (gemma2_regress.plugins.report): the summary JSON's
-``tests`` entries, computed from the live exception where the test ran, are the verdict strings the
-JUnit reader (gemma2_regress.builds.junit) reads back from the same run's JUnit XML, in one process and
-under xdist (where the reader can see them: ``_junit_view``); they survive an interrupted run and a
-crashed xdist worker."""
+``tests`` entries, computed from the live exception where the test ran, in one process and under
+xdist; they survive an interrupted run and a crashed xdist worker."""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress.builds import junit
 from gemma2_regress.plugins import report
 from gemma2_regress.reference import verdicts
 
@@ -187,32 +184,6 @@ def _summary(pytester: pytest.Pytester) -> dict:
     return json.loads((pytester.path / "summary.json").read_text())
 
 
-def _junit_view(verdict: str, outcome: str) -> str:
-    """What the JUnit reader can see of a verdict: outside a test's call pytest's message reads
-    'failed on setup with "..."' and the native traceback has no "E   Type:" line, so the reader
-    reads such an error's type as ``Error`` (its frame it does read)."""
-    if outcome == "error" and verdict.startswith("crash:"):
-        return "crash:Error" + verdict[verdict.index("@") :] if "@" in verdict else "crash:Error"
-    return verdict
-
-
-def _same_as_junit(summary: dict, junit_xml: Path) -> None:
-    """Every test's verdicts, messages and examples as the JUnit reader derives them."""
-    cases = junit.read(junit_xml)
-    assert len(cases) >= len(EXPECTED)
-    for case in cases:
-        entry = summary["tests"][f"{case.module}::{case.name}"]
-        got = entry["verdicts"]
-        if case.outcome != "failed":
-            assert got == [], case.nodeid
-            continue
-        seen = [_junit_view(v["verdict"], entry["outcome"]) for v in got]
-        assert seen == [f.verdict for f in case.failures], case.nodeid
-        assert [v["example"] for v in got] == [f.counterexample for f in case.failures], case.nodeid
-        if entry["outcome"] == "failed" and not case.message.startswith("[XPASS"):
-            assert [v["message"] for v in got] == [f.message.splitlines()[0][:300] for f in case.failures]
-
-
 def _check(summary: dict) -> None:
     tests = {nodeid.split("::")[-1]: entry for nodeid, entry in summary["tests"].items()}
     got = {name: (e["outcome"], [v["verdict"] for v in e["verdicts"]]) for name, e in tests.items()}
@@ -239,7 +210,7 @@ def _check(summary: dict) -> None:
     assert summary["exit_status"] == 1 and {"versions", "wall_s", "properties", "records"} <= set(summary)
 
 
-def test_verdicts_in_one_process_match_the_junit_reader(suite: pytest.Pytester) -> None:
+def test_verdicts_in_one_process(suite: pytest.Pytester) -> None:
     spool_before = os.environ.get(report.SPOOL_ENV)
     result = suite.runpytest_inprocess(
         *PLUGIN, *JUNIT, f"--junitxml={suite.path / 'j.xml'}", "-p", "no:xdist"
@@ -249,7 +220,6 @@ def test_verdicts_in_one_process_match_the_junit_reader(suite: pytest.Pytester) 
     )  # teardown_error passed its call
     summary = _summary(suite)
     _check(summary)
-    _same_as_junit(summary, suite.path / "j.xml")
     result.stdout.fnmatch_lines([f"summary JSON: {suite.path / 'summary.json'}"])
     # the inner run handed the outer run's spool folder back
     assert os.environ.get(report.SPOOL_ENV) == spool_before
@@ -261,7 +231,6 @@ def test_verdicts_under_xdist_survive_a_crashed_worker(suite: pytest.Pytester) -
     assert result.ret == 1
     summary = _summary(suite)
     _check(summary)
-    _same_as_junit(summary, suite.path / "j.xml")
     dead = summary["tests"]["test_worker_dies.py::test_dies"]
     assert dead["outcome"] == "error" and [v["verdict"] for v in dead["verdicts"]] == ["crash:Error"]
     assert "crashed while running" in dead["verdicts"][0]["message"]

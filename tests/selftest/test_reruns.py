@@ -3,7 +3,6 @@ and an end-to-end census over a test that flakes on purpose."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 
 from gemma2_regress.builds import reruns
 
-HOOK = Path(__file__).with_name("fake_verdict_hook.py")  # writes the summary JSON the runner reads
+# A fake project records verdicts with the suite's own report plugin, as every run of the suite does.
+CONFTEST = 'pytest_plugins = ["gemma2_regress.plugins.report"]\n'
 
 FLAKY = """
 import os
@@ -84,7 +84,7 @@ def test_census_finds_the_flake_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY)
-    shutil.copy(HOOK, tmp_path / "conftest.py")
+    (tmp_path / "conftest.py").write_text(CONFTEST)
     monkeypatch.setenv("FLAKY_COUNTER", str(tmp_path / "counter"))
     monkeypatch.chdir(tmp_path)
     argv = ["flakes", "--runs", "3", "--settings", "threads-1", "--out", str(tmp_path / "out")]
@@ -102,7 +102,7 @@ def test_census_finds_the_flake_and_resumes(
 
 def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY.replace("test_flaky", "_not_collected"))
-    shutil.copy(HOOK, tmp_path / "conftest.py")
+    (tmp_path / "conftest.py").write_text(CONFTEST)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     argv = ["portability", "--settings", "as-is,threads-2", "--out", str(out), "--", "test_planted.py"]
