@@ -258,27 +258,27 @@ def gate(session: nox.Session) -> None:
     _gemma2_regress_cli(session, "gate")
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=False)
 def mutants(session: nox.Session) -> None:
     """Kill matrix: the suite once per planted bug in the installed Unsloth (docs/mutants.md).
 
     `nox -s mutants` (all mutants, the tier this machine has), `nox -s mutants -- crash2024 softcap_dropped`,
-    `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`.
+    `nox -s mutants -- --tier gpu --jobs 4`; on an air-gapped GPU runner add `--no-venv`. The bugs are
+    planted into the cpu session's environment (.nox/cpu), which it shares.
     """
     from gemma2_regress.mutants import catalogue, killmatrix
 
     unknown = [n for n in killmatrix.parse_args(list(session.posargs)).names if n not in catalogue.CATALOGUE]
     if unknown:  # before the install: bad input fails at once
         session.error(f"unknown mutant {', '.join(unknown)}; known: {', '.join(catalogue.CATALOGUE)}")
-    install_unsloth(session)
-    python = _venv_python(session) or sys.executable
+    python = _cpu_env(session)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     session.run(python, "-m", "gemma2_regress.mutants.killmatrix", *session.posargs, external=True, env=env)
 
 
 def _cpu_env(session: nox.Session) -> str:
-    """The interpreter of the cpu session's environment (.nox/cpu), made here if missing: portability
-    and flakes run the CPU tier's tests and share it. Under `--no-venv`, the current interpreter."""
+    """The interpreter of the cpu session's environment (.nox/cpu), made here if missing: mutants,
+    portability and flakes run the CPU tier's tests and share it. Under `--no-venv`, the current interpreter."""
     if getattr(session._runner.global_config, "force_venv_backend", None) == "none":  # --no-venv
         return sys.executable
     venv = nox.virtualenv.VirtualEnv(
