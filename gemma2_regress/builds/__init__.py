@@ -5,8 +5,9 @@
 build named on a command line turned into an environment), ``runner`` (the one pytest runner: a
 selection run in an environment, read per test from the run's summary JSON), ``bisect`` (first bad /
 first fixed build, given a source and a runner), ``gate`` (candidate against baseline), ``reruns``
-(the same selection under other CPU settings, or many times: portability and flakes), ``offline``
-(an air-gapped GPU runner: the bundle, the compile cache, the bounded tier and gate runs).
+(the same selection under other CPU settings, or many times: portability and flakes), ``bundle``
+(the offline bundle an air-gapped GPU runner installs from) and ``offline`` (that runner's compile
+cache and bounded tier and gate runs).
 May import ``reference.verdicts``, ``plugins``, ``kernel.selections``, ``perf`` (the gate's timing), and the top-level
 ``argcheck``, ``gpu_check``, ``toolslock`` and ``atomic``; nothing imports it but ``mutants.killmatrix``
 and ``cli``.

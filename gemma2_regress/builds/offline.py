@@ -1,19 +1,16 @@
-"""Unsloth on an air-gapped GPU runner: the offline bundle, the compile cache, and bounded runs.
+"""Unsloth on an air-gapped GPU runner: the compile cache and bounded runs over offline bundles.
 
-A GPU runner's image often has torch and transformers but no Unsloth and no package index. Where
-PyPI is reachable, ``build`` turns a pins file into a bundle (``.gpu/site.tgz``: the packages the
-image lacks, unpacked as ``gpusite/``). On the runner:
+A GPU runner's image often has torch and transformers but no Unsloth and no package index; the
+packages come as a bundle (``builds.bundle``). The command ``python -m gemma2_regress.builds.offline``:
 
+``build``   makes a bundle from a pins file (where PyPI is reachable);
 ``tier``    unpacks the bundle, restores the inductor cache, runs ``nox -s gpu --no-venv`` within a
             time bound (SIGINT at the bound, so pytest still writes its reports), prints the counts,
-            and can pack the cache to carry to the next runner;
+            and can pack the cache into parts to carry to the next runner;
 ``gate``    the release gate (``gemma2-regress gate``) between two bundles, GPU tier only;
 ``unpack``  just the unpacking (prints the site folder).
 
-A bundle is unpacked to ``<root>/gpusite`` with the tarball's sha256 in ``.bundle-sha256``: a folder
-with another stamp is an older bundle and is replaced (unpacked beside it, then renamed, under a
-lock), so a persistent runner never tests a stale unpack and never a half-unpacked one. Bad input
-is one line on stderr and exit 2 before anything is unpacked or run. ``gpu/*.sh`` call these.
+Bad input is one line on stderr and exit 2 before anything is unpacked or run. ``gpu/*.sh`` call these.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -36,136 +31,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gemma2_regress.argcheck import OneLineParser, bounded
-from gemma2_regress.kernel.selections import KERNEL_TESTS, WINDOW_CPU
+from gemma2_regress.builds.bundle import BUNDLE, PINS, OfflineError, build, extract, unpack
+from gemma2_regress.kernel.selections import KERNEL_TESTS, UNSLOTH_MASKS
 
-BUNDLE = Path(".gpu/site.tgz")
-PINS = Path(__file__).resolve().parents[2] / "gpu" / "bundle-unsloth-2026.10.9.txt"
-STAMP = ".bundle-sha256"
 PART = 15 * 2**20  # packed cache parts: what a runner's upload limits allow per file
-# The image's CPython 3.12 on x86-64: wheels for these platform tags.
-PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64"]
-# Left out of a bundle to stay small: Unsloth's web app, console scripts, bitsandbytes' other CUDA builds.
-DROP = ("studio", "bin")
-KEEP_BNB = ("cuda130.so", "cpu.so")
-
-
-class OfflineError(RuntimeError):
-    """A bundle is missing, broken or cannot be made; the message names the fix."""
-
-
-def fix_for(bundle: Path) -> str:
-    """The command that makes ``bundle``, run where PyPI is reachable."""
-    return f"python3 -m gemma2_regress.builds.offline build --out {bundle}"
-
-
-def unpack(bundle: Path, root: Path) -> Path:
-    """``root/gpusite`` holding exactly ``bundle`` (unpacked now unless its stamp says it already is)."""
-    if not bundle.is_file():
-        raise OfflineError(
-            f"no bundle {bundle}; build it where PyPI is reachable: {fix_for(bundle)} (then copy .gpu/ here)"
-        )
-    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = open(root / ".gpusite.lock", "w")
-    except OSError as exc:
-        raise OfflineError(f"cannot write in {root} ({exc.strerror}); pass a writable --root") from None
-    site = root / "gpusite"
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the gate's two directions share a folder: one unpacks
-        if (site / STAMP).is_file() and (site / STAMP).read_text().strip() == digest:
-            return site
-        tmp = Path(tempfile.mkdtemp(prefix=".gpusite-new.", dir=root))
-        try:
-            with tarfile.open(bundle) as tf:
-                _extract(tf, tmp)
-            if not (tmp / "gpusite").is_dir():
-                raise tarfile.TarError("no gpusite/ inside")
-            (tmp / "gpusite" / STAMP).write_text(digest + "\n")
-            if site.exists():
-                site.rename(tmp / "stale")
-            (tmp / "gpusite").rename(site)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
-            raise OfflineError(
-                f"{bundle} is not a bundle ({why}); rebuild it where PyPI is reachable: {fix_for(bundle)}"
-            ) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return site
-
-
-def _extract(tf: tarfile.TarFile, dest: Path) -> None:
-    """Extract refusing links and paths outside ``dest`` where this Python can (the "data" filter)."""
-    if hasattr(tarfile, "data_filter"):
-        tf.extractall(dest, filter="data")
-    else:  # Python < 3.10.12 / 3.11.4: the bundle is our own, built by ``build``
-        tf.extractall(dest)  # the bundle is our own, made by build()
-
-
-def build(pins: Path, out: Path, python: str = sys.executable) -> str:
-    """Download the pinned wheels for CPython 3.12 / x86-64, install them into ``gpusite/`` and write
-    ``out`` (only once complete: a failure leaves the old bundle, or none). Returns a one-line summary."""
-    lines = [ln.split("#")[0].strip() for ln in pins.read_text().splitlines()] if pins.is_file() else None
-    if lines is None:
-        raise OfflineError(f"no pins file {pins}; pass one of name==version lines, e.g. {PINS.name}")
-    if not any(lines):
-        raise OfflineError(f"{pins} names no package; write name==version lines")
-    plat = [a for p in PLATFORMS for a in ("--platform", p)]
-    target = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *plat]
-    with tempfile.TemporaryDirectory() as work_dir:
-        work = Path(work_dir)
-        (work / "pins.txt").write_text("\n".join(ln for ln in lines if ln) + "\n")
-        _pip(
-            python,
-            pins,
-            "download",
-            "-q",
-            "--no-deps",
-            *target,
-            "-d",
-            work / "wheels",
-            "-r",
-            work / "pins.txt",
-        )
-        wheels = sorted((work / "wheels").glob("*.whl"))
-        _pip(
-            python,
-            pins,
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-compile",
-            "--target",
-            work / "gpusite",
-            *target,
-            *wheels,
-        )
-        for name in DROP:
-            shutil.rmtree(work / "gpusite" / name, ignore_errors=True)
-        for lib in (work / "gpusite" / "bitsandbytes").glob("libbitsandbytes_*.so"):
-            if not lib.name.endswith(KEEP_BNB):
-                lib.unlink()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        try:
-            with tarfile.open(tmp, "w:gz") as tf:
-                tf.add(work / "gpusite", arcname="gpusite")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise OfflineError(f"cannot write {out} ({exc.strerror}); check the free space there") from None
-        return f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB); packages: {len(wheels)}"
-
-
-def _pip(python: str, pins: Path, *args: object) -> None:
-    done = subprocess.run([python, "-m", "pip", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        errors = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.startswith("ERROR")]
-        why = (errors or (done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
-        raise OfflineError(f"pip {args[0]} failed: {why}; check the pins in {pins} and the network")
 
 
 def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
@@ -176,7 +45,7 @@ def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=f"{cache.name}.new.", dir=cache.parent))
     try:
         with _joined(parts) as stream, tarfile.open(fileobj=stream, mode="r|gz") as tf:
-            _extract(tf, tmp)
+            extract(tf, tmp)
         tmp.rename(cache)
     except (tarfile.TarError, OSError, EOFError):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -418,9 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if args.cmd == "build" else 2
 
 
-# The gate's default: the window tests with Unsloth's own masks under the deterministic ci profile
+# The gate's default: both kernels with Unsloth's own masks under the deterministic ci profile
 # (on an H200 the gpu profile's 40 examples a test took over 200 s a side cold).
-DEFAULT_GATE_SELECTION = (*KERNEL_TESTS, "-k", WINDOW_CPU, "--hypothesis-profile", "ci")
+DEFAULT_GATE_SELECTION = (*KERNEL_TESTS, "-k", UNSLOTH_MASKS, "--hypothesis-profile", "ci")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,4 +12,6 @@ CUDA_COMPILED = "small_windows and cuda-slow_attention_softcapping"
 WINDOW_CPU = f"{KERNEL} and (unsloth-static or unsloth-eval)"  # Unsloth's own sliding-window masks
 WINDOW_GPU = f"window_boundary or ({CUDA_COMPILED} and (unsloth-static or unsloth-eval))"
 MATH_CPU = f"{KERNEL} and oracle-4d"  # the kernel's arithmetic, fed the oracle's masks
+# Both kernels (compiled training/eval and eager generation) with Unsloth's own masks: the gate's default.
+UNSLOTH_MASKS = "small_windows and (unsloth-static or unsloth-eval)"
 MATH_GPU = f"{CUDA_COMPILED} and oracle-4d"

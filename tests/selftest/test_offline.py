@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gemma2_regress.builds import bundle as bundles
 from gemma2_regress.builds import offline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,28 +36,28 @@ def mark(site: Path) -> str:
 def test_unpack_reuses_a_current_bundle_and_replaces_a_stale_one(tmp_path: Path) -> None:
     root = tmp_path / "root"
     tgz = bundle(tmp_path / "site.tgz", "old")
-    site = offline.unpack(tgz, root)
+    site = bundles.unpack(tgz, root)
     assert mark(site) == "MARK = 'old'\n"
-    stamp = (site / offline.STAMP).stat().st_mtime_ns
-    assert offline.unpack(tgz, root) == site and (site / offline.STAMP).stat().st_mtime_ns == stamp  # reused
+    stamp = (site / bundles.STAMP).stat().st_mtime_ns
+    assert bundles.unpack(tgz, root) == site and (site / bundles.STAMP).stat().st_mtime_ns == stamp  # reused
     tgz.unlink()
     bundle(tgz, "new")
-    assert mark(offline.unpack(tgz, root)) == "MARK = 'new'\n"  # another sha256: unpacked afresh
+    assert mark(bundles.unpack(tgz, root)) == "MARK = 'new'\n"  # another sha256: unpacked afresh
     assert sorted(p.name for p in root.iterdir()) == [".gpusite.lock", "gpusite"]  # nothing half-made left
 
 
 def test_a_broken_or_missing_bundle_is_never_used(tmp_path: Path) -> None:
     root = tmp_path / "root"
     tgz = bundle(tmp_path / "site.tgz", "good")
-    offline.unpack(tgz, root)
+    bundles.unpack(tgz, root)
     tgz.write_bytes(b"not a tarball")
     with pytest.raises(
-        offline.OfflineError, match=r"is not a bundle \(.*\); rebuild it where PyPI is reachable: python3 -m"
+        bundles.OfflineError, match=r"is not a bundle \(.*\); rebuild it where PyPI is reachable: python3 -m"
     ):
-        offline.unpack(tgz, root)
+        bundles.unpack(tgz, root)
     assert sorted(p.name for p in root.iterdir()) == [".gpusite.lock", "gpusite"]
-    with pytest.raises(offline.OfflineError, match=r"no bundle .*nope.tgz; build it where PyPI is reachable"):
-        offline.unpack(tmp_path / "nope.tgz", root)
+    with pytest.raises(bundles.OfflineError, match=r"no bundle .*nope.tgz; build it where PyPI is reachable"):
+        bundles.unpack(tmp_path / "nope.tgz", root)
 
 
 def test_cache_packs_into_parts_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,13 +90,13 @@ def test_build_that_cannot_download_writes_nothing(tmp_path: Path, monkeypatch: 
     pins.write_text("# a pin that is nowhere\nunsloth==0.0.0.1\n")
     out = tmp_path / "gpu" / "site.tgz"
     with pytest.raises(
-        offline.OfflineError, match=r"pip download failed: .*unsloth==0\.0\.0\.1.*check the pins"
+        bundles.OfflineError, match=r"pip download failed: .*unsloth==0\.0\.0\.1.*check the pins"
     ):
-        offline.build(pins, out)
+        bundles.build(pins, out)
     assert not out.parent.exists()
     pins.write_text("# nothing\n")
-    with pytest.raises(offline.OfflineError, match="names no package"):
-        offline.build(pins, out)
+    with pytest.raises(bundles.OfflineError, match="names no package"):
+        bundles.build(pins, out)
 
 
 def test_bounded_run_interrupts_at_the_bound(tmp_path: Path) -> None:
