@@ -113,8 +113,14 @@ def first_line(text: str) -> str:
 
 def exception_line(exc: BaseException) -> str:
     """``Type: message`` as Python prints an exception's last line (the module named for types outside
-    the builtins), its first line only, at most ``MESSAGE_CHARS`` characters."""
-    return first_line(traceback.format_exception_only(type(exc), exc)[0])
+    the builtins), its first line only, and for a property's failed comparison the line that measures
+    it (``... | mismatch: err(target)=... ratio=...``); at most ``MESSAGE_CHARS`` characters."""
+    line = first_line(traceback.format_exception_only(type(exc), exc)[0])
+    if isinstance(exc, AssertionError):
+        measured = next((ln.strip() for ln in str(exc).splitlines()[1:] if _KIND.search(ln)), None)
+        if measured:
+            line = f"{line} | {measured}"[:MESSAGE_CHARS]
+    return line
 
 
 def _balanced(lines: list[str]) -> str:
