@@ -143,7 +143,8 @@ def model_cases(
     rows_table: tuple[tuple[int, int], ...] = MAX_ROWS_BY_LENGTH,
     window: int = W,
 ) -> ModelCase:
-    """Cases for the logits-and-loss property: every axis of issue 3 item 1, shapes from a short list."""
+    """Cases for the logits-and-loss property: every axis (batch, length, padding, mode, labels, dtype),
+    shapes from a short list."""
     seq_len = draw(st.sampled_from(lengths))
     cap = min(max_bsz, max_rows(seq_len, rows_table))
     bsz = draw(st.sampled_from([b for b in BATCH_SIZES if b <= cap]))

@@ -126,7 +126,7 @@ def _judge(
     assert not bad, f"{prop} failed for {target}\n  case: {case}\n  {detail}\n  versions: {one_line()}"
 
 
-# --- item 1: logits and loss ------------------------------------------------------------------------
+# --- logits and loss -----------------------------------------------------------------------------------
 
 
 def check_logits_and_loss(
@@ -149,7 +149,7 @@ def check_logits_and_loss(
         _judge(box, "model_logits_loss", target.name, case.short(), parts)
 
 
-# --- item 2: a training step ------------------------------------------------------------------------
+# --- a training step -----------------------------------------------------------------------------------
 
 
 def check_attention_grads(
@@ -178,7 +178,7 @@ def check_attention_grads(
         _judge(box, "model_attention_grads", target.name, case.short(), parts)
 
 
-# --- item 3: consistency ----------------------------------------------------------------------------
+# --- consistency ---------------------------------------------------------------------------------------
 
 
 def check_kv_cache(
@@ -324,7 +324,7 @@ def token_disagreements(
     return problems
 
 
-# --- item 4: the window boundary -------------------------------------------------------------------
+# --- the window boundary -------------------------------------------------------------------------------
 
 
 def check_window_boundary(
@@ -387,7 +387,7 @@ def _dt(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-# --- item 5: Trainer.evaluate, the path of the 2024 crash ------------------------------------------
+# --- Trainer.evaluate, the path of the 2024 crash ------------------------------------------------------
 
 
 def check_evaluate(

@@ -1,4 +1,4 @@
-"""Unsloth's flash-attn path (issue 3, item 6), where flash-attn with softcapping is importable.
+"""Unsloth's flash-attn path, where flash-attn with softcapping is importable.
 
 Dispatch (``Gemma2Attention_fast_forward``): flash-attn iff ``HAS_FLASH_ATTENTION_SOFTCAPPING`` and
 no attention_mask reaches the layer; an unpadded batch's all-ones mask is dropped (flash), a padded

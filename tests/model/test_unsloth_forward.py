@@ -1,4 +1,4 @@
-"""Unsloth's Gemma-2 forward vs transformers' eager Gemma-2: logits and loss (issue 3, item 1).
+"""Unsloth's Gemma-2 forward vs transformers' eager Gemma-2: logits and loss.
 
 Every example loads (once per dtype and init, cached) the tiny checkpoint with
 ``FastLanguageModel.from_pretrained`` and compares Unsloth's logits at every real position, and its

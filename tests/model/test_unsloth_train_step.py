@@ -1,4 +1,4 @@
-"""A training step through Unsloth: loss.backward() gradients of the attention weights (issue 3, item 2).
+"""A training step through Unsloth: loss.backward() gradients of the attention weights.
 
 The q/k/v/o projection weights of every layer are made trainable for the step (the rest frozen, as
 Unsloth leaves them), Unsloth computes its own loss in training mode, and each weight's gradient is
