@@ -7,6 +7,7 @@ import importlib.metadata
 import platform
 
 from gemma2_regress import toolslock
+from gemma2_regress.gpu_check import cuda_device_count
 
 
 def _v(dist: str) -> str:
@@ -57,7 +58,7 @@ def versions() -> dict[str, str]:
 
         if torch.cuda.is_available():
             cap = torch.cuda.get_device_capability()
-            out["gpu"] = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}) x{torch.cuda.device_count()}"
+            out["gpu"] = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]}) x{cuda_device_count()}"
         else:
             out["gpu"] = "none"
     except ImportError:

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.gpu_check import cuda_device_count
 
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
@@ -169,7 +170,7 @@ def _run(a: argparse.Namespace) -> int:
     preset = a.preset or ("quick" if device.startswith("cuda") else "smoke")
     cells, impl_names, modes = _check(a, preset)
     if device.startswith("cuda"):
-        n = torch.cuda.device_count()
+        n = cuda_device_count()
         index = int(device.partition(":")[2] or 0)
         if index >= n:
             raise ValueError(
