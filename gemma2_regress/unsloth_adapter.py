@@ -14,6 +14,7 @@ else in the package imports ``unsloth`` in this process (``gpu_check`` tries the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -23,7 +24,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -42,10 +43,48 @@ class Unsloth:
     llama_module: types.ModuleType
     gemma2_module: types.ModuleType
     length_arg: str  # "kv_len" or "q_len": what the model passes as the kernel's last argument
+    _compiles: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def kernel(self, name: str) -> Callable[..., torch.Tensor]:
         """``slow_attention_softcapping`` or ``slow_inference_attention_softcapping``, looked up now."""
         return getattr(self.kernels_module, name)
+
+    # --- the compiled kernel's eager fallback ------------------------------------------------------
+    # Releases with ``_SOFTCAP_EAGER`` run ``slow_attention_softcapping`` through torch.compile and, the
+    # first time inductor fails on a device type, warn once and run the same function eagerly from then on.
+    def has_eager_fallback(self) -> bool:
+        """Whether this release falls back to eager when ``slow_attention_softcapping`` fails to compile."""
+        return isinstance(getattr(self.kernels_module, "_SOFTCAP_EAGER", None), dict)
+
+    def softcapping_compiles(self, device: str | torch.device) -> bool:
+        """Whether ``slow_attention_softcapping`` runs compiled on ``device`` in this process: one tiny
+        float32 call settles Unsloth's choice (cached), then its fallback flag is read. A release without
+        the fallback is taken as compiled (there, a failed compile raises in the test itself)."""
+        kind = torch.device(device).type
+        if kind not in self._compiles:
+            if self.has_eager_fallback():
+                q = torch.zeros(2, 2, 2, 16, device=device)
+                mask = torch.zeros(2, 2, device=device)
+                stub = attention_module_stub(2, 2, 16, 16.0, 50.0)
+                self.kernel("slow_attention_softcapping")(q, q, q, mask, stub, 2, 2)
+            self._compiles[kind] = not self.kernels_module.__dict__.get("_SOFTCAP_EAGER", {}).get(kind, False)
+        return self._compiles[kind]
+
+    @contextlib.contextmanager
+    def eager_fallback(self, device: str | torch.device) -> Iterator[None]:
+        """Inside, ``slow_attention_softcapping`` on ``device`` takes Unsloth's eager fallback, as it does
+        after a failed compile; the flag is restored on exit. Requires ``has_eager_fallback()``."""
+        flags = self.kernels_module._SOFTCAP_EAGER
+        kind = torch.device(device).type
+        before = flags.get(kind)
+        flags[kind] = True
+        try:
+            yield
+        finally:
+            if before is None:
+                flags.pop(kind, None)
+            else:
+                flags[kind] = before
 
     # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
     def _converters(self) -> tuple[Any, Any]:

@@ -27,10 +27,10 @@ class KnownIssue:
     tests: tuple[str, ...]  # "tests/x.py::test_f" or "test_f"; all parametrizations match
     affected: str  # PEP 440 specifier over unsloth versions, e.g. ">=2026.10.0,<=2026.10.9"
     raises: tuple[type[BaseException], ...] | None = None
-    # Inputs that trigger it in the generic properties, as (target name, case) -> bool. While the
+    # Inputs that trigger it in the generic properties, as (target name, case, device) -> bool. While the
     # installed release is affected, those properties leave such inputs to the pinned tests above
     # (``assume_not_known``); once a release is outside ``affected`` they are drawn again.
-    trigger: Callable[[str, object], bool] | None = None
+    trigger: Callable[[str, object, str], bool] | None = None
 
     def affects(self, unsloth_version: str | None) -> bool:
         return unsloth_version is not None and Version(unsloth_version) in SpecifierSet(self.affected)
@@ -63,11 +63,15 @@ def mark_items(items: list[pytest.Item], issues: list[KnownIssue], unsloth_versi
 
 
 def assume_not_known(
-    issues: list[KnownIssue], target: str, case: object, unsloth_version: str | None
+    issues: list[KnownIssue], target: str, case: object, device: str, unsloth_version: str | None
 ) -> None:
     """Inside a Hypothesis test: skip this input if it triggers a recorded bug of the installed
     release (its pinned strict-xfail test covers it), so the property keeps checking the rest."""
     for issue in issues:
-        if issue.trigger is not None and issue.affects(unsloth_version) and issue.trigger(target, case):
+        if (
+            issue.trigger is not None
+            and issue.affects(unsloth_version)
+            and issue.trigger(target, case, device)
+        ):
             hypothesis.note(f"input triggers known upstream issue {issue.id}; left to its pinned test")
             hypothesis.assume(False)

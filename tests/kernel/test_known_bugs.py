@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from gemma2_regress import unsloth_adapter
 from gemma2_regress.kernel import targets
 from gemma2_regress.kernel.cases import Case
 from gemma2_regress.kernel.properties import check_kernel_matches_oracle
@@ -33,7 +34,26 @@ FP16_LEFT_PADDED = Case(
 )
 
 
-@pytest.mark.parametrize("kernel", targets.KERNELS)
-def test_fp16_row_that_sees_no_key_stays_finite(kernel: str, device: str) -> None:
+# The code Unsloth runs: each kernel as the release runs it here, and the training kernel's eager fallback
+# (what it runs where torch.compile fails), so the verdict does not depend on this machine's compiler.
+PATHS = (*targets.KERNELS, "slow_attention_softcapping-eager-fallback")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_fp16_row_that_sees_no_key_stays_finite(path: str, device: str) -> None:
     """A left-padded query row sees no key; its output must still be finite (it feeds the next layer)."""
-    check_kernel_matches_oracle(targets.get(f"{kernel}[unsloth-eval]"), FP16_LEFT_PADDED, device)
+    u = unsloth_adapter.load()
+    kernel, _, fallback = path.partition("-")
+    target = targets.get(f"{kernel}[unsloth-eval]")
+    if fallback:
+        if not u.has_eager_fallback():
+            pytest.skip(f"unsloth {u.version}: slow_attention_softcapping has no eager fallback")
+        with u.eager_fallback(device):
+            check_kernel_matches_oracle(target, FP16_LEFT_PADDED, device)
+        return
+    if kernel == "slow_attention_softcapping" and not u.softcapping_compiles(device):
+        pytest.skip(
+            f"slow_attention_softcapping does not compile on this {device} (Unsloth fell back to eager; "
+            "its warning names the compiler error): the eager-fallback case pins what runs here"
+        )
+    check_kernel_matches_oracle(target, FP16_LEFT_PADDED, device)

@@ -29,7 +29,7 @@ def _check(target: targets.KernelTarget, case: Case, device: str) -> None:
     """Static 2-D masks carry no padding: such targets get the case unpadded."""
     if not target.supports(case):
         case = dataclasses.replace(case, pad_side="none", pads=())
-    assume_not_known(KNOWN_ISSUES, target.name, case, installed_version())
+    assume_not_known(KNOWN_ISSUES, target.name, case, device, installed_version())
     check_kernel_matches_oracle(target, case, device)
 
 
