@@ -12,6 +12,11 @@ cost of their members. The order only matters to the scheduler: results do not d
 It applies where every selected test is ``gpu``-marked, in xdist workers only (they collect what
 the controller hands out): in a single process the selection's own order stands (the kill matrix
 relies on it to try model-level tests first).
+
+A worker that crashes (a segfault in compiled code) is not restarted unless ``--max-worker-restart``
+says so: under ``--dist loadgroup`` pytest-xdist otherwise hangs after the restart, waiting for a
+group no worker holds, until an outer timeout. With no restart the run ends at once, the test that
+crashed its worker reported as failed ("worker 'gw1' crashed while running ...").
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ def heaviest_first(items: Sequence[pytest.Item]) -> list[pytest.Item]:
         return -(group_cost[g] if g is not None else cost[id(it)])
 
     return sorted(items, key=key)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before xdist's own pytest_configure builds its session from the option (plugins registered
+    # later are called first); None means the user gave no --max-worker-restart.
+    if getattr(config.option, "maxworkerrestart", "unset") is None:
+        config.option.maxworkerrestart = "0"
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected

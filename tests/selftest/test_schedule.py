@@ -30,3 +30,39 @@ def test_longest_first_groups_move_together_ties_keep_order(monkeypatch: pytest.
     ]
     order = [it.name for it in schedule.heaviest_first(items)]
     assert order == ["slow[x]", "member[1]", "member[2]", "mid", "unknown_a", "unknown_b"]
+
+
+CRASHING = """
+import ctypes
+import pytest
+
+@pytest.mark.xdist_group("g")
+def test_before():
+    pass
+
+@pytest.mark.xdist_group("g")
+def test_crashes_its_worker():
+    ctypes.string_at(0)  # a segfault, as compiled code may give
+
+def test_elsewhere():
+    pass
+"""
+
+
+def test_a_crashed_worker_ends_the_run_instead_of_hanging(pytester: pytest.Pytester) -> None:
+    """Under ``--dist loadgroup`` a restarted worker would hang the run; with the plugin it ends, red."""
+    pytester.makepyfile(test_crash=CRASHING)
+    args = [
+        "-p",
+        "gemma2_regress.plugins.schedule",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        "-p",
+        "no:cacheprovider",
+    ]
+    result = pytester.runpytest_subprocess(*args, timeout=120)
+    outcomes = result.parseoutcomes()  # the other worker's test may or may not finish before the stop
+    assert outcomes.get("failed") == 1 and outcomes.get("passed", 0) <= 2, outcomes
+    result.stdout.fnmatch_lines(["*crashed while running*test_crashes_its_worker*"])
