@@ -7,7 +7,9 @@ that on one machine:
     runs the selection once per CPU *setting*: the kernels PyTorch, MKL and oneDNN dispatch to
     (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``) and
     the thread count. Each sums in another order, as another CPU would. Settings the CPU cannot honour
-    are reported ``n/a``. Exit 0 when every setting that ran is green.
+    are reported ``n/a``, as are settings under which torch.compile itself computes wrong results (a
+    canary, ``compile_canary``: there every compiled kernel's verdict would blame Unsloth for a torch
+    fault). Exit 0 when every setting that ran is green.
 ``flakes``
     runs the selection ``--runs N`` times as it is (plus, with ``--settings``, once per setting) and
     prints per test how often it passed. Exit 1 when a test both passed and failed (a flake: a bug),
@@ -95,6 +97,43 @@ def unavailable(setting: Setting, flags: set[str] | None) -> str | None:
     return f"CPU lacks {', '.join(missing)}" if missing else None
 
 
+# x * 2 + 1, compiled and eager, in a child (a compiler fault may kill it). A compile that fails loudly
+# is not a wrong answer: Unsloth then falls back to eager and the tests say so.
+_CANARY = """
+import torch
+x = torch.linspace(-3, 3, 1000)
+try:
+    y = torch.compile(lambda t: t * 2 + 1, dynamic=True)(x)
+except Exception:
+    raise SystemExit(0)
+err = (y - (x * 2 + 1)).abs().max().item()
+print(err)
+raise SystemExit(0 if err == 0 else 7)
+"""
+
+
+def compile_canary(env: dict[str, str]) -> str | None:
+    """Why torch.compile cannot be trusted under ``env`` (added to this environment), or None: the
+    compiled ``x * 2 + 1`` differs from eager, or the child running it dies."""
+    import subprocess
+
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _CANARY],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return "torch.compile hangs here (canary: x * 2 + 1 took over 600 s)"
+    if child.returncode == 0:
+        return None
+    if child.returncode == 7:
+        return f"torch.compile computes wrong results here (canary: x * 2 + 1 off by {child.stdout.strip()})"
+    return f"torch.compile's canary died here (exit {child.returncode}): {child.stderr.strip()[-200:]}"
+
+
 def choose(names: Sequence[str]) -> list[Setting]:
     """Settings by name; ``all`` and ``quick`` stand for ``SETTINGS`` and ``QUICK``."""
     out: list[Setting] = []
@@ -138,9 +177,10 @@ def execute(
         if label in state["runs"]:
             log(f"[{i}/{len(plan.runs)}] {label}: done earlier (resumed)")
             continue
-        why = unavailable(setting, flags)
+        why = unavailable(setting, flags) or compile_canary(setting.env)
         if why:
             state["runs"][label] = {"": f"n/a: {why}"}
+            log(f"[{i}/{len(plan.runs)}] {label}: n/a: {why}")
         else:
             sel = Selection(list(plan.pytest_args), timeout_s=plan.timeout_s)
             extra = {**setting.env, "HYPOTHESIS_PROFILE": plan.profile}

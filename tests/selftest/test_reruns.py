@@ -120,3 +120,21 @@ def test_module_runs_as_a_command() -> None:
         text=True,
     )
     assert done.returncode == 0 and "aten-default" in done.stdout
+
+
+def test_compile_canary_trusts_a_working_compiler_and_names_a_broken_one(monkeypatch) -> None:
+    """The canary's verdicts come from its child's exit code: 0 trusted, 7 wrong results, else died."""
+    import subprocess
+
+    def fake(code: int, out: str = "", err: str = ""):
+        return lambda *a, **k: subprocess.CompletedProcess(a, code, out, err)
+
+    monkeypatch.setattr(subprocess, "run", fake(0))
+    assert reruns.compile_canary({}) is None
+    monkeypatch.setattr(subprocess, "run", fake(7, "1.8e+38\n"))
+    assert (
+        reruns.compile_canary({})
+        == "torch.compile computes wrong results here (canary: x * 2 + 1 off by 1.8e+38)"
+    )
+    monkeypatch.setattr(subprocess, "run", fake(-11, "", "Segmentation fault"))
+    assert reruns.compile_canary({}).startswith("torch.compile's canary died here (exit -11)")
