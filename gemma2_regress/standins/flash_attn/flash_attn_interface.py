@@ -30,8 +30,12 @@ Where this stand-in differs from the real package, on purpose:
   other than 0, ``alibi_slopes``, ``rotary_cos`` / ``rotary_sin``, ``block_table`` (paged KV cache).
   ``deterministic`` is accepted (this forward is deterministic; so is flash-attn's), as are
   ``num_splits`` and ``rotary_interleaved`` (a performance knob, and an option of the rotary it lacks).
-- ``flash_attn_gpu`` (and its pre-2.7 name ``flash_attn_cuda``), the compiled extension, is a stub:
-  importing it works (Unsloth imports it to test the install), calling anything on it raises.
+- The compiled extension, ``flash_attn_cuda`` (its name in 2.6.3; ``flash_attn_gpu`` from 2.7.1, which
+  Unsloth tries first), is a stub: importing it works (Unsloth imports it to test the install), calling
+  anything on it raises.
+- A right bound of -1 with a left bound >= 0 is unbounded, as ``flash_api.cpp`` (``set_params_fprop``)
+  makes it; the test reference ``construct_local_mask`` reads that -1 literally, a case the real
+  tests never draw (their local windows have both bounds >= 0).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ class _CudaExtensionStub(types.ModuleType):
 
 
 flash_attn_gpu = _CudaExtensionStub("flash_attn_2_cuda")
-flash_attn_cuda = flash_attn_gpu  # the name before flash-attn 2.7; Unsloth tries both
+flash_attn_cuda = flash_attn_gpu  # the name in 2.6.3 (flash_attn_gpu from 2.7.1); Unsloth tries both
 
 
 # --- argument checks --------------------------------------------------------------------------------
