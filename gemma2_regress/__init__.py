@@ -15,6 +15,8 @@ One test case flows through the subpackages in this order:
 ``plugins/``    pytest plugins every run loads: the report, the suite's cost, test order, strict xfails
                 for recorded upstream bugs, ``--require-gpu``.
 ``perf/``       the performance benchmark and its gate.
+``standins/``   stand-ins for dependencies that cannot be installed here (flash-attn's interface in plain
+                PyTorch), proven in tests/oracle, importable as themselves only inside a test process.
 
 At the top: ``unsloth_adapter`` (the one door to Unsloth), ``versions``, ``gpu_check``,
 ``toolslock``, ``argcheck``, ``atomic`` and ``cli`` (the ``gemma2-regress`` command).
