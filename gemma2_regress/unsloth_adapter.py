@@ -10,6 +10,14 @@ Every attribute is looked up at call time, so a run-time patch (a planted mutant
 The whole model goes through here too: ``from_pretrained`` (``FastLanguageModel``), ``for_inference``
 and its undoing, and the sentinel Unsloth's pre-patch record uses for an attribute it added. Nothing
 else in the package imports ``unsloth`` in this process (``gpu_check`` tries the import in a child).
+
+And Unsloth's flash-attn path: ``Unsloth.flash_path(device)`` gives Unsloth's modules, for a block, the
+import-time values a flash-attn >= 2.6.3 on a capability-8 GPU gives them (the flags, the imported
+flash-attn functions), bound to the importable ``flash_attn`` (the suite's reference stand-in where no
+real one is installed); ``recording_flash_calls`` records what Unsloth hands flash-attn; and
+``dispatch_attention`` calls Unsloth's attention dispatcher the way Gemma-2's flash branch does.
+``load`` imports Unsloth with the stand-in hidden, so that outside ``flash_path`` Unsloth behaves as
+this machine's own flash-attn (or its absence) makes it behave (docs/flash.md).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from packaging.version import Version
+
+from gemma2_regress import standins
 
 
 class UnslothUnavailable(RuntimeError):
@@ -86,6 +97,260 @@ class Unsloth:
             else:
                 flags[kind] = before
 
+    # --- the flash-attn path -----------------------------------------------------------------------
+    def _utils_module(self) -> types.ModuleType:
+        return importlib.import_module("unsloth.models._utils")
+
+    def _dispatch_module(self) -> types.ModuleType | None:
+        try:
+            return importlib.import_module("unsloth.utils.attention_dispatch")
+        except ImportError:  # releases before the dispatcher imported flash-attn in the model files only
+            return None
+
+    def flash_flag_holders(self) -> list[types.ModuleType]:
+        """Every loaded ``unsloth`` module holding a copy of ``HAS_FLASH_ATTENTION`` or
+        ``HAS_FLASH_ATTENTION_SOFTCAPPING`` (each ``from ._utils import *`` / ``from .llama import *`` makes one)."""
+        return [
+            m
+            for n, m in sorted(sys.modules.items())
+            if (n == "unsloth" or n.startswith("unsloth."))
+            and isinstance(getattr(m, "__dict__", None), dict)
+            and any(f in vars(m) for f in FLASH_FLAGS)
+        ]
+
+    def flash_path_taken_at_import(self) -> bool:
+        """Whether Unsloth turned its flash path on when it was imported (a real flash-attn >= 2.6.3 on
+        a capability-8 GPU: ``unsloth/models/_utils.py``)."""
+        return bool(getattr(self._utils_module(), "HAS_FLASH_ATTENTION_SOFTCAPPING", False))
+
+    @staticmethod
+    def flash_attn_in_use() -> str:
+        """``"flash-attn X.Y.Z (real)"``, ``"reference stand-in 2.6.3"`` or ``"none"``: what ``import
+        flash_attn`` gives in this process (the run header prints it)."""
+        return flash_attn_in_use()
+
+    def flash_path_unavailable(self, device: str | torch.device) -> str | None:
+        """Why ``flash_path(device)`` cannot give Unsloth's flash path here (None if it can)."""
+        kind = _device_kind(device)
+        if self.flash_path_taken_at_import():
+            return None
+        which = flash_attn_in_use()
+        if which == "none":
+            return (
+                "flash_attn is not importable here: call gemma2_regress.standins.use_flash_attn_standin() "
+                "first (the suite's conftest does) or install flash-attn>=2.6.3"
+            )
+        if which != standins.STANDIN:
+            return (
+                f"{which} is installed, but Unsloth {self.version} left its flash path off when it was "
+                "imported (a flash-attn older than 2.6.3, a broken install, or no capability-8 GPU); only the "
+                "reference stand-in is bound at run time"
+            )
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                return "no CUDA device is visible"
+            major, minor = torch.cuda.get_device_capability(device)
+            if major < 8:
+                return (
+                    f"the CUDA device has capability {major}.{minor}; Unsloth takes flash-attn only on "
+                    "capability >= 8 (unsloth/models/_utils.py: `if major_version >= 8`)"
+                )
+        elif kind != "cpu":
+            return f"device type {kind!r}: the flash path is given on 'cpu' (the stand-in) and 'cuda' only"
+        return None
+
+    @contextlib.contextmanager
+    def flash_path(self, device: str | torch.device, models: tuple[Any, ...] = ()) -> Iterator[str]:
+        """Within the block Unsloth's modules hold what flash-attn >= 2.6.3 on a capability-8 GPU gives
+        them at import, bound to the importable ``flash_attn``; the previous values come back on exit.
+        Yields ``flash_attn_in_use()``. ``device``: where the model runs ("cpu" or "cuda").
+
+        Where a real flash-attn already made Unsloth take the path at import, nothing is touched: the
+        flags are only checked to be on in every copy. Otherwise (the reference stand-in, see
+        ``flash_path_unavailable`` for what is refused), these module globals are set, each as the
+        import-time code of Unsloth 2026.10.9 sets it:
+
+        - ``HAS_FLASH_ATTENTION = True`` and ``HAS_FLASH_ATTENTION_SOFTCAPPING = (version >= 2.6.3)`` in
+          every loaded ``unsloth`` module that holds a copy (``flash_flag_holders``): computed once in
+          ``unsloth/models/_utils.py`` (the ``major_version >= 8`` branch) and copied by every star import.
+          The ones read on Gemma-2's path: ``unsloth.models.gemma2`` (``Gemma2Attention_fast_forward``:
+          ``use_flash = HAS_FLASH_ATTENTION_SOFTCAPPING and attention_mask is None``),
+          ``unsloth.models.llama`` (``LlamaModel_fast_forward`` drops an all-ones 2-D mask and sets the
+          sliding layers' ``SWA_mask = True`` / ``GA_mask = False`` under it),
+          ``unsloth.utils.attention_dispatch`` (``select_attention_backend``: FLASH_DENSE / FLASH_VARLEN),
+          ``unsloth.models._utils`` (``resolve_attention_implementation`` at load time),
+          ``unsloth.models.loader`` (load-time messages).
+        - ``unsloth.utils.attention_dispatch.flash_attn_func`` / ``flash_attn_varlen_func`` (None unless
+          ``HAS_FLASH_ATTENTION``: the dispatcher calls these names for the dense and packed routes), and
+          its ``_DEVICE_BACKENDS``, recomputed by Unsloth's own ``_per_device_backends`` under the flag
+          (a table only on hosts whose GPUs differ in generation; None elsewhere).
+        - ``unsloth.models.gemma2.flash_attn_func`` (imported there under the flag; not called by this
+          release's Gemma-2 code, which goes through the dispatcher).
+        - ``unsloth.models.gemma2._FLASH_DECODE``: Unsloth's expression ``SOFTCAPPING and DEVICE_TYPE ==
+          "cuda" and UNSLOTH_GEMMA2_FLASH_DECODE != "0"``, and here also ``device`` of type "cuda" (under
+          ``UNSLOTH_ALLOW_CPU`` Unsloth's DEVICE_TYPE reads "cuda" on a CPU too); and, where it is True,
+          ``gemma2.flash_attn_with_kvcache`` (the one-token decode ``_gemma2_flash_decode`` calls it).
+          ``_FLASH_DECODE_PROBED`` (its per-device probe results) is restored on exit.
+
+        Not set, on purpose: ``SUPPORTS_BFLOAT16`` (the GPU's, not flash-attn's: the dispatcher casts
+        float32 q/k/v to bfloat16 where it is True, to float16 where False, as on a CPU); transformers'
+        ``is_flash_attn_2_available`` (needs package metadata the stand-in does not ship; Gemma-2's fast
+        path does not ask it, but a model *loaded* inside the block asks transformers for
+        ``flash_attention_2``, so load models before entering); the flash-attn names in Unsloth modules of
+        other models (``unsloth_zoo``'s Gemma-4 patches). ``models``: loaded Unsloth models whose
+        ``SWA_mask`` / ``GA_mask`` attributes (set per forward under the flag, reused by later forwards)
+        are put back on exit. ``flash_attn`` modules this block imported from the stand-in are dropped
+        from ``sys.modules`` on exit.
+        """
+        reason = self.flash_path_unavailable(device)
+        if reason is not None:
+            raise UnslothUnavailable(f"Unsloth's flash-attn path cannot be given here: {reason}")
+        kind = _device_kind(device)
+        holders = self.flash_flag_holders()
+        if self.flash_path_taken_at_import():
+            off = [
+                f"{m.__name__}.{f}" for m in holders for f in FLASH_FLAGS if f in vars(m) and not vars(m)[f]
+            ]
+            if off:
+                raise RuntimeError(f"Unsloth took the flash path at import, but these copies are off: {off}")
+            yield flash_attn_in_use()
+            return
+
+        before = set(standins.standin_modules())
+        fa = importlib.import_module("flash_attn")
+        importlib.import_module("flash_attn.flash_attn_interface")  # what Unsloth's install check imports
+        softcapping = Version(fa.__version__) >= Version(SOFTCAP_FLOOR)
+        values: list[tuple[types.ModuleType, str, Any]] = []
+        for m in holders:
+            if "HAS_FLASH_ATTENTION" in vars(m):
+                values.append((m, "HAS_FLASH_ATTENTION", True))
+            if "HAS_FLASH_ATTENTION_SOFTCAPPING" in vars(m):
+                values.append((m, "HAS_FLASH_ATTENTION_SOFTCAPPING", softcapping))
+        dispatch = self._dispatch_module()
+        if dispatch is not None:
+            values += [
+                (dispatch, "flash_attn_func", fa.flash_attn_func),
+                (dispatch, "flash_attn_varlen_func", fa.flash_attn_varlen_func),
+            ]
+        g = self.gemma2_module
+        if softcapping:
+            values.append((g, "flash_attn_func", fa.flash_attn_func))
+        if "_FLASH_DECODE" in vars(g):
+            decode = (
+                softcapping
+                and getattr(g, "DEVICE_TYPE", None) == "cuda"
+                and kind == "cuda"
+                and os.environ.get("UNSLOTH_GEMMA2_FLASH_DECODE", "1") != "0"
+            )
+            values.append((g, "_FLASH_DECODE", decode))
+            if decode:
+                values.append((g, "flash_attn_with_kvcache", fa.flash_attn_with_kvcache))
+        probed = vars(g).get("_FLASH_DECODE_PROBED")
+        probed_before = dict(probed) if isinstance(probed, dict) else None
+        masks_before = [
+            (m, name, vars(m).get(name, _ABSENT))
+            for model in models
+            for m in model.modules()
+            for name in _MODEL_MASKS
+        ]
+        saved: list[tuple[types.ModuleType, str, Any]] = []
+        try:
+            for m, name, value in values:
+                saved.append((m, name, vars(m).get(name, _ABSENT)))
+                setattr(m, name, value)
+            if dispatch is not None and hasattr(dispatch, "_per_device_backends"):
+                saved.append((dispatch, "_DEVICE_BACKENDS", vars(dispatch).get("_DEVICE_BACKENDS", _ABSENT)))
+                dispatch._DEVICE_BACKENDS = dispatch._per_device_backends(dispatch._visible_capabilities())
+            yield flash_attn_in_use()
+        finally:
+            for m, name, old in reversed(saved):
+                _put(m, name, old)
+            for m, name, old in masks_before:
+                _put(m, name, old)
+            if probed_before is not None:
+                probed.clear()
+                probed.update(probed_before)
+            for name in set(standins.standin_modules()) - before:
+                del sys.modules[name]
+
+    @contextlib.contextmanager
+    def recording_flash_calls(self) -> Iterator[list[FlashCall]]:
+        """Within the block every call Unsloth makes to flash-attn through the names its modules bound
+        (by ``flash_path`` or at import) is recorded, in order, as flash-attn received it, and passed on
+        unchanged. Enter it inside ``flash_path``; the names are put back on exit."""
+        calls: list[FlashCall] = []
+        slots = [
+            (m, n, vars(m)[n])
+            for m in (self._dispatch_module(), self.gemma2_module)
+            if m is not None
+            for n in FLASH_FUNCTIONS
+            if vars(m).get(n) is not None
+        ]
+        for m, n, fn in slots:
+            setattr(m, n, _recording(fn, n, calls))
+        try:
+            yield calls
+        finally:
+            for m, n, fn in slots:
+                setattr(m, n, fn)
+
+    def attention_backend(self, use_varlen: bool) -> str:
+        """Unsloth's ``select_attention_backend(use_varlen)``: "flash_dense", "flash_varlen", "xformers", "sdpa"."""
+        dispatch = self._dispatch_module()
+        if dispatch is None:
+            raise UnslothUnavailable(f"unsloth {self.version} has no unsloth.utils.attention_dispatch")
+        return dispatch.select_attention_backend(use_varlen)
+
+    def dispatch_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        flash_kwargs: dict[str, Any],
+        packed_seq_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unsloth's attention dispatcher (``unsloth/utils/attention_dispatch.py``: ``run_attention``) called
+        as the flash branch of ``Gemma2Attention_fast_forward`` calls it: the backend from
+        ``select_attention_backend(use_varlen)``, ``flash_kwargs`` (``causal``, ``softcap``,
+        ``softmax_scale``, ``window_size``) as its dense kwargs and, with ``dropout_p = 0.0``, its varlen
+        kwargs, ``seq_info`` from Unsloth's ``get_packed_info_from_kwargs({"packed_seq_lengths": ...})``,
+        no attention_mask. The branch's own choice of ``window_size`` is the one part not run here: the
+        caller passes it (that function needs CUDA before it gets there, docs/flash.md). ``q`` ``(b, h, s,
+        d)`` and ``k``/``v`` ``(b, kv_h, s, d)`` after RoPE; returns ``(b, s, h * d)`` in the dtype the
+        dispatcher returns."""
+        dispatch = self._dispatch_module()
+        if dispatch is None:
+            raise UnslothUnavailable(f"unsloth {self.version} has no unsloth.utils.attention_dispatch")
+        bsz, n_heads, q_len, head_dim = q.shape
+        n_kv_heads = k.shape[1]
+        seq_info = None
+        if packed_seq_lengths is not None:
+            packing = importlib.import_module("unsloth.utils.packing")
+            seq_info = packing.get_packed_info_from_kwargs(
+                {"packed_seq_lengths": packed_seq_lengths}, q.device
+            )
+        config = dispatch.AttentionConfig(
+            backend=dispatch.select_attention_backend(seq_info is not None),
+            n_kv_heads=n_kv_heads,
+            n_groups=n_heads // n_kv_heads,
+            flash_dense_kwargs=dict(flash_kwargs),
+            flash_varlen_kwargs={"dropout_p": 0.0, **flash_kwargs},
+        )
+        context = dispatch.AttentionContext(
+            bsz=bsz,
+            q_len=q_len,
+            kv_seq_len=k.shape[2],
+            n_heads=n_heads,
+            head_dim=head_dim,
+            requires_grad=q.requires_grad,
+            seq_info=seq_info,
+            attention_mask=None,
+            causal_mask=None,
+        )
+        out = dispatch.run_attention(config=config, context=context, Q=q, K=k, V=v)
+        return out.reshape(bsz, q_len, n_heads * head_dim)
+
     # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
     def _converters(self) -> tuple[Any, Any]:
         base = self.llama_module.AttentionMaskConverter
@@ -128,6 +393,77 @@ class Unsloth:
         swa = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past, sliding_window=window)
         ga = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past)
         return swa, ga
+
+
+FLASH_FLAGS = ("HAS_FLASH_ATTENTION", "HAS_FLASH_ATTENTION_SOFTCAPPING")
+FLASH_FUNCTIONS = ("flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache")
+SOFTCAP_FLOOR = "2.6.3"  # unsloth/models/_utils.py: HAS_FLASH_ATTENTION_SOFTCAPPING = version >= 2.6.3
+_MODEL_MASKS = ("SWA_mask", "GA_mask")  # LlamaModel_fast_forward's per-model static masks (or sentinels)
+_ABSENT = object()
+
+
+def flash_attn_in_use() -> str:
+    """Which flash-attn ``import flash_attn`` gives in this process, without importing it or Unsloth:
+    ``"flash-attn X.Y.Z (real)"``, ``"reference stand-in 2.6.3"`` or ``"none"``."""
+    return standins.flash_attn_in_use()
+
+
+@dataclasses.dataclass(frozen=True)
+class FlashCall:
+    """One call Unsloth made to flash-attn, as flash-attn received it (its defaults filled in)."""
+
+    function: str  # flash_attn_func, flash_attn_varlen_func or flash_attn_with_kvcache
+    dtype: torch.dtype  # q's
+    q_shape: tuple[int, ...]
+    causal: bool
+    window_size: tuple[int, int]
+    softcap: float
+    softmax_scale: float | None
+    cu_seqlens: tuple[int, ...] | None  # varlen: cu_seqlens_q
+    cu_seqlens_dtype: torch.dtype | None
+
+
+def _recording(fn: Callable[..., Any], name: str, calls: list[FlashCall]) -> Callable[..., Any]:
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def record(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        cu = a.get("cu_seqlens_q")
+        calls.append(
+            FlashCall(
+                function=name,
+                dtype=a["q"].dtype,
+                q_shape=tuple(a["q"].shape),
+                causal=bool(a.get("causal", False)),
+                window_size=tuple(a.get("window_size", (-1, -1))),
+                softcap=float(a.get("softcap", 0.0)),
+                softmax_scale=a.get("softmax_scale"),
+                cu_seqlens=None if cu is None else tuple(int(x) for x in cu.tolist()),
+                cu_seqlens_dtype=None if cu is None else cu.dtype,
+            )
+        )
+        return fn(*args, **kwargs)
+
+    return record
+
+
+def _put(owner: Any, name: str, value: Any) -> None:
+    """Set ``owner.name`` to ``value``, or delete it where ``value`` is ``_ABSENT``."""
+    if value is _ABSENT:
+        if name in vars(owner):
+            delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+
+
+def _device_kind(device: str | torch.device) -> str:
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r} is not a torch device; pass 'cpu' or 'cuda'") from None
 
 
 def attention_module_stub(
@@ -179,10 +515,13 @@ def load() -> Unsloth:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     chosen_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:
-        importlib.import_module("unsloth")
-        kernels = importlib.import_module("unsloth.kernels.flex_attention")
-        llama = importlib.import_module("unsloth.models.llama")
-        gemma2 = importlib.import_module("unsloth.models.gemma2")
+        # Unsloth decides its flash path once, at import: it must see this machine's own flash-attn (or
+        # none), never the suite's stand-in, which only ``Unsloth.flash_path`` binds, for a block.
+        with standins.flash_attn_standin_hidden():
+            importlib.import_module("unsloth")
+            kernels = importlib.import_module("unsloth.kernels.flex_attention")
+            llama = importlib.import_module("unsloth.models.llama")
+            gemma2 = importlib.import_module("unsloth.models.gemma2")
     except Exception as exc:
         raise UnslothUnavailable(
             f"unsloth {version} does not import here: {type(exc).__name__}: {exc}"
