@@ -15,7 +15,8 @@ And Unsloth's flash-attn path: ``Unsloth.flash_path(device)`` gives Unsloth's mo
 import-time values a flash-attn >= 2.6.3 on a capability-8 GPU gives them (the flags, the imported
 flash-attn functions), bound to the importable ``flash_attn`` (the suite's reference stand-in where no
 real one is installed); ``recording_flash_calls`` records what Unsloth hands flash-attn; and
-``dispatch_attention`` calls Unsloth's attention dispatcher the way Gemma-2's flash branch does.
+``gemma2_attention`` runs one Gemma-2 layer's attention (``Gemma2Attention_fast_forward``) on given
+q/k/v, on a CPU too.
 ``load`` imports Unsloth with the stand-in hidden, so that outside ``flash_path`` Unsloth behaves as
 this machine's own flash-attn (or its absence) makes it behave (docs/flash.md).
 """
@@ -301,55 +302,72 @@ class Unsloth:
             raise UnslothUnavailable(f"unsloth {self.version} has no unsloth.utils.attention_dispatch")
         return dispatch.select_attention_backend(use_varlen)
 
-    def dispatch_attention(
+    def gemma2_attention(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         *,
-        flash_kwargs: dict[str, Any],
+        config: Any,
+        sliding: bool,
+        causal_mask: Any = None,
+        attention_mask: torch.Tensor | None = None,
         packed_seq_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unsloth's attention dispatcher (``unsloth/utils/attention_dispatch.py``: ``run_attention``) called
-        as the flash branch of ``Gemma2Attention_fast_forward`` calls it: the backend from
-        ``select_attention_backend(use_varlen)``, ``flash_kwargs`` (``causal``, ``softcap``,
-        ``softmax_scale``, ``window_size``) as its dense kwargs and, with ``dropout_p = 0.0``, its varlen
-        kwargs, ``seq_info`` from Unsloth's ``get_packed_info_from_kwargs({"packed_seq_lengths": ...})``,
-        no attention_mask. The branch's own choice of ``window_size`` is the one part not run here: the
-        caller passes it (that function needs CUDA before it gets there, docs/flash.md). ``q`` ``(b, h, s,
-        d)`` and ``k``/``v`` ``(b, kv_h, s, d)`` after RoPE; returns ``(b, s, h * d)`` in the dtype the
-        dispatcher returns."""
-        dispatch = self._dispatch_module()
-        if dispatch is None:
-            raise UnslothUnavailable(f"unsloth {self.version} has no unsloth.utils.attention_dispatch")
+        """Unsloth's ``Gemma2Attention_fast_forward`` (one Gemma-2 layer's attention, looked up now) on q/k/v
+        that are already rotated: ``q`` ``(b, h, s, d)``, ``k``/``v`` ``(b, kv_h, s, d)``, no KV cache. Returns
+        ``(b, s, h * d)`` in the dtype Unsloth's code leaves it.
+
+        Called with what ``LlamaModel_fast_forward``'s layer loop hands a layer (``unsloth/models/llama.py``,
+        through ``Gemma2DecoderLayer_fast_forward``): ``use_sliding_window = sliding``; ``causal_mask``
+        (None: the flash sentinels that loop sets for a batch without a mask when flash-attn has softcapping,
+        ``True`` on sliding layers and ``False`` on global ones; else Unsloth's 4-D masks, ``eval_masks``);
+        ``attention_mask`` (None after that loop dropped an all-ones mask; the 2-D padding mask of a padded
+        evaluation batch); ``packed_seq_lengths`` (a packed / padding-free batch, as a collator passes it).
+        Everything from there on is Unsloth's: the flash / slow choice, the flash-attn window, scale and cap,
+        the dispatcher (FLASH_DENSE / FLASH_VARLEN, its float32 downcast) or the slow softcapping kernel.
+
+        The layer itself is a stand-in carrying what that function reads: ``config`` (a ``Gemma2Config``:
+        heads, kv heads, ``sliding_window``, ``query_pre_attn_scalar``, ``attn_logit_softcapping``),
+        ``head_dim``, ``num_key_value_groups``, eval mode; Unsloth's own ``apply_qkv`` hook (what LoRA sets)
+        returning q/k/v; a rotary cache of cos 1 and sin 0, so that RoPE leaves q and k as they are; and an
+        ``o_proj`` that is the identity in q's dtype, applied by Unsloth's ``original_apply_o`` (exact in
+        every dtype, and a dtype mismatch fails there as it fails in the model). On a CPU, where Unsloth's
+        Triton RoPE kernel has no driver to run on, ``fast_rope_embedding`` is bound to the identity for the
+        call (what that kernel computes with those tables); on CUDA Unsloth's kernel runs.
+        """
+        g = self.gemma2_module
         bsz, n_heads, q_len, head_dim = q.shape
         n_kv_heads = k.shape[1]
-        seq_info = None
-        if packed_seq_lengths is not None:
-            packing = importlib.import_module("unsloth.utils.packing")
-            seq_info = packing.get_packed_info_from_kwargs(
-                {"packed_seq_lengths": packed_seq_lengths}, q.device
-            )
-        config = dispatch.AttentionConfig(
-            backend=dispatch.select_attention_backend(seq_info is not None),
-            n_kv_heads=n_kv_heads,
-            n_groups=n_heads // n_kv_heads,
-            flash_dense_kwargs=dict(flash_kwargs),
-            flash_varlen_kwargs={"dropout_p": 0.0, **flash_kwargs},
-        )
-        context = dispatch.AttentionContext(
-            bsz=bsz,
-            q_len=q_len,
-            kv_seq_len=k.shape[2],
-            n_heads=n_heads,
+
+        def flat(x: torch.Tensor) -> torch.Tensor:  # (b, heads, s, d) -> (b, s, heads * d), as q_proj's
+            return x.transpose(1, 2).reshape(bsz, q_len, -1)
+
+        o_proj = torch.nn.Linear(n_heads * head_dim, n_heads * head_dim, bias=False)
+        with torch.no_grad():
+            o_proj.weight.copy_(torch.eye(n_heads * head_dim))
+        layer = types.SimpleNamespace(
+            config=config,
             head_dim=head_dim,
-            requires_grad=q.requires_grad,
-            seq_info=seq_info,
-            attention_mask=None,
-            causal_mask=None,
+            num_key_value_groups=n_heads // n_kv_heads,
+            training=False,
+            rotary_emb=_IdentityRope(head_dim),
+            apply_qkv=lambda _self, _x: (flat(q), flat(k), flat(v)),
+            o_proj=o_proj.to(device=q.device, dtype=q.dtype),
         )
-        out = dispatch.run_attention(config=config, context=context, Q=q, K=k, V=v)
-        return out.reshape(bsz, q_len, n_heads * head_dim)
+        hidden = torch.zeros(bsz, q_len, config.hidden_size, dtype=q.dtype, device=q.device)
+        kwargs: dict[str, Any] = {"use_sliding_window": sliding}
+        if packed_seq_lengths is not None:
+            kwargs["packed_seq_lengths"] = packed_seq_lengths
+        mask = sliding if causal_mask is None else causal_mask
+        rope = contextlib.nullcontext()
+        if q.device.type == "cpu" and "fast_rope_embedding" in vars(g):
+            rope = _bound(g, "fast_rope_embedding", lambda Q, K, *_a, **_k: (Q, K))
+        with rope, torch.no_grad():
+            out, _, _ = g.Gemma2Attention_fast_forward(
+                layer, hidden, causal_mask=mask, attention_mask=attention_mask, **kwargs
+            )
+        return out
 
     # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
     def _converters(self) -> tuple[Any, Any]:
@@ -457,6 +475,29 @@ def _put(owner: Any, name: str, value: Any) -> None:
             delattr(owner, name)
     else:
         setattr(owner, name, value)
+
+
+class _IdentityRope:
+    """A rotary cache whose tables (cos 1, sin 0) make RoPE the identity: ``get_cached`` as Unsloth's."""
+
+    def __init__(self, head_dim: int) -> None:
+        self.head_dim = head_dim
+
+    def get_cached(self, seq_len: int, device_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        device = "cpu" if device_index is None else torch.device("cuda", device_index)
+        shape = (seq_len, self.head_dim)
+        return torch.ones(shape, device=device), torch.zeros(shape, device=device)
+
+
+@contextlib.contextmanager
+def _bound(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` within the block and what it was before afterwards."""
+    old = vars(owner).get(name, _ABSENT)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        _put(owner, name, old)
 
 
 def _device_kind(device: str | torch.device) -> str:
