@@ -22,6 +22,7 @@ from gemma2_regress.kernel.properties import check_kernel_matches_oracle
 from gemma2_regress.kernel.targets import Gemma2LayerTarget
 from gemma2_regress.model import tiny
 
+# One worker: the padded cases compile Unsloth's slow kernel once for the file.
 pytestmark = [pytest.mark.unsloth, pytest.mark.xdist_group("unsloth-flash-cpu")]
 
 SMALL_W = 16
