@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker.startswith("gw") and gpus and int(gpus) > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker[2:]) % int(gpus))
     # `import flash_attn` gives flash-attn's reference stand-in in this process where no real one imports
-    # (docs/flash.md). Unsloth is imported with it hidden and takes it only inside Unsloth.flash_path.
+    # (docs/flash.md). Unsloth is imported with it hidden and takes it only inside unsloth_flash.flash_path.
     from gemma2_regress.standins import use_flash_attn_standin
 
     use_flash_attn_standin()
@@ -70,11 +70,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
     from gemma2_regress.standins import STANDIN
-    from gemma2_regress.unsloth_adapter import flash_attn_in_use
+    from gemma2_regress.unsloth_flash import flash_attn_in_use
 
     flash = flash_attn_in_use()
     if flash == STANDIN:
-        flash += " (Unsloth's flash path only inside Unsloth.flash_path)"
+        flash += " (Unsloth's flash path only inside unsloth_flash.flash_path)"
     return [
         f"gemma2-regress: {versions.one_line()}",
         versions.tools_line(),

@@ -9,7 +9,7 @@ A kernel target takes a ``Case`` and its ``Inputs`` and returns the attention ou
 - ``unsloth-eval``    Unsloth's own per-call 4-D masks from a 2-D ``attention_mask`` (evaluation)
 
 ``Gemma2LayerTarget`` (``unsloth-gemma2-layer[no-mask | packed | padding-mask]``) is one Gemma-2 layer's
-attention in Unsloth, flash-attn path included (inside ``Unsloth.flash_path``); it is not in the registry.
+attention in Unsloth, flash-attn path included (inside ``unsloth_flash.flash_path``); it is not in the registry.
 
 Model-level targets (Unsloth's whole Gemma-2 on a GPU) live in ``gemma2_regress.model.targets``.
 """
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gemma2_regress import unsloth_adapter
+from gemma2_regress import unsloth_adapter, unsloth_layer
 from gemma2_regress.kernel.cases import Case, Inputs
 from gemma2_regress.reference import masks
 
@@ -94,7 +94,7 @@ LAYER_INPUTS = ("no-mask", "packed", "padding-mask")
 @dataclasses.dataclass(frozen=True, eq=False)
 class Gemma2LayerTarget:
     """One Gemma-2 layer's attention in Unsloth, ``Gemma2Attention_fast_forward``, fed a case's q/k/v
-    (``unsloth_adapter.Unsloth.gemma2_attention``) with what ``LlamaModel_fast_forward`` hands a layer:
+    (``unsloth_layer.gemma2_attention``) with what ``LlamaModel_fast_forward`` hands a layer:
 
     - ``no-mask``       an unpadded batch: no attention_mask (that loop drops an all-ones one where
                         flash-attn has softcapping) and its flash sentinels as ``causal_mask``
@@ -103,9 +103,9 @@ class Gemma2LayerTarget:
                         trailing pad, which Unsloth covers with a segment of its own)
     - ``padding-mask``  a padded evaluation batch: its 2-D attention_mask and Unsloth's 4-D eval masks
 
-    Which path runs is Unsloth's choice: inside ``Unsloth.flash_path`` (flash-attn with softcapping) the
+    Which path runs is Unsloth's choice: inside ``unsloth_flash.flash_path`` (flash-attn with softcapping) the
     first two take flash-attn (FLASH_DENSE, FLASH_VARLEN) and a padding mask the slow softcapping kernel;
-    record the calls with ``Unsloth.recording_flash_calls``. ``config`` is the model's ``Gemma2Config``
+    record the calls with ``unsloth_flash.recording_flash_calls``. ``config`` is the model's ``Gemma2Config``
     (e.g. ``model.tiny.tiny_config()``): the case must have its geometry, cap, scalar and, on a sliding
     layer, its window (``supports``). Not in ``REGISTRY``: its paths depend on the block it runs in.
     """
@@ -151,7 +151,7 @@ class Gemma2LayerTarget:
             raise ValueError(f"{self.name} cannot take {case.short()}: {'; '.join(problems)}")
         u = unsloth_adapter.load()
         sliding = case.window is not None
-        layer = functools.partial(u.gemma2_attention, config=self.config, sliding=sliding)
+        layer = functools.partial(unsloth_layer.gemma2_attention, u, config=self.config, sliding=sliding)
         if self.inputs == "no-mask":
             return layer(inputs.q, inputs.k, inputs.v)
         if self.inputs == "padding-mask":

@@ -205,7 +205,7 @@ CATALOGUE: dict[str, Mutant] = {
             cpu_paths=FLASH_LAYER_TESTS,
             gpu_paths=("tests/model/test_unsloth_flash.py",),
             gpu_select="flash_path_logits_and_loss",
-            note="reached only on the flash path (flash-attn with softcapping: Unsloth.flash_path), with more keys "
+            note="reached only on the flash path (flash-attn with softcapping: unsloth_flash.flash_path), with more keys "
             "than the window; on CPU one layer with the reference stand-in",
         ),
         Mutant(

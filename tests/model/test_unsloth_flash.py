@@ -1,5 +1,5 @@
 """Unsloth's flash-attn path on a GPU, with flash-attn's reference stand-in where no real flash-attn is
-installed (``Unsloth.flash_path("cuda")``; docs/flash.md).
+installed (``unsloth_flash.flash_path(u, "cuda")``; docs/flash.md).
 
 Dispatch (``Gemma2Attention_fast_forward``): flash-attn iff ``HAS_FLASH_ATTENTION_SOFTCAPPING`` and
 no attention_mask reaches the layer; an unpadded batch's all-ones mask is dropped (flash), a padded
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gemma2_regress import unsloth_adapter
+from gemma2_regress import unsloth_adapter, unsloth_flash
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase
 from gemma2_regress.model.fast import gpu_targets
@@ -29,27 +29,30 @@ from gemma2_regress.model.trainer import EVAL_LENGTHS, eval_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 
-FlashBlock = Callable[..., contextlib.AbstractContextManager[list[unsloth_adapter.FlashCall]]]
+FlashBlock = Callable[..., contextlib.AbstractContextManager[list[unsloth_flash.FlashCall]]]
 
 
 @pytest.fixture
 def flash(unsloth_ready: None) -> FlashBlock:
-    """``flash(*models)``: a block on Unsloth's flash path on this GPU (``Unsloth.flash_path("cuda")``, which
+    """``flash(*models)``: a block on Unsloth's flash path on this GPU (``unsloth_flash.flash_path(u, "cuda")``, which
     puts ``models``' per-forward masks back afterwards) that yields the list of flash-attn calls made in it."""
     u = unsloth_adapter.load()
-    reason = u.flash_path_unavailable("cuda")
+    reason = unsloth_flash.flash_path_unavailable(u, "cuda")
     if reason is not None:
         pytest.skip(f"Unsloth's flash-attn path cannot be given here: {reason}")
 
     @contextlib.contextmanager
-    def block(*models: Any) -> Iterator[list[unsloth_adapter.FlashCall]]:
-        with u.flash_path("cuda", models=models), u.recording_flash_calls() as calls:
+    def block(*models: Any) -> Iterator[list[unsloth_flash.FlashCall]]:
+        with (
+            unsloth_flash.flash_path(u, "cuda", models=models),
+            unsloth_flash.recording_flash_calls(u) as calls,
+        ):
             yield calls
 
     return block
 
 
-def assert_flash_layers(calls: list[unsloth_adapter.FlashCall], config: Any, seq_len: int) -> None:
+def assert_flash_layers(calls: list[unsloth_flash.FlashCall], config: Any, seq_len: int) -> None:
     """Every call is flash_attn_func with the config's cap; the sliding layers' window keeps W keys."""
     assert calls, "no flash-attn call: the flash path was not taken"
     w = config.sliding_window

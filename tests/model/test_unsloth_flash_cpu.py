@@ -3,7 +3,7 @@ slow choice down, with flash-attn's reference stand-in (docs/flash.md, "Unsloth'
 
 Unsloth's whole model does not run on a CPU (it loads and ropes on CUDA), so each test feeds
 ``Gemma2Attention_fast_forward`` what ``LlamaModel_fast_forward`` hands a layer of the tiny config
-(``kernel.targets.Gemma2LayerTarget``) inside ``Unsloth.flash_path("cpu")``, records every call Unsloth
+(``kernel.targets.Gemma2LayerTarget``) inside ``unsloth_flash.flash_path(u, "cpu")``, records every call Unsloth
 makes to flash-attn, and judges the output against the oracle with the one tolerance rule
 (``kernel.properties.check_kernel_matches_oracle``). Cases sit at the window: W-1, W, W+1 and past 2W
 keys, on a sliding and a global layer; logits near the cap, where a dropped or misplaced cap shows.
@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from gemma2_regress import unsloth_adapter
+from gemma2_regress import unsloth_adapter, unsloth_flash
 from gemma2_regress.kernel.cases import Case
 from gemma2_regress.kernel.properties import check_kernel_matches_oracle
 from gemma2_regress.kernel.targets import Gemma2LayerTarget
@@ -52,10 +52,10 @@ def layer_case(
     )
 
 
-def run_on_flash_path(target: Gemma2LayerTarget, case: Case) -> list[unsloth_adapter.FlashCall]:
-    """The target against the oracle inside ``Unsloth.flash_path("cpu")``; the flash-attn calls it made."""
+def run_on_flash_path(target: Gemma2LayerTarget, case: Case) -> list[unsloth_flash.FlashCall]:
+    """The target against the oracle inside ``unsloth_flash.flash_path(u, "cpu")``; the flash-attn calls it made."""
     u = unsloth_adapter.load()
-    with u.flash_path("cpu") as which, u.recording_flash_calls() as calls:
+    with unsloth_flash.flash_path(u, "cpu") as which, unsloth_flash.recording_flash_calls(u) as calls:
         assert which.startswith(("reference stand-in", "flash-attn")), which
         check_kernel_matches_oracle(target, case, "cpu")
     return calls
@@ -67,7 +67,7 @@ def keys_seen(window_size: tuple[int, int], n: int) -> int:
     return n if left < 0 else min(left, n - 1) + 1
 
 
-def assert_flash_call(call: unsloth_adapter.FlashCall, case: Case, config, function: str) -> None:
+def assert_flash_call(call: unsloth_flash.FlashCall, case: Case, config, function: str) -> None:
     """What flash-attn received: ``function``, the case's dtype, causal, the config's cap and scale, and
     a window under which the last query of every row (segment) sees what the oracle's window allows."""
     got = (call.function, call.dtype, call.causal, call.softcap)
