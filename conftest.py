@@ -35,12 +35,18 @@ settings.register_profile("nightly", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before the other plugins' and conftests' configure import anything
 def pytest_configure(config: pytest.Config) -> None:
     # One xdist worker per GPU, each pinned to its own device before CUDA is initialised.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     gpus = os.environ.get("GEMMA2_REGRESS_GPUS")  # set by `nox -s gpu` to the device count
     if worker.startswith("gw") and gpus and int(gpus) > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker[2:]) % int(gpus))
+    # `import flash_attn` gives flash-attn's reference stand-in in this process where no real one imports
+    # (docs/flash.md). Unsloth is imported with it hidden and takes it only inside unsloth_flash.flash_path.
+    from gemma2_regress.standins import use_flash_attn_standin
+
+    use_flash_attn_standin()
     try:  # Unsloth's kernel is torch.compile'd; Hypothesis draws many configurations, and past
         import torch._dynamo  # dynamo's default 8 recompiles it would silently run eagerly instead.
 
@@ -63,10 +69,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
+    from gemma2_regress.standins import STANDIN
+    from gemma2_regress.unsloth_flash import flash_attn_in_use
+
+    flash = flash_attn_in_use()
+    if flash == STANDIN:
+        flash += " (Unsloth's flash path only inside unsloth_flash.flash_path)"
     return [
         f"gemma2-regress: {versions.one_line()}",
         versions.tools_line(),
         f"hypothesis profile: {s._current_profile}",
+        f"flash-attn: {flash}",
     ]
 
 

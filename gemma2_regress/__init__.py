@@ -18,8 +18,10 @@ One test case flows through the subpackages in this order:
 ``standins/``   stand-ins for dependencies that cannot be installed here (flash-attn's interface in plain
                 PyTorch), proven in tests/oracle, importable as themselves only inside a test process.
 
-At the top: ``unsloth_adapter`` (the one door to Unsloth), ``versions``, ``gpu_check``,
-``toolslock``, ``argcheck``, ``atomic`` and ``cli`` (the ``gemma2-regress`` command).
+At the top: ``unsloth_adapter`` (the one door to Unsloth: the only module that imports ``unsloth``),
+``unsloth_flash`` (Unsloth's flash-attn path, given on any device) and ``unsloth_layer`` (one Gemma-2
+layer's attention run through Unsloth), both working on the handle ``unsloth_adapter.load()`` returns,
+``versions``, ``gpu_check``, ``toolslock``, ``argcheck``, ``atomic`` and ``cli`` (the ``gemma2-regress`` command).
 """
 
 __version__ = "0.1.0"

@@ -10,6 +10,12 @@ Every attribute is looked up at call time, so a run-time patch (a planted mutant
 The whole model goes through here too: ``from_pretrained`` (``FastLanguageModel``), ``for_inference``
 and its undoing, and the sentinel Unsloth's pre-patch record uses for an attribute it added. Nothing
 else in the package imports ``unsloth`` in this process (``gpu_check`` tries the import in a child).
+
+Unsloth's flash-attn path (``unsloth_flash``) and one Gemma-2 layer run through Unsloth
+(``unsloth_layer``) work on the ``Unsloth`` handle ``load`` returns and never import ``unsloth``.
+``load`` imports Unsloth with the suite's flash-attn stand-in hidden, so that outside
+``unsloth_flash.flash_path`` Unsloth behaves as this machine's own flash-attn (or its absence) makes
+it behave (docs/flash.md).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+from gemma2_regress import standins
 
 
 class UnslothUnavailable(RuntimeError):
@@ -85,6 +93,23 @@ class Unsloth:
                 flags.pop(kind, None)
             else:
                 flags[kind] = before
+
+    # --- further handles, looked up now (for gemma2_regress.unsloth_flash) -------------------------
+    def utils_module(self) -> types.ModuleType:
+        """``unsloth.models._utils``, where Unsloth decides its flash path at import."""
+        return importlib.import_module("unsloth.models._utils")
+
+    def dispatch_module(self) -> types.ModuleType | None:
+        """``unsloth.utils.attention_dispatch`` (None in releases without the dispatcher)."""
+        try:
+            return importlib.import_module("unsloth.utils.attention_dispatch")
+        except ImportError:  # releases before the dispatcher imported flash-attn in the model files only
+            return None
+
+    @staticmethod
+    def loaded_modules() -> list[tuple[str, types.ModuleType]]:
+        """Every ``unsloth`` module loaded in this process, ``(name, module)`` sorted by name."""
+        return [(n, m) for n, m in sorted(sys.modules.items()) if n == "unsloth" or n.startswith("unsloth.")]
 
     # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
     def _converters(self) -> tuple[Any, Any]:
@@ -179,10 +204,13 @@ def load() -> Unsloth:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     chosen_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:
-        importlib.import_module("unsloth")
-        kernels = importlib.import_module("unsloth.kernels.flex_attention")
-        llama = importlib.import_module("unsloth.models.llama")
-        gemma2 = importlib.import_module("unsloth.models.gemma2")
+        # Unsloth decides its flash path once, at import: it must see this machine's own flash-attn (or
+        # none), never the suite's stand-in, which only ``unsloth_flash.flash_path`` binds, for a block.
+        with standins.flash_attn_standin_hidden():
+            importlib.import_module("unsloth")
+            kernels = importlib.import_module("unsloth.kernels.flex_attention")
+            llama = importlib.import_module("unsloth.models.llama")
+            gemma2 = importlib.import_module("unsloth.models.gemma2")
     except Exception as exc:
         raise UnslothUnavailable(
             f"unsloth {version} does not import here: {type(exc).__name__}: {exc}"

@@ -4,5 +4,5 @@
 ``targets`` (the registry of kernels under test: Unsloth's, fed with oracle masks or its own),
 ``properties`` (kernel vs oracle, and metamorphic properties over any attention callable),
 ``selections`` (named ``-k`` selections of the kernel tests by target, for the kill matrix and the gate).
-May import ``reference``, ``plugins.report``, ``unsloth_adapter`` and ``versions``.
+May import ``reference``, ``plugins.report``, ``unsloth_adapter``, ``unsloth_layer`` and ``versions``.
 """

@@ -13,7 +13,7 @@ import hypothesis
 import torch
 
 from gemma2_regress.kernel.cases import Case, Inputs, make_inputs
-from gemma2_regress.kernel.targets import KernelTarget
+from gemma2_regress.kernel.targets import AttentionTarget
 from gemma2_regress.plugins import report
 from gemma2_regress.reference import oracle, tolerance
 from gemma2_regress.reference.masks import valid_queries
@@ -44,7 +44,7 @@ def reference(case: Case, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor, f
     return golden, baseline, floor
 
 
-def check_kernel_matches_oracle(target: KernelTarget, case: Case, device: str) -> tolerance.Comparison:
+def check_kernel_matches_oracle(target: AttentionTarget, case: Case, device: str) -> tolerance.Comparison:
     """The target's output equals the oracle's within the tolerance rule, at every real query."""
     inputs, golden, baseline, floor = prepared(case, device)
     out = target.run(case, inputs.clone())  # a clone: the cached inputs must survive an in-place target

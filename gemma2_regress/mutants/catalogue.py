@@ -17,6 +17,8 @@ import json
 
 from gemma2_regress.kernel.selections import (
     CUDA_COMPILED,
+    FLASH_CPU,
+    FLASH_LAYER_TESTS,
     KERNEL,
     KERNEL_TESTS,
     MATH_CPU,
@@ -28,6 +30,7 @@ from gemma2_regress.kernel.selections import (
 ENV = "GEMMA2_REGRESS_MUTANT"
 STATUS_ENV = "GEMMA2_REGRESS_MUTANT_STATUS"  # where the plugin writes {"mutant", "applied", "reason"}
 TIERS = ("cpu", "gpu")
+CPU_PATHS = (*KERNEL_TESTS, *FLASH_LAYER_TESTS)  # every test the CPU tier's kill matrix may run
 # Module handles of the adapter (gemma2_regress.unsloth_adapter.Unsloth) that a patch can name.
 OWNERS = ("kernels", "llama", "gemma2")
 
@@ -70,9 +73,9 @@ class Patch:
 class Mutant:
     """One planted bug.
 
-    ``tiers``: the tiers whose tests can reach it. ``cpu_select``: the pytest ``-k`` expression of the
-    fast CPU selection in tests/kernel (the cheapest tests that reach it); ``gpu_paths``/``gpu_select``:
-    the same for the GPU tier. ``expect``: verdict prefixes a kill must match (e.g. the 2024 crash
+    ``tiers``: the tiers whose tests can reach it. ``cpu_paths``/``cpu_select``: the paths (tests/kernel
+    unless said) and pytest ``-k`` expression of the fast CPU selection (the cheapest tests that reach
+    it); ``gpu_paths``/``gpu_select``: the same for the GPU tier. ``expect``: verdict prefixes a kill must match (e.g. the 2024 crash
     must surface as a crash of the slow path), empty for "any failure".
     """
 
@@ -81,6 +84,7 @@ class Mutant:
     patches: tuple[Patch, ...]
     tiers: tuple[str, ...] = TIERS
     cpu_select: str = ""
+    cpu_paths: tuple[str, ...] = KERNEL_TESTS
     gpu_paths: tuple[str, ...] = ("tests/kernel", "tests/model", "tests/trainer")
     gpu_select: str = ""
     expect: tuple[str, ...] = ()
@@ -191,6 +195,18 @@ CATALOGUE: dict[str, Mutant] = {
             cpu_select=WINDOW_CPU,
             gpu_paths=("tests/model/test_unsloth_window.py", "tests/kernel"),
             gpu_select=WINDOW_GPU,
+        ),
+        Mutant(
+            "flash_window_off_by_one",
+            "on the flash-attn path sliding layers see W+1 keys: Gemma-2's window_size (W - 1, 0) -> (W, 0); "
+            "the slow path's masks are untouched",
+            (Patch("gemma2", "Gemma2Attention_fast_forward", (Edit(FLASH_WINDOW, "(sliding_window, 0)"),)),),
+            cpu_select=FLASH_CPU,
+            cpu_paths=FLASH_LAYER_TESTS,
+            gpu_paths=("tests/model/test_unsloth_flash.py",),
+            gpu_select="flash_path_logits_and_loss",
+            note="reached only on the flash path (flash-attn with softcapping: unsloth_flash.flash_path), with more keys "
+            "than the window; on CPU one layer with the reference stand-in",
         ),
         Mutant(
             "softcap_dropped",
@@ -309,6 +325,7 @@ def describe(name: str) -> dict:
         "tiers": list(m.tiers),
         "patches": [p.label for p in m.patches],
         "cpu_select": m.cpu_select,
+        "cpu_paths": list(m.cpu_paths),
         "gpu_paths": list(m.gpu_paths),
         "gpu_select": m.gpu_select,
         "expect": list(m.expect),

@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from gemma2_regress.mutants.catalogue import Mutant
+from gemma2_regress.mutants.catalogue import CPU_PATHS, Mutant
 from gemma2_regress.reference import verdicts
 
 SCHEMA = "gemma2-regress/killmatrix/1"
 MODULE_DIRS = ("tests/kernel", "tests/model", "tests/trainer")
-CPU_PATHS = ("tests/kernel",)
 STATES = ("KILLED", "survived", "not-run", "unreachable", "n/a", "skipped", "error")
 SYMBOL = {"unreachable": "-", "not-run": "not-run"}  # how a cell state is printed, where not as is
 
@@ -49,7 +48,7 @@ def selection(mutant: Mutant, tier: str, full: bool = False) -> tuple[tuple[str,
     if full:
         return (CPU_PATHS if tier == "cpu" else MODULE_DIRS), ""
     if tier == "cpu":
-        return CPU_PATHS, mutant.cpu_select
+        return mutant.cpu_paths, mutant.cpu_select
     return mutant.gpu_paths, mutant.gpu_select
 
 
