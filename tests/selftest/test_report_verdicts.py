@@ -269,6 +269,8 @@ def test_summary_written_when_interrupted(pytester: pytest.Pytester, workers: li
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A run launched in the background (nohup, `cmd &`) inherits SIGINT ignored; Ctrl-C must reach this one.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 120
