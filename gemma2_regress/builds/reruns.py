@@ -163,7 +163,7 @@ def execute(
     plan: Plan, out: Path, *, fresh: bool = False, log: Callable[[str], None] = print
 ) -> dict[str, dict[str, str]]:
     """Run the plan (resuming a finished-run state for the same plan in ``out``); return
-    {run label: {test node id: outcome}} with outcome ``passed | failed | skipped`` or ``error: <why>``
+    {run label: {test node id: outcome}} with outcome ``passed | failed | skipped | xfailed`` or ``error: <why>``
     for a run that produced no verdicts (its whole reason under the key ``""``)."""
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not fresh else {}
@@ -186,7 +186,8 @@ def execute(
             extra = {**setting.env, "HYPOTHESIS_PROFILE": plan.profile}
             t0 = time.time()
             res = run(env, sel, out / label, cwd=Path.cwd(), extra_env=extra)
-            tests = {t.nodeid: t.plain for t in res.tests}
+            # xfailed stays itself here (the recorded bugs), where the runner's plain outcome folds it into skipped
+            tests = {t.nodeid: "xfailed" if t.outcome == "xfailed" else t.plain for t in res.tests}
             state["runs"][label] = tests or {"": f"error: {res.reason}"}
             done_now += 1
             counts = collections.Counter(tests.values())
@@ -226,6 +227,7 @@ def portability_lines(runs: dict[str, dict[str, str]]) -> tuple[list[str], bool]
         green &= not failed
         lines.append(
             f"{label:{width}}  {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped"
+            + (f", {c['xfailed']} xfailed" if c["xfailed"] else "")
             + (f"  FAILED: {', '.join(failed[:3])}" + (" ..." if len(failed) > 3 else "") if failed else "")
         )
     return lines, green
@@ -235,17 +237,19 @@ def census_lines(runs: dict[str, dict[str, str]]) -> tuple[list[str], int]:
     """The flake census: every test that did not pass every time, with its counts; and the exit code."""
     per = tally(runs)
     n_runs = sum(1 for t in runs.values() if "" not in t)
-    flaky = sorted(n for n, c in per.items() if c["passed"] and c["failed"])
-    stable = sorted(n for n, c in per.items() if c["failed"] and not c["passed"])
+    # An xfailed run is the expected outcome of a recorded bug: beside a failed run it is a flake too.
+    flaky = sorted(n for n, c in per.items() if (c["passed"] or c["xfailed"]) and c["failed"])
+    stable = sorted(n for n, c in per.items() if c["failed"] and not (c["passed"] or c["xfailed"]))
     lines = [f"{len(per)} tests over {n_runs} runs: {len(flaky)} flaky, {len(stable)} failed every run"]
     for n in flaky + stable:
         c = per[n]
         tag = "FLAKY " if n in flaky else "FAILED"
         lines.append(f"  {tag} passed {c['passed']}/{sum(c.values())}: {n}")
     skipped_always = sum(1 for c in per.values() if c["skipped"] == sum(c.values()))
+    xfailed_always = sum(1 for c in per.values() if c["xfailed"] == sum(c.values()))
     lines.append(
         f"passed in every run: {sum(1 for c in per.values() if c['passed'] == sum(c.values()))}; "
-        f"skipped in every run: {skipped_always}"
+        f"skipped in every run: {skipped_always}; xfailed in every run: {xfailed_always}"
     )
     for label, tests in runs.items():
         if "" in tests:

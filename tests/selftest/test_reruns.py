@@ -61,6 +61,10 @@ def test_census_exit_codes() -> None:
     assert code == 1 and any("FLAKY  passed 1/2: t::a" in ln for ln in lines)
     stable = {"run-1": {"t::a": "failed"}, "run-2": {"t::a": "failed"}}
     assert reruns.census_lines(stable)[1] == 3
+    expected = {"run-1": {"t::a": "xfailed"}, "run-2": {"t::a": "xfailed"}}
+    lines, code = reruns.census_lines(expected)
+    assert code == 0 and lines[-1].endswith("xfailed in every run: 1")
+    assert reruns.census_lines({"run-1": {"t::a": "xfailed"}, "run-2": {"t::a": "failed"}})[1] == 1
 
 
 def test_portability_lines_green_only_without_failures() -> None:
@@ -68,6 +72,8 @@ def test_portability_lines_green_only_without_failures() -> None:
         {"as-is": {"t::a": "passed"}, "aten-avx512": {"": "n/a: CPU lacks avx512f"}}
     )
     assert green and lines[1].endswith("n/a: CPU lacks avx512f")
+    lines, green = reruns.portability_lines({"as-is": {"t::a": "passed", "t::b": "xfailed"}})
+    assert green and lines[0].endswith("1 passed, 0 failed, 0 skipped, 1 xfailed")
     assert not reruns.portability_lines({"threads-1": {"t::a": "failed"}})[1]
     assert not reruns.portability_lines({"threads-1": {"": "error: collection failed"}})[1]
 
