@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -115,8 +116,6 @@ raise SystemExit(0 if err == 0 else 7)
 def compile_canary(env: dict[str, str]) -> str | None:
     """Why torch.compile cannot be trusted under ``env`` (added to this environment), or None: the
     compiled ``x * 2 + 1`` differs from eager, or the child running it dies."""
-    import subprocess
-
     try:
         child = subprocess.run(
             [sys.executable, "-c", _CANARY],
@@ -173,11 +172,16 @@ def execute(
     env = Env(sys.executable)
     flags = cpu_flags()
     t_start, done_now = time.time(), 0
+    canary: dict[str, str | None] = {}  # per setting: flakes repeats one setting --runs times
     for i, (label, setting) in enumerate(plan.runs, 1):
         if label in state["runs"]:
             log(f"[{i}/{len(plan.runs)}] {label}: done earlier (resumed)")
             continue
-        why = unavailable(setting, flags) or compile_canary(setting.env)
+        why = unavailable(setting, flags)
+        if not why:
+            if setting.name not in canary:
+                canary[setting.name] = compile_canary(setting.env)
+            why = canary[setting.name]
         if why:
             state["runs"][label] = {"": f"n/a: {why}"}
             log(f"[{i}/{len(plan.runs)}] {label}: n/a: {why}")
