@@ -69,8 +69,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
-    from gemma2_regress.standins import STANDIN
-    from gemma2_regress.unsloth_flash import flash_attn_in_use
+    from gemma2_regress.standins import STANDIN, flash_attn_in_use
 
     flash = flash_attn_in_use()
     if flash == STANDIN:

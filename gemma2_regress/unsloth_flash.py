@@ -38,12 +38,6 @@ _MODEL_MASKS = ("SWA_mask", "GA_mask")  # LlamaModel_fast_forward's per-model st
 _ABSENT = object()
 
 
-def flash_attn_in_use() -> str:
-    """Which flash-attn ``import flash_attn`` gives in this process, without importing it or Unsloth:
-    ``"flash-attn X.Y.Z (real)"``, ``"reference stand-in 2.6.3"`` or ``"none"``."""
-    return standins.flash_attn_in_use()
-
-
 def flash_flag_holders(u: Unsloth) -> list[types.ModuleType]:
     """Every loaded ``unsloth`` module holding a copy of ``HAS_FLASH_ATTENTION`` or
     ``HAS_FLASH_ATTENTION_SOFTCAPPING`` (each ``from ._utils import *`` / ``from .llama import *`` makes one)."""
@@ -65,7 +59,7 @@ def flash_path_unavailable(u: Unsloth, device: str | torch.device) -> str | None
     kind = _device_kind(device)
     if flash_path_taken_at_import(u):
         return None
-    which = flash_attn_in_use()
+    which = standins.flash_attn_in_use()
     if which == "none":
         return (
             "flash_attn is not importable here: call gemma2_regress.standins.use_flash_attn_standin() "
@@ -95,7 +89,7 @@ def flash_path_unavailable(u: Unsloth, device: str | torch.device) -> str | None
 def flash_path(u: Unsloth, device: str | torch.device, models: tuple[Any, ...] = ()) -> Iterator[str]:
     """Within the block Unsloth's modules hold what flash-attn >= 2.6.3 on a capability-8 GPU gives
     them at import, bound to the importable ``flash_attn``; the previous values come back on exit.
-    Yields ``flash_attn_in_use()``. ``device``: where the model runs ("cpu" or "cuda").
+    Yields ``standins.flash_attn_in_use()``. ``device``: where the model runs ("cpu" or "cuda").
 
     Where a real flash-attn already made Unsloth take the path at import, nothing is touched: the
     flags are only checked to be on in every copy. Otherwise (the reference stand-in, see
@@ -143,7 +137,7 @@ def flash_path(u: Unsloth, device: str | torch.device, models: tuple[Any, ...] =
         off = [f"{m.__name__}.{f}" for m in holders for f in FLASH_FLAGS if f in vars(m) and not vars(m)[f]]
         if off:
             raise RuntimeError(f"Unsloth took the flash path at import, but these copies are off: {off}")
-        yield flash_attn_in_use()
+        yield standins.flash_attn_in_use()
         return
 
     before = set(standins.standin_modules())
@@ -191,7 +185,7 @@ def flash_path(u: Unsloth, device: str | torch.device, models: tuple[Any, ...] =
         if dispatch is not None and hasattr(dispatch, "_per_device_backends"):
             saved.append((dispatch, "_DEVICE_BACKENDS", vars(dispatch).get("_DEVICE_BACKENDS", _ABSENT)))
             dispatch._DEVICE_BACKENDS = dispatch._per_device_backends(dispatch._visible_capabilities())
-        yield flash_attn_in_use()
+        yield standins.flash_attn_in_use()
     finally:
         for m, name, old in reversed(saved):
             _put(m, name, old)
