@@ -8,7 +8,7 @@ that on one machine:
     (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``) and
     the thread count. Each sums in another order, as another CPU would. Settings the CPU cannot honour
     are reported ``n/a``, as are settings under which torch.compile itself computes wrong results (a
-    canary, ``compile_canary``: there every compiled kernel's verdict would blame Unsloth for a torch
+    canary, ``compile_check``: there every compiled kernel's verdict would blame Unsloth for a torch
     fault). Exit 0 when every setting that ran is green.
 ``flakes``
     runs the selection ``--runs N`` times as it is (plus, with ``--settings``, once per setting) and
@@ -29,16 +29,17 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gemma2_regress import compile_check
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds.envs import Env
 from gemma2_regress.builds.runner import Selection, run
+from gemma2_regress.plugins import compile_canary
 
 # A CPU capability an x86 setting needs, as /proc/cpuinfo spells its flags.
 AVX2 = ("avx2", "fma")
@@ -98,41 +99,6 @@ def unavailable(setting: Setting, flags: set[str] | None) -> str | None:
     return f"CPU lacks {', '.join(missing)}" if missing else None
 
 
-# x * 2 + 1, compiled and eager, in a child (a compiler fault may kill it). A compile that fails loudly
-# is not a wrong answer: Unsloth then falls back to eager and the tests say so.
-_CANARY = """
-import torch
-x = torch.linspace(-3, 3, 1000)
-try:
-    y = torch.compile(lambda t: t * 2 + 1, dynamic=True)(x)
-except Exception:
-    raise SystemExit(0)
-err = (y - (x * 2 + 1)).abs().max().item()
-print(err)
-raise SystemExit(0 if err == 0 else 7)
-"""
-
-
-def compile_canary(env: dict[str, str]) -> str | None:
-    """Why torch.compile cannot be trusted under ``env`` (added to this environment), or None: the
-    compiled ``x * 2 + 1`` differs from eager, or the child running it dies."""
-    try:
-        child = subprocess.run(
-            [sys.executable, "-c", _CANARY],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    except subprocess.TimeoutExpired:
-        return "torch.compile hangs here (canary: x * 2 + 1 took over 600 s)"
-    if child.returncode == 0:
-        return None
-    if child.returncode == 7:
-        return f"torch.compile computes wrong results here (canary: x * 2 + 1 off by {child.stdout.strip()})"
-    return f"torch.compile's canary died here (exit {child.returncode}): {child.stderr.strip()[-200:]}"
-
-
 def choose(names: Sequence[str]) -> list[Setting]:
     """Settings by name; ``all`` and ``quick`` stand for ``SETTINGS`` and ``QUICK``."""
     out: list[Setting] = []
@@ -180,14 +146,18 @@ def execute(
         why = unavailable(setting, flags)
         if not why:
             if setting.name not in canary:
-                canary[setting.name] = compile_canary(setting.env)
+                canary[setting.name] = compile_check.canary(setting.env)
             why = canary[setting.name]
         if why:
             state["runs"][label] = {"": f"n/a: {why}"}
             log(f"[{i}/{len(plan.runs)}] {label}: n/a: {why}")
         else:
             sel = Selection(list(plan.pytest_args), timeout_s=plan.timeout_s)
-            extra = {**setting.env, "HYPOTHESIS_PROFILE": plan.profile}
+            extra = {
+                **setting.env,
+                "HYPOTHESIS_PROFILE": plan.profile,
+                compile_canary.OFF_ENV: "1",
+            }  # checked above
             t0 = time.time()
             res = run(env, sel, out / label, cwd=Path.cwd(), extra_env=extra)
             # xfailed stays itself here (the recorded bugs), where the runner's plain outcome folds it into skipped

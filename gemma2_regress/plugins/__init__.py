@@ -3,8 +3,9 @@
 ``report`` (per-example records and per-test verdicts, written as the run's summary JSON), ``costs``
 (the suite's own cost per tier and target), ``schedule`` (costliest GPU tests first under xdist),
 ``strict_xfail`` (tests of recorded upstream bugs become strict xfails on the affected releases;
-the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``).
+the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``),
+``compile_canary`` (a torch.compile that computes wrong results stops the run before the first test).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
-top-level ``gpu_check``, ``versions`` and ``atomic``.
+top-level ``gpu_check``, ``compile_check``, ``versions`` and ``atomic``.
 """

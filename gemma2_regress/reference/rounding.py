@@ -95,3 +95,89 @@ def rounding_bound(
         parts.append(torch.where(v_row == 0, 0.0, v_row * (p + _gamma(n, u) * (1 + p))))  # 0 * inf is 0
     bound = torch.cat(parts, dim=2)  # (b, h, q)
     return bound.transpose(1, 2).repeat_interleave(d, dim=2)  # (b, q, h * d), as the oracle's output
+
+
+def half_rounding_bound(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scalar: float,
+    softcap: float | None,
+    window: int | None,
+    key_valid: torch.Tensor | None = None,
+    dtype: torch.dtype,
+    extra_keys: int = 0,
+    visible: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bound on ``|attention in dtype - exact|`` in bfloat16 / float16, ``(bsz, q_len, features)``,
+    for an implementation that accumulates its dot products in float32 (every PyTorch CPU and CUDA
+    half-precision matmul, flash-attn) and rounds each elementwise step to ``dtype`` once.
+
+    ``rounding_bound``'s worst case lets every partial sum round in ``dtype`` and every logit error
+    push every weight the same way; in half precision that bounds nothing. Here, per key ``j`` of a
+    query row, with exact logit ``x_j``, ``S_j = s^-1/2 sum_e |q_e k_je|``, capped logit ``c_j``:
+
+        logit     e_j = gamma_4(u) |x_j| + (1 + gamma_4(u)) (u + gamma_d(u32)(1 + u)) S_j
+                  (the scale constant, the dot product, a post-scale and the divide by t each round
+                  once; a pre-scaled Q rounds once; float32 accumulation), then through the cap
+                  delta_j = sech^2((|x_j| - e_j)^+ / t) e_j + r (|c_j| + sech^2(..) e_j),
+                  r = (1 + 4 u32)(1 + u)^2 - 1 (tanh within 4 float32 ulps, rounded; times t, rounded)
+        weights   softmax of logits moved by eta_j, |eta_j| <= delta_j, is w_j e^eta_j / Z with
+                  Z >= e^-delta (delta the row's largest), so, exactly,
+                  |sum_j (w'_j - w_j) v_j| <= e^delta sum_j w_j (e^delta_j - 1) |v_j - out|
+        the rest  the float32 softmax (eps as in ``rounding_bound``), the cast of the weights, the
+                  float32 sum over ``n`` keys and the output's rounding: ((1 + eps)(1 + u)^2
+                  (1 + gamma_n(u32)) - 1) V_f, V_f the largest |v| in that feature among seen keys
+
+    ``w`` and ``out`` are the exact (float64) weights and output of these inputs. The first term
+    weighs each key's logit error by its weight and its distance from the output, which is why it
+    stays useful where the worst case is not: keys near the cap round by ``u t`` (0.2 in bfloat16 at
+    t = 50), but only the keys that carry weight move the output. A fully masked row averages
+    every key uniformly (every logit the same constant, no error). ``visible`` (bool, ``(q, kv)`` or
+    ``(bsz, q, kv)``) replaces the mask of ``window`` / ``key_valid`` (flash-attn's two-sided windows).
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"half_rounding_bound is for bfloat16 / float16, not {dtype}; use rounding_bound")
+    u, u32 = unit_roundoff(dtype), unit_roundoff(torch.float32)
+    bsz, n_heads, q_len, d = q.shape
+    kv_len = k.shape[2]
+    n = kv_len + extra_keys
+    g4, g_acc, g_n = _gamma(4, u), _gamma(d, u32), _gamma(n, u32)
+    r_cap = (1 + 4 * u32) * (1 + u) ** 2 - 1
+    idx = torch.arange(n_heads, device=q.device) // (n_heads // k.shape[1])
+    kd, vd = k.double()[:, idx], v.double()[:, idx]
+    vis_all = masks.allowed(q_len, kv_len, window, key_valid, device=q.device) if visible is None else visible
+    vis_all = vis_all[:, None] if vis_all.dim() == 3 else vis_all[None, None]
+    ninf, pinf = torch.tensor(-float("inf")), torch.tensor(float("inf"))
+    # Query rows per chunk: the (rows, keys, features) float64 tensor stays at 2^24 entries.
+    rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len * d))
+    parts = []
+    for lo in range(0, q_len, rows):
+        qc = q[:, :, lo : lo + rows].double()
+        vis = vis_all[:, :, lo : lo + rows].expand(bsz, n_heads, qc.shape[2], kv_len)
+        none_seen = ~vis.any(-1, keepdim=True)
+        x = scalar**-0.5 * (qc @ kd.transpose(-1, -2))
+        s_abs = scalar**-0.5 * (qc.abs() @ kd.abs().transpose(-1, -2))
+        e = g4 * x.abs() + (1 + g4) * (u + g_acc * (1 + u)) * s_abs
+        if softcap is None:
+            c, dlt = x, e
+        else:
+            c = softcap * torch.tanh(x / softcap)
+            slope = torch.cosh((x.abs() - e).clamp(min=0) / softcap) ** -2
+            dlt = slope * e + r_cap * (c.abs() + slope * e)
+        dlt = torch.where(vis, dlt, 0.0)  # masked keys: one constant, exactly; weight 0
+        w = torch.softmax(torch.where(vis, c, ninf).masked_fill(none_seen, 0.0), dim=-1)
+        out = w @ vd  # (b, h, rows, d), exact
+        d_max = dlt.amax(-1)  # (b, h, rows)
+        spread = (vd[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
+        moved = torch.exp(d_max)[..., None] * ((w * torch.expm1(dlt))[..., None] * spread).sum(-2)
+        seen = (vis | none_seen)[..., None]
+        v_f = torch.where(seen, vd[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
+        r = torch.where(vis, c, ninf).amax(-1) - torch.where(vis, c, pinf).amin(-1)
+        r = torch.where(none_seen[..., 0], 0.0, r)
+        eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32
+        rest = ((1 + eps) * (1 + u) ** 2 * (1 + g_n) - 1)[..., None] * v_f
+        parts.append(moved + rest)
+    bound = torch.cat(parts, dim=2)  # (b, h, q, d)
+    return bound.transpose(1, 2).reshape(bsz, q_len, n_heads * d)

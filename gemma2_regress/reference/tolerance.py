@@ -14,8 +14,10 @@ luck. For an attention output in float32 or float64 it is ``rounding.rounding_bo
 every rounding of these very inputs, which no correct implementation of the steps exceeds on any
 CPU or GPU (a few 1e-4 of |v| in float32 at logits near the cap; any semantic slip is of the order
 of |v|). In bfloat16 and float16 that worst case bounds nothing (``n u`` reaches 1 within a few
-hundred keys), so there the floor is ``FLOOR``, a few ulps of an O(1) output, and the rule leans on
-the baseline, whose own error is then large and spread over many elements. Model-level outputs,
+hundred keys), so there the floor is ``rounding.half_rounding_bound``: the worst case for an
+implementation that accumulates in float32 and rounds each step once, each key's logit error
+weighed by its softmax weight (near the cap one bfloat16 logit rounds by 0.2, more than a lucky
+baseline's whole error; docs/tolerance.md). Model-level outputs,
 which pass through Unsloth's own kernels, use ``MODEL_FLOOR``; gradients use ``K_GRAD`` (sums over
 every query and key, reordered freely). NaN or inf in the target always fails, also at padded
 positions: a NaN there would poison the next layer through ``0 * NaN``.
@@ -27,7 +29,7 @@ import dataclasses
 
 import torch
 
-from gemma2_regress.reference.rounding import rounding_bound
+from gemma2_regress.reference.rounding import half_rounding_bound, rounding_bound
 
 K = 4.0
 K_GRAD = 8.0  # 2K: a gradient sums over every query and key of the batch (docs/gpu.md measures it)
@@ -126,8 +128,8 @@ def attention_floor(
     extra_keys: int = 0,
 ) -> float | torch.Tensor:
     """The floor of the rule for an attention output in ``dtype`` on these inputs (the module docstring):
-    ``rounding_bound`` (at least ``FLOOR``) in float32 / float64, ``FLOOR[dtype]`` in half precision."""
-    if dtype not in (torch.float32, torch.float64):
-        return FLOOR[dtype]
+    ``rounding_bound`` (at least ``FLOOR``) in float32 / float64, ``half_rounding_bound`` in half precision."""
     kw = dict(scalar=scalar, softcap=softcap, window=window, key_valid=key_valid, extra_keys=extra_keys)
+    if dtype not in (torch.float32, torch.float64):
+        return half_rounding_bound(q, k, v, dtype=dtype, **kw)
     return rounding_bound(q, k, v, dtype=dtype, **kw).clamp(min=FLOOR[dtype])

@@ -22,7 +22,8 @@ through their private twins with ``any_dtype=True`` (``entry``): the same code, 
 
 Every output comparison is ``tolerance.compare`` (golden float64, a baseline in the target's dtype,
 the rule's floor); where a float32/float64 floor is needed for a window the oracle cannot express it
-is ``rounding.rounding_bound`` with every key visible, which bounds any window's (``all_keys_floor``).
+is ``rounding.rounding_bound`` with every key visible, which bounds any window's; in half precision
+``rounding.half_rounding_bound`` over the keys each row sees (``flash_floor``).
 """
 
 from __future__ import annotations
@@ -89,17 +90,29 @@ def judge(prop: str, cmp: tolerance.Comparison, dtype: torch.dtype, case: str) -
     assert cmp.ok, f"{prop} ({name}) for {case}: {cmp.describe()}"
 
 
-def all_keys_floor(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, softcap: float, dtype: torch.dtype
+def flash_floor(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    softcap: float,
+    window_size: tuple[int, int],
+    causal: bool,
+    dtype: torch.dtype,
 ) -> float | torch.Tensor:
-    """The rule's floor for flash-layout q ``(b, sq, h, d)``, k / v ``(b, sk, hk, d)`` under any window:
-    ``rounding.rounding_bound`` with every key seen (a query row alone sees all keys), which is at
-    least the bound of any subset (it grows with the keys seen: their largest logit error, logit range
-    and |v|); ``FLOOR`` in half precision, as ``tolerance.attention_floor``."""
-    if dtype not in (torch.float32, torch.float64) or k.shape[1] == 0:
+    """The rule's floor for flash-layout q ``(b, sq, h, d)``, k / v ``(b, sk, hk, d)`` under any window,
+    as ``tolerance.attention_floor``: in float32 / float64 ``rounding.rounding_bound`` with every key
+    seen (a query row alone sees all keys), at least the bound of any subset (it grows with the keys
+    seen: their largest logit error, logit range and |v|); in half precision
+    ``rounding.half_rounding_bound`` over the keys each row sees (the stand-in accumulates in float32)."""
+    if k.shape[1] == 0:
         return tolerance.FLOOR[dtype]
     qo, ko, vo = flash(q), flash(k), flash(v)
     kw = dict(scalar=scale**-2, softcap=softcap or None, window=None, dtype=dtype)
+    if dtype not in (torch.float32, torch.float64):
+        vis = flash_visible(q.shape[1], k.shape[1], window_size, causal)
+        return rounding.half_rounding_bound(qo, ko, vo, visible=vis, **kw).reshape(*q.shape)
     rows = [rounding.rounding_bound(qo[:, :, i : i + 1], ko, vo, **kw) for i in range(qo.shape[2])]
     return torch.cat(rows, dim=1).clamp(min=tolerance.FLOOR[dtype]).reshape(*q.shape)
 
@@ -187,6 +200,17 @@ def test_window_boundary(window: int, dtype: torch.dtype) -> None:
 # --- 2. against a reference written here from flash-attn's documentation --------------------------
 
 
+def flash_visible(sq: int, sk: int, window_size: tuple[int, int], causal: bool) -> torch.Tensor:
+    """``(sq, sk)`` bool: query ``i`` sees key ``j`` iff ``i + sk - sq - left <= j <= i + sk - sq + right``
+    (a negative bound is unbounded; ``causal`` sets right = 0), tested pair by pair."""
+    left, right = window_size[0], 0 if causal else window_size[1]
+    vis = torch.zeros(sq, sk, dtype=torch.bool)
+    for i in range(sq):
+        for j in range(sk):
+            vis[i, j] = (left < 0 or j >= i + sk - sq - left) and (right < 0 or j <= i + sk - sq + right)
+    return vis
+
+
 def flash_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -209,11 +233,7 @@ def flash_reference(
     """
     sq, h = q.shape[1], q.shape[2]
     sk, hk = k.shape[1], k.shape[2]
-    left, right = window_size[0], 0 if causal else window_size[1]
-    vis = torch.zeros(sq, sk, dtype=torch.bool)
-    for i in range(sq):
-        for j in range(sk):
-            vis[i, j] = (left < 0 or j >= i + sk - sq - left) and (right < 0 or j <= i + sk - sq + right)
+    vis = flash_visible(sq, sk, window_size, causal)
     kv_head = torch.arange(h) // (h // hk)
     qd, kd, vd = q.to(dtype), k[:, :, kv_head].to(dtype), v[:, :, kv_head].to(dtype)
     scores = torch.einsum("bqhd,bkhd->bhqk", qd * scale, kd)
@@ -296,7 +316,7 @@ def compare_with_reference(
     ref_kw = dict(scale=p.scale, softcap=p.softcap, window_size=p.window_size, causal=p.causal)
     golden, lse_golden = flash_reference(q, k, v, dtype=torch.float64, **ref_kw)
     baseline, _ = flash_reference(q, k, v, dtype=dtype, **ref_kw)
-    floor = all_keys_floor(q, k, v, scale=p.scale, softcap=p.softcap, dtype=dtype)
+    floor = flash_floor(q, k, v, dtype=dtype, **ref_kw)
     cmp = tolerance.compare(
         flat(out), flat(golden), flat(baseline), dtype=dtype, floor=flat_floor(floor, out)
     )
@@ -426,7 +446,7 @@ def compare_packed_with_alone(
         alone, la, _ = entry("flash_attn_func", dtype)(qs, ks, vs, return_attn_probs=True, **p.kwargs())
         golden.append(g[0])
         baseline.append(alone[0])
-        floors.append(all_keys_floor(qs, ks, vs, scale=p.scale, softcap=p.softcap, dtype=dtype))
+        floors.append(flash_floor(qs, ks, vs, dtype=dtype, **ref_kw))
         lse_golden.append(lg[0])
         lse_alone.append(la[0])
 
@@ -683,7 +703,7 @@ def test_kvcache_appends_in_place(
         qr, kr, vr = q[row : row + 1], k_cache[row : row + 1, keys], v_cache[row : row + 1, keys]
         golden, _ = flash_reference(qr, kr, vr, dtype=torch.float64, **ref_kw)
         baseline, _ = flash_reference(qr, kr, vr, dtype=dtype, **ref_kw)
-        floor = all_keys_floor(qr, kr, vr, scale=p.scale, softcap=p.softcap, dtype=dtype)
+        floor = flash_floor(qr, kr, vr, dtype=dtype, **ref_kw)
         cmp = tolerance.compare(
             flat(out[row : row + 1]),
             flat(golden),

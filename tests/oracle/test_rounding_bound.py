@@ -1,7 +1,8 @@
-"""The rounding bound behind the rule's float32/float64 floor and the metamorphic properties.
+"""The rounding bounds behind the rule's floor and the metamorphic properties.
 
 ``rounding.rounding_bound`` claims that any evaluation of the oracle's steps in a dtype lies within
-it of the exact result. Checked here against the float64 oracle on Hypothesis's inputs (the claim
+it of the exact result; ``rounding.half_rounding_bound`` claims the same in half precision for an
+evaluation that accumulates in float32. Checked here against the float64 oracle on Hypothesis's inputs (the claim
 can fail: a bound derived wrongly shows as a ratio above 1), and for usefulness: in float32 it stays
 far below what a semantic slip moves, so the floor it sets cannot hide a wrong window or cap.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from hypothesis import example, given
 
@@ -23,14 +25,18 @@ from gemma2_regress.reference import oracle, rounding, tolerance
 @example(case=Case(bsz=2, q_len=70, kv_len=70, window=32, pad_side="left", pads=(5, 70), logit_std=100.0))
 @example(case=Case(q_len=130, kv_len=130, window=None, softcap=None, logit_std=100.0, scalar=256.0))
 def test_oracle_stays_within_its_rounding_bound(case: Case) -> None:
-    """|oracle(dtype) - oracle(float64)| <= bound(dtype) + bound(float64), elementwise, every dtype."""
+    """|oracle(dtype) - oracle(float64)| <= bound(dtype) + bound(float64), elementwise, every dtype
+    (``half_rounding_bound`` in half precision: the oracle accumulates in float32 there)."""
     x = make_inputs(case)
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
-    golden = oracle.attention(x.q, x.k, x.v, dtype=torch.float64, **kw)
     slack = rounding.rounding_bound(x.q, x.k, x.v, dtype=torch.float64, **kw)
     for dtype in (torch.float32, case.torch_dtype):
-        out = oracle.attention(x.q, x.k, x.v, dtype=dtype, **kw).double()
-        bound = rounding.rounding_bound(x.q, x.k, x.v, dtype=dtype, **kw) + slack
+        xs = [t.to(dtype) for t in (x.q, x.k, x.v)]  # the bound is of the dtype's own inputs
+        out = oracle.attention(*xs, dtype=dtype, **kw).double()
+        golden = oracle.attention(*xs, dtype=torch.float64, **kw)
+        bound = rounding.rounding_bound(*xs, dtype=dtype, **kw) + slack
+        if dtype in (torch.bfloat16, torch.float16):
+            bound = rounding.half_rounding_bound(*xs, dtype=dtype, **kw) + slack
         ratio = float(torch.where(bound == torch.inf, 0.0, (out - golden).abs() / bound).max())
         report.record(
             "rounding_bound",
@@ -74,13 +80,31 @@ def test_rule_with_arithmetic_floor_still_catches_a_wrong_window() -> None:
     assert tolerance.compare(baseline, golden, baseline, dtype=torch.float32, floor=floor).ok
 
 
-def test_bound_is_infinite_where_the_arithmetic_promises_nothing() -> None:
-    """bfloat16 over 300 keys: n u >= 1, so the bound (and with it the half-precision floor) is not used."""
+def test_half_floor_is_finite_where_the_worst_case_promises_nothing() -> None:
+    """bfloat16 over 300 keys: n u >= 1, so ``rounding_bound`` is infinite, and the half-precision
+    floor is ``half_rounding_bound`` instead, finite and below |v|."""
     case = Case(q_len=4, kv_len=300, window=None, dtype="bfloat16")
     x = make_inputs(case)
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=None)
     assert bool(torch.isinf(rounding.rounding_bound(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)).all())
-    assert (
-        tolerance.attention_floor(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)
-        == tolerance.FLOOR[torch.bfloat16]
-    )
+    floor = tolerance.attention_floor(x.q, x.k, x.v, dtype=torch.bfloat16, **kw)
+    assert torch.equal(floor, rounding.half_rounding_bound(x.q, x.k, x.v, dtype=torch.bfloat16, **kw))
+    assert bool(torch.isfinite(floor).all()) and float(floor.max()) < float(x.v.abs().max())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("logit_std", [0.5, 5.0, 25.0])
+def test_rule_with_half_floor_still_catches_a_wrong_window(dtype: str, logit_std: float) -> None:
+    """In half precision too, the rule with its floor fails an oracle whose window is one key off
+    either way (measured ratios 5 to 120; the slip moves outputs by O(|v|), the floor by O(u t))."""
+    case = Case(bsz=2, q_len=80, kv_len=80, window=16, logit_std=logit_std, dtype=dtype)
+    x, dt = make_inputs(case), case.torch_dtype
+    kw = dict(scalar=case.scalar, softcap=case.softcap, key_valid=None)
+    golden = oracle.attention(x.q, x.k, x.v, window=16, dtype=torch.float64, **kw)
+    baseline = oracle.attention(x.q, x.k, x.v, window=16, dtype=dt, **kw)
+    floor = tolerance.attention_floor(x.q, x.k, x.v, window=16, dtype=dt, **kw)
+    for window in (15, 17):
+        wrong = oracle.attention(x.q, x.k, x.v, window=window, dtype=dt, **kw)
+        cmp = tolerance.compare(wrong, golden, baseline, dtype=dt, floor=floor)
+        assert cmp.kind == "mismatch" and cmp.ratio > 4, f"window {window}: {cmp.describe()}"
+    assert tolerance.compare(baseline, golden, baseline, dtype=dt, floor=floor).ok

@@ -88,6 +88,21 @@ def transformers_attention(case: Case, x, dtype: torch.dtype) -> torch.Tensor:
 @given(case=small_window_cases())
 @example(case=Case(bsz=3, q_len=70, kv_len=70, window=32, pad_side="left", pads=(5, 0, 70), logit_std=50.0))
 @example(case=Case(bsz=2, q_len=5, kv_len=66, window=64, pad_side="right", pads=(0, 3), dtype="bfloat16"))
+# bfloat16 logits near the cap round by 0.2: a false red (ratio 1.85) under the old constant floor.
+@example(
+    case=Case(
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=32,
+        q_len=2,
+        kv_len=32,
+        window=16,
+        dtype="bfloat16",
+        scalar=32.0,
+        logit_std=25.0,
+        seed=31781,
+    )
+)
 def test_transformers_eager_matches_oracle(case: Case) -> None:
     """transformers' eager attention, in float64 and in the case's dtype, within the tolerance rule."""
     x = make_inputs(case)
