@@ -33,7 +33,7 @@ BATCH_SIZES = (1, 2, 3, 4, 8)
 
 @dataclasses.dataclass(frozen=True)
 class ModelCase(PaddedBatch):
-    """One model-level problem. ``pads[b]`` pad tokens on ``pad_side`` of row ``b``.
+    """One model-level problem; padding as in ``PaddedBatch`` (per row, on one side or both ends).
 
     ``with_mask=False`` passes no attention_mask (then nothing is padded). ``mode="train"`` runs
     the model in training mode, where Unsloth drops the attention_mask when labels are passed: such
@@ -45,6 +45,7 @@ class ModelCase(PaddedBatch):
     seq_len: int = 4097
     pad_side: str = "none"
     pads: tuple[int, ...] = ()
+    right_pads: tuple[int, ...] = ()
     with_mask: bool = True
     with_labels: bool = True
     mode: str = "eval"
@@ -54,13 +55,14 @@ class ModelCase(PaddedBatch):
 
     def __post_init__(self) -> None:
         problems = self.padding_problems(self.seq_len)
+        rows = () if problems else self.row_pads  # readable only once the padding itself is valid
         if self.padded and not self.with_mask:
             problems.append("padding without an attention_mask cannot be compared; set with_mask=True")
-        if self.pads and all(p >= self.seq_len for p in self.pads):
+        if rows and self.padded and all(left + right >= self.seq_len for left, right in rows):
             problems.append("every row fully padded: no position to compare")
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} not one of {MODES}")
-        if self.mode == "train" and self.with_labels and self.pad_side == "left" and self.padded:
+        if self.mode == "train" and self.with_labels and any(left for left, _ in rows):
             problems.append("train mode with labels drops the mask in Unsloth: use right padding")
         if self.init not in tiny.INITS:
             problems.append(f"init {self.init!r} not one of {tiny.INITS}")
@@ -68,26 +70,35 @@ class ModelCase(PaddedBatch):
             raise ValueError("invalid ModelCase: " + "; ".join(problems))
 
     def short(self) -> str:
-        pad = f" pad={self.pad_side}{list(self.pads)}" if self.padded else ""
         mask = "mask" if self.with_mask else "nomask"
         labels = "" if self.with_labels else " nolabels"
-        return f"b{self.bsz} L{self.seq_len}{pad} {mask}{labels} {self.mode} {self.dtype} init={self.init} seed={self.seed}"
+        return (
+            f"b{self.bsz} L{self.seq_len}{self.padding_text()} {mask}{labels} {self.mode} {self.dtype} "
+            f"init={self.init} seed={self.seed}"
+        )
 
     def inputs(self, config: object) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(input_ids, attention_mask or None, labels or None)``; see ``labels_for``."""
-        side = self.pad_side if self.padded else "none"
-        pads = self.pads if self.padded else ()
-        ids, mask = tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)
+        ids, mask = self._tokens(config)
         labels = labels_for(ids, mask) if self.with_labels else None
         return ids, (mask if self.with_mask else None), labels
 
     def valid(self, config: object) -> torch.Tensor:
         """``(bsz, seq_len)`` bool: the positions holding a real token (the ones compared)."""
-        side = self.pad_side if self.padded else "none"
-        pads = self.pads if self.padded else ()
-        return tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)[
-            1
-        ].bool()
+        return self._tokens(config)[1].bool()
+
+    def _tokens(self, config: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.padded:
+            return tiny.token_batch(config, self.bsz, self.seq_len, seed=self.seed)
+        return tiny.token_batch(
+            config,
+            self.bsz,
+            self.seq_len,
+            pads=self.pads,
+            side=self.pad_side,
+            seed=self.seed,
+            right_pads=self.right_pads,
+        )
 
 
 def labels_for(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
