@@ -161,34 +161,44 @@ def model_cases(
     bsz = draw(st.sampled_from([b for b in BATCH_SIZES if b <= cap]))
     mode = draw(st.sampled_from(modes))
     with_labels = draw(st.sampled_from([True, True, False]))
-    # Padding is where the mask paths differ (Unsloth's per-call 4-D masks): drawn half the time.
-    kind = draw(st.sampled_from(["left", "right", "none", "ones", "left", "right"]))
-    if kind == "left" and mode == "train" and with_labels:
+    # Padding is where the mask paths differ (Unsloth's per-call 4-D masks): drawn three times in four.
+    kind = draw(st.sampled_from(["left", "right", "none", "ones", "left", "right", "both", "both"]))
+    if kind in ("left", "both") and mode == "train" and with_labels:
         kind = "right"  # Unsloth drops the mask in training with labels (see ModelCase)
     with_mask = kind != "none"
-    side = kind if kind in ("left", "right") else "none"
-    pads: tuple[int, ...] = ()
-    if side != "none":
-        pads = tuple(draw(pad_counts(seq_len, window)) for _ in range(bsz))
+    padding: dict[str, str | tuple[int, ...]] = {"pad_side": "none", "pads": (), "right_pads": ()}
+    if kind in ("left", "right", "both"):
+        # Each row's pad count on its own, so any row may be the longest; a forced pad or a fully
+        # padded row goes to a drawn row, not a fixed one.
+        totals = [draw(pad_counts(seq_len, window)) for _ in range(bsz)]
         if bsz > 1 and draw(st.booleans()):
-            pads = (*pads[:-1], seq_len)  # one row entirely padding
-        if not any(pads):
-            pads = (7, *pads[1:])
+            totals[draw(st.integers(0, bsz - 1))] = seq_len  # one row entirely padding
+        if not any(totals):
+            totals[draw(st.integers(0, bsz - 1))] = min(7, seq_len - 1)
+        padding = {"pad_side": kind, "pads": tuple(totals), "right_pads": ()}
+        if kind == "both":  # each row's pads split between its ends at a drawn point
+            lefts = tuple(draw(st.integers(0, t)) for t in totals)
+            rights = tuple(t - left for t, left in zip(totals, lefts, strict=True))
+            padding = {"pad_side": "both", "pads": lefts, "right_pads": rights}
     return ModelCase(
         bsz=bsz,
         seq_len=seq_len,
-        pad_side=side,
-        pads=pads,
         with_mask=with_mask,
         with_labels=with_labels,
         mode=mode,
         dtype=draw(st.sampled_from(dtypes)),
         init=draw(st.sampled_from(inits)),
         seed=draw(st.integers(0, 2**16)),
+        **padding,
     )
 
 
 def pad_counts(seq_len: int, window: int = W) -> st.SearchStrategy[int]:
-    """Pad counts that matter: none, one, a few, enough to pull a row back under the window."""
-    special = sorted({0, 1, 7, 64, seq_len - window + 1 if seq_len > window else 3, seq_len // 2})
-    return st.sampled_from([p for p in special if 0 <= p < seq_len])
+    """A row's pad count: none, one, a few, or enough to leave the row just across the window (W+1
+    real tokens), at it (W) or just inside it (W-1), or half the length; shrinks to none."""
+    special = [0, 1, 7, 64, seq_len // 2]
+    if seq_len > window:
+        special += [seq_len - window - 1, seq_len - window, seq_len - window + 1]
+    else:
+        special.append(3)
+    return st.sampled_from(sorted({p for p in special if 0 <= p < seq_len}))
