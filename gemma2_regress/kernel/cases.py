@@ -18,26 +18,41 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GEMMA2_WINDOW = 4096  # the real Gemma-2 sliding window
 
 
+PAD_SIDES = ("none", "left", "right", "both")
+
+
 class PaddedBatch:
     """What ``Case`` and ``ModelCase`` share: ``bsz`` rows, ``pads[b]`` pad tokens on ``pad_side``
-    ("none", "left" or "right") of row ``b``, run in ``dtype`` (a key of ``DTYPES``)."""
+    ("none", "left", "right" or "both") of row ``b``, run in ``dtype`` (a key of ``DTYPES``); with
+    "both", ``pads[b]`` on the left and ``right_pads[b]`` on the right of row ``b``.
+
+    One side per batch is what a tokenizer's ``padding_side`` and a collator give; "both" is a row with
+    pads on both ends (a left-padded prompt joined to a right-padded completion, as TRL's GRPO and RLOO
+    trainers join them), a legal attention_mask that covers any per-row mix of sides too.
+    """
 
     bsz: int
     pad_side: str
     pads: tuple[int, ...]
+    right_pads: tuple[int, ...]
     dtype: str
 
     def padding_problems(self, length: int) -> list[str]:
         """What is wrong with the padding and dtype of rows ``length`` long (empty if nothing)."""
         problems = []
-        if self.pads and len(self.pads) != self.bsz:
-            problems.append(f"{len(self.pads)} pad counts for bsz {self.bsz}")
-        if any(p < 0 or p > length for p in self.pads):
-            problems.append(f"pads {self.pads} outside 0..{length}")
+        for name, counts in (("pad", self.pads), ("right pad", self.right_pads)):
+            if counts and len(counts) != self.bsz:
+                problems.append(f"{len(counts)} {name} counts for bsz {self.bsz}")
+            if any(p < 0 or p > length for p in counts):
+                problems.append(f"{name}s {counts} outside 0..{length}")
+        if self.right_pads and self.pad_side != "both":
+            problems.append(f"right_pads with pad_side {self.pad_side!r}: use pad_side='both'")
+        if self.pad_side not in PAD_SIDES:
+            problems.append(f"pad_side {self.pad_side!r} not one of {PAD_SIDES}")
+        if not problems and any(left + right > length for left, right in self.row_pads):
+            problems.append(f"pads {self.row_pads} (left, right) exceed the length {length} of a row")
         if self.dtype not in DTYPES:
             problems.append(f"dtype {self.dtype!r} not one of {sorted(DTYPES)}")
-        if self.pad_side not in ("none", "left", "right"):
-            problems.append(f"pad_side {self.pad_side!r}")
         return problems
 
     @property
@@ -46,12 +61,38 @@ class PaddedBatch:
 
     @property
     def padded(self) -> bool:
-        return self.pad_side != "none" and any(self.pads)
+        return self.pad_side != "none" and (any(self.pads) or any(self.right_pads))
+
+    @property
+    def row_pads(self) -> tuple[tuple[int, int], ...]:
+        """``(left, right)`` pad counts of each row (zeros when not padded)."""
+        if not self.padded:
+            return ((0, 0),) * self.bsz
+        on = {"left": (self.pads, ()), "right": ((), self.pads), "both": (self.pads, self.right_pads)}
+        lefts, rights = on[self.pad_side]
+        return tuple((lefts[b] if lefts else 0, rights[b] if rights else 0) for b in range(self.bsz))
+
+    def padding_mask(self, length: int) -> torch.Tensor | None:
+        """The ``(bsz, length)`` 2-D attention_mask (1 real, 0 pad), or None when nothing is padded."""
+        if not self.padded:
+            return None
+        return masks.padding_from_lengths(
+            self.bsz, length, list(self.pads), self.pad_side, list(self.right_pads)
+        )
+
+    def padding_text(self) -> str:
+        """The per-row padding for ids: ``pad=left[7, 0]``; with pads on both ends ``pad=both[3+1, 0+5]``
+        (left+right per row); empty when nothing is padded."""
+        if not self.padded:
+            return ""
+        if self.pad_side == "both":
+            return " pad=both[" + ", ".join(f"{left}+{right}" for left, right in self.row_pads) + "]"
+        return f" pad={self.pad_side}{list(self.pads)}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Case(PaddedBatch):
-    """One attention problem. ``window=None`` is a global layer; ``pads[b]`` pad tokens on ``pad_side``.
+    """One attention problem. ``window=None`` is a global layer; padding as in ``PaddedBatch``.
 
     ``logit_std`` is the standard deviation of the raw (pre-cap) logits the inputs produce; values
     around ``softcap`` put the logits in tanh's curved range, where a dropped cap is visible.
@@ -66,6 +107,7 @@ class Case(PaddedBatch):
     window: int | None = 4
     pad_side: str = "none"
     pads: tuple[int, ...] = ()
+    right_pads: tuple[int, ...] = ()
     dtype: str = "float32"
     softcap: float | None = 50.0
     scalar: float = 16.0
@@ -81,6 +123,10 @@ class Case(PaddedBatch):
         if problems:
             raise ValueError("invalid Case: " + "; ".join(problems))
 
+    def unpadded(self) -> Case:
+        """The same case with no padding."""
+        return dataclasses.replace(self, pad_side="none", pads=(), right_pads=())
+
     @property
     def crosses_window(self) -> bool:
         return self.window is not None and self.kv_len > self.window
@@ -88,10 +134,9 @@ class Case(PaddedBatch):
     def short(self) -> str:
         """A one-line description for test ids and failure messages."""
         w = "global" if self.window is None else f"W={self.window}"
-        pad = f" pad={self.pad_side}{list(self.pads)}" if self.padded else ""
         return (
             f"b{self.bsz} h{self.n_heads}/{self.n_kv_heads} d{self.head_dim} "
-            f"q{self.q_len}/kv{self.kv_len} {w}{pad} {self.dtype} cap={self.softcap} "
+            f"q{self.q_len}/kv{self.kv_len} {w}{self.padding_text()} {self.dtype} cap={self.softcap} "
             f"s={self.scalar} std={self.logit_std:g} seed={self.seed}"
         )
 
@@ -122,9 +167,7 @@ def make_inputs(case: Case, device: str | torch.device = "cpu") -> Inputs:
     q = torch.randn(b, h, case.q_len, d, generator=g) * m
     k = torch.randn(b, kvh, case.kv_len, d, generator=g) * m
     v = torch.randn(b, kvh, case.kv_len, d, generator=g)
-    key_valid = None
-    if case.padded:
-        key_valid = masks.padding_from_lengths(b, case.kv_len, list(case.pads), case.pad_side)
+    key_valid = case.padding_mask(case.kv_len)
     cast = {"dtype": case.torch_dtype, "device": device}
     return Inputs(
         q.to(**cast),

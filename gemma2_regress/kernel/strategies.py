@@ -1,8 +1,10 @@
 """Hypothesis strategies for attention cases, leaning on the places where attention code breaks.
 
 Lengths cluster at window boundaries (1, W-1, W, W+1, 2W-1, 2W, 2W+1) and at multiples of 64/128
-plus or minus one; queries are sometimes fewer than keys (a cached prefix); padding is none, left
-or right, with one row sometimes fully padded; logits are scaled into tanh's curved range.
+plus or minus one; queries are sometimes fewer than keys (a cached prefix); padding is none, left,
+right or on both ends of a row, each row's real length drawn on its own (any row may be the longest,
+some rows across the window and others not), one row sometimes fully padded; logits are scaled
+into tanh's curved range.
 ``small_window_cases`` uses windows of 1..64 for many cheap examples; ``real_window_cases`` uses
 Gemma-2's real W = 4096 (lengths 4095..4097, 8191..8193) for a few expensive ones.
 """
@@ -53,7 +55,7 @@ def small_window_cases(
     bsz = draw(st.integers(1, 8))
     while bsz > 1 and bsz * n_heads * q_len * kv_len > max_elems:
         bsz -= 1
-    pads, side = draw(paddings(bsz, kv_len))
+    padding = draw(paddings(bsz, kv_len, window_used))
     return Case(
         bsz=bsz,
         n_heads=n_heads,
@@ -62,8 +64,7 @@ def small_window_cases(
         q_len=q_len,
         kv_len=kv_len,
         window=window_used,
-        pad_side=side,
-        pads=pads,
+        **padding,
         dtype=draw(st.sampled_from(dtypes)),
         softcap=50.0,
         scalar=scalar,
@@ -72,16 +73,39 @@ def small_window_cases(
     )
 
 
+def row_lengths(length: int, window: int | None) -> st.SearchStrategy[int]:
+    """One row's real length in 1..length: at the window's edges (W-1, W, W+1: a row inside the window
+    or just across it), unpadded, one token, or any; shrinks to ``length`` (no padding)."""
+    special = [length, 1] + ([] if window is None else [window - 1, window, window + 1])
+    special = list(dict.fromkeys(n for n in special if 1 <= n <= length))
+    return st.one_of(st.sampled_from(special), st.integers(1, length))
+
+
 @st.composite
-def paddings(draw: st.DrawFn, bsz: int, kv_len: int) -> tuple[tuple[int, ...], str]:
-    """Per-row pad counts and side; sometimes one row is entirely padding."""
-    side = draw(st.sampled_from(["none", "left", "right"]))
+def paddings(
+    draw: st.DrawFn, bsz: int, kv_len: int, window: int | None = None
+) -> dict[str, str | tuple[int, ...]]:
+    """``Case`` padding fields (``pad_side``, ``pads``, ``right_pads``): a side for the batch (none,
+    left, right, or both ends), each row's real length drawn on its own (``row_lengths``), sometimes
+    one row, at a drawn index, entirely padding; with "both" each row's pads split between its ends
+    at a drawn point."""
+    side = draw(st.sampled_from(["none", "left", "right", "both"]))
     if side == "none":
-        return (), "none"
-    pads = [draw(st.integers(0, max(0, kv_len - 1))) for _ in range(bsz)]
+        return {"pad_side": "none", "pads": (), "right_pads": ()}
+    real = [draw(row_lengths(kv_len, window)) for _ in range(bsz)]
     if bsz > 1 and draw(st.booleans()):
-        pads[draw(st.integers(0, bsz - 1))] = kv_len  # a fully padded row
-    return tuple(pads), side
+        real[draw(st.integers(0, bsz - 1))] = 0  # a fully padded row
+    return split_pads(draw, side, [kv_len - n for n in real])
+
+
+def split_pads(draw: st.DrawFn, side: str, totals: list[int]) -> dict[str, str | tuple[int, ...]]:
+    """Each row's pad count on ``side``; with "both", split at a drawn point into left and right
+    (shrinking toward all on the right)."""
+    if side != "both":
+        return {"pad_side": side, "pads": tuple(totals), "right_pads": ()}
+    lefts = tuple(draw(st.integers(0, t)) for t in totals)
+    rights = tuple(t - left for t, left in zip(totals, lefts, strict=True))
+    return {"pad_side": "both", "pads": lefts, "right_pads": rights}
 
 
 @st.composite
@@ -96,7 +120,7 @@ def real_window_cases(
     q_len = draw(st.sampled_from([kv_len, kv_len, 1, 64]))
     # Past 2W the float64 score matrix alone is ~1 GB a row: keep one row there.
     bsz = 1 if kv_len > 2 * GEMMA2_WINDOW - 2 else draw(st.integers(1, max_bsz))
-    pads, side = draw(paddings(bsz, kv_len))
+    window = draw(st.sampled_from([GEMMA2_WINDOW, GEMMA2_WINDOW, None]))
     return Case(
         bsz=bsz,
         n_heads=2,
@@ -104,9 +128,8 @@ def real_window_cases(
         head_dim=16,
         q_len=q_len,
         kv_len=kv_len,
-        window=draw(st.sampled_from([GEMMA2_WINDOW, GEMMA2_WINDOW, None])),
-        pad_side=side,
-        pads=pads,
+        window=window,
+        **draw(paddings(bsz, kv_len, window)),
         dtype=draw(st.sampled_from(dtypes)),
         softcap=50.0,
         scalar=draw(st.sampled_from([16.0, 256.0])),

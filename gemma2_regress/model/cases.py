@@ -33,7 +33,7 @@ BATCH_SIZES = (1, 2, 3, 4, 8)
 
 @dataclasses.dataclass(frozen=True)
 class ModelCase(PaddedBatch):
-    """One model-level problem. ``pads[b]`` pad tokens on ``pad_side`` of row ``b``.
+    """One model-level problem; padding as in ``PaddedBatch`` (per row, on one side or both ends).
 
     ``with_mask=False`` passes no attention_mask (then nothing is padded). ``mode="train"`` runs
     the model in training mode, where Unsloth drops the attention_mask when labels are passed: such
@@ -45,6 +45,7 @@ class ModelCase(PaddedBatch):
     seq_len: int = 4097
     pad_side: str = "none"
     pads: tuple[int, ...] = ()
+    right_pads: tuple[int, ...] = ()
     with_mask: bool = True
     with_labels: bool = True
     mode: str = "eval"
@@ -54,13 +55,14 @@ class ModelCase(PaddedBatch):
 
     def __post_init__(self) -> None:
         problems = self.padding_problems(self.seq_len)
+        rows = () if problems else self.row_pads  # readable only once the padding itself is valid
         if self.padded and not self.with_mask:
             problems.append("padding without an attention_mask cannot be compared; set with_mask=True")
-        if self.pads and all(p >= self.seq_len for p in self.pads):
+        if rows and self.padded and all(left + right >= self.seq_len for left, right in rows):
             problems.append("every row fully padded: no position to compare")
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} not one of {MODES}")
-        if self.mode == "train" and self.with_labels and self.pad_side == "left" and self.padded:
+        if self.mode == "train" and self.with_labels and any(left for left, _ in rows):
             problems.append("train mode with labels drops the mask in Unsloth: use right padding")
         if self.init not in tiny.INITS:
             problems.append(f"init {self.init!r} not one of {tiny.INITS}")
@@ -68,26 +70,35 @@ class ModelCase(PaddedBatch):
             raise ValueError("invalid ModelCase: " + "; ".join(problems))
 
     def short(self) -> str:
-        pad = f" pad={self.pad_side}{list(self.pads)}" if self.padded else ""
         mask = "mask" if self.with_mask else "nomask"
         labels = "" if self.with_labels else " nolabels"
-        return f"b{self.bsz} L{self.seq_len}{pad} {mask}{labels} {self.mode} {self.dtype} init={self.init} seed={self.seed}"
+        return (
+            f"b{self.bsz} L{self.seq_len}{self.padding_text()} {mask}{labels} {self.mode} {self.dtype} "
+            f"init={self.init} seed={self.seed}"
+        )
 
     def inputs(self, config: object) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(input_ids, attention_mask or None, labels or None)``; see ``labels_for``."""
-        side = self.pad_side if self.padded else "none"
-        pads = self.pads if self.padded else ()
-        ids, mask = tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)
+        ids, mask = self._tokens(config)
         labels = labels_for(ids, mask) if self.with_labels else None
         return ids, (mask if self.with_mask else None), labels
 
     def valid(self, config: object) -> torch.Tensor:
         """``(bsz, seq_len)`` bool: the positions holding a real token (the ones compared)."""
-        side = self.pad_side if self.padded else "none"
-        pads = self.pads if self.padded else ()
-        return tiny.token_batch(config, self.bsz, self.seq_len, pads=pads, side=side, seed=self.seed)[
-            1
-        ].bool()
+        return self._tokens(config)[1].bool()
+
+    def _tokens(self, config: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.padded:
+            return tiny.token_batch(config, self.bsz, self.seq_len, seed=self.seed)
+        return tiny.token_batch(
+            config,
+            self.bsz,
+            self.seq_len,
+            pads=self.pads,
+            side=self.pad_side,
+            seed=self.seed,
+            right_pads=self.right_pads,
+        )
 
 
 def labels_for(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,34 +161,44 @@ def model_cases(
     bsz = draw(st.sampled_from([b for b in BATCH_SIZES if b <= cap]))
     mode = draw(st.sampled_from(modes))
     with_labels = draw(st.sampled_from([True, True, False]))
-    # Padding is where the mask paths differ (Unsloth's per-call 4-D masks): drawn half the time.
-    kind = draw(st.sampled_from(["left", "right", "none", "ones", "left", "right"]))
-    if kind == "left" and mode == "train" and with_labels:
+    # Padding is where the mask paths differ (Unsloth's per-call 4-D masks): drawn three times in four.
+    kind = draw(st.sampled_from(["left", "right", "none", "ones", "left", "right", "both", "both"]))
+    if kind in ("left", "both") and mode == "train" and with_labels:
         kind = "right"  # Unsloth drops the mask in training with labels (see ModelCase)
     with_mask = kind != "none"
-    side = kind if kind in ("left", "right") else "none"
-    pads: tuple[int, ...] = ()
-    if side != "none":
-        pads = tuple(draw(pad_counts(seq_len, window)) for _ in range(bsz))
+    padding: dict[str, str | tuple[int, ...]] = {"pad_side": "none", "pads": (), "right_pads": ()}
+    if kind in ("left", "right", "both"):
+        # Each row's pad count on its own, so any row may be the longest; a forced pad or a fully
+        # padded row goes to a drawn row, not a fixed one.
+        totals = [draw(pad_counts(seq_len, window)) for _ in range(bsz)]
         if bsz > 1 and draw(st.booleans()):
-            pads = (*pads[:-1], seq_len)  # one row entirely padding
-        if not any(pads):
-            pads = (7, *pads[1:])
+            totals[draw(st.integers(0, bsz - 1))] = seq_len  # one row entirely padding
+        if not any(totals):
+            totals[draw(st.integers(0, bsz - 1))] = min(7, seq_len - 1)
+        padding = {"pad_side": kind, "pads": tuple(totals), "right_pads": ()}
+        if kind == "both":  # each row's pads split between its ends at a drawn point
+            lefts = tuple(draw(st.integers(0, t)) for t in totals)
+            rights = tuple(t - left for t, left in zip(totals, lefts, strict=True))
+            padding = {"pad_side": "both", "pads": lefts, "right_pads": rights}
     return ModelCase(
         bsz=bsz,
         seq_len=seq_len,
-        pad_side=side,
-        pads=pads,
         with_mask=with_mask,
         with_labels=with_labels,
         mode=mode,
         dtype=draw(st.sampled_from(dtypes)),
         init=draw(st.sampled_from(inits)),
         seed=draw(st.integers(0, 2**16)),
+        **padding,
     )
 
 
 def pad_counts(seq_len: int, window: int = W) -> st.SearchStrategy[int]:
-    """Pad counts that matter: none, one, a few, enough to pull a row back under the window."""
-    special = sorted({0, 1, 7, 64, seq_len - window + 1 if seq_len > window else 3, seq_len // 2})
-    return st.sampled_from([p for p in special if 0 <= p < seq_len])
+    """A row's pad count: none, one, a few, or enough to leave the row just across the window (W+1
+    real tokens), at it (W) or just inside it (W-1), or half the length; shrinks to none."""
+    special = [0, 1, 7, 64, seq_len // 2]
+    if seq_len > window:
+        special += [seq_len - window - 1, seq_len - window, seq_len - window + 1]
+    else:
+        special.append(3)
+    return st.sampled_from(sorted({p for p in special if 0 <= p < seq_len}))

@@ -333,31 +333,36 @@ def token_batch(
     pads: tuple[int, ...] | list[int] = (),
     side: str = "none",
     seed: int = 0,
+    right_pads: tuple[int, ...] | list[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic ``(input_ids, attention_mask)``, both ``(bsz, seq_len)`` int64.
 
     Real tokens are drawn uniformly from the plain ids ``FIRST_PLAIN_ID..vocab_size-1`` with
     ``torch.Generator().manual_seed(seed)``; row ``b`` has ``pads[b]`` pad tokens (``pad_token_id``,
-    mask 0) on ``side`` ("left", "right" or "none").
+    mask 0) on ``side`` ("left", "right" or "none"), or with ``side="both"`` ``pads[b]`` on the left
+    and ``right_pads[b]`` on the right.
     """
     from gemma2_regress.reference.masks import padding_from_lengths
 
     if bsz < 1 or seq_len < 1:
         raise ValueError(f"token_batch: bsz and seq_len must be >= 1, got {bsz}, {seq_len}")
-    pads = tuple(pads)
-    if side not in ("none", "left", "right"):
-        raise ValueError(f"token_batch: side must be 'none', 'left' or 'right', got {side!r}")
-    if pads and len(pads) != bsz:
-        raise ValueError(f"token_batch: {len(pads)} pad counts for bsz {bsz}; give one per row")
-    if any(p < 0 or p > seq_len for p in pads):
-        raise ValueError(f"token_batch: pads {pads} outside 0..{seq_len}")
+    pads, right_pads = tuple(pads), tuple(right_pads)
+    if side not in ("none", "left", "right", "both"):
+        raise ValueError(f"token_batch: side must be 'none', 'left', 'right' or 'both', got {side!r}")
+    for counts in (pads, right_pads):
+        if counts and len(counts) != bsz:
+            raise ValueError(f"token_batch: {len(counts)} pad counts for bsz {bsz}; give one per row")
+        if any(p < 0 or p > seq_len for p in counts):
+            raise ValueError(f"token_batch: pads {counts} outside 0..{seq_len}")
     if pads and any(pads) and side == "none":
         raise ValueError("token_batch: pads given with side='none'; pass side='left' or 'right'")
+    if right_pads and side != "both":
+        raise ValueError(f"token_batch: right_pads given with side={side!r}; pass side='both'")
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(FIRST_PLAIN_ID, int(config.vocab_size), (bsz, seq_len), generator=g)
     mask = (
-        padding_from_lengths(bsz, seq_len, list(pads), side)
-        if pads
+        padding_from_lengths(bsz, seq_len, list(pads), side, list(right_pads))
+        if pads or right_pads
         else torch.ones(bsz, seq_len, dtype=torch.long)
     )
     pad_id = config.pad_token_id if config.pad_token_id is not None else PAD_ID

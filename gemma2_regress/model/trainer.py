@@ -2,8 +2,9 @@
 
 In 2024 (unslothai/unsloth#853) evaluation batches longer than 4096 tokens reached Unsloth's slow
 attention path with an ``attention_mask`` and crashed there. This module builds what a user has:
-an in-memory ``datasets.Dataset`` of token rows (several longer than the window, of unequal lengths
-so batches are padded), a collator that right-pads and masks, and a ``transformers.Trainer`` (or
+an in-memory ``datasets.Dataset`` of token rows (longer than the window, of unequal lengths drawn per
+row in dataset order, so batches are padded and a longer row may follow a shorter one, as a
+sequential eval dataloader hands them), a collator that right-pads and masks, and a ``transformers.Trainer`` (or
 TRL's ``SFTTrainer``) with ``report_to="none"`` and ``output_dir`` in a temporary directory; then
 ``evaluate()``. Its ``eval_loss`` is checked against the loss the eager reference gives on exactly
 the batches the trainer's own eval dataloader yields, averaged as ``Trainer.evaluation_loop`` does
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from hypothesis import strategies as st
 
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import labels_for
@@ -24,7 +26,32 @@ from gemma2_regress.model.cases import labels_for
 # Every row crosses the window. Few distinct lengths, so few shapes to compile: at batch size 1 the
 # rows run unpadded (all-ones masks past the window: the exact 2024 trigger), at 2 and 4 mixed rows
 # are right-padded to the longest (Unsloth's per-call 4-D masks). 4200 is the length of the 2024 reports.
-EVAL_LENGTHS = (4097, 8192, 4097, 4097, 8192, 8192, 4097, 4200)
+ROW_LENGTHS = (4097, 4200, 8192)
+EVAL_ROWS = 8
+EVAL_LENGTHS = (4097, 8192, 4097, 4097, 8192, 8192, 4097, 4200)  # a fixed eval set: eval_dataset's default
+
+
+def eval_lengths(
+    bsz: int, lengths: Sequence[int] = ROW_LENGTHS, rows: int = EVAL_ROWS
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """The row lengths of an eval set in dataset order, each row's drawn on its own from ``lengths``.
+    ``Trainer``'s eval dataloader does not shuffle: it batches consecutive rows, ``bsz`` at a time, so
+    at ``bsz >= 2`` some batch must have its longest row after a shorter one (the row before it
+    right-padded); at ``bsz == 1`` the rows must not all be one length. Shrinks toward ``lengths[0]``."""
+    return (
+        st.lists(st.sampled_from(list(lengths)), min_size=rows, max_size=rows)
+        .map(tuple)
+        .filter(lambda rows_: longer_after_shorter(rows_, bsz))
+    )
+
+
+def longer_after_shorter(lengths: Sequence[int], bsz: int) -> bool:
+    """Whether some batch of ``bsz`` consecutive rows has a row longer than its first (at ``bsz == 1``:
+    whether the rows differ in length at all)."""
+    if bsz == 1:
+        return len(set(lengths)) > 1
+    batches = [lengths[i : i + bsz] for i in range(0, len(lengths), bsz)]
+    return any(max(b) > b[0] for b in batches)
 
 
 def eval_dataset(config: Any, lengths: Sequence[int] = EVAL_LENGTHS, seed: int = 0) -> Any:

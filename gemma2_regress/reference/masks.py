@@ -53,17 +53,25 @@ def additive(vis: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.masked_fill(~vis, torch.finfo(dtype).min)
 
 
-def padding_from_lengths(bsz: int, seq_len: int, pads: list[int], side: str) -> torch.Tensor:
-    """A 2-D ``attention_mask`` (1 real, 0 pad) with ``pads[b]`` pad tokens on ``side`` of row ``b``."""
-    if side not in ("left", "right", "none"):
-        raise ValueError(f"padding side must be 'left', 'right' or 'none', got {side!r}")
+def padding_from_lengths(
+    bsz: int, seq_len: int, pads: list[int], side: str, right_pads: list[int] | tuple[int, ...] = ()
+) -> torch.Tensor:
+    """A 2-D ``attention_mask`` (1 real, 0 pad) with ``pads[b]`` pad tokens on ``side`` of row ``b``;
+    with ``side="both"``, ``pads[b]`` on the left and ``right_pads[b]`` on the right (the real tokens
+    in between, contiguous). An empty ``pads`` or ``right_pads`` means no pad on that side."""
+    if side not in ("left", "right", "both", "none"):
+        raise ValueError(f"padding side must be 'left', 'right', 'both' or 'none', got {side!r}")
+    if right_pads and side != "both":
+        raise ValueError(f"right_pads given with side={side!r}; pass side='both'")
     mask = torch.ones(bsz, seq_len, dtype=torch.long)
-    for b, p in enumerate(pads):
-        if p == 0 or side == "none":
-            continue
-        if side == "left":
-            mask[b, :p] = 0
-        else:
+    if side == "none":
+        return mask
+    lefts = list(pads) if side in ("left", "both") else []
+    rights = list(pads) if side == "right" else list(right_pads)
+    for b, p in enumerate(lefts):
+        mask[b, :p] = 0
+    for b, p in enumerate(rights):
+        if p:
             mask[b, seq_len - p :] = 0
     return mask
 

@@ -7,8 +7,15 @@ beside it, so the test is known to pass where the code is right.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
 import pytest
 
+from fixtures.known_issues import RECOMPILE_CULPRIT
 from gemma2_regress import unsloth_adapter
 from gemma2_regress.kernel import targets
 from gemma2_regress.kernel.cases import Case
@@ -57,3 +64,41 @@ def test_fp16_row_that_sees_no_key_stays_finite(path: str, device: str) -> None:
             "its warning names the compiler error): the eager-fallback case pins what runs here"
         )
     check_kernel_matches_oracle(target, FP16_LEFT_PADDED, device)
+
+
+# Two kernel calls in a child process (the bug aborts the process that runs it).
+_GEOMETRY_CHANGE = """
+import sys
+from gemma2_regress.kernel import targets
+from gemma2_regress.kernel.cases import Case, make_inputs
+h, kvh, d, s = {culprit}
+target = targets.get("slow_attention_softcapping[oracle-2d]")
+for case in (
+    Case(n_heads=h, n_kv_heads=kvh, head_dim=d, scalar=s, q_len=8, kv_len=8, window=4),
+    Case(n_heads=4, n_kv_heads=2, head_dim=16, scalar=16.0, q_len=20, kv_len=20, window=None),
+):
+    target.run(case, make_inputs(case))
+    print("returned", flush=True)
+"""
+
+
+def test_compiled_kernel_survives_a_geometry_change() -> None:
+    """Unsloth's compiled training kernel on CPU, called for one head geometry and then another with a
+    2-D mask, returns both times (it must: a process may hold two Gemma-2 models)."""
+    u = unsloth_adapter.load()
+    if not u.softcapping_compiles("cpu"):
+        pytest.skip("slow_attention_softcapping does not compile on this CPU: nothing is recompiled")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    script = _GEOMETRY_CHANGE.format(culprit=RECOMPILE_CULPRIT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    died = (
+        f"signal {signal.Signals(-proc.returncode).name}"
+        if proc.returncode < 0
+        else f"exit {proc.returncode}"
+    )
+    returned = proc.stdout.count("returned")
+    assert proc.returncode == 0, f"the process ended ({died}) after {returned} of the 2 kernel calls returned"

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 
 # Pinned: the 2024 crash (an eval batch past the window, left padding, an attention_mask) in fp32
 # and bf16, and one example of each path Unsloth distinguishes (static masks, per-call 4-D masks,
-# train mode with and without labels, the longest length, a fully padded row).
+# train mode with and without labels, the longest length, a fully padded row). The two long padded
+# batches put their longest row last, after rows inside the window; one pads rows on both ends.
 PINNED = [
     ModelCase(bsz=2, seq_len=4200, pad_side="left", pads=(7, 0), dtype="float32", seed=853),
     ModelCase(bsz=2, seq_len=4200, pad_side="left", pads=(7, 0), dtype="bfloat16", seed=853),
@@ -34,12 +35,17 @@ PINNED = [
         bsz=8,
         seq_len=4097,
         pad_side="right",
-        pads=(0, 1, 7, 64, 0, 2048, 3, 1),
+        pads=(2048, 1, 7, 64, 3, 1, 2, 0),
         mode="train",
         dtype="float16",
     ),
     ModelCase(
-        bsz=4, seq_len=8192, pad_side="left", pads=(0, 4097, 1, 64), with_labels=False, dtype="float32"
+        bsz=4,
+        seq_len=8192,
+        pad_side="both",
+        pads=(3000, 7, 1, 0),
+        right_pads=(2000, 64, 0, 0),
+        dtype="float32",
     ),
     ModelCase(
         bsz=2, seq_len=4097, pad_side="left", pads=(2, 0), with_labels=False, mode="train", dtype="bfloat16"

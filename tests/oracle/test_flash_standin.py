@@ -124,7 +124,7 @@ def compare_with_oracle(
     case: Case, dtype: torch.dtype, window_size: tuple[int, int] | None = None
 ) -> tolerance.Comparison:
     """``flash_attn_func`` (causal, ``window_size`` default ``flash_window(case.window)``) vs the oracle."""
-    case = dataclasses.replace(case, pad_side="none", pads=())
+    case = case.unpadded()
     x = make_inputs(case)
     q, k, v = (t.to(dtype) for t in (x.q, x.k, x.v))
     kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window)

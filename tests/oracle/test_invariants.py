@@ -71,7 +71,7 @@ def test_key_outside_window_has_no_effect(case: Case, where: float) -> None:
     last query leaves its output bit-identical (its weight is exactly 0, not small)."""
     if case.kv_len <= case.window:
         return
-    x = make_inputs(dataclasses.replace(case, pad_side="none", pads=()))
+    x = make_inputs(case.unpadded())
     back = case.window + round(where * (case.kv_len - 1 - case.window))
     pos = case.kv_len - 1 - back
     k2, v2 = x.k.clone(), x.v.clone()
@@ -158,7 +158,7 @@ def test_row_in_batch_equals_row_alone(case: Case) -> None:
 @given(case=small_window_cases(), pad=st.integers(1, 130), side=st.sampled_from(["left", "right"]))
 def test_padded_row_equals_unpadded_row(case: Case, pad: int, side: str) -> None:
     """Junk pad tokens on either side leave the real tokens' outputs unchanged."""
-    case = dataclasses.replace(case, q_len=case.kv_len, pad_side="none", pads=())
+    case = dataclasses.replace(case.unpadded(), q_len=case.kv_len)
     x = make_inputs(case)
     for dtype in DTYPES:
         properties.check_padding_invariance(

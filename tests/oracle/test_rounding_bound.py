@@ -52,7 +52,7 @@ def test_oracle_stays_within_its_rounding_bound(case: Case) -> None:
 def test_float32_floor_is_far_below_a_window_slip(case: Case) -> None:
     """The float32 floor stays below a tenth of what one key more or less in the window moves (at
     near-uniform attention, where that move is smallest): it never absorbs a window bug."""
-    case = dataclasses.replace(case, logit_std=0.5, pad_side="none", pads=())
+    case = dataclasses.replace(case.unpadded(), logit_std=0.5)
     if case.window is None or case.kv_len <= case.window:
         return
     x = make_inputs(case)

@@ -11,12 +11,15 @@ import importlib.util
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gemma2_regress.model import tiny
+from gemma2_regress.model.cases import budget
 from gemma2_regress.model.eager import EagerTarget
 from gemma2_regress.model.properties import check_evaluate
 from gemma2_regress.model.session import ModelSession
-from gemma2_regress.model.trainer import eval_dataset
+from gemma2_regress.model.trainer import eval_dataset, eval_lengths
 
 KINDS = [
     pytest.param("trainer", id="Trainer"),
@@ -36,9 +39,16 @@ KINDS = [
 
 @pytest.mark.parametrize("bsz", [1, 2, 4])
 @pytest.mark.parametrize("kind", KINDS)
-def test_evaluate_harness(kind: str, bsz: int, tmp_path, model_session: ModelSession) -> None:
+@settings(max_examples=budget(1 / 40))  # as the GPU tier's evaluate test
+@given(data=st.data())
+def test_evaluate_harness(
+    kind: str, bsz: int, data: st.DataObject, tmp_path_factory, model_session: ModelSession
+) -> None:
+    """Rows under, at and past the 16-token window, drawn per row in dataset order."""
+    lengths = data.draw(eval_lengths(bsz, lengths=(17, 9, 16, 35, 60)), label="row lengths")
     path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
     twin = EagerTarget(path, torch.float32, session=model_session)
     golden = EagerTarget(path, torch.float64, session=model_session)
-    data = eval_dataset(twin.config, lengths=(20, 35, 17, 50, 16, 40, 9, 60))
-    check_evaluate(kind, twin, golden, twin, data, bsz, torch.float32, str(tmp_path))
+    data_set = eval_dataset(twin.config, lengths=lengths)
+    out = str(tmp_path_factory.mktemp("evaluate"))
+    check_evaluate(kind, twin, golden, twin, data_set, bsz, torch.float32, out)
