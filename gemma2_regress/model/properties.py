@@ -38,12 +38,15 @@ UNJUDGED = "unjudged"  # an example's verdict until _judge (or an exception) set
 
 
 def model_compare(
-    target, golden, baseline, *, dtype, valid=None, k: float = tolerance.K
+    target, golden, baseline, *, dtype, positions: int | torch.Tensor, valid=None, k: float = tolerance.K
 ) -> tolerance.Comparison:
-    """``tolerance.compare`` with the whole-model floor (``tolerance.MODEL_FLOOR``)."""
-    return tolerance.compare(
-        target, golden, baseline, dtype=dtype, valid=valid, k=k, floor=tolerance.MODEL_FLOOR[dtype]
-    )
+    """``tolerance.compare`` with the whole-model floor (``tolerance.model_floor``) at ``positions``: the
+    rotary position of each index along dim 1 (a 1-D tensor, an upper bound where padding shifts them),
+    or one int for the whole output (a loss, one step's logits: its largest position)."""
+    floor = tolerance.model_floor(dtype, positions)
+    if isinstance(floor, torch.Tensor):
+        floor = floor.reshape(1, -1, *[1] * (target.dim() - 2))
+    return tolerance.compare(target, golden, baseline, dtype=dtype, valid=valid, k=k, floor=floor)
 
 
 def shared_session(*targets: ModelTarget) -> ModelSession:
@@ -143,9 +146,14 @@ def check_logits_and_loss(
             g = golden.forward(ids, mask, labels, mode=case.mode)
             b = baseline.forward(ids, mask, labels, mode=case.mode)
         dt = case.torch_dtype
-        parts = {"logits": model_compare(t.logits, g.logits, b.logits, dtype=dt, valid=valid)}
+        where = torch.arange(ids.shape[1])  # the position ids, or above them (left padding)
+        parts = {
+            "logits": model_compare(t.logits, g.logits, b.logits, dtype=dt, valid=valid, positions=where)
+        }
         if labels is not None:
-            parts["loss"] = model_compare(t.loss.reshape(()), g.loss, b.loss, dtype=dt)
+            parts["loss"] = model_compare(
+                t.loss.reshape(()), g.loss, b.loss, dtype=dt, positions=ids.shape[1]
+            )
         _judge(box, "model_logits_loss", target.name, case.short(), parts)
 
 
@@ -171,7 +179,7 @@ def check_attention_grads(
                 f"parameter names differ: target {sorted(gt)[:4]}..., reference {sorted(gg)[:4]}..."
             )
         dt = case.torch_dtype
-        parts = {"loss": model_compare(lt.reshape(()), lg, lb, dtype=dt)}
+        parts = {"loss": model_compare(lt.reshape(()), lg, lb, dtype=dt, positions=ids.shape[1])}
         for name in sorted(gg):
             short = name.replace("model.layers.", "L").replace(".self_attn.", ".").removesuffix(".weight")
             parts[short] = tolerance.compare(gt[name], gg[name], gb[name], dtype=dt, k=tolerance.K_GRAD)
@@ -201,7 +209,8 @@ def check_kv_cache(
             g = golden.forward(ids, mask).logits[:, split:]
             b = baseline.forward(ids, mask).logits[:, split:]
         valid = None if mask is None else mask[:, split:].bool()
-        parts = {"suffix_logits": model_compare(t, g, b, dtype=dtype, valid=valid)}
+        where = torch.arange(split, ids.shape[1])
+        parts = {"suffix_logits": model_compare(t, g, b, dtype=dtype, valid=valid, positions=where)}
         _judge(box, "model_kv_cache", target.name, case, parts)
 
 
@@ -228,7 +237,11 @@ def check_row_alone(
             "model_batch_row",
             target.name,
             case,
-            {"row_logits": model_compare(t, g, b, dtype=dtype, valid=valid)},
+            {
+                "row_logits": model_compare(
+                    t, g, b, dtype=dtype, valid=valid, positions=torch.arange(ids.shape[1])
+                )
+            },
         )
 
 
@@ -266,7 +279,7 @@ def check_padded_row(
             "model_padded_row",
             target.name,
             case,
-            {"real_positions": model_compare(t, g, b, dtype=dtype)},
+            {"real_positions": model_compare(t, g, b, dtype=dtype, positions=torch.arange(n) + pad)},
         )
 
 
@@ -286,7 +299,8 @@ def check_generation(
         tok_t, sc_t = target.generate(ids, mask, max_new_tokens)
         tok_g, sc_g = golden.generate(ids, mask, max_new_tokens)
         _, sc_b = baseline.generate(ids, mask, max_new_tokens)
-        parts = {"first_step_logits": model_compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype)}
+        first = model_compare(sc_t[:, 0], sc_g[:, 0], sc_b[:, 0], dtype=dtype, positions=ids.shape[1])
+        parts = {"first_step_logits": first}
         chosen_from = sc_g.detach().double().cpu()
         eos = golden.config.eos_token_id
         if eos is not None:  # min_new_tokens holds EOS off: it was never a candidate
@@ -421,5 +435,5 @@ def check_evaluate(
             "trainer_evaluate",
             target.name,
             case,
-            {"eval_loss": model_compare(got, g, b, dtype=dtype)},
+            {"eval_loss": model_compare(got, g, b, dtype=dtype, positions=max(lengths))},
         )

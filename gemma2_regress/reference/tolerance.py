@@ -18,7 +18,8 @@ hundred keys), so there the floor is ``rounding.half_rounding_bound``: the worst
 implementation that accumulates in float32 and rounds each step once, each key's logit error
 weighed by its softmax weight (near the cap one bfloat16 logit rounds by 0.2, more than a lucky
 baseline's whole error; docs/tolerance.md). Model-level outputs,
-which pass through Unsloth's own kernels, use ``MODEL_FLOOR``; gradients use ``K_GRAD`` (sums over
+which pass through Unsloth's own kernels, use ``model_floor`` (``MODEL_FLOOR`` plus a drift linear
+in the rotary position); gradients use ``K_GRAD`` (sums over
 every query and key, reordered freely). NaN or inf in the target always fails, also at padded
 positions: a NaN there would poison the next layer through ``0 * NaN``.
 """
@@ -39,6 +40,18 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.
 # even in float32 (measured on an H200, docs/gpu.md); a semantic bug moves logits by O(0.1..1).
 # Gradients and the window-boundary probe keep FLOOR: the probe's "no change" must be exact.
 MODEL_FLOOR = {torch.float64: 1e-10, torch.float32: 5e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# Every implementation rounds the rotary angle p * w in float32 (transformers too, for its float64
+# golden), so two correct ones turn q and k apart by up to ~u32 p w: their logits drift apart linearly
+# in the position p (H200, float32, "large" tiny model: 2.7e-8 to 4.3e-8 per position; docs/tolerance.md).
+MODEL_DRIFT = 1.2e-7  # per position: MODEL_FLOOR[float32] per 4096 positions, 3x the measured slope
+
+
+def model_floor(dtype: torch.dtype, positions: int | torch.Tensor) -> float | torch.Tensor:
+    """The whole-model floor at rotary position(s) ``positions``: ``MODEL_FLOOR[dtype] + MODEL_DRIFT * p``
+    (for a loss, or anything that mixes positions, its largest position)."""
+    if isinstance(positions, torch.Tensor):
+        return MODEL_FLOOR[dtype] + MODEL_DRIFT * positions.to(torch.float64)
+    return MODEL_FLOOR[dtype] + MODEL_DRIFT * positions
 
 
 @dataclasses.dataclass
@@ -83,7 +96,7 @@ def compare(
 
     All three share a shape whose leading dims ``valid`` (bool) broadcasts over, e.g. outputs
     ``(b, q, features)`` with ``valid`` ``(b, q)``. ``floor`` overrides ``FLOOR[dtype]``: a number
-    (model level: ``MODEL_FLOOR[dtype]``) or a tensor of the outputs' shape (``attention_floor``).
+    or a tensor that broadcasts to the outputs' shape (``attention_floor``, ``model_floor``).
     """
     if target.shape != golden.shape or baseline.shape != golden.shape:
         raise ValueError(
