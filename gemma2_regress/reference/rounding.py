@@ -97,6 +97,9 @@ def rounding_bound(
     return bound.transpose(1, 2).repeat_interleave(d, dim=2)  # (b, q, h * d), as the oracle's output
 
 
+EXACT_SPREAD = 2**26  # (batch x heads x queries x keys x features) up to which half_rounding_bound is exact
+
+
 def half_rounding_bound(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -134,7 +137,9 @@ def half_rounding_bound(
     weighs each key's logit error by its weight and its distance from the output, which is why it
     stays useful where the worst case is not: keys near the cap round by ``u t`` (0.2 in bfloat16 at
     t = 50), but only the keys that carry weight move the output. A fully masked row averages
-    every key uniformly (every logit the same constant, no error). ``visible`` (bool, ``(q, kv)`` or
+    every key uniformly (every logit the same constant, no error). Above ``EXACT_SPREAD`` entries (e.g. 4k
+    tokens) ``|v_j - out|`` becomes ``|v_j| + |out|`` and ``V_f`` every key's largest: looser, as fast as
+    the golden itself. ``visible`` (bool, ``(q, kv)`` or
     ``(bsz, q, kv)``) replaces the mask of ``window`` / ``key_valid`` (flash-attn's two-sided windows).
     """
     if dtype not in (torch.bfloat16, torch.float16):
@@ -150,8 +155,11 @@ def half_rounding_bound(
     vis_all = masks.allowed(q_len, kv_len, window, key_valid, device=q.device) if visible is None else visible
     vis_all = vis_all[:, None] if vis_all.dim() == 3 else vis_all[None, None]
     ninf, pinf = torch.tensor(-float("inf")), torch.tensor(float("inf"))
-    # Query rows per chunk: the (rows, keys, features) float64 tensor stays at 2^24 entries.
-    rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len * d))
+    # |v_j - out| per key and feature is exact up to EXACT_SPREAD entries in all; above, it is bounded by
+    # |v_j| + |out| (two matrix products, not a (rows, keys, features) tensor) and V_f by every key's |v|.
+    exact = bsz * n_heads * q_len * kv_len * d <= EXACT_SPREAD
+    # Query rows per chunk: the float64 (rows, keys[, features]) tensors stay at 2^24 entries.
+    rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len * (d if exact else 1)))
     parts = []
     for lo in range(0, q_len, rows):
         qc = q[:, :, lo : lo + rows].double()
@@ -170,10 +178,15 @@ def half_rounding_bound(
         w = torch.softmax(torch.where(vis, c, ninf).masked_fill(none_seen, 0.0), dim=-1)
         out = w @ vd  # (b, h, rows, d), exact
         d_max = dlt.amax(-1)  # (b, h, rows)
-        spread = (vd[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
-        moved = torch.exp(d_max)[..., None] * ((w * torch.expm1(dlt))[..., None] * spread).sum(-2)
-        seen = (vis | none_seen)[..., None]
-        v_f = torch.where(seen, vd[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
+        a = w * torch.expm1(dlt)  # (b, h, rows, keys)
+        if exact:
+            spread = (vd[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
+            moved = torch.exp(d_max)[..., None] * (a[..., None] * spread).sum(-2)
+            seen = (vis | none_seen)[..., None]
+            v_f = torch.where(seen, vd[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
+        else:
+            moved = torch.exp(d_max)[..., None] * (a @ vd.abs() + out.abs() * a.sum(-1, keepdim=True))
+            v_f = vd.abs().amax(-2, keepdim=True).expand_as(out)
         r = torch.where(vis, c, ninf).amax(-1) - torch.where(vis, c, pinf).amin(-1)
         r = torch.where(none_seen[..., 0], 0.0, r)
         eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32

@@ -108,3 +108,27 @@ def test_rule_with_half_floor_still_catches_a_wrong_window(dtype: str, logit_std
         cmp = tolerance.compare(wrong, golden, baseline, dtype=dt, floor=floor)
         assert cmp.kind == "mismatch" and cmp.ratio > 4, f"window {window}: {cmp.describe()}"
     assert tolerance.compare(baseline, golden, baseline, dtype=dt, floor=floor).ok
+
+
+def test_half_bound_for_long_inputs_holds_and_is_looser(monkeypatch) -> None:
+    """Above ``EXACT_SPREAD`` the half-precision bound trades its exact |v_j - out| for |v_j| + |out|:
+    at least the exact bound everywhere, and the oracle in bfloat16 still within it."""
+    case = Case(
+        bsz=2, q_len=70, kv_len=70, window=32, pad_side="left", pads=(5, 0), dtype="bfloat16", logit_std=25.0
+    )
+    x = make_inputs(case)
+    kw = dict(
+        scalar=case.scalar,
+        softcap=case.softcap,
+        window=case.window,
+        key_valid=x.key_valid,
+        dtype=torch.bfloat16,
+    )
+    exact = rounding.half_rounding_bound(x.q, x.k, x.v, **kw)
+    monkeypatch.setattr(rounding, "EXACT_SPREAD", 0)
+    cheap = rounding.half_rounding_bound(x.q, x.k, x.v, **kw)
+    assert bool((cheap >= exact).all()) and bool((cheap > exact).any())
+    del kw["dtype"]
+    golden = oracle.attention(x.q, x.k, x.v, dtype=torch.float64, **kw)
+    out = oracle.attention(x.q, x.k, x.v, dtype=torch.bfloat16, **kw).double()
+    assert bool(((out - golden).abs() <= cheap).all())
