@@ -200,9 +200,10 @@ def test_window_boundary(window: int, dtype: torch.dtype) -> None:
 # --- 2. against a reference written here from flash-attn's documentation --------------------------
 
 
+@functools.lru_cache(maxsize=256)  # the reference and the floor ask for the same masks again and again
 def flash_visible(sq: int, sk: int, window_size: tuple[int, int], causal: bool) -> torch.Tensor:
     """``(sq, sk)`` bool: query ``i`` sees key ``j`` iff ``i + sk - sq - left <= j <= i + sk - sq + right``
-    (a negative bound is unbounded; ``causal`` sets right = 0), tested pair by pair."""
+    (a negative bound is unbounded; ``causal`` sets right = 0), tested pair by pair. Read-only (cached)."""
     left, right = window_size[0], 0 if causal else window_size[1]
     vis = torch.zeros(sq, sk, dtype=torch.bool)
     for i in range(sq):
