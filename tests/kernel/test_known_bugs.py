@@ -91,6 +91,8 @@ def test_compiled_kernel_survives_a_geometry_change() -> None:
     root = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    # The bug needs two or more threads (OpenMP and MKL): with either at one it never showed.
+    env.update(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
     script = _GEOMETRY_CHANGE.format(culprit=RECOMPILE_CULPRIT)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
