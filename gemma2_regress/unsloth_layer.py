@@ -68,7 +68,7 @@ def gemma2_attention(
         head_dim=head_dim,
         num_key_value_groups=n_heads // n_kv_heads,
         training=False,
-        rotary_emb=_IdentityRope(head_dim),
+        rotary_emb=_IdentityRope(head_dim, q_len),
         apply_qkv=lambda _self, _x: (flat(q), flat(k), flat(v)),
         o_proj=o_proj.to(device=q.device, dtype=q.dtype),
     )
@@ -88,15 +88,30 @@ def gemma2_attention(
 
 
 class _IdentityRope:
-    """A rotary cache whose tables (cos 1, sin 0) make RoPE the identity: ``get_cached`` as Unsloth's."""
+    """A rotary cache whose tables (cos 1, sin 0) make RoPE the identity, read as each release reads it:
+    ``get_cached(seq_len, device_index)`` (2026.10.6 on) or the per-device tables
+    ``multi_gpu_cos_cached[device_index]`` / ``multi_gpu_sin_cached`` (2026.10.5 and before), ``length`` rows."""
 
-    def __init__(self, head_dim: int) -> None:
+    def __init__(self, head_dim: int, length: int) -> None:
         self.head_dim = head_dim
+        self.length = length
+        self.multi_gpu_cos_cached = _PerDevice(lambda i: self.get_cached(self.length, i)[0])
+        self.multi_gpu_sin_cached = _PerDevice(lambda i: self.get_cached(self.length, i)[1])
 
     def get_cached(self, seq_len: int, device_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         device = "cpu" if device_index is None else torch.device("cuda", device_index)
-        shape = (seq_len, self.head_dim)
+        shape = (max(seq_len, self.length), self.head_dim)
         return torch.ones(shape, device=device), torch.zeros(shape, device=device)
+
+
+class _PerDevice:
+    """``table[device_index]``: a table per device (None: the CPU), made on demand."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def __getitem__(self, device_index: int | None) -> torch.Tensor:
+        return self._make(device_index)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ Unsloth's whole model does not run on a CPU (it loads and ropes on CUDA), so eac
 (``kernel.targets.Gemma2LayerTarget``) inside ``unsloth_flash.flash_path(u, "cpu")``, records every call Unsloth
 makes to flash-attn, and judges the output against the oracle with the one tolerance rule
 (``kernel.properties.check_kernel_matches_oracle``). Cases sit at the window: W-1, W, W+1 and past 2W
-keys, on a sliding and a global layer; logits near the cap, where a dropped or misplaced cap shows.
+keys, on a sliding and a global layer, at two logit scales (``LOGITS``): near the cap, where a dropped or
+misplaced cap shows, and nearly uniform, where every key weighs about 1/W and one key too many or too
+few shows (near the cap most keys weigh next to nothing, so an extra one can hide under the bound).
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ from gemma2_regress.model import tiny
 pytestmark = [pytest.mark.unsloth, pytest.mark.xdist_group("unsloth-flash-cpu")]
 
 SMALL_W = 16
-SMALL = tiny.tiny_config(sliding_window=SMALL_W)
+# query_pre_attn_scalar 24 != head_dim 16 (as in Gemma-2 27B, 144 != 128): a scale taken from head_dim shows.
+SMALL = tiny.tiny_config(sliding_window=SMALL_W, query_pre_attn_scalar=24)
 REAL = tiny.tiny_config()  # the tiny Gemma-2's own window: Gemma-2's 4096
 
 
+# Raw-logit standard deviation as a fraction of the cap: "cap" reaches tanh's curved range, "uniform" keeps
+# the weights within a few percent of 1/n.
+LOGITS = {"cap": 1.0, "uniform": 0.002}
+
+
 def layer_case(
-    config, n: int, *, sliding: bool, dtype: str, bsz: int = 1, pads=(), side="none", seed=0
+    config, n: int, *, sliding: bool, dtype: str, bsz: int = 1, pads=(), side="none", seed=0, logits="cap"
 ) -> Case:
-    """A case with ``config``'s geometry, cap and scalar, ``n`` tokens a row, raw logits spread like the cap."""
+    """A case with ``config``'s geometry, cap and scalar, ``n`` tokens a row, raw logits at scale ``logits``."""
     return Case(
         bsz=bsz,
         n_heads=config.num_attention_heads,
@@ -47,7 +55,7 @@ def layer_case(
         dtype=dtype,
         softcap=config.attn_logit_softcapping,
         scalar=float(config.query_pre_attn_scalar),
-        logit_std=config.attn_logit_softcapping,
+        logit_std=config.attn_logit_softcapping * LOGITS[logits],
         seed=seed,
     )
 
@@ -87,13 +95,14 @@ def assert_flash_call(call: unsloth_flash.FlashCall, case: Case, config, functio
 # --- unpadded prefill: FLASH_DENSE -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("logits", list(LOGITS))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("sliding", [True, False], ids=["sliding", "global"])
 @pytest.mark.parametrize("n", [SMALL_W - 1, SMALL_W, SMALL_W + 1, 2 * SMALL_W + 1], ids=lambda n: f"L{n}")
-def test_unpadded_prefill_takes_flash_dense(n: int, sliding: bool, dtype: str) -> None:
+def test_unpadded_prefill_takes_flash_dense(n: int, sliding: bool, dtype: str, logits: str) -> None:
     """No mask reaches the layer: one flash_attn_func call with the layer's window, cap and scale, and
     the output is the oracle's, at and across the window."""
-    case = layer_case(SMALL, n, sliding=sliding, dtype=dtype, bsz=2, seed=n)
+    case = layer_case(SMALL, n, sliding=sliding, dtype=dtype, bsz=2, seed=n, logits=logits)
     calls = run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case)
     assert [c.function for c in calls] == ["flash_attn_func"], calls
     assert_flash_call(calls[0], case, SMALL, "flash_attn_func")
@@ -128,14 +137,15 @@ def test_padded_batch_takes_the_slow_path(side: str, pads: tuple[int, int], slid
 # --- a packed batch: FLASH_VARLEN -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("logits", list(LOGITS))
 @pytest.mark.parametrize("sliding", [True, False], ids=["sliding", "global"])
-def test_packed_batch_takes_flash_varlen(sliding: bool) -> None:
+def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str) -> None:
     """Rows of 2W+5, W+2 and W-1 real tokens packed into one row plus 3 junk tokens: one
     flash_attn_varlen_func call whose int32 cu_seqlens are the rows' boundaries and the junk's, and each
     row's output is the oracle's for that row alone."""
     n = 2 * SMALL_W + 5
     pads = (0, n - (SMALL_W + 2), n - (SMALL_W - 1))
-    case = layer_case(SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right")
+    case = layer_case(SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits)
     calls = run_on_flash_path(Gemma2LayerTarget("packed", SMALL, tail=3), case)
     assert [c.function for c in calls] == ["flash_attn_varlen_func"], calls
     assert_flash_call(calls[0], case, SMALL, "flash_attn_varlen_func")
