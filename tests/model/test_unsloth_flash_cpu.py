@@ -145,7 +145,9 @@ def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str) -> None:
     row's output is the oracle's for that row alone."""
     n = 2 * SMALL_W + 5
     pads = (0, n - (SMALL_W + 2), n - (SMALL_W - 1))
-    case = layer_case(SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits)
+    case = layer_case(
+        SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits
+    )
     calls = run_on_flash_path(Gemma2LayerTarget("packed", SMALL, tail=3), case)
     assert [c.function for c in calls] == ["flash_attn_varlen_func"], calls
     assert_flash_call(calls[0], case, SMALL, "flash_attn_varlen_func")
