@@ -70,6 +70,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings as s
 
+    from gemma2_regress.plugins.strict_xfail import IGNORE_ENV, records_ignored
     from gemma2_regress.standins import STANDIN, flash_attn_in_use
 
     flash = flash_attn_in_use()
@@ -80,6 +81,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         versions.tools_line(),
         f"hypothesis profile: {s._current_profile}",
         f"flash-attn: {flash}",
+        f"known issues: {'set aside (' + IGNORE_ENV + '=ignore)' if records_ignored() else 'strict xfails'}",
     ]
 
 

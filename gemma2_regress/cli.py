@@ -259,7 +259,7 @@ def _selection(args: argparse.Namespace) -> runner.Selection:
         raise bisect.BisectError(
             "no test selection: put pytest arguments after --, e.g. -- tests/kernel -k small_windows"
         )
-    return runner.Selection(list(args.pytest_args), args.signature, args.timeout)
+    return runner.Selection(list(args.pytest_args), args.signature, args.timeout, known_issues=False)
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:

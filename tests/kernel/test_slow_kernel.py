@@ -37,6 +37,10 @@ REAL_WINDOW_ROWS = Case(
     seed=4,
 )
 KERNEL_TARGETS = [pytest.param(t, id=t.name) for t in targets.kernel_targets()]
+UNSLOTH_MASK_TARGETS = [
+    pytest.param(t, id=t.name) for t in targets.kernel_targets(lambda t: t.mask_source.startswith("unsloth"))
+]
+EDGE_W = 16
 
 
 def _check(target: targets.KernelTarget, case: Case, device: str) -> None:
@@ -66,4 +70,17 @@ def test_small_windows(target: targets.KernelTarget, data, device: str) -> None:
 @example(case=REAL_WINDOW_ROWS)
 def test_real_window(target: targets.KernelTarget, case, device: str) -> None:
     """Gemma-2's real 4096 window, crossed: 4095..4097 and 8191..8193 tokens, with the 2024 case pinned."""
+    _check(target, case, device)
+
+
+@pytest.mark.xdist_group("kernel-small")
+@pytest.mark.parametrize("target", UNSLOTH_MASK_TARGETS)
+@pytest.mark.parametrize("n", [EDGE_W - 1, EDGE_W, EDGE_W + 1, 2 * EDGE_W + 1], ids=lambda n: f"L{n}")
+def test_window_edge(target: targets.KernelTarget, n: int, device: str) -> None:
+    """Unsloth's own sliding-window masks at the window's edge, pinned: n = W-1, W, W+1, 2W+1 queries
+    over as many keys (no cache, no padding), W = 16, float32, logits nearly uniform (std 0.1), so that
+    every key weighs about 1/W and a window one key too wide or too narrow is a mismatch of the last
+    queries. The counterpart of the flash path's tests/model/test_unsloth_flash_cpu.py, for bisecting
+    the window's history on the slow path (docs/bisect.md)."""
+    case = Case(bsz=2, q_len=n, kv_len=n, window=EDGE_W, dtype="float32", logit_std=0.1, seed=n)
     _check(target, case, device)

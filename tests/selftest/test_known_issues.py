@@ -62,3 +62,30 @@ def test_catalogue_is_well_formed() -> None:
     for issue in KNOWN_ISSUES:
         assert issue.tests and issue.summary
         SpecifierSet(issue.affected)  # raises on a malformed range
+
+
+def test_records_set_aside_for_bisect_and_gate(pytester: pytest.Pytester, monkeypatch) -> None:
+    """GEMMA2_REGRESS_KNOWN_ISSUES=ignore (what bisect and gate runs set): the recorded test runs and
+    fails as what it is, and an input a trigger names is not left out."""
+    from gemma2_regress.builds.runner import Selection
+    from gemma2_regress.plugins import strict_xfail
+
+    assert Selection([]).known_issues and not Selection([], known_issues=False).known_issues
+    pytester.makepyfile(
+        test_demo="""
+        def test_decode_step_broken():
+            assert False
+        """,
+        conftest="""
+        from gemma2_regress.plugins.strict_xfail import KnownIssue, mark_items
+        ISSUES = [KnownIssue(id="x", summary="s", tests=("test_decode_step_broken",), affected="==1.0")]
+        def pytest_collection_modifyitems(config, items):
+            mark_items(items, ISSUES, "1.0")
+        """,
+    )
+    args = ("-p", "no:cacheprovider", "-p", "no:xdist")
+    pytester.runpytest_inprocess(*args).assert_outcomes(xfailed=1)
+    monkeypatch.setenv(strict_xfail.IGNORE_ENV, "ignore")
+    pytester.runpytest_inprocess(*args).assert_outcomes(failed=1)
+    always = KnownIssue(id="y", summary="s", tests=("t",), affected="==1.0", trigger=lambda *_: True)
+    strict_xfail.assume_not_known([always], "target", object(), "cpu", "1.0")  # returns: nothing left out
