@@ -241,6 +241,7 @@ class FlashCall:
     softmax_scale: float | None
     cu_seqlens: tuple[int, ...] | None  # varlen: cu_seqlens_q
     cu_seqlens_dtype: torch.dtype | None
+    cache_leftpad: tuple[int, ...] | None = None  # kvcache: each row's left padding in the cache
 
 
 def _recording(fn: Callable[..., Any], name: str, calls: list[FlashCall]) -> Callable[..., Any]:
@@ -252,6 +253,7 @@ def _recording(fn: Callable[..., Any], name: str, calls: list[FlashCall]) -> Cal
         bound.apply_defaults()
         a = bound.arguments
         cu = a.get("cu_seqlens_q")
+        leftpad = a.get("cache_leftpad")
         calls.append(
             FlashCall(
                 function=name,
@@ -263,6 +265,7 @@ def _recording(fn: Callable[..., Any], name: str, calls: list[FlashCall]) -> Cal
                 softmax_scale=a.get("softmax_scale"),
                 cu_seqlens=None if cu is None else tuple(int(x) for x in cu.tolist()),
                 cu_seqlens_dtype=None if cu is None else cu.dtype,
+                cache_leftpad=None if leftpad is None else tuple(int(x) for x in leftpad.tolist()),
             )
         )
         return fn(*args, **kwargs)

@@ -15,6 +15,7 @@ the properties on transformers alone.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 from hypothesis import strategies as st
@@ -202,3 +203,65 @@ def pad_counts(seq_len: int, window: int = W) -> st.SearchStrategy[int]:
     else:
         special.append(3)
     return st.sampled_from(sorted({p for p in special if 0 <= p < seq_len}))
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+    """Sequences packed into one row, as a padding-free / packing collator hands them to the model
+    (TRL's ``SFTTrainer`` with ``packing=True`` and Unsloth's collator wrapper): ``input_ids``
+    ``(1, total)``, ``position_ids`` restarting at 0 for each sequence, ``packed_seq_lengths`` (int32,
+    one per sequence), and ``labels`` = the tokens, -100 at each sequence's first token (its predictor
+    is the previous sequence's last token: no defined answer). ``rows`` keeps each sequence alone,
+    ``(1, n_i)``, for the reference, which runs each one by itself."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    packed_seq_lengths: torch.Tensor
+    labels: torch.Tensor
+    rows: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def make(cls, config: object, lengths: tuple[int, ...], seed: int = 0) -> PackedBatch:
+        if not lengths or min(lengths) < 2:
+            raise ValueError(f"a pack needs sequences of 2 or more tokens, got {lengths}")
+        rows = tuple(tiny.token_batch(config, 1, n, seed=seed + i)[0] for i, n in enumerate(lengths))
+        ids = torch.cat(rows, dim=1)
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        labels = ids.clone()
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+        labels[0, starts] = -100
+        return cls(ids, positions, torch.tensor(lengths, dtype=torch.int32), labels, rows)
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, torch.Tensor]) -> PackedBatch:
+        """The pack a collator made: one row, its sequences given by ``packed_seq_lengths`` (Unsloth's
+        collator wrapper) or else by where ``position_ids`` restart at 0 (TRL's padding-free collator);
+        labels as ``make`` sets them."""
+        ids = batch["input_ids"].cpu()
+        if "packed_seq_lengths" in batch:
+            lengths = [int(n) for n in batch["packed_seq_lengths"]]
+        elif "position_ids" in batch and batch["position_ids"].shape[0] == 1:
+            starts = [*(batch["position_ids"][0].cpu() == 0).nonzero().flatten().tolist(), ids.shape[1]]
+            lengths = [b - a for a, b in itertools.pairwise(starts)]
+        else:
+            raise ValueError(
+                f"not a packed batch: neither packed_seq_lengths nor one row of position_ids in {sorted(batch)}"
+            )
+        if ids.shape[0] != 1 or sum(lengths) != ids.shape[1]:
+            raise ValueError(f"a pack is one row of sum(lengths) tokens: {tuple(ids.shape)}, {lengths}")
+        rows = tuple(torch.split(ids, lengths, dim=1))
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        labels = ids.clone()
+        labels[0, positions[0] == 0] = -100
+        return cls(ids, positions, torch.tensor(lengths, dtype=torch.int32), labels, rows)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.packed_seq_lengths)
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        """What the collator adds besides ``input_ids`` and ``labels``."""
+        return {"position_ids": self.position_ids, "packed_seq_lengths": self.packed_seq_lengths}
+
+    def short(self) -> str:
+        return f"packed{list(self.lengths)} total{sum(self.lengths)}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,13 @@ class EagerTarget(TargetBase):
         return Forward(out.logits, loss, info["seconds"], info["compiled"])
 
     def _train_step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        extra: Mapping[str, Any],
     ) -> torch.Tensor:
-        loss = self.forward(input_ids, attention_mask, labels, mode="train", grad=True).loss
+        loss = self.forward(input_ids, attention_mask, labels, mode="train", grad=True, extra=extra).loss
         with pristine_transformers():
             loss.backward()
         return loss
@@ -131,10 +135,13 @@ class EagerTarget(TargetBase):
         *,
         mode: str = "eval",
         grad: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> Forward:
         if self._rowwise(attention_mask):
+            if extra:
+                raise ValueError("a padded float64 batch runs row by row: pass no extra arguments with it")
             return self._forward_rows(input_ids, attention_mask, labels, mode=mode, grad=grad)
-        return super().forward(input_ids, attention_mask, labels, mode=mode, grad=grad)
+        return super().forward(input_ids, attention_mask, labels, mode=mode, grad=grad, extra=extra)
 
     def _forward_rows(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -118,7 +118,11 @@ class UnslothTarget(TargetBase):
         return Forward(out.logits, out.loss, info["seconds"], info["compiled"])
 
     def _train_step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        extra: Mapping[str, Any],
     ) -> torch.Tensor:
         """One training-mode forward + ``loss.backward()`` (Unsloth's own loss).
 
@@ -130,7 +134,7 @@ class UnslothTarget(TargetBase):
         self.model.train()
         try:
             with self._timed({}):
-                out = self._call(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+                out = self._call(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
                 out.loss.backward()
         finally:
             self.model.eval()

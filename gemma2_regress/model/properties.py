@@ -22,7 +22,7 @@ from typing import Any
 import hypothesis
 import torch
 
-from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.model.cases import ModelCase, PackedBatch
 from gemma2_regress.model.session import ModelSession, peak_gib, reset_peak, timed
 from gemma2_regress.model.targets import ModelTarget
 from gemma2_regress.plugins import report
@@ -184,6 +184,100 @@ def check_attention_grads(
             short = name.replace("model.layers.", "L").replace(".self_attn.", ".").removesuffix(".weight")
             parts[short] = tolerance.compare(gt[name], gg[name], gb[name], dtype=dt, k=tolerance.K_GRAD)
         _judge(box, "model_attention_grads", target.name, case.short(), parts)
+
+
+# --- a packed batch (padding-free / packing) -----------------------------------------------------------
+
+
+def packed_reference(
+    ref: ModelTarget, pack: PackedBatch, train: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """What a correct model gives on ``pack``, from ``ref`` run on each sequence alone: (the pack's
+    loss, the token-weighted mean of the sequences' losses; the sequences' logits side by side, or
+    None with ``train``; with ``train`` the same weighted sum of each sequence's q/k/v/o gradients)."""
+    counts = [n - 1 for n in pack.lengths]  # label tokens per sequence (its first has no predictor)
+    loss, logits, grads = torch.zeros((), dtype=torch.float64), [], {}
+    for row, c in zip(pack.rows, counts, strict=True):
+        w = c / sum(counts)
+        labels = row.clone()
+        labels[0, 0] = -100
+        if train:
+            part, g = ref.attention_grads(row, None, labels)
+            for name, v in g.items():
+                grads[name] = grads.get(name, 0) + w * v.double()
+        else:
+            with torch.no_grad():
+                f = ref.forward(row, None, labels)
+            part = f.loss
+            logits.append(f.logits)
+        loss = loss + w * part.double().cpu()
+    return loss, (torch.cat(logits, dim=1) if logits else None), grads
+
+
+def check_packed(
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
+    pack: PackedBatch,
+    dtype: torch.dtype,
+    *,
+    train: bool,
+) -> None:
+    """Sequences packed into one row give each sequence's logits alone (no attention across the
+    pack's boundaries, positions restarting per sequence) and the pack's loss is the token-weighted
+    mean of the sequences' losses; with ``train`` also the q/k/v/o weight gradients of one training
+    step, the reference's being the same weighted sum of each sequence's gradients."""
+    case = f"{pack.short()} {'train' if train else 'eval'} {_dt(dtype)}"
+    extra = pack.model_kwargs()
+    positions = pack.position_ids[0]
+    with example("model_packed", target.name, case, shared_session(target, golden, baseline)) as box:
+        if train:
+            lt, gt = target.attention_grads(pack.input_ids, None, pack.labels, extra)
+        else:
+            out = target.forward(pack.input_ids, None, pack.labels, extra=extra)
+            lt = out.loss
+        lg, g_logits, gg = packed_reference(golden, pack, train)
+        lb, b_logits, gb = packed_reference(baseline, pack, train)
+        top = int(positions.max())
+        parts = {"loss": model_compare(lt.reshape(()).cpu(), lg, lb, dtype=dtype, positions=top)}
+        if train:
+            for name in sorted(gg):
+                short = name.replace("model.layers.", "L").replace(".self_attn.", ".").removesuffix(".weight")
+                parts[short] = tolerance.compare(
+                    gt[name], gg[name], gb[name], dtype=dtype, k=tolerance.K_GRAD
+                )
+        else:
+            parts["logits"] = model_compare(out.logits, g_logits, b_logits, dtype=dtype, positions=positions)
+        box["detail"] = f"{len(pack.lengths)} sequences, {sum(pack.lengths)} tokens"
+        _judge(box, "model_packed", target.name, case, parts)
+
+
+def check_packed_evaluate(
+    target: ModelTarget, golden: ModelTarget, baseline: ModelTarget, trainer: Any, dtype: torch.dtype
+) -> None:
+    """A packing trainer's ``evaluate()`` runs and its eval_loss is the mean over its eval batches (one
+    pack each) of each pack's reference loss (``packed_reference``), as ``Trainer.evaluation_loop``
+    averages per-batch losses over rows."""
+    packs = [PackedBatch.from_batch(b) for b in trainer.get_eval_dataloader()]
+    case = f"packing evaluate {[p.lengths for p in packs]} {_dt(dtype)}"
+    with example(
+        "trainer_packed_evaluate", target.name, case, shared_session(target, golden, baseline)
+    ) as box:
+        info: dict[str, Any] = {}
+        with timed(info, target.session.timings):
+            metrics = trainer.evaluate()
+        got = torch.tensor(float(metrics["eval_loss"]), dtype=torch.float64)
+        g = sum(packed_reference(golden, p, False)[0] for p in packs) / len(packs)
+        b = sum(packed_reference(baseline, p, False)[0] for p in packs) / len(packs)
+        top = max(max(p.lengths) for p in packs) - 1
+        box["detail"] = f"eval_loss {float(got):.6g} reference {float(g):.6g}"
+        _judge(
+            box,
+            "trainer_packed_evaluate",
+            target.name,
+            case,
+            {"eval_loss": model_compare(got, g, b, dtype=dtype, positions=top)},
+        )
 
 
 # --- consistency ---------------------------------------------------------------------------------------

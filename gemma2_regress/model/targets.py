@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -62,8 +62,10 @@ class ModelTarget(Protocol):
         *,
         mode: str = "eval",
         grad: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> Forward:
-        """Logits and loss (``labels``: the loss; ``mode``: "eval" or "train"; ``grad``: keep the graph)."""
+        """Logits and loss (``labels``: the loss; ``mode``: "eval" or "train"; ``grad``: keep the graph;
+        ``extra``: further model arguments)."""
         ...
 
     def forward_cached(
@@ -85,7 +87,11 @@ class ModelTarget(Protocol):
         ...
 
     def attention_grads(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, {name: grad}) of one training step's loss w.r.t. every q/k/v/o projection weight."""
         ...
@@ -126,9 +132,14 @@ class TargetBase:
         raise NotImplementedError
 
     def _train_step(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        extra: Mapping[str, Any],
     ) -> torch.Tensor:
-        """One training-mode forward and ``loss.backward()``; returns the loss."""
+        """One training-mode forward (``extra``: further model arguments) and ``loss.backward()``;
+        returns the loss."""
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------
@@ -150,14 +161,20 @@ class TargetBase:
         *,
         mode: str = "eval",
         grad: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> Forward:
+        """One forward; ``extra``: further model arguments (a packed batch's ``position_ids`` and
+        ``packed_seq_lengths``)."""
         info: dict[str, Any] = {}
         with self._scope():
             self.model.train(mode == "train")
             try:
                 with torch.set_grad_enabled(grad), self._timed(info):
                     out = self._call(
-                        input_ids=input_ids, attention_mask=attention_mask, **self._forward_kwargs(labels)
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        **self._forward_kwargs(labels),
+                        **(extra or {}),
                     )
             finally:
                 self.model.eval()
@@ -212,11 +229,16 @@ class TargetBase:
         return out.sequences[:, n:], torch.stack(out.logits, dim=1)
 
     def attention_grads(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, {name: grad}) of one training step's loss w.r.t. every q/k/v/o projection weight."""
+        """(loss, {name: grad}) of one training step's loss w.r.t. every q/k/v/o projection weight
+        (``extra``: further model arguments, as in ``forward``)."""
         with _only_attention_trainable(self.model) as params:
-            loss = self._train_step(input_ids, attention_mask, labels)
+            loss = self._train_step(input_ids, attention_mask, labels, extra or {})
             missing = [n for n, p in params.items() if p.grad is None]
             if missing:
                 raise RuntimeError(

@@ -134,3 +134,30 @@ def reference_eval_loss(trainer: Any, reference: Any) -> torch.Tensor:
     if total is None:
         raise ValueError("the eval dataloader yielded no batch")
     return total / rows
+
+
+def make_packing_trainer(
+    model: Any, tokenizer: Any, dataset: Any, max_length: int, output_dir: str | os.PathLike[str]
+) -> Any:
+    """TRL's ``SFTTrainer`` with ``packing=True`` over a dataset of token rows (``input_ids``), as a user
+    sets it up for padding-free training: TRL packs whole rows into sequences of up to ``max_length``
+    tokens (best-fit decreasing), and Unsloth's trainer patch wraps the collator to pass each pack's
+    ``packed_seq_lengths`` to the model. One row per batch; no downloads, no reporting."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=1,
+        per_device_eval_batch_size=1,
+        packing=True,
+        max_length=max_length,
+        report_to="none",
+        prediction_loss_only=True,
+        dataloader_num_workers=0,
+        max_steps=1,
+        learning_rate=0.0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    return SFTTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer
+    )

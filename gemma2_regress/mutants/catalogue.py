@@ -106,6 +106,14 @@ MASK_2D = "A += causal_mask[kv_len - actual_q_len : kv_len, :kv_len]"
 MASK_4D = "A += causal_mask[..., :actual_q_len, :kv_len]"
 SWA_BAND = "sliding_window = sliding_window - 1 if sliding_window is not None else None,"
 FLASH_WINDOW = "(sliding_window - 1, 0)"
+# Gemma2Attention_fast_forward's two flash-attn kwargs dicts: dense (softcap then softmax_scale) and
+# varlen (softcap then window_size); the one-token decode passes its cap on to flash_attn_with_kvcache.
+FLASH_CAP_DENSE = '"softcap": self.config.attn_logit_softcapping,\n                "softmax_scale"'
+FLASH_CAP_VARLEN = '"softcap": self.config.attn_logit_softcapping,\n                "window_size"'
+FLASH_CAP_DECODE = "softcap = softcap,"
+FLASH_SCALE = "self._flash_attention_softmax_scale = 1.0 / (self.config.query_pre_attn_scalar**0.5)"
+FLASH_VARLEN_CHOICE = "use_varlen = seq_info is not None and not had_cache"
+FLASH_DECODE_WINDOW = "window_size = (window - 1, 0) if window is not None else (-1, -1),"
 PAD_MERGE = "expanded_attn_mask.bool(), torch.finfo(dtype).min"
 TO_4D_START = "input_shape = (attention_mask_2d.shape[0], query_length)"
 SWA_CONVERTER = "Gemma2AttentionMaskConverter"
@@ -207,6 +215,86 @@ CATALOGUE: dict[str, Mutant] = {
             gpu_select="flash_path_logits_and_loss",
             note="reached only on the flash path (flash-attn with softcapping: unsloth_flash.flash_path), with more keys "
             "than the window; on CPU one layer with the reference stand-in",
+        ),
+        Mutant(
+            "flash_softcap_dropped",
+            "on the flash-attn path no logit softcapping: flash-attn gets softcap=0.0 (no cap) for prefill, "
+            "packed batches and the one-token decode",
+            (
+                Patch(
+                    "gemma2",
+                    "Gemma2Attention_fast_forward",
+                    (
+                        Edit(
+                            FLASH_CAP_DENSE,
+                            FLASH_CAP_DENSE.replace("self.config.attn_logit_softcapping", "0.0"),
+                        ),
+                        Edit(
+                            FLASH_CAP_VARLEN,
+                            FLASH_CAP_VARLEN.replace("self.config.attn_logit_softcapping", "0.0"),
+                        ),
+                    ),
+                ),
+                Patch("gemma2", "_gemma2_flash_decode", (Edit(FLASH_CAP_DECODE, "softcap = 0.0,"),)),
+            ),
+            cpu_select=FLASH_CPU,
+            cpu_paths=FLASH_LAYER_TESTS,
+            gpu_paths=("tests/model/test_unsloth_flash.py",),
+            gpu_select="flash_path_logits_and_loss or flash_decode",
+        ),
+        Mutant(
+            "flash_scale_head_dim",
+            "on the flash-attn path logits scaled by head_dim**-0.5 instead of query_pre_attn_scalar**-0.5",
+            (
+                Patch(
+                    "gemma2",
+                    "Gemma2Attention_fast_forward",
+                    (Edit(FLASH_SCALE, "self._flash_attention_softmax_scale = 1.0 / (self.head_dim**0.5)"),),
+                ),
+            ),
+            cpu_select=FLASH_CPU,
+            cpu_paths=FLASH_LAYER_TESTS,
+            gpu_paths=("tests/model/test_unsloth_flash.py",),
+            gpu_select="flash_path_logits_and_loss",
+            note="visible only where query_pre_attn_scalar != head_dim: the CPU flash-layer tests use 24 and 16, "
+            "the GPU flash tests a tiny Gemma-2 with 24 and 16",
+        ),
+        Mutant(
+            "flash_pack_boundaries_ignored",
+            "a packed / padding-free batch attends across its sequences: Unsloth never picks flash-attn's "
+            "varlen kernel and runs the dense one over the whole pack",
+            (
+                Patch(
+                    "gemma2",
+                    "Gemma2Attention_fast_forward",
+                    (Edit(FLASH_VARLEN_CHOICE, "use_varlen = False"),),
+                ),
+            ),
+            cpu_select="flash_varlen",
+            cpu_paths=FLASH_LAYER_TESTS,
+            gpu_paths=("tests/model/test_unsloth_flash.py",),
+            gpu_select="packed",
+        ),
+        Mutant(
+            "flash_decode_window_off_by_one",
+            "the one-token flash decode lets sliding layers see W+1 keys: flash_attn_with_kvcache's window_size "
+            "(W - 1, 0) -> (W, 0)",
+            (
+                Patch(
+                    "gemma2",
+                    "_gemma2_flash_decode",
+                    (
+                        Edit(
+                            FLASH_DECODE_WINDOW,
+                            "window_size = (window, 0) if window is not None else (-1, -1),",
+                        ),
+                    ),
+                ),
+            ),
+            tiers=("gpu",),
+            gpu_paths=("tests/model/test_unsloth_flash.py",),
+            gpu_select="flash_decode",
+            note="the flash decode runs only inside Unsloth's whole-model generation on CUDA",
         ),
         Mutant(
             "softcap_dropped",

@@ -11,6 +11,8 @@ plain transformers after Unsloth patches transformers' Gemma-2 module.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from fixtures.model import bound_session
 from gemma2_regress.model import tiny
-from gemma2_regress.model.cases import ModelCase, labels_for, model_cases
+from gemma2_regress.model.cases import ModelCase, PackedBatch, labels_for, model_cases
 from gemma2_regress.model.eager import EagerTarget
 from gemma2_regress.model.fast import UnslothTarget, unsloth_skip_reason
 from gemma2_regress.model.properties import (
@@ -26,6 +28,7 @@ from gemma2_regress.model.properties import (
     check_generation,
     check_kv_cache,
     check_logits_and_loss,
+    check_packed,
     check_padded_row,
     check_row_alone,
     check_window_boundary,
@@ -114,6 +117,37 @@ def test_generation_formulation(bsz: int) -> None:
     pads = (4, 0) if bsz == 2 else ()
     ids, mask = tiny.token_batch(target.config, bsz, SMALL_W + 5, pads=pads, side="left" if pads else "none")
     check_generation(target, golden, baseline, ids, mask if pads else None, 6, torch.float32)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("lengths", [(21, 9, 33), (40, 2, 17)], ids=lambda ls: "-".join(map(str, ls)))
+def test_packed_formulation(lengths: tuple[int, ...], train: bool) -> None:
+    """transformers' eager Gemma-2 reads a pack from position_ids that restart per sequence (its
+    packed-sequence mask): the pack's logits, loss and gradients are the sequences' alone."""
+    target, golden, baseline = trio(torch.float32)
+    check_packed(
+        target, golden, baseline, PackedBatch.make(target.config, lengths, seed=3), torch.float32, train=train
+    )
+
+
+def test_packed_property_catches_attention_across_sequences() -> None:
+    """The same pack with position_ids that run on (one long sequence to the model): the model attends
+    across the boundaries, and the property fails."""
+    target, golden, baseline = trio(torch.float32)
+    pack = PackedBatch.make(target.config, (21, 9, 33), seed=3)
+    across = dataclasses.replace(pack, position_ids=torch.arange(pack.input_ids.shape[1])[None])
+    with pytest.raises(AssertionError, match="model_packed failed"):
+        check_packed(target, golden, baseline, across, torch.float32, train=False)
+
+
+def test_packed_batch_layout() -> None:
+    pack = PackedBatch.make(tiny.tiny_config(sliding_window=SMALL_W), (3, 2, 4), seed=1)
+    assert pack.input_ids.shape == (1, 9) and pack.packed_seq_lengths.dtype == torch.int32
+    assert pack.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert (pack.labels[0] == -100).nonzero().flatten().tolist() == [0, 3, 5]
+    assert torch.equal(torch.cat(pack.rows, 1), pack.input_ids)
+    with pytest.raises(ValueError, match="2 or more tokens"):
+        PackedBatch.make(tiny.tiny_config(), (3, 1))
 
 
 def test_token_disagreements_rule() -> None:

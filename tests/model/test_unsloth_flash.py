@@ -18,16 +18,37 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import torch
 
 from gemma2_regress import unsloth_adapter, unsloth_flash
+from gemma2_regress.kernel.cases import DTYPES, GEMMA2_WINDOW
 from gemma2_regress.model import tiny
-from gemma2_regress.model.cases import ModelCase
+from gemma2_regress.model.cases import ModelCase, PackedBatch
 from gemma2_regress.model.fast import gpu_targets
-from gemma2_regress.model.properties import check_evaluate, check_logits_and_loss
+from gemma2_regress.model.properties import (
+    check_attention_grads,
+    check_evaluate,
+    check_generation,
+    check_kv_cache,
+    check_logits_and_loss,
+    check_packed,
+    check_packed_evaluate,
+    check_row_alone,
+    check_window_boundary,
+)
 from gemma2_regress.model.session import ModelSession
-from gemma2_regress.model.trainer import EVAL_LENGTHS, eval_dataset
+from gemma2_regress.model.trainer import EVAL_LENGTHS, eval_dataset, make_packing_trainer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
+W = GEMMA2_WINDOW
+# The tiny Gemma-2 with query_pre_attn_scalar 24 != head_dim 16 (Gemma-2 27B: 144 != 128), so that a
+# flash-attn softmax_scale taken from head_dim shows.
+FLASH_CONFIG = tiny.tiny_config(query_pre_attn_scalar=24)
+
+
+def flash_targets(dtype: Any, session: ModelSession, init: str = "large", config: Any = FLASH_CONFIG):
+    return gpu_targets(tiny.checkpoint(config, init=init), dtype, session)
+
 
 FlashBlock = Callable[..., contextlib.AbstractContextManager[list[unsloth_flash.FlashCall]]]
 
@@ -83,7 +104,7 @@ FLASH_CASES = [
 @pytest.mark.parametrize("case", FLASH_CASES)
 def test_flash_path_logits_and_loss(case: ModelCase, flash: FlashBlock, model_session: ModelSession) -> None:
     """Logits and loss on Unsloth's flash path, and on the slow path a padded evaluation batch falls back to."""
-    target, golden, baseline = gpu_targets(tiny.checkpoint(init=case.init), case.torch_dtype, model_session)
+    target, golden, baseline = flash_targets(case.torch_dtype, model_session, case.init)
     with flash(target.model) as calls:
         check_logits_and_loss(target, golden, baseline, case)
     if case.padded and case.mode == "eval":
@@ -98,9 +119,8 @@ def test_flash_evaluate_past_window(
 ) -> None:
     """Trainer.evaluate on the flash path, padded batches past the window: no crash, right loss (unpadded
     batches of one take flash-attn; padded ones the slow path)."""
-    import torch
 
-    target, golden, baseline = gpu_targets(tiny.checkpoint(init="large"), torch.bfloat16, model_session)
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
     with flash(target.model) as calls:
         check_evaluate(
             "trainer",
@@ -114,3 +134,124 @@ def test_flash_evaluate_past_window(
         )
     if bsz == 1:
         assert_flash_layers(calls, target.config, min(EVAL_LENGTHS))
+
+
+def assert_decode_calls(calls: list[unsloth_flash.FlashCall], config: Any, leftpad: tuple[int, ...]) -> None:
+    """The one-token decode went through flash_attn_with_kvcache with each row's left padding, the
+    config's cap, and a window of W keys on sliding layers (the cache is longer than W)."""
+    decode = [c for c in calls if c.function == "flash_attn_with_kvcache"]
+    assert decode, (
+        f"no flash_attn_with_kvcache call: the flash decode was not taken ({len(calls)} other calls)"
+    )
+    assert {c.cache_leftpad for c in decode} == {leftpad}, decode[:2]
+    assert {c.softcap for c in decode} == {config.attn_logit_softcapping}, decode[:2]
+    assert {tuple(c.window_size) for c in decode} == {(config.sliding_window - 1, 0), (-1, -1)}, decode[:2]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_flash_decode_left_padded_past_window(
+    dtype: str, flash: FlashBlock, model_session: ModelSession
+) -> None:
+    """A left-padded batch, one row crossing the window: prefill (padded: the slow path), then one token
+    through Unsloth's flash decode (flash_attn_with_kvcache with cache_leftpad) == the full forward."""
+    target, golden, baseline = flash_targets(DTYPES[dtype], model_session)
+    n = W + 104
+    ids, mask = tiny.token_batch(target.config, 2, n, pads=(9, 0), side="left", seed=n)
+    with flash(target.model) as calls:
+        check_kv_cache(target, golden, baseline, ids, mask, n - 1, DTYPES[dtype], explicit_positions=True)
+    assert_decode_calls(calls, target.config, (9, 0))
+
+
+def test_flash_generation_left_padded_past_window(flash: FlashBlock, model_session: ModelSession) -> None:
+    """for_inference + greedy generate on the flash path, a left-padded batch of two prompts past the
+    window: every decode step through flash_attn_with_kvcache, the tokens transformers' own."""
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
+    ids, mask = tiny.token_batch(target.config, 2, W + 104, pads=(9, 0), side="left", seed=7)
+    with flash(target.model) as calls:
+        check_generation(target, golden, baseline, ids, mask, 6, torch.bfloat16)
+    assert_decode_calls(calls, target.config, (9, 0))
+
+
+def test_flash_window_boundary(flash: FlashBlock, model_session: ModelSession) -> None:
+    """The window probe on the flash path (float16: flash-attn takes half precision only): W-1 back is
+    inside the window, W and W+1 back are outside."""
+    config = tiny.tiny_config(num_hidden_layers=1, query_pre_attn_scalar=24)
+    target, golden, baseline = flash_targets(torch.float16, model_session, "probe", config)
+    ids, _ = tiny.token_batch(target.config, 1, W + 104, seed=W)
+    with flash(target.model) as calls:
+        check_window_boundary(target, golden, baseline, ids, None, W, torch.float16)
+    assert_flash_layers(calls, target.config, W + 104)
+
+
+def test_flash_attention_grads(flash: FlashBlock, model_session: ModelSession) -> None:
+    """One training step on the flash path (the mask is dropped in training): q/k/v/o gradients."""
+    case = ModelCase(bsz=2, seq_len=W + 104, pad_side="right", pads=(0, 50), mode="train", dtype="bfloat16")
+    target, golden, baseline = flash_targets(case.torch_dtype, model_session)
+    with flash(target.model) as calls:
+        check_attention_grads(target, golden, baseline, case)
+    assert_flash_layers(calls, target.config, case.seq_len)
+
+
+def test_flash_batch_row(flash: FlashBlock, model_session: ModelSession) -> None:
+    """A row of an unpadded batch on the flash path gives its logits alone."""
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
+    ids, _ = tiny.token_batch(target.config, 3, W + 1, seed=31)
+    with flash(target.model) as calls:
+        check_row_alone(target, golden, baseline, ids, None, 1, torch.bfloat16)
+    assert_flash_layers(calls, target.config, W + 1)
+
+
+# Sequences of different lengths in one pack, one crossing the window, one short.
+PACK = (W + 104, 2900, 700)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_flash_packed(train: bool, flash: FlashBlock, model_session: ModelSession) -> None:
+    """A packed / padding-free batch (position_ids restarting, packed_seq_lengths) takes
+    flash_attn_varlen_func with the pack's boundaries: logits and loss (eval), gradients (train) equal
+    each sequence's alone; nothing attends across a boundary."""
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
+    pack = PackedBatch.make(target.config, PACK, seed=5)
+    with flash(target.model) as calls:
+        check_packed(target, golden, baseline, pack, torch.bfloat16, train=train)
+    assert_varlen_calls(calls, target.config, pack)
+
+
+def assert_varlen_calls(calls: list[unsloth_flash.FlashCall], config: Any, pack: PackedBatch) -> None:
+    """Every call is flash_attn_varlen_func with int32 cu_seqlens at the pack's boundaries and the cap;
+    sliding layers keep W keys."""
+    ends = [0]
+    for n in pack.lengths:
+        ends.append(ends[-1] + n)
+    assert calls and {c.function for c in calls} == {"flash_attn_varlen_func"}, calls[:2]
+    assert {c.cu_seqlens for c in calls} == {tuple(ends)}, calls[:2]
+    assert {c.softcap for c in calls} == {config.attn_logit_softcapping}, calls[:2]
+    assert {tuple(c.window_size) for c in calls} == {(config.sliding_window - 1, 0), (-1, -1)}, calls[:2]
+
+
+def test_flash_sft_packing(flash: FlashBlock, model_session: ModelSession, tmp_path) -> None:
+    """TRL's SFTTrainer with packing=True over rows of 4200, 2900, 700 and 3000 tokens (packs of up to
+    8192): the trainer's own packed batch gives the sequences' gradients alone, and evaluate()'s
+    eval_loss is the reference's over the trainer's eval packs."""
+    import datasets
+
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
+    lengths = (*PACK, 3000)
+    rows = [tiny.token_batch(target.config, 1, n, seed=40 + i)[0][0].tolist() for i, n in enumerate(lengths)]
+    trainer = make_packing_trainer(
+        target.model, target.tokenizer, datasets.Dataset.from_dict({"input_ids": rows}), 2 * W, tmp_path
+    )
+    batches = list(trainer.get_train_dataloader())
+    for batch in batches:
+        assert "packed_seq_lengths" in batch, (
+            f"Unsloth's packing collator left no packed_seq_lengths: {sorted(batch)}"
+        )
+    packs = [PackedBatch.from_batch(b) for b in batches]
+    crossing = [k for k, p in enumerate(packs) if len(p.lengths) > 1 and max(p.lengths) > W]
+    assert crossing, f"no pack holds several sequences, one past the window: {[p.lengths for p in packs]}"
+    batch, pack = batches[crossing[0]], packs[crossing[0]]
+    assert torch.equal(batch["labels"].cpu(), pack.labels), "the collator's labels differ from the pack's"
+    with flash(target.model) as calls:
+        check_packed(target, golden, baseline, pack, torch.bfloat16, train=True)
+        check_packed_evaluate(target, golden, baseline, trainer, torch.bfloat16)
+    assert any(c.function == "flash_attn_varlen_func" for c in calls), calls[:2]
