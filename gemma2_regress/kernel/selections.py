@@ -16,5 +16,5 @@ MATH_CPU = f"{KERNEL} and oracle-4d"  # the kernel's arithmetic, fed the oracle'
 UNSLOTH_MASKS = "small_windows and (unsloth-static or unsloth-eval)"
 MATH_GPU = f"{CUDA_COMPILED} and oracle-4d"
 # Unsloth's Gemma-2 layer on its flash-attn path, on CPU with the reference stand-in (Gemma2LayerTarget).
-FLASH_LAYER_TESTS = ("tests/model/test_unsloth_flash_cpu.py",)
+FLASH_LAYER_TESTS = ("tests/model/test_unsloth_flash_layer.py",)
 FLASH_CPU = "flash_dense or flash_varlen"  # the layer's flash-attn calls (not its slow path)

@@ -252,34 +252,6 @@ def check_packed(
         _judge(box, "model_packed", target.name, case, parts)
 
 
-def check_packed_evaluate(
-    target: ModelTarget, golden: ModelTarget, baseline: ModelTarget, trainer: Any, dtype: torch.dtype
-) -> None:
-    """A packing trainer's ``evaluate()`` runs and its eval_loss is the mean over its eval batches (one
-    pack each) of each pack's reference loss (``packed_reference``), as ``Trainer.evaluation_loop``
-    averages per-batch losses over rows."""
-    packs = [PackedBatch.from_batch(b) for b in trainer.get_eval_dataloader()]
-    case = f"packing evaluate {[p.lengths for p in packs]} {_dt(dtype)}"
-    with example(
-        "trainer_packed_evaluate", target.name, case, shared_session(target, golden, baseline)
-    ) as box:
-        info: dict[str, Any] = {}
-        with timed(info, target.session.timings):
-            metrics = trainer.evaluate()
-        got = torch.tensor(float(metrics["eval_loss"]), dtype=torch.float64)
-        g = sum(packed_reference(golden, p, False)[0] for p in packs) / len(packs)
-        b = sum(packed_reference(baseline, p, False)[0] for p in packs) / len(packs)
-        top = max(max(p.lengths) for p in packs) - 1
-        box["detail"] = f"eval_loss {float(got):.6g} reference {float(g):.6g}"
-        _judge(
-            box,
-            "trainer_packed_evaluate",
-            target.name,
-            case,
-            {"eval_loss": model_compare(got, g, b, dtype=dtype, positions=top)},
-        )
-
-
 # --- consistency ---------------------------------------------------------------------------------------
 
 
@@ -509,25 +481,51 @@ def check_evaluate(
     output_dir: str,
 ) -> None:
     """``evaluate()`` runs (no crash) and its eval_loss equals the reference's on the same batches."""
-    from gemma2_regress.model.trainer import make_trainer, reference_eval_loss
+    from gemma2_regress.model.trainer import make_trainer
 
+    trainer = make_trainer(
+        kind, target.model, target.tokenizer, dataset, per_device_eval_batch_size, output_dir
+    )
     lengths = [len(r) for r in dataset["input_ids"]]
-    case = f"{kind} rows={lengths} bsz{per_device_eval_batch_size} {_dt(dtype)}"
+    check_trainer_evaluate(
+        target, golden, baseline, trainer, dtype, f"{kind} rows={lengths} bsz{per_device_eval_batch_size}"
+    )
+
+
+def check_trainer_evaluate(
+    target: ModelTarget,
+    golden: ModelTarget,
+    baseline: ModelTarget,
+    trainer: Any,
+    dtype: torch.dtype,
+    case: str,
+) -> None:
+    """``trainer.evaluate()`` runs (no crash) and its eval_loss equals the reference's on the batches the
+    trainer's own eval dataloader yields, averaged as ``Trainer.evaluation_loop`` does (each batch's loss
+    weighted by its row count): for a packed batch (``packed_seq_lengths``) the pack's reference loss
+    (``packed_reference``, each sequence alone), else the reference's loss on the batch as it is."""
+    from gemma2_regress.model.trainer import reference_eval_loss
+
+    case = f"{case} {_dt(dtype)}"
     with example("trainer_evaluate", target.name, case, shared_session(target, golden, baseline)) as box:
-        trainer = make_trainer(
-            kind, target.model, target.tokenizer, dataset, per_device_eval_batch_size, output_dir
-        )
         info: dict[str, Any] = {}
         with timed(info, target.session.timings):
             metrics = trainer.evaluate()
         got = torch.tensor(float(metrics["eval_loss"]), dtype=torch.float64)
-        g = reference_eval_loss(trainer, golden)
-        b = reference_eval_loss(trainer, baseline)
+        batches = list(trainer.get_eval_dataloader())
+        if any("packed_seq_lengths" in b for b in batches):
+            packs = [PackedBatch.from_batch(b) for b in batches]
+            g = sum(packed_reference(golden, p, False)[0] for p in packs) / len(packs)
+            b = sum(packed_reference(baseline, p, False)[0] for p in packs) / len(packs)
+            top = max(max(p.lengths) for p in packs) - 1
+        else:
+            g, b = reference_eval_loss(trainer, golden), reference_eval_loss(trainer, baseline)
+            top = max(int(x["input_ids"].shape[1]) for x in batches) - 1
         box["detail"] = f"eval_loss {float(got):.6g} reference {float(g):.6g}"
         _judge(
             box,
             "trainer_evaluate",
             target.name,
             case,
-            {"eval_loss": model_compare(got, g, b, dtype=dtype, positions=max(lengths))},
+            {"eval_loss": model_compare(got, g, b, dtype=dtype, positions=top)},
         )

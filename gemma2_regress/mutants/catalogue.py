@@ -31,6 +31,8 @@ ENV = "GEMMA2_REGRESS_MUTANT"
 STATUS_ENV = "GEMMA2_REGRESS_MUTANT_STATUS"  # where the plugin writes {"mutant", "applied", "reason"}
 TIERS = ("cpu", "gpu")
 CPU_PATHS = (*KERNEL_TESTS, *FLASH_LAYER_TESTS)  # every test the CPU tier's kill matrix may run
+# The GPU tier's flash-path tests: one layer on CUDA, and the whole model.
+FLASH_GPU_TESTS = (*FLASH_LAYER_TESTS, "tests/model/test_unsloth_flash.py")
 # Module handles of the adapter (gemma2_regress.unsloth_adapter.Unsloth) that a patch can name.
 OWNERS = ("kernels", "llama", "gemma2")
 
@@ -211,10 +213,10 @@ CATALOGUE: dict[str, Mutant] = {
             (Patch("gemma2", "Gemma2Attention_fast_forward", (Edit(FLASH_WINDOW, "(sliding_window, 0)"),)),),
             cpu_select=FLASH_CPU,
             cpu_paths=FLASH_LAYER_TESTS,
-            gpu_paths=("tests/model/test_unsloth_flash.py",),
-            gpu_select="flash_path_logits_and_loss",
+            gpu_paths=FLASH_GPU_TESTS,
+            gpu_select=f"({FLASH_CPU}) or flash_path_logits_and_loss",
             note="reached only on the flash path (flash-attn with softcapping: unsloth_flash.flash_path), with more keys "
-            "than the window; on CPU one layer with the reference stand-in",
+            "than the window; one layer with the reference stand-in (CPU and CUDA) and the whole model (CUDA)",
         ),
         Mutant(
             "flash_softcap_dropped",
@@ -239,8 +241,8 @@ CATALOGUE: dict[str, Mutant] = {
             ),
             cpu_select=FLASH_CPU,
             cpu_paths=FLASH_LAYER_TESTS,
-            gpu_paths=("tests/model/test_unsloth_flash.py",),
-            gpu_select="flash_path_logits_and_loss or flash_decode",
+            gpu_paths=FLASH_GPU_TESTS,
+            gpu_select=f"({FLASH_CPU}) or flash_path_logits_and_loss or flash_decode",
         ),
         Mutant(
             "flash_scale_head_dim",
@@ -254,10 +256,9 @@ CATALOGUE: dict[str, Mutant] = {
             ),
             cpu_select=FLASH_CPU,
             cpu_paths=FLASH_LAYER_TESTS,
-            gpu_paths=("tests/model/test_unsloth_flash.py",),
-            gpu_select="flash_path_logits_and_loss",
-            note="visible only where query_pre_attn_scalar != head_dim: the CPU flash-layer tests use 24 and 16, "
-            "the GPU flash tests a tiny Gemma-2 with 24 and 16",
+            gpu_paths=FLASH_GPU_TESTS,
+            gpu_select=f"({FLASH_CPU}) or flash_path_logits_and_loss",
+            note="visible only where query_pre_attn_scalar != head_dim: the flash tests' tiny Gemma-2 has 24 and 16",
         ),
         Mutant(
             "flash_pack_boundaries_ignored",
@@ -272,8 +273,8 @@ CATALOGUE: dict[str, Mutant] = {
             ),
             cpu_select="flash_varlen",
             cpu_paths=FLASH_LAYER_TESTS,
-            gpu_paths=("tests/model/test_unsloth_flash.py",),
-            gpu_select="packed",
+            gpu_paths=FLASH_GPU_TESTS,
+            gpu_select="flash_varlen or packed",
         ),
         Mutant(
             "flash_decode_window_off_by_one",

@@ -80,7 +80,7 @@ def test_window_edge(target: targets.KernelTarget, n: int, device: str) -> None:
     """Unsloth's own sliding-window masks at the window's edge, pinned: n = W-1, W, W+1, 2W+1 queries
     over as many keys (no cache, no padding), W = 16, float32, logits nearly uniform (std 0.1), so that
     every key weighs about 1/W and a window one key too wide or too narrow is a mismatch of the last
-    queries. The counterpart of the flash path's tests/model/test_unsloth_flash_cpu.py, for bisecting
+    queries. The counterpart of the flash path's tests/model/test_unsloth_flash_layer.py, for bisecting
     the window's history on the slow path (docs/bisect.md)."""
     case = Case(bsz=2, q_len=n, kv_len=n, window=EDGE_W, dtype="float32", logit_std=0.1, seed=n)
     _check(target, case, device)

@@ -32,9 +32,8 @@ from gemma2_regress.model.properties import (
     check_kv_cache,
     check_logits_and_loss,
     check_packed,
-    check_packed_evaluate,
     check_row_alone,
-    check_window_boundary,
+    check_trainer_evaluate,
 )
 from gemma2_regress.model.session import ModelSession
 from gemma2_regress.model.trainer import EVAL_LENGTHS, eval_dataset, make_packing_trainer
@@ -76,6 +75,10 @@ def flash(unsloth_ready: None) -> FlashBlock:
 def assert_flash_layers(calls: list[unsloth_flash.FlashCall], config: Any, seq_len: int) -> None:
     """Every call is flash_attn_func with the config's cap; the sliding layers' window keeps W keys."""
     assert calls, "no flash-attn call: the flash path was not taken"
+    scales = {c.softmax_scale for c in calls}
+    assert scales == {config.query_pre_attn_scalar**-0.5}, (
+        f"softmax_scale {scales}: want query_pre_attn_scalar**-0.5"
+    )
     w = config.sliding_window
     want_windows = {(-1, -1), (w - 1, 0) if seq_len > w else (-1, -1)}
     got = {(c.function, c.softcap, c.causal) for c in calls}
@@ -138,13 +141,15 @@ def test_flash_evaluate_past_window(
 
 def assert_decode_calls(calls: list[unsloth_flash.FlashCall], config: Any, leftpad: tuple[int, ...]) -> None:
     """The one-token decode went through flash_attn_with_kvcache with each row's left padding, the
-    config's cap, and a window of W keys on sliding layers (the cache is longer than W)."""
-    decode = [c for c in calls if c.function == "flash_attn_with_kvcache"]
+    config's cap and scale, and a window of W keys on sliding layers (the cache is longer than W).
+    Unsloth's own one-row usability probe (``_flash_decode_usable``: scale 1, no left padding) is left out."""
+    decode = [c for c in calls if c.function == "flash_attn_with_kvcache" and c.q_shape[0] == len(leftpad)]
     assert decode, (
         f"no flash_attn_with_kvcache call: the flash decode was not taken ({len(calls)} other calls)"
     )
     assert {c.cache_leftpad for c in decode} == {leftpad}, decode[:2]
     assert {c.softcap for c in decode} == {config.attn_logit_softcapping}, decode[:2]
+    assert {c.softmax_scale for c in decode} == {config.query_pre_attn_scalar**-0.5}, decode[:2]
     assert {tuple(c.window_size) for c in decode} == {(config.sliding_window - 1, 0), (-1, -1)}, decode[:2]
 
 
@@ -170,17 +175,6 @@ def test_flash_generation_left_padded_past_window(flash: FlashBlock, model_sessi
     with flash(target.model) as calls:
         check_generation(target, golden, baseline, ids, mask, 6, torch.bfloat16)
     assert_decode_calls(calls, target.config, (9, 0))
-
-
-def test_flash_window_boundary(flash: FlashBlock, model_session: ModelSession) -> None:
-    """The window probe on the flash path (float16: flash-attn takes half precision only): W-1 back is
-    inside the window, W and W+1 back are outside."""
-    config = tiny.tiny_config(num_hidden_layers=1, query_pre_attn_scalar=24)
-    target, golden, baseline = flash_targets(torch.float16, model_session, "probe", config)
-    ids, _ = tiny.token_batch(target.config, 1, W + 104, seed=W)
-    with flash(target.model) as calls:
-        check_window_boundary(target, golden, baseline, ids, None, W, torch.float16)
-    assert_flash_layers(calls, target.config, W + 104)
 
 
 def test_flash_attention_grads(flash: FlashBlock, model_session: ModelSession) -> None:
@@ -231,27 +225,38 @@ def assert_varlen_calls(calls: list[unsloth_flash.FlashCall], config: Any, pack:
 
 def test_flash_sft_packing(flash: FlashBlock, model_session: ModelSession, tmp_path) -> None:
     """TRL's SFTTrainer with packing=True over rows of 4200, 2900, 700 and 3000 tokens (packs of up to
-    8192): the trainer's own packed batch gives the sequences' gradients alone, and evaluate()'s
-    eval_loss is the reference's over the trainer's eval packs."""
+    8192). Where Unsloth packs (its collator passes packed_seq_lengths), a pack of several sequences, one
+    past the window, gives the sequences' gradients alone. Where it does not (Unsloth 2026.10.9 turns
+    packing and padding-free off for Gemma-2: ``PADDING_FREE_BLOCKLIST`` in unsloth/trainer.py), every
+    batch row must be one dataset row: nothing packed without its boundaries. Either way evaluate()'s
+    eval_loss is the reference's over the trainer's own eval batches."""
     import datasets
 
     target, golden, baseline = flash_targets(torch.bfloat16, model_session)
-    lengths = (*PACK, 3000)
-    rows = [tiny.token_batch(target.config, 1, n, seed=40 + i)[0][0].tolist() for i, n in enumerate(lengths)]
-    trainer = make_packing_trainer(
-        target.model, target.tokenizer, datasets.Dataset.from_dict({"input_ids": rows}), 2 * W, tmp_path
-    )
+    rows = [
+        tiny.token_batch(target.config, 1, n, seed=40 + i)[0][0].tolist() for i, n in enumerate((*PACK, 3000))
+    ]
+    dataset = datasets.Dataset.from_dict({"input_ids": rows})
+    trainer = make_packing_trainer(target.model, target.tokenizer, dataset, 2 * W, tmp_path)
     batches = list(trainer.get_train_dataloader())
-    for batch in batches:
-        assert "packed_seq_lengths" in batch, (
-            f"Unsloth's packing collator left no packed_seq_lengths: {sorted(batch)}"
-        )
-    packs = [PackedBatch.from_batch(b) for b in batches]
-    crossing = [k for k, p in enumerate(packs) if len(p.lengths) > 1 and max(p.lengths) > W]
-    assert crossing, f"no pack holds several sequences, one past the window: {[p.lengths for p in packs]}"
-    batch, pack = batches[crossing[0]], packs[crossing[0]]
-    assert torch.equal(batch["labels"].cpu(), pack.labels), "the collator's labels differ from the pack's"
+    packed = ["packed_seq_lengths" in b for b in batches]
+    assert len(set(packed)) == 1, f"some batches packed, some not: {packed}"
     with flash(target.model) as calls:
-        check_packed(target, golden, baseline, pack, torch.bfloat16, train=True)
-        check_packed_evaluate(target, golden, baseline, trainer, torch.bfloat16)
-    assert any(c.function == "flash_attn_varlen_func" for c in calls), calls[:2]
+        if packed[0]:
+            packs = [PackedBatch.from_batch(b) for b in batches]
+            crossing = [p for p in packs if len(p.lengths) > 1 and max(p.lengths) > W]
+            assert crossing, (
+                f"no pack holds several sequences, one past the window: {[p.lengths for p in packs]}"
+            )
+            check_packed(target, golden, baseline, crossing[0], torch.bfloat16, train=True)
+        else:
+            whole = {tuple(r) for r in rows}
+            for b in batches:
+                for ids, mask in zip(b["input_ids"].cpu(), b["attention_mask"].cpu(), strict=True):
+                    real = tuple(ids[mask.bool()].tolist())
+                    assert real in whole, (
+                        f"a batch row of {len(real)} tokens is no dataset row: packed without boundaries"
+                    )
+        check_trainer_evaluate(target, golden, baseline, trainer, torch.bfloat16, "sft packing=True")
+    if packed[0]:
+        assert any(c.function == "flash_attn_varlen_func" for c in calls), calls[:2]

@@ -1,9 +1,10 @@
-"""Unsloth's flash-attn path on CPU: one layer of the tiny Gemma-2, Unsloth's own code from the flash /
-slow choice down, with flash-attn's reference stand-in (docs/flash.md, "Unsloth's flash path on CPU").
+"""Unsloth's flash-attn path, one layer of the tiny Gemma-2: Unsloth's own code from the flash / slow choice
+down, with flash-attn's reference stand-in (docs/flash.md, "Unsloth's flash path on CPU"), on CPU and, in
+the GPU tier, on CUDA (where Unsloth's Triton RoPE runs with identity tables).
 
 Unsloth's whole model does not run on a CPU (it loads and ropes on CUDA), so each test feeds
 ``Gemma2Attention_fast_forward`` what ``LlamaModel_fast_forward`` hands a layer of the tiny config
-(``kernel.targets.Gemma2LayerTarget``) inside ``unsloth_flash.flash_path(u, "cpu")``, records every call Unsloth
+(``kernel.targets.Gemma2LayerTarget``) inside ``unsloth_flash.flash_path(u, device)``, records every call Unsloth
 makes to flash-attn, and judges the output against the oracle with the one tolerance rule
 (``kernel.properties.check_kernel_matches_oracle``). Cases sit at the window: W-1, W, W+1 and past 2W
 keys, on a sliding and a global layer, at two logit scales (``LOGITS``): near the cap, where a dropped or
@@ -60,12 +61,15 @@ def layer_case(
     )
 
 
-def run_on_flash_path(target: Gemma2LayerTarget, case: Case) -> list[unsloth_flash.FlashCall]:
-    """The target against the oracle inside ``unsloth_flash.flash_path(u, "cpu")``; the flash-attn calls it made."""
+def run_on_flash_path(target: Gemma2LayerTarget, case: Case, device: str) -> list[unsloth_flash.FlashCall]:
+    """The target against the oracle inside ``unsloth_flash.flash_path(u, device)``; the flash-attn calls it made."""
     u = unsloth_adapter.load()
-    with unsloth_flash.flash_path(u, "cpu") as which, unsloth_flash.recording_flash_calls(u) as calls:
+    reason = unsloth_flash.flash_path_unavailable(u, device)
+    if reason is not None:
+        pytest.skip(f"Unsloth's flash-attn path cannot be given on {device}: {reason}")
+    with unsloth_flash.flash_path(u, device) as which, unsloth_flash.recording_flash_calls(u) as calls:
         assert which.startswith(("reference stand-in", "flash-attn")), which
-        check_kernel_matches_oracle(target, case, "cpu")
+        check_kernel_matches_oracle(target, case, device)
     return calls
 
 
@@ -99,11 +103,13 @@ def assert_flash_call(call: unsloth_flash.FlashCall, case: Case, config, functio
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("sliding", [True, False], ids=["sliding", "global"])
 @pytest.mark.parametrize("n", [SMALL_W - 1, SMALL_W, SMALL_W + 1, 2 * SMALL_W + 1], ids=lambda n: f"L{n}")
-def test_unpadded_prefill_takes_flash_dense(n: int, sliding: bool, dtype: str, logits: str) -> None:
+def test_unpadded_prefill_takes_flash_dense(
+    n: int, sliding: bool, dtype: str, logits: str, device: str
+) -> None:
     """No mask reaches the layer: one flash_attn_func call with the layer's window, cap and scale, and
     the output is the oracle's, at and across the window."""
     case = layer_case(SMALL, n, sliding=sliding, dtype=dtype, bsz=2, seed=n, logits=logits)
-    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case)
+    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case, device)
     assert [c.function for c in calls] == ["flash_attn_func"], calls
     assert_flash_call(calls[0], case, SMALL, "flash_attn_func")
     assert calls[0].q_shape == (case.bsz, n, case.n_heads, case.head_dim), calls[0]
@@ -111,10 +117,10 @@ def test_unpadded_prefill_takes_flash_dense(n: int, sliding: bool, dtype: str, l
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [4095, 4096, 4097, 8193], ids=lambda n: f"L{n}")
-def test_unpadded_prefill_at_the_real_window(n: int) -> None:
+def test_unpadded_prefill_at_the_real_window(n: int, device: str) -> None:
     """The same at the tiny Gemma-2's own window, Gemma-2's 4096, in bfloat16."""
     case = layer_case(REAL, n, sliding=True, dtype="bfloat16", seed=n)
-    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", REAL), case)
+    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", REAL), case, device)
     assert [c.function for c in calls] == ["flash_attn_func"], calls
     assert_flash_call(calls[0], case, REAL, "flash_attn_func")
 
@@ -126,11 +132,13 @@ def test_unpadded_prefill_at_the_real_window(n: int) -> None:
 @pytest.mark.parametrize(
     ("side", "pads"), [("left", (7, 0)), ("right", (0, SMALL_W + 3))], ids=["left-7-0", "right-0-19"]
 )
-def test_padded_batch_takes_the_slow_path(side: str, pads: tuple[int, int], sliding: bool) -> None:
+def test_padded_batch_takes_the_slow_path(
+    side: str, pads: tuple[int, int], sliding: bool, device: str
+) -> None:
     """A padded evaluation batch keeps its mask, so the layer must not call flash-attn (which takes no
     padding mask) and must reach the slow kernel with Unsloth's 4-D masks: no call, oracle's output."""
     case = layer_case(SMALL, 2 * SMALL_W + 5, sliding=sliding, dtype="bfloat16", bsz=2, pads=pads, side=side)
-    calls = run_on_flash_path(Gemma2LayerTarget("padding-mask", SMALL), case)
+    calls = run_on_flash_path(Gemma2LayerTarget("padding-mask", SMALL), case, device)
     assert calls == [], f"a padded batch reached flash-attn: {calls}"
 
 
@@ -139,7 +147,7 @@ def test_padded_batch_takes_the_slow_path(side: str, pads: tuple[int, int], slid
 
 @pytest.mark.parametrize("logits", list(LOGITS))
 @pytest.mark.parametrize("sliding", [True, False], ids=["sliding", "global"])
-def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str) -> None:
+def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str, device: str) -> None:
     """Rows of 2W+5, W+2 and W-1 real tokens packed into one row plus 3 junk tokens: one
     flash_attn_varlen_func call whose int32 cu_seqlens are the rows' boundaries and the junk's, and each
     row's output is the oracle's for that row alone."""
@@ -148,7 +156,7 @@ def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str) -> None:
     case = layer_case(
         SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits
     )
-    calls = run_on_flash_path(Gemma2LayerTarget("packed", SMALL, tail=3), case)
+    calls = run_on_flash_path(Gemma2LayerTarget("packed", SMALL, tail=3), case, device)
     assert [c.function for c in calls] == ["flash_attn_varlen_func"], calls
     assert_flash_call(calls[0], case, SMALL, "flash_attn_varlen_func")
     ends = torch.tensor([n - p for p in pads]).cumsum(0).tolist()
@@ -160,11 +168,11 @@ def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str) -> None:
 
 
 @pytest.mark.parametrize("sliding", [True, False], ids=["sliding", "global"])
-def test_float32_layer_on_the_flash_path(sliding: bool) -> None:
+def test_float32_layer_on_the_flash_path(sliding: bool, device: str) -> None:
     """A float32 model's layer on the flash path returns float32 attention as accurate as float32 allows.
     (Unsloth 2026.10.9: a known issue, fixtures/known_issues.py.)"""
     case = layer_case(SMALL, 2 * SMALL_W + 1, sliding=sliding, dtype="float32", bsz=2)
-    run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case)
+    run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case, device)
 
 
 # --- the target's own input checks ------------------------------------------------------------------------
