@@ -14,6 +14,7 @@ the flash path cannot be given (a GPU below capability 8, where Unsloth never ta
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,6 +71,13 @@ def flash(unsloth_ready: None) -> FlashBlock:
             yield calls
 
     return block
+
+
+def assert_scale(calls: list[unsloth_flash.FlashCall], config: Any) -> None:
+    """Every call's softmax_scale is query_pre_attn_scalar**-0.5 (to rounding: Unsloth computes 1 / s**0.5)."""
+    want = config.query_pre_attn_scalar**-0.5
+    bad = {c.softmax_scale for c in calls if not math.isclose(c.softmax_scale or 0.0, want, rel_tol=1e-12)}
+    assert not bad, f"softmax_scale {bad}: want query_pre_attn_scalar**-0.5 = {want}"
 
 
 def assert_flash_layers(calls: list[unsloth_flash.FlashCall], config: Any, seq_len: int) -> None:
@@ -149,7 +157,7 @@ def assert_decode_calls(calls: list[unsloth_flash.FlashCall], config: Any, leftp
     )
     assert {c.cache_leftpad for c in decode} == {leftpad}, decode[:2]
     assert {c.softcap for c in decode} == {config.attn_logit_softcapping}, decode[:2]
-    assert {c.softmax_scale for c in decode} == {config.query_pre_attn_scalar**-0.5}, decode[:2]
+    assert_scale(decode, config)
     assert {tuple(c.window_size) for c in decode} == {(config.sliding_window - 1, 0), (-1, -1)}, decode[:2]
 
 
@@ -220,6 +228,7 @@ def assert_varlen_calls(calls: list[unsloth_flash.FlashCall], config: Any, pack:
     assert calls and {c.function for c in calls} == {"flash_attn_varlen_func"}, calls[:2]
     assert {c.cu_seqlens for c in calls} == {tuple(ends)}, calls[:2]
     assert {c.softcap for c in calls} == {config.attn_logit_softcapping}, calls[:2]
+    assert_scale(calls, config)
     assert {tuple(c.window_size) for c in calls} == {(config.sliding_window - 1, 0), (-1, -1)}, calls[:2]
 
 
