@@ -83,10 +83,7 @@ def assert_scale(calls: list[unsloth_flash.FlashCall], config: Any) -> None:
 def assert_flash_layers(calls: list[unsloth_flash.FlashCall], config: Any, seq_len: int) -> None:
     """Every call is flash_attn_func with the config's cap; the sliding layers' window keeps W keys."""
     assert calls, "no flash-attn call: the flash path was not taken"
-    scales = {c.softmax_scale for c in calls}
-    assert scales == {config.query_pre_attn_scalar**-0.5}, (
-        f"softmax_scale {scales}: want query_pre_attn_scalar**-0.5"
-    )
+    assert_scale(calls, config)
     w = config.sliding_window
     want_windows = {(-1, -1), (w - 1, 0) if seq_len > w else (-1, -1)}
     got = {(c.function, c.softcap, c.causal) for c in calls}

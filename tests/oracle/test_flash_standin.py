@@ -542,7 +542,8 @@ class Decode:
 
     def tensors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q ``(b, 1, h, d)``; the caches in Unsloth's layout, ``(cache_len, b, hk, d)`` buffers seen
-        through ``permute(1, 0, 2, 3)``, junk (|x| ~ 50) past each row's length and in its padding."""
+        through ``permute(1, 0, 2, 3)``, junk past each row's length and in its padding: |x| ~ 50, every
+        fourth slot NaN (flash-attn never reads those keys, so nothing of them may reach the output)."""
         h, hk, d, s = self.geometry
         b = len(self.lengths)
         g = torch.Generator().manual_seed(self.seed)
@@ -553,6 +554,7 @@ class Decode:
         for row, (n, p) in enumerate(zip(self.lengths, self.pads, strict=True)):
             for buf in (k, v):
                 junk = 50 * torch.randn(buf.shape[0], hk, d, generator=g)
+                junk[::4] = math.nan
                 keep = torch.zeros(buf.shape[0], dtype=torch.bool)
                 keep[p:n] = True
                 buf[:, row][~keep] = junk[~keep]
@@ -610,7 +612,10 @@ def compare_decode_with_oracle(
     golden, baseline, floors = [], [], []
     for row, (n, p) in enumerate(zip(dc.lengths, dc.pads, strict=True)):
         qo = flash(q[row : row + 1])
-        ko, vo = flash(k_cache[row : row + 1, :n]), flash(v_cache[row : row + 1, :n])
+        # the oracle masks the padding but multiplies by it: its keys there are zeros, not the junk
+        kr, vr = k_cache[row : row + 1, :n].clone(), v_cache[row : row + 1, :n].clone()
+        kr[:, :p], vr[:, :p] = 0, 0
+        ko, vo = flash(kr), flash(vr)
         valid = torch.ones(1, n, dtype=torch.long)
         valid[:, :p] = 0
         kw = dict(scalar=scalar, softcap=dc.softcap, window=dc.window, key_valid=valid)

@@ -278,6 +278,10 @@ def _attend(
         seen = seen & (pos <= at + right)
 
     groups = h // hk
+    # Keys outside [key_start, key_end) are never read by the kernels (cache_leftpad moves the start, loads
+    # past the end are predicated to zero): whatever they hold, NaN included, must not reach the output.
+    held = ((j >= start) & (j < end)).view(b, sk, 1, 1)
+    k, v = torch.where(held, k, 0), torch.where(held, v, 0)
     qh = q.to(acc).transpose(1, 2)  # (b, h, sq, d)
     kh = k.to(acc).repeat_interleave(groups, dim=2).transpose(1, 2)  # head h -> kv head h // groups
     vh = v.to(acc).repeat_interleave(groups, dim=2).transpose(1, 2)
