@@ -70,6 +70,9 @@ def gemma2_attention(
         training=False,
         rotary_emb=_IdentityRope(head_dim, q_len),
         apply_qkv=lambda _self, _x: (flat(q), flat(k), flat(v)),
+        # what Unsloth's model loading sets on every attention module (releases up to 2026.8.x call
+        # ``self.apply_o`` without a fallback)
+        apply_o=g.original_apply_o,
         o_proj=o_proj.to(device=q.device, dtype=q.dtype),
     )
     hidden = torch.zeros(bsz, q_len, config.hidden_size, dtype=q.dtype, device=q.device)
