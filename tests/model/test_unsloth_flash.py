@@ -33,6 +33,7 @@ from gemma2_regress.model.properties import (
     check_kv_cache,
     check_logits_and_loss,
     check_packed,
+    check_padded_row,
     check_row_alone,
     check_trainer_evaluate,
 )
@@ -198,6 +199,18 @@ def test_flash_batch_row(flash: FlashBlock, model_session: ModelSession) -> None
     with flash(target.model) as calls:
         check_row_alone(target, golden, baseline, ids, None, 1, torch.bfloat16)
     assert_flash_layers(calls, target.config, W + 1)
+
+
+def test_flash_padded_row(flash: FlashBlock, model_session: ModelSession) -> None:
+    """With flash-attn installed, a row left-padded by 7 beside an unpadded companion of 4104 tokens (the
+    batch keeps its mask, so the slow path, with the sliding layers' flash sentinel beside it: the 2024
+    trigger) gives, at its real positions, the logits of the same row unpadded."""
+    target, golden, baseline = flash_targets(torch.bfloat16, model_session)
+    n = W + 1
+    ids, _ = tiny.token_batch(target.config, 2, n + 7, seed=7)
+    with flash(target.model) as calls:
+        check_padded_row(target, golden, baseline, ids[:1, :n], 7, "left", torch.bfloat16, companion=ids[1:])
+    assert calls == [], f"a padded evaluation batch reached flash-attn: {calls[:2]}"
 
 
 # Sequences of different lengths in one pack, one crossing the window, one short.
