@@ -326,6 +326,8 @@ def issue_text(res: dict, failing: Step | None) -> str:
         f"- Selection: `pytest {args}`" + (f" (bad = `{sel['signature']}`)" if sel.get("signature") else ""),
         f"- Bisected with gemma2-regress over {res['candidates']} {res['source']} candidates in {res['test_runs']} test runs",
     ]
+    tested = {v: [s["candidate"] for s in res["steps"] if s["status"] == v] for v in ("bad", "good", "skip")}
+    lines += [f"- Tested {v}: {', '.join(c) if c else 'none'}" for v, c in tested.items() if c or v != "skip"]
     if failing is not None:
         lines += [f"- Verdict at {failing.candidate}: `{failing.signature}` ({failing.reason})"]
         if failing.failing_tests:

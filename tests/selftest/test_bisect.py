@@ -193,6 +193,7 @@ def test_signature_narrows_what_bad_means(fakes, tmp_path):
     assert re.match(r"(Falsifying example|Failing test case): test_attention\(", res["falsifying_example"])
     assert "n=3" in res["falsifying_example"]
     assert "n=3" in res["issue_text"]
+    assert "- Tested bad: " in res["issue_text"] and "- Tested good: " in res["issue_text"]
 
 
 def test_steps_within_bound(fakes, tmp_path):
