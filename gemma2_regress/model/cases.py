@@ -222,21 +222,28 @@ class PackedBatch:
 
     @classmethod
     def make(cls, config: object, lengths: tuple[int, ...], seed: int = 0) -> PackedBatch:
+        """Random plain-token sequences of ``lengths`` (``tiny.token_batch``, seeds ``seed``, ``seed + 1``, ...)."""
         if not lengths or min(lengths) < 2:
             raise ValueError(f"a pack needs sequences of 2 or more tokens, got {lengths}")
-        rows = tuple(tiny.token_batch(config, 1, n, seed=seed + i)[0] for i, n in enumerate(lengths))
-        ids = torch.cat(rows, dim=1)
+        rows = [tiny.token_batch(config, 1, n, seed=seed + i)[0] for i, n in enumerate(lengths)]
+        return cls.of(torch.cat(rows, dim=1), list(lengths))
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, lengths: list[int]) -> PackedBatch:
+        """The pack of one row ``ids`` holding sequences of ``lengths`` tokens, in order."""
+        if ids.shape[0] != 1 or sum(lengths) != ids.shape[1]:
+            raise ValueError(f"a pack is one row of sum(lengths) tokens: {tuple(ids.shape)}, {lengths}")
         positions = torch.cat([torch.arange(n) for n in lengths])[None]
         labels = ids.clone()
-        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
-        labels[0, starts] = -100
+        labels[0, positions[0] == 0] = -100
+        rows = tuple(torch.split(ids, lengths, dim=1))
         return cls(ids, positions, torch.tensor(lengths, dtype=torch.int32), labels, rows)
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor]) -> PackedBatch:
         """The pack a collator made: one row, its sequences given by ``packed_seq_lengths`` (Unsloth's
         collator wrapper) or else by where ``position_ids`` restart at 0 (TRL's padding-free collator);
-        labels as ``make`` sets them."""
+        labels as ``of`` sets them."""
         ids = batch["input_ids"].cpu()
         if "packed_seq_lengths" in batch:
             lengths = [int(n) for n in batch["packed_seq_lengths"]]
@@ -247,13 +254,7 @@ class PackedBatch:
             raise ValueError(
                 f"not a packed batch: neither packed_seq_lengths nor one row of position_ids in {sorted(batch)}"
             )
-        if ids.shape[0] != 1 or sum(lengths) != ids.shape[1]:
-            raise ValueError(f"a pack is one row of sum(lengths) tokens: {tuple(ids.shape)}, {lengths}")
-        rows = tuple(torch.split(ids, lengths, dim=1))
-        positions = torch.cat([torch.arange(n) for n in lengths])[None]
-        labels = ids.clone()
-        labels[0, positions[0] == 0] = -100
-        return cls(ids, positions, torch.tensor(lengths, dtype=torch.int32), labels, rows)
+        return cls.of(ids, lengths)
 
     @property
     def lengths(self) -> tuple[int, ...]:
