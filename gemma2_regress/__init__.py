@@ -21,7 +21,8 @@ One test case flows through the subpackages in this order:
 At the top: ``unsloth_adapter`` (the one door to Unsloth: the only module that imports ``unsloth``),
 ``unsloth_flash`` (Unsloth's flash-attn path, given on any device) and ``unsloth_layer`` (one Gemma-2
 layer's attention run through Unsloth), both working on the handle ``unsloth_adapter.load()`` returns,
-``versions``, ``gpu_check``, ``toolslock``, ``argcheck``, ``atomic`` and ``cli`` (the ``gemma2-regress`` command).
+``versions``, ``gpu_check``, ``toolslock``, ``argcheck``, ``atomic``, ``progress`` (done / total and time left on long
+work) and ``cli`` (the ``gemma2-regress`` command).
 """
 
 __version__ = "0.1.0"

@@ -9,6 +9,6 @@ first fixed build, given a source and a runner), ``gate`` (candidate against bas
 (the offline bundle an air-gapped GPU runner installs from) and ``offline`` (that runner's compile
 cache and bounded tier and gate runs).
 May import ``reference.verdicts``, ``plugins``, ``kernel.selections``, ``perf`` (the gate's timing), and the top-level
-``argcheck``, ``gpu_check``, ``compile_check``, ``toolslock`` and ``atomic``; nothing imports it but ``mutants.killmatrix``
+``argcheck``, ``gpu_check``, ``compile_check``, ``toolslock``, ``progress`` and ``atomic``; nothing imports it but ``mutants.killmatrix``
 and ``cli``.
 """

@@ -31,6 +31,7 @@ from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, runner
 from gemma2_regress.builds.runner import RunResult, Selection
 from gemma2_regress.builds.sources import BisectError, Candidate, Source
+from gemma2_regress.progress import Progress
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
 EXIT_FOUND, EXIT_ERROR, EXIT_AMBIGUOUS = 0, 2, 3
@@ -75,8 +76,10 @@ class Bisect:
     find_fix: bool = False
     gpus: list[str] = dataclasses.field(default_factory=list)
     log: Callable[[str], None] = lambda s: print(s, flush=True)
-    # (env, selection, step folder, *, cwd, extra_env, gpu) -> RunResult; None: builds.runner.run
+    # (env, selection, step folder, *, cwd, extra_env, gpu, on_progress) -> RunResult; None: builds.runner.run
     test_runner: Callable[..., RunResult] | None = None
+    _search: Progress | None = dataclasses.field(default=None, init=False, repr=False)  # steps / bound
+    _resumed: int = dataclasses.field(default=0, init=False, repr=False)  # steps already done on resume
 
     # -- candidates and state ------------------------------------------------------------------
     def range(self) -> list[Candidate]:
@@ -152,6 +155,12 @@ class Bisect:
         if "HYPOTHESIS_PROFILE" not in os.environ:
             extra["HYPOTHESIS_PROFILE"] = "ci"  # deterministic draws: every candidate sees the same examples
         run_tests = self.test_runner or runner.run
+        tests = Progress(f"step {n} {cand.label}: tests", 0)
+
+        def tests_progress(state: dict) -> None:  # the step's pytest run as it goes: tests done / total
+            tests.total = int(state["total"])
+            tests.update(int(state["done"]), f"{state.get('failed', 0)} failed so far")
+
         res: RunResult = run_tests(
             env,
             self.selection,
@@ -159,7 +168,9 @@ class Bisect:
             cwd=self.cwd,
             extra_env=extra,
             gpu=gpu,
+            on_progress=tests_progress,
         )
+        tests.clear()
         state = (
             "skip" if res.status == "skip" else ("new" if (res.status == "bad") != self.find_fix else "old")
         )
@@ -197,7 +208,11 @@ class Bisect:
                 st = fut.result()
                 steps[st.candidate] = st
                 self._save(cands, steps)
+                if self._search is not None:
+                    self._search.clear()
                 self.log(_progress(st, self.find_fix))
+                if self._search is not None:  # steps done / the bound, and the time left
+                    self._search.update(len([s for s in steps.values() if s.n > self._resumed]))
 
     def run(self) -> dict:
         """Check both ends, then search; write result.json and result.md into the workdir."""
@@ -206,10 +221,13 @@ class Bisect:
         steps = self._load(cands)
         self.workdir.mkdir(parents=True, exist_ok=True)
         n = len(cands)
+        bound = 2 + math.ceil(math.log2(max(n - 1, 1)))
         self.log(
             f"bisect: {n} candidates {cands[0].label} .. {cands[-1].label}; {self.selection.describe()}; "
-            f"{'find-fix' if self.find_fix else 'regression'}; at most {2 + math.ceil(math.log2(max(n - 1, 1)))} test runs without skips"
+            f"{'find-fix' if self.find_fix else 'regression'}; at most {bound} test runs without skips"
         )
+        self._resumed = max((s.n for s in steps.values()), default=0)
+        self._search = Progress("bisect: test runs", max(bound - self._resumed, 0), live=False, every_s=0.0)
         self._batch([(0, cands[0]), (n - 1, cands[-1])], steps, cands)
         self._check_ends(cands, steps)
         lo, hi = 0, n - 1  # lo in the old state, hi in the new state

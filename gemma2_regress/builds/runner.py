@@ -36,11 +36,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gemma2_regress.builds.envs import Env
 from gemma2_regress.plugins import strict_xfail
+from gemma2_regress.progress import PROGRESS_ENV, read_run_progress
 from gemma2_regress.reference import verdicts
 
 UNUSABLE = ("crash:UnslothUnavailable",)  # the adapter's "this build does not import here"
@@ -219,6 +220,32 @@ def deciding_failure(sel: Selection, tests: list[Outcome]) -> Failure | None:
     return next((f for t in tests if (f := t.matching(wanted)) is not None), None)
 
 
+def _wait(
+    proc: subprocess.Popen,
+    timeout_s: float,
+    progress_file: Path | None,
+    on_progress: Callable[[dict], None] | None,
+    poll_s: float = 2.0,
+) -> int:
+    """``proc``'s exit code; its progress passed on as it changes; killed and ``TimeoutExpired`` past
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(poll_s, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                proc.kill()
+                proc.wait()
+                raise
+        if progress_file is not None and on_progress is not None:
+            state = read_run_progress(progress_file)
+            if state is not None and state != seen:
+                seen = state
+                on_progress(state)
+
+
 def run(
     env: Env,
     sel: Selection,
@@ -227,10 +254,13 @@ def run(
     cwd: Path,
     extra_env: Mapping[str, str | None] | None = None,
     gpu: str | None = None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Run the selection in ``env`` from ``cwd`` (put first on PYTHONPATH); reports and the log go to
     ``step_dir``. ``extra_env`` is set in the test process (a value of None removes the variable);
-    ``gpu`` pins the run to that CUDA device. Never raises for a failing or hanging suite."""
+    ``gpu`` pins the run to that CUDA device; ``on_progress`` is called with the run's progress
+    (``progress.read_run_progress``: tests done / total, failed, elapsed) each time it changes. Never
+    raises for a failing or hanging suite."""
     step_dir.mkdir(parents=True, exist_ok=True)
     junit, summary, logf = step_dir / "junit.xml", step_dir / "summary.json", step_dir / "pytest.log"
     for p in (junit, summary):
@@ -246,6 +276,10 @@ def run(
         own["CUDA_VISIBLE_DEVICES"] = gpu
     if not sel.known_issues:
         own[strict_xfail.IGNORE_ENV] = "ignore"
+    progress_file = step_dir / "progress.json"
+    progress_file.unlink(missing_ok=True)
+    if on_progress is not None:
+        own[PROGRESS_ENV] = str(progress_file)
     extra = {**own, **(extra_env or {})}
     environ = env.environ(
         {k: v for k, v in extra.items() if v is not None},
@@ -266,9 +300,12 @@ def run(
     t0 = time.time()
     try:
         with open(logf, "w") as log:
-            code = subprocess.run(
-                argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT, timeout=sel.timeout_s
-            ).returncode
+            code = _wait(
+                subprocess.Popen(argv, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT),
+                sel.timeout_s,
+                progress_file if on_progress is not None else None,
+                on_progress,
+            )
     except subprocess.TimeoutExpired:
         return RunResult(
             "skip",

@@ -16,7 +16,7 @@
 ``killmatrix``  ``python -m gemma2_regress.mutants.killmatrix``: runs the suite once per mutant (pytest
                 child processes that load the plugin) with ``Options`` from its command line, and
                 writes the matrix. Imports ``catalogue`` and ``matrix`` (never ``patching`` or
-                ``plugin``: it plants nothing itself), ``builds`` (the pytest runner) and the top-level ``argcheck``, ``atomic``, ``versions`` and ``gpu_check``.
+                ``plugin``: it plants nothing itself), ``builds`` (the pytest runner) and the top-level ``argcheck``, ``atomic``, ``versions``, ``progress`` and ``gpu_check``.
 
 Nothing else of the package imports this subpackage; conftest.py loads ``plugin``, noxfile.py reads
 ``catalogue`` and ``killmatrix``'s argument checks.

@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds import runner
 from gemma2_regress.builds.envs import Env
+from gemma2_regress.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: pytest runs there
 MARKERS = {"cpu": "not gpu and not slow", "gpu": "gpu and not slow"}
@@ -203,11 +205,13 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], opts: Options) -> int:
     def one(m: mutants.Mutant | None, device: str | None) -> tuple[mutants.Mutant | None, Run | None]:
         if m is None:  # the baseline: the union of the selections, no mutant
             paths, k = matrix.union_selection(chosen, tier, opts.full)
-            print(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}", flush=True)
+            progress.line(f"[killmatrix] {tier}: baseline (no mutant): {' '.join(paths)} -k {k!r}")
             r = run_pytest(
                 opts.python, paths, tier, k, opts.workers, None, opts.timeout_s, scratch, device, opts.shrink
             )
-            print(f"[killmatrix] {tier}: baseline: rc={r.rc} {r.wall_s}s", flush=True)
+            landed(
+                f"baseline: {'passed' if r.rc == 0 else 'FAILED (the matrix proves less)'}, rc={r.rc} {r.wall_s}s"
+            )
             return None, r
         if tier not in m.tiers:
             return m, None
@@ -216,15 +220,34 @@ def run_tier(tier: str, chosen: list[mutants.Mutant], opts: Options) -> int:
             opts.python, paths, tier, k, opts.workers, m.name, opts.timeout_s, scratch, device, opts.shrink
         )
         where = f" (GPU {device})" if device is not None else ""
-        print(f"[killmatrix] {tier}: {m.name}{where}: rc={r.rc} {r.wall_s}s", flush=True)
+        caught = (
+            "a test failed: killed unless the baseline fails" if r.rc != 0 else "every test passed: survived"
+        )
+        landed(f"{m.name}{where}: {caught}, rc={r.rc} {r.wall_s}s")
         return m, r
 
     # The baseline runs in the same pool, first: with --jobs > 1 it overlaps the mutant runs (its
     # verdict still decides whether the matrix means anything).
-    todo: list[mutants.Mutant | None] = ([None] if opts.baseline else []) + list(chosen)
+    todo: list[mutants.Mutant | None] = ([None] if opts.baseline else []) + [
+        m for m in chosen if tier in m.tiers
+    ]
+    todo += [m for m in chosen if tier not in m.tiers]  # not reachable on this tier: no run
     devices = [slots[i % len(slots)] for i in range(len(todo))]  # round robin over the GPUs
+    runs = sum(m is None or tier in m.tiers for m in todo)
+    progress = Progress(f"killmatrix {tier}", runs)
+    finished = [0]
+    lock = threading.Lock()
+
+    def landed(text: str) -> None:
+        """One run's verdict as it lands, with runs done / total and the time left."""
+        with lock:
+            finished[0] += 1
+            progress.line(f"[killmatrix] {tier}: {finished[0]}/{runs} {text}")
+            progress.update(finished[0])
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         done = list(pool.map(one, todo, devices))
+    progress.clear()
     results = {m.name: r for m, r in done if m is not None}
     base_run = next((r for m, r in done if m is None), None)
     baseline = matrix.baseline(base_run) if base_run is not None else None

@@ -22,6 +22,7 @@ import torch
 
 from gemma2_regress import versions
 from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.progress import Progress
 
 from . import grid, impls, timing
 from .grid import Cell
@@ -302,8 +303,9 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
         payload["unsloth_import_s"] = round(time.monotonic() - t0, 1)
     plant = impls.planted_slowdown(opts.plant_slowdown) if opts.plant_slowdown else contextlib.nullcontext()
     log(table.header(opts.impls))
+    cells = Progress("perf grid: cells", len(opts.cells), live=False, every_s=0.0)  # lines between table rows
     with plant:
-        for cell in opts.cells:
+        for k, cell in enumerate(opts.cells, 1):
             rec = cell_record(cell)
             if opts.budget_s is not None and time.monotonic() - started > opts.budget_s:
                 rec["results"] = {
@@ -315,6 +317,8 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
             payload["cells"].append(rec)
             for line in table.rows(rec, opts.impls, opts.modes):
                 log(line)
+            if log is say:  # the printed run (not a caller collecting lines): cells done / total, time left
+                cells.update(k)
             payload["wall_s"] = round(time.monotonic() - started, 1)
             if path:
                 write_json_atomic(path, payload)

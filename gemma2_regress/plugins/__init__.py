@@ -7,5 +7,5 @@ the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (`
 ``compile_canary`` (a torch.compile that computes wrong results stops the run before the first test).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
-top-level ``gpu_check``, ``compile_check``, ``versions`` and ``atomic``.
+top-level ``gpu_check``, ``compile_check``, ``versions``, ``progress`` and ``atomic``.
 """

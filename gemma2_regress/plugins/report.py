@@ -64,6 +64,7 @@ import pytest
 
 from gemma2_regress import versions
 from gemma2_regress.atomic import json_default, write_json_atomic
+from gemma2_regress.progress import PROGRESS_ENV
 from gemma2_regress.reference import verdicts
 
 SPOOL_ENV = "GEMMA2_REGRESS_SPOOL"
@@ -83,6 +84,8 @@ class Run:
     spool_env_before: str | None = None  # SPOOL_ENV as it was before this session set it
     rows: list[dict] = dataclasses.field(default_factory=list)  # worst_by_property, at the end
     summary_path: str | None = None  # where the summary JSON went, once written
+    total: int = 0  # tests to run (progress), once collected
+    done: int = 0  # tests finished (progress)
 
 
 RUN = pytest.StashKey[Run]()
@@ -248,6 +251,37 @@ class _Plugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:  # xdist forwards workers' reports
         if self.run.controller:
             note_test(self.run.tests, report)
+            if report.when == "teardown":
+                self.run.done += 1
+                self._progress()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.run.controller and session.items:  # without xdist: the items to run
+            self.run.total = len(session.items)
+            self._progress()
+
+    @pytest.hookimpl(optionalhook=True)  # xdist's controller collects nothing itself: each worker's ids
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.run.total = max(self.run.total, len(ids))
+        self._progress()
+
+    def _progress(self) -> None:
+        """Keep ``{"total", "done", "failed", "elapsed_s"}`` in the file ``PROGRESS_ENV`` names, if any
+        (``builds.runner`` shows it while a bisect step runs)."""
+        path = os.environ.get(PROGRESS_ENV)
+        if not path:
+            return
+        failed = sum(t["outcome"] in ("failed", "error") for t in self.run.tests.values())
+        state = {
+            "total": self.run.total,
+            "done": self.run.done,
+            "failed": failed,
+            "elapsed_s": round(time.time() - self.run.started, 1),
+        }
+        try:
+            write_json_atomic(path, state)
+        except OSError:
+            pass  # progress is a courtesy: a run never fails for it
 
     @pytest.hookimpl(trylast=True)  # after require_gpu's rule has set the exit status
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
