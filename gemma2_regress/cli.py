@@ -1,4 +1,4 @@
-"""The ``gemma2-regress`` command: ``bisect`` and ``gate`` (``gemma2-regress <cmd> --help``).
+"""The ``gemma2-regress`` command: ``bisect``, ``gate`` and ``report`` (``gemma2-regress <cmd> --help``).
 
 Everything after ``--`` is handed to pytest as the selection (node ids, ``-k``, ``-m``, ``--hypothesis-*``).
 Exit codes: bisect 0 = boundary found, 3 = only a range (untestable builds inside it), 2 = bad input
@@ -194,10 +194,50 @@ def parser() -> argparse.ArgumentParser:
     )
     _common(g)
     g.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
+    r = sub.add_parser(
+        "report",
+        help="the worst-ratio table of one run's summary JSON, or of several shards merged into one",
+        description="Read summary.json files a run wrote (one, or one per shard of a run), print the "
+        "worst error ratio per property and target (1.0 = at the tolerance bound), and optionally write "
+        "the shards merged into one summary. Exit 1 when a test failed in any of them.",
+    )
+    r.add_argument("summaries", nargs="+", help="summary.json files (reports/<tier>/summary.json)")
+    r.add_argument("--markdown", action="store_true", help="a Markdown table (for a CI job summary)")
+    r.add_argument("--out", help="write the merged summary JSON here")
     sub.add_parser(
         "perf", add_help=False, help="benchmark Unsloth's slow softcapping path (gemma2-regress perf --help)"
     )
     return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gemma2_regress.atomic import write_json_atomic
+    from gemma2_regress.plugins import summary
+
+    try:
+        why = unwritable(args.out, folder=False) if args.out else None
+        if why:
+            raise summary.SummaryError(f"--out {args.out}: {why}")
+        merged = summary.merge([summary.load(p) for p in args.summaries])
+    except summary.SummaryError as exc:
+        print(f"gemma2-regress report: error: {exc}", file=sys.stderr)
+        return bisect.EXIT_ERROR
+    rows = merged["properties"]
+    lines = summary.markdown_lines(rows) if args.markdown else summary.table_lines(rows)
+    failed = sorted(n for n, t in merged["tests"].items() if t.get("outcome") in ("failed", "error"))
+    outcomes: dict[str, int] = {}
+    for t in merged["tests"].values():
+        outcomes[t.get("outcome", "?")] = outcomes.get(t.get("outcome", "?"), 0) + 1
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
+    print("\n".join(lines))
+    print(
+        f"\n{len(args.summaries)} summary file(s): {counts}"
+        + (f"; failed: {', '.join(failed[:10])}" if failed else "")
+    )
+    if args.out:
+        write_json_atomic(args.out, merged)
+        print(f"merged summary JSON: {args.out}")
+    return 1 if failed else 0
 
 
 def _gate_doc() -> str:
@@ -379,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return perf_main(argv[1:])
     args = parser().parse_args(argv)
     try:
-        return {"bisect": cmd_bisect, "gate": cmd_gate}[args.cmd](args)
+        return {"bisect": cmd_bisect, "gate": cmd_gate, "report": cmd_report}[args.cmd](args)
     except (bisect.BisectError, envs.BuildError, install.InstallError) as exc:
         print(f"gemma2-regress {args.cmd}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return bisect.EXIT_ERROR

@@ -64,6 +64,7 @@ import pytest
 
 from gemma2_regress import versions
 from gemma2_regress.atomic import json_default, write_json_atomic
+from gemma2_regress.plugins.summary import table_lines, worst_by_property
 from gemma2_regress.progress import PROGRESS_ENV
 from gemma2_regress.reference import verdicts
 
@@ -167,71 +168,6 @@ def note_test(tests: dict[str, dict], rep: Any) -> None:
     if rep.failed:
         found = getattr(rep, VERDICTS_ATTR, None)
         entry["verdicts"].extend(found if found is not None else report_verdicts(rep, None))
-
-
-def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None) -> list[dict]:
-    """One row per (property, target): examples run, failures (``bad``), the worst ratio and its case,
-    and where the records have them (model level) the peak GPU memory of any example (``peak_gib``)
-    and the seconds spent compiling, running and in the reference, summed over the examples.
-
-    An example of a test that xfailed as a recorded upstream bug (``tests``: ``Run.tests``) counts as
-    ``known``, not ``bad``, and stays out of the worst ratio: its failure is the record, not news.
-    """
-    tests = tests or {}
-    rows: dict[tuple[str, str], dict] = {}
-    for r in records:
-        key = (r["property"], r["target"])
-        row = rows.setdefault(
-            key,
-            {
-                "property": key[0],
-                "target": key[1],
-                "examples": 0,
-                "bad": 0,
-                "known": 0,
-                "worst_ratio": 0.0,
-                "worst_case": "",
-            },
-        )
-        row["examples"] += 1
-        if "peak_gib" in r:
-            row["peak_gib"] = max(row.get("peak_gib", 0.0), r["peak_gib"])
-        for k in ("compile_s", "run_s", "reference_s"):
-            if k in r:
-                row[k] = round(row.get(k, 0.0) + r[k], 3)
-        if tests.get(r.get("test", ""), {}).get("outcome") == "xfailed":
-            row["known"] += r["verdict"] != "ok"
-            continue
-        row["bad"] += r["verdict"] != "ok"
-        if r["ratio"] >= row["worst_ratio"]:
-            row["worst_ratio"], row["worst_case"] = r["ratio"], r["case"]
-    return sorted(rows.values(), key=lambda r: (r["property"], r["target"]))
-
-
-def table_lines(rows: list[dict]) -> list[str]:
-    """The end-of-run table of ``worst_by_property`` rows, and the model-level time split (summed from
-    the records, so it covers every xdist worker)."""
-    lines = [
-        f"{'property':34} {'target':52} {'examples':>8} {'bad':>4} {'known':>5} {'worst':>8} {'peak GiB':>8}"
-    ]
-    for r in rows:
-        peak = f"{r['peak_gib']:>8.2f}" if "peak_gib" in r else f"{'-':>8}"
-        lines.append(
-            f"{r['property'][:34]:34} {r['target'][:52]:52} {r['examples']:>8} {r['bad']:>4} {r['known']:>5}"
-            f" {r['worst_ratio']:>8.3g} {peak}"
-        )
-    if any(r["known"] for r in rows):
-        lines.append(
-            "known: failing examples of tests that xfailed as recorded upstream bugs (not in 'worst')"
-        )
-    timed = [r for r in rows if "compile_s" in r]
-    if timed:
-        total = {k: sum(r[k] for r in timed) for k in ("compile_s", "run_s", "reference_s")}
-        lines.append(
-            f"model-level time, all examples: Unsloth calls that compiled {total['compile_s']:.1f}s, "
-            f"that only ran {total['run_s']:.1f}s; reference {total['reference_s']:.1f}s"
-        )
-    return lines
 
 
 class _Plugin:
