@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -334,7 +335,7 @@ def _progress(st: Step, find_fix: bool) -> str:
 def issue_text(res: dict, failing: Step | None) -> str:
     """A ready-to-paste GitHub issue body for the result."""
     sel = res["selection"]
-    args = " ".join(sel["pytest_args"])
+    args = shlex.join(sel["pytest_args"])  # copy-pasteable: -k "a and b" keeps its quotes
     lines = [
         f"### {'Fixed' if res['mode'] == 'find-fix' else 'Regression'} in unsloth {res['first_new']} "
         f"(last {'bad' if res['mode'] == 'find-fix' else 'good'}: {res['last_old']})",
