@@ -34,6 +34,7 @@ import collections
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -63,7 +64,7 @@ class Selection:
 
     def describe(self) -> str:
         sig = f" [bad = {self.signature}]" if self.signature else ""
-        return "pytest " + " ".join(self.pytest_args) + sig
+        return "pytest " + shlex.join(self.pytest_args) + sig
 
 
 @dataclasses.dataclass(frozen=True)
