@@ -254,6 +254,16 @@ def bisect(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def nightly(session: nox.Session) -> None:
+    """Gate the newest build against the last good one, rerun its failures, bisect the stable ones, write
+    the issue text (gemma2_regress/builds/nightly.py).
+
+    `nox -s nightly -- --candidate latest --baseline 2026.10.9 [--repo ~/unsloth --candidate main] [-- pytest args]`
+    """
+    _gemma2_regress_cli(session, "nightly")
+
+
+@nox.session(python=False)
 def gate(session: nox.Session) -> None:
     """Release gate: fail on tests that pass on the baseline and fail on the candidate (docs/bisect.md).
 

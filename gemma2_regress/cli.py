@@ -1,4 +1,4 @@
-"""The ``gemma2-regress`` command: ``bisect``, ``gate`` and ``report`` (``gemma2-regress <cmd> --help``).
+"""The ``gemma2-regress`` command: ``bisect``, ``gate``, ``nightly`` and ``report`` (``gemma2-regress <cmd> --help``).
 
 Everything after ``--`` is handed to pytest as the selection (node ids, ``-k``, ``-m``, ``--hypothesis-*``).
 Exit codes: bisect 0 = boundary found, 3 = only a range (untestable builds inside it), 2 = bad input
@@ -194,6 +194,28 @@ def parser() -> argparse.ArgumentParser:
     )
     _common(g)
     g.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
+    n = sub.add_parser(
+        "nightly",
+        help="gate the newest build against the last good one, rerun its failures, bisect the stable ones",
+        description=_nightly_doc(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    n.add_argument("--candidate", default="latest", help="the build under test (default: latest release)")
+    n.add_argument("--baseline", required=True, help="the last good build: a release, a wheel, a site folder")
+    n.add_argument(
+        "--reruns", type=bounded(int, at_least=1), default=3, help="reruns of each failing test (default 3)"
+    )
+    n.add_argument("--repo", help="Unsloth checkout for a git-ref candidate (nightlies: --candidate main)")
+    n.add_argument(
+        "--tiers",
+        type=choices(("cpu", "gpu"), "tier"),
+        help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)",
+    )
+    n.add_argument(
+        "--out", default="reports/nightly", help="nightly.json, nightly.md and each step's reports"
+    )
+    _common(n)
+    n.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: tests)")
     r = sub.add_parser(
         "report",
         help="the worst-ratio table of one run's summary JSON, or of several shards merged into one",
@@ -208,6 +230,35 @@ def parser() -> argparse.ArgumentParser:
         "perf", add_help=False, help="benchmark Unsloth's slow softcapping path (gemma2-regress perf --help)"
     )
     return p
+
+
+def _nightly_doc() -> str:
+    from gemma2_regress.builds import nightly
+
+    return nightly.__doc__ or ""
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from gemma2_regress.builds import nightly
+
+    _check_paths(cache=args.cache, out=args.out)
+    _check_installer(args.installer)
+    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
+    res = nightly.nightly(
+        args.candidate,
+        args.baseline,
+        out=Path(args.out),
+        cache=cache,
+        cwd=Path.cwd(),
+        pytest_args=list(args.pytest_args) or ["tests"],
+        tiers=args.tiers,
+        repo=args.repo,
+        torch=args.torch,
+        installer=args.installer,
+        reruns=args.reruns,
+        timeout_s=args.timeout,
+    )
+    return int(res["exit"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -419,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         return perf_main(argv[1:])
     args = parser().parse_args(argv)
     try:
-        return {"bisect": cmd_bisect, "gate": cmd_gate, "report": cmd_report}[args.cmd](args)
+        commands = {"bisect": cmd_bisect, "gate": cmd_gate, "nightly": cmd_nightly, "report": cmd_report}
+        return commands[args.cmd](args)
     except (bisect.BisectError, envs.BuildError, install.InstallError) as exc:
         print(f"gemma2-regress {args.cmd}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return bisect.EXIT_ERROR

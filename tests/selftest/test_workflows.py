@@ -70,7 +70,7 @@ def options(args: list[str]) -> list[str]:
 
 
 def test_there_are_workflows() -> None:
-    assert {p.name for p in WORKFLOWS} >= {"cpu.yml", "gpu.yml", "prerelease.yml"}
+    assert {p.name for p in WORKFLOWS} >= {"cpu.yml", "gpu.yml", "prerelease.yml", "nightly.yml"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
