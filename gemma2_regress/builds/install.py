@@ -58,9 +58,9 @@ TORCH_PREFERENCE = (
 # constraints file, which pins them and their dependencies and none of Unsloth's neighbours. Outside a
 # source checkout there is no lock: then ranges, and the run header says `tools_lock=none`.
 TEST_TOOLS = (
-    ("-c", str(TEST_LOCK), "pytest", "hypothesis", "pytest-xdist")
+    ("-c", str(TEST_LOCK), "pytest", "hypothesis", "pytest-xdist", "pytest-split")
     if TEST_LOCK.exists()
-    else ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5")
+    else ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5", "pytest-split>=0.9")
 )
 WHEEL_CACHE = (
     Path(os.environ.get("GEMMA2_REGRESS_CACHE", Path.home() / ".cache" / "gemma2-regress")) / "wheels"
