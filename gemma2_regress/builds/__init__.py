@@ -4,7 +4,8 @@
 ``sources`` (what can be installed and how: PyPI releases, a wheelhouse, commits of a checkout, and a
 build named on a command line turned into an environment), ``runner`` (the one pytest runner: a
 selection run in an environment, read per test from the run's summary JSON), ``bisect`` (first bad /
-first fixed build, given a source and a runner), ``gate`` (candidate against baseline), ``reruns``
+first fixed build, given a source and a runner), ``gate`` (candidate against baseline), ``nightly``
+(gate, reruns of the failures, bisect of the stable ones, the issue text), ``reruns``
 (the same selection under other CPU settings, or many times: portability and flakes), ``bundle``
 (the offline bundle an air-gapped GPU runner installs from) and ``offline`` (that runner's compile
 cache and bounded tier and gate runs).

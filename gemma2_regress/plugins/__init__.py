@@ -1,6 +1,7 @@
 """pytest plugins that every run of the suite loads (from conftest.py).
 
-``report`` (per-example records and per-test verdicts, written as the run's summary JSON), ``costs``
+``report`` (per-example records and per-test verdicts, written as the run's summary JSON), ``summary``
+(that JSON read back without pytest: the worst-ratio rows and table, shards merged), ``costs``
 (the suite's own cost per tier and target), ``schedule`` (costliest GPU tests first under xdist),
 ``strict_xfail`` (tests of recorded upstream bugs become strict xfails on the affected releases;
 the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``),
