@@ -241,24 +241,8 @@ def _nightly_doc() -> str:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from gemma2_regress.builds import nightly
 
-    _check_paths(cache=args.cache, out=args.out)
-    _check_installer(args.installer)
-    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
-    res = nightly.nightly(
-        args.candidate,
-        args.baseline,
-        out=Path(args.out),
-        cache=cache,
-        cwd=Path.cwd(),
-        pytest_args=list(args.pytest_args) or ["tests"],
-        tiers=args.tiers,
-        repo=args.repo,
-        torch=args.torch,
-        installer=args.installer,
-        reruns=args.reruns,
-        timeout_s=args.timeout,
-    )
-    return int(res["exit"])
+    common = _two_builds(args)
+    return int(nightly.nightly(args.candidate, args.baseline, reruns=args.reruns, **common)["exit"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -426,28 +410,36 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     from gemma2_regress.builds import gate
 
-    _check_paths(cache=args.cache, out=args.out)
-    _check_installer(args.installer)
     if args.perf_args:
         _check_perf_args(args.perf_args)
-    cache = envs.EnvCache(args.cache, int(args.cache_gb * 2**30))
+    common = _two_builds(args)
     res = gate.gate(
         args.candidate,
         args.baseline,
-        out=Path(args.out),
-        cache=cache,
-        cwd=Path.cwd(),
-        pytest_args=list(args.pytest_args) or ["tests"],
-        tiers=args.tiers,
-        repo=args.repo,
-        torch=args.torch,
-        installer=args.installer,
         perf=args.perf,
         perf_threshold=args.perf_threshold,
         perf_args=args.perf_args,
-        timeout_s=args.timeout,
+        **common,
     )
     return 0 if res["pass"] else 1
+
+
+def _two_builds(args: argparse.Namespace) -> dict:
+    """What gate and nightly share: their folders and installer checked now, the environment cache,
+    and the run's settings as keyword arguments of ``gate.gate`` / ``nightly.nightly``."""
+    _check_paths(cache=args.cache, out=args.out)
+    _check_installer(args.installer)
+    return {
+        "out": Path(args.out),
+        "cache": envs.EnvCache(args.cache, int(args.cache_gb * 2**30)),
+        "cwd": Path.cwd(),
+        "pytest_args": list(args.pytest_args) or ["tests"],
+        "tiers": args.tiers,
+        "repo": args.repo,
+        "torch": args.torch,
+        "installer": args.installer,
+        "timeout_s": args.timeout,
+    }
 
 
 def _check_perf_args(argv: list[str]) -> None:
