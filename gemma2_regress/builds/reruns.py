@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(runs, list(args.pytest_args) or list(DEFAULT_SELECTION[args.cmd]), args.profile, args.timeout)
     out = Path(args.out)
     print(
-        f"{args.cmd}: {len(runs)} pytest runs of `pytest {' '.join(plan.pytest_args)}` "
+        f"{args.cmd}: {len(runs)} pytest runs of `pytest {shlex.join(plan.pytest_args)}` "
         f"(profile {plan.profile}); state in {out / 'state.json'}",
         flush=True,
     )
