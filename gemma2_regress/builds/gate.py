@@ -76,7 +76,8 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
     return rows
 
 
-def _cuda(env: envs.Env) -> int:
+def cuda_devices(env: envs.Env) -> int:
+    """How many CUDA devices the torch of ``env`` sees (0 without one)."""
     from gemma2_regress.gpu_check import cuda_device_count
 
     return cuda_device_count(env.python, env.environ())
@@ -89,7 +90,7 @@ def _perf(
         from gemma2_regress.perf import compare as perf_compare  # the perf engineer's hook
     except ImportError as exc:
         return {"status": "not run", "why": f"gemma2_regress.perf.compare is not available ({exc})"}
-    gpu = _cuda(sides[0].env) > 0
+    gpu = cuda_devices(sides[0].env) > 0
     if want is False or (want is None and not gpu):
         return {
             "status": "not run",
@@ -153,7 +154,7 @@ def gate(
     log(f"gate: candidate {c_label} ready ({'cache hit' if c_hit else f'built in {c_s:.1f} s'})")
     sides = [Side("baseline", b_label, base_env, b_s, b_hit), Side("candidate", c_label, c_env, c_s, c_hit)]
     if tiers is None:
-        tiers = ["cpu"] + (["gpu"] if _cuda(base_env) > 0 else [])
+        tiers = ["cpu"] + (["gpu"] if cuda_devices(base_env) > 0 else [])
     result: dict = {"candidate": c_label, "baseline": b_label, "tiers": {}, "sides": {}}
     for s in sides:
         result["sides"][s.name] = {
@@ -168,7 +169,7 @@ def gate(
             sel = Selection([*pytest_args, "-m", TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False)
             extra = {"HYPOTHESIS_PROFILE": TIER_PROFILE[tier]}
             if tier == "gpu":
-                extra["GEMMA2_REGRESS_GPUS"] = str(_cuda(s.env))
+                extra["GEMMA2_REGRESS_GPUS"] = str(cuda_devices(s.env))
             res = runner.run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
             log(
                 f"gate: {tier} tier on {s.name} {s.spec}: {len(res.tests)} tests, pytest exit {res.exit_code}, "

@@ -22,7 +22,6 @@ regression (bisected or not), 5 only flaky failures, 2 bad input.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,13 +99,10 @@ def nightly(
             sel = runner.Selection(
                 [*nodes, "-m", gate.TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False
             )
-            res = run_fn(
-                c_env,
-                sel,
-                out / "reruns" / tier / f"run{k + 1}",
-                cwd=cwd,
-                extra_env={"HYPOTHESIS_PROFILE": gate.TIER_PROFILE[tier]},
-            )
+            extra = {"HYPOTHESIS_PROFILE": gate.TIER_PROFILE[tier]}
+            if tier == "gpu":  # as the gate ran it: every visible GPU
+                extra["GEMMA2_REGRESS_GPUS"] = str(gate.cuda_devices(c_env))
+            res = run_fn(c_env, sel, out / "reruns" / tier / f"run{k + 1}", cwd=cwd, extra_env=extra)
             outcome = {t.nodeid: t for t in res.tests}
             for n in nodes:
                 fails[n] += n not in outcome or outcome[n].failed
@@ -130,11 +126,11 @@ def nightly(
             result["bisect"] = {"status": "not run", "why": why}
         else:
             kind = _signature(result["stable"][0]["verdict"])
-            argv = [
+            argv = [  # the builds as the gate resolved them ("latest" -> its version)
                 "--good",
-                baseline,
+                result["baseline"],
                 "--bad",
-                candidate,
+                result["candidate"],
                 "--signature",
                 kind,
                 "--workdir",
@@ -215,4 +211,4 @@ def _finish(result: dict, out: Path, log: Callable[[str], None]) -> dict:
     write_text_atomic(out / "nightly.md", text)
     log(text)
     log(f"nightly: {out / 'nightly.json'}, issue text {out / 'nightly.md'}; exit {result['exit']}")
-    return json.loads(json.dumps(result))
+    return result
