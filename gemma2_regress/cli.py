@@ -72,6 +72,16 @@ def _perf_args(text: str) -> list[str]:
         ) from None
 
 
+def _repo_and_tiers(p: argparse.ArgumentParser) -> None:
+    """``--repo`` and ``--tiers``, as gate and nightly take them (``_two_builds`` reads both)."""
+    p.add_argument("--repo", help="Unsloth checkout for a git-ref candidate (nightlies: --candidate main)")
+    p.add_argument(
+        "--tiers",
+        type=choices(("cpu", "gpu"), "tier"),
+        help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache", default=str(envs.CACHE_ROOT), help="environment cache folder (default %(default)s)"
@@ -163,12 +173,7 @@ def parser() -> argparse.ArgumentParser:
         "--candidate", required=True, help="version, wheel file, git ref (with --repo) or 'installed'"
     )
     g.add_argument("--baseline", default="latest", help="version (default latest release) or 'installed'")
-    g.add_argument("--repo", help="Unsloth checkout for a git-ref candidate")
-    g.add_argument(
-        "--tiers",
-        type=choices(("cpu", "gpu"), "tier"),
-        help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)",
-    )
+    _repo_and_tiers(g)
     g.add_argument(
         "--perf",
         dest="perf",
@@ -205,12 +210,7 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--reruns", type=bounded(int, at_least=1), default=3, help="reruns of each failing test (default 3)"
     )
-    n.add_argument("--repo", help="Unsloth checkout for a git-ref candidate (nightlies: --candidate main)")
-    n.add_argument(
-        "--tiers",
-        type=choices(("cpu", "gpu"), "tier"),
-        help="comma list of cpu,gpu (default: cpu, plus gpu when a GPU is visible)",
-    )
+    _repo_and_tiers(n)
     n.add_argument(
         "--out", default="reports/nightly", help="nightly.json, nightly.md and each step's reports"
     )
