@@ -1,7 +1,8 @@
 """Pinned cases of upstream bugs the suite found, one test each (see fixtures/known_issues.py).
 
 On an affected release the test is a strict xfail; the release that fixes the bug turns it XPASS
-(red) until the record's range is closed. The same input on the kernel without the bug is pinned
+(red) until the record's range is closed. A bug that shows only on some machines (the recompile abort)
+is not marked: its test calls that failure an xfail itself and fails on anything else. The same input on the kernel without the bug is pinned
 beside it, so the test is known to pass where the code is right.
 """
 
@@ -15,11 +16,12 @@ import sys
 
 import pytest
 
-from fixtures.known_issues import RECOMPILE_CULPRIT
+from fixtures.known_issues import KNOWN_ISSUES, RECOMPILE_CULPRIT, RECOMPILE_ISSUE
 from gemma2_regress import unsloth_adapter
 from gemma2_regress.kernel import targets
 from gemma2_regress.kernel.cases import Case
 from gemma2_regress.kernel.properties import check_kernel_matches_oracle
+from gemma2_regress.plugins.strict_xfail import records_ignored
 
 pytestmark = pytest.mark.unsloth
 
@@ -66,19 +68,20 @@ def test_fp16_row_that_sees_no_key_stays_finite(path: str, device: str) -> None:
     check_kernel_matches_oracle(target, FP16_LEFT_PADDED, device)
 
 
-# Two kernel calls in a child process (the bug aborts the process that runs it).
+# Two kernel calls in a child process (the bug aborts the process that runs it); the second call's answer
+# is held to the oracle (a wrong answer was seen in a sibling sequence).
 _GEOMETRY_CHANGE = """
-import sys
 from gemma2_regress.kernel import targets
 from gemma2_regress.kernel.cases import Case, make_inputs
+from gemma2_regress.kernel.properties import check_kernel_matches_oracle
 h, kvh, d, s = {culprit}
 target = targets.get("slow_attention_softcapping[oracle-2d]")
-for case in (
-    Case(n_heads=h, n_kv_heads=kvh, head_dim=d, scalar=s, q_len=8, kv_len=8, window=4),
-    Case(n_heads=4, n_kv_heads=2, head_dim=16, scalar=16.0, q_len=20, kv_len=20, window=None),
-):
-    target.run(case, make_inputs(case))
-    print("returned", flush=True)
+first = Case(n_heads=h, n_kv_heads=kvh, head_dim=d, scalar=s, q_len=8, kv_len=8, window=4)
+target.run(first, make_inputs(first))
+print("returned", flush=True)
+second = Case(n_heads=4, n_kv_heads=2, head_dim=16, scalar=16.0, q_len=20, kv_len=20, window=None)
+check_kernel_matches_oracle(target, second, "cpu")
+print("returned", flush=True)
 """
 
 
@@ -103,4 +106,15 @@ def test_compiled_kernel_survives_a_geometry_change() -> None:
         else f"exit {proc.returncode}"
     )
     returned = proc.stdout.count("returned")
-    assert proc.returncode == 0, f"the process ended ({died}) after {returned} of the 2 kernel calls returned"
+    issue = next(i for i in KNOWN_ISSUES if i.id == RECOMPILE_ISSUE)
+    recorded = (
+        proc.returncode in (-signal.SIGABRT, -signal.SIGSEGV)
+        and returned == 1
+        and issue.affects(unsloth_adapter.installed_version())
+        and not records_ignored()
+    )
+    if recorded:  # the machine-dependent record (fixtures/known_issues.py): the abort is that bug
+        pytest.xfail(f"known upstream issue {issue.id} (unsloth {issue.affected}): the child died ({died})")
+    assert proc.returncode == 0, (
+        f"the process ended ({died}) after {returned} of the 2 kernel calls returned: {proc.stderr[-1500:]}"
+    )
