@@ -11,6 +11,7 @@ Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from gemma2_regress import versions
 
 pytest_plugins = [
+    "gemma2_regress.plugins.markers",  # gpu, unsloth, slow, xdist_group
     "gemma2_regress.plugins.report",  # per-test verdicts, per-example records, reports/<tier>/summary.json
     "gemma2_regress.plugins.costs",  # the suite's own cost per tier/target (docs/perf.md)
     "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
@@ -64,7 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from gemma2_regress.plugins.strict_xfail import mark_items
     from gemma2_regress.unsloth_adapter import installed_version
 
-    mark_items(items, KNOWN_ISSUES, installed_version())
+    mark_items(items, KNOWN_ISSUES, installed_version(), suite_root=Path(__file__).parent)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -24,7 +24,7 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from gemma2_regress import gpu_check, toolslock  # noqa: E402
+from gemma2_regress import gpu_check, suite, toolslock  # noqa: E402
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from gemma2_regress.builds import install  # noqa: E402
 from gemma2_regress.plugins import report  # noqa: E402
@@ -102,6 +102,17 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run(python, "-m", "pytest", *args, *session.posargs, external=True, interrupt_timeout=60)
 
 
+def _tier_args(session: nox.Session, tier: str, gpus: int = 0) -> list[str]:
+    """The tier's pytest arguments, its variables set in the session (gemma2_regress/suite.py: the tier
+    means what it means in `gemma2-regress test`)."""
+    try:
+        args = suite.tier_args(tier, gpus)
+    except suite.SuiteError as exc:
+        session.error(str(exc))
+    session.env.update(suite.tier_env(tier, gpus))
+    return args
+
+
 def _run_tier(session: nox.Session, tier: str, *args: str) -> None:
     """Run the tier's pytest with its reports under reports/<tier>/ and note how it ended."""
     session.env[report.TIER_ENV] = tier  # summary.json and costs.json go to reports/<tier>/ too
@@ -138,14 +149,12 @@ def _no_gpu(session: nox.Session, problem: str, required: str | None) -> NoRetur
 @nox.session(python=PYTHON)
 def cpu(session: nox.Session) -> None:
     """Everything that needs no GPU: the oracle, Unsloth's kernels on CPU, fixtures, self-tests."""
+    args = _tier_args(session, "cpu")
     version = install_unsloth(session)
     session.log(f"CPU tier against unsloth {version}")
-    # Deterministic draws, as the GPU tier's: a regression run's verdict must not depend on luck. Random
-    # search (HYPOTHESIS_PROFILE=dev or nightly) can also hit torch's CPU recompile crash (README).
-    if "HYPOTHESIS_PROFILE" not in os.environ:
-        session.env["HYPOTHESIS_PROFILE"] = "ci"
-    workers = os.environ.get("GEMMA2_REGRESS_WORKERS", "2")
-    _run_tier(session, "cpu", "-m", "not gpu", "-n", workers, "--dist", "loadgroup")
+    # Deterministic draws (the ci profile), as the GPU tier's: a regression run's verdict must not depend
+    # on luck. Random search (HYPOTHESIS_PROFILE=dev or nightly) can also hit torch's CPU recompile crash.
+    _run_tier(session, "cpu", *args)
 
 
 @nox.session(python=PYTHON)
@@ -155,9 +164,7 @@ def gpu(session: nox.Session) -> None:
     Without a usable GPU it skips with the reason, or fails in one line where a GPU is required.
     """
     required = _gpu_required(session)
-    per_gpu = os.environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "1")
-    if not per_gpu.isdigit() or int(per_gpu) < 1:
-        session.error(f"GEMMA2_REGRESS_WORKERS_PER_GPU={per_gpu!r}: use a whole number >= 1 (default 1)")
+    _tier_args(session, "gpu")  # a bad worker setting fails here, before anything is installed
     problem = gpu_check.driver_problem()  # before the install: a runner without a driver stops here
     if problem:
         _no_gpu(session, problem, required)
@@ -169,11 +176,7 @@ def gpu(session: nox.Session) -> None:
         _no_gpu(session, problem, required)
     # One worker per GPU, each pinned to its own device (conftest.py); more per GPU
     # (GEMMA2_REGRESS_WORKERS_PER_GPU) overlap the cold compiles, which are CPU-bound (docs/gpu.md).
-    workers = n * int(per_gpu)
-    xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
-    session.env.setdefault("HYPOTHESIS_PROFILE", "gpu")
-    session.env["GEMMA2_REGRESS_GPUS"] = str(n)
-    _run_tier(session, "gpu", "-m", "gpu", *xdist)
+    _run_tier(session, "gpu", *_tier_args(session, "gpu", n))
 
 
 @nox.session(python=PYTHON)

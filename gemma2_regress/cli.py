@@ -1,4 +1,5 @@
-"""The ``gemma2-regress`` command: ``bisect``, ``gate``, ``nightly`` and ``report`` (``gemma2-regress <cmd> --help``).
+"""The ``gemma2-regress`` command: ``test``, ``bisect``, ``gate``, ``nightly``, ``report`` and ``perf``
+(``gemma2-regress <cmd> --help``).
 
 Everything after ``--`` is handed to pytest as the selection (node ids, ``-k``, ``-m``, ``--hypothesis-*``).
 Exit codes: bisect 0 = boundary found, 3 = only a range (untestable builds inside it), 2 = bad input
@@ -15,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -229,7 +231,67 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "perf", add_help=False, help="benchmark Unsloth's slow softcapping path (gemma2-regress perf --help)"
     )
+    sub.add_parser(
+        "test",
+        add_help=False,
+        help="run the suite against the Unsloth importable here (gemma2-regress test --help)",
+    )
     return p
+
+
+EPILOG_TEST = """examples:
+  gemma2-regress test                                   the cpu tier: everything that needs no GPU
+  gemma2-regress test --tier gpu                        the GPU tier (fails without a usable GPU)
+  gemma2-regress test tests/kernel -k window -x         pytest arguments; test paths are the suite's
+  cd ~/unsloth && pip install -e . --no-deps && gemma2-regress test    (the suite against a working tree)
+Reports: <--reports>/<tier>/summary.json, costs.json, junit.xml. Exit status: pytest's.
+"""
+
+
+def test_parser() -> argparse.ArgumentParser:
+    """``gemma2-regress test``'s options; every argument it does not know is pytest's."""
+    from gemma2_regress import suite
+
+    p = OneLineParser(
+        prog="gemma2-regress test",
+        description="Run the suite's tests with this interpreter against whatever Unsloth it imports: the "
+        "suite of this checkout, or the copy the installed wheel carries (" + suite.ROOT_ENV + " picks "
+        "another). Arguments it does not know go to pytest.",
+        epilog=EPILOG_TEST,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--tier", choices=suite.TIERS, default="cpu", help="which tier (default %(default)s)")
+    p.add_argument("--reports", default="reports", help="folder for the run's reports (default %(default)s)")
+    return p
+
+
+def cmd_test(argv: list[str]) -> int:
+    from gemma2_regress import gpu_check, suite
+
+    args, pytest_args = test_parser().parse_known_args(argv)
+    pytest_args = [a for a in pytest_args if a != "--"]
+    prog = "gemma2-regress test"
+    reports = Path(args.reports).resolve()
+    try:
+        _check_paths(reports=str(reports))
+        root = suite.root()
+        gpus = 0
+        if args.tier == "gpu":  # asked for by name: no usable GPU is a failure, not a skip
+            problem = gpu_check.gpu_tier_problem(sys.executable)
+            if problem:
+                print(f"{prog}: error: the gpu tier cannot run here: {problem}", file=sys.stderr)
+                return 1
+            gpus = gpu_check.cuda_device_count(sys.executable)
+            pytest_args = ["--require-gpu", *pytest_args]
+        argv_, defaults = suite.pytest_command(
+            args.tier, pytest_args, suite=root, reports=reports, python=sys.executable, gpus=gpus
+        )
+    except (suite.SuiteError, bisect.BisectError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return bisect.EXIT_ERROR
+    env = {**os.environ, **defaults}
+    print(f"{prog}: {args.tier} tier of {root}, reports in {reports / args.tier}", flush=True)
+    return subprocess.run(argv_, cwd=root, env=env).returncode
 
 
 def _nightly_doc() -> str:
@@ -460,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         from gemma2_regress.perf.cli import main as perf_main
 
         return perf_main(argv[1:])
+    if argv[:1] == ["test"]:  # its own command line: unknown arguments are pytest's
+        return cmd_test(argv[1:])
     args = parser().parse_args(argv)
     try:
         commands = {"bisect": cmd_bisect, "gate": cmd_gate, "nightly": cmd_nightly, "report": cmd_report}

@@ -1,0 +1,129 @@
+"""Where the suite's tests live, and what one tier of them is for pytest.
+
+The suite is ``conftest.py``, ``tests/`` and ``fixtures/`` plus pytest's settings. Two layouts carry it:
+
+- a checkout of this repository: its root, with the settings in ``pyproject.toml``;
+- an installed wheel: ``gemma2_regress/suite_root/`` in site-packages, the same files copied there at build
+  time (``setup.py``; ``tests/selftest/`` stays behind: it tests this repository's machinery), with the
+  settings written out as ``pytest.ini``.
+
+``gemma2-regress test`` and the nox sessions ask this module, so a tier means the same everywhere:
+
+    cpu   ``-m "not gpu"``: the oracle, Unsloth's kernels on CPU, the fixture model (and, in a checkout,
+          the self-tests); HYPOTHESIS_PROFILE ``ci``; GEMMA2_REGRESS_WORKERS xdist workers (default 2)
+    gpu   ``-m gpu``: Unsloth's model, trainer and kernels on CUDA; HYPOTHESIS_PROFILE ``gpu``; one xdist
+          worker per GPU times GEMMA2_REGRESS_WORKERS_PER_GPU (default 1), each pinned to its GPU
+          (conftest.py); ``--require-gpu``: without a GPU the tier fails instead of skipping
+
+Standard library only: the noxfile imports it before any environment exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+CHECKOUT = PACKAGE.parent
+INSTALLED = PACKAGE / "suite_root"  # the wheel's copy (setup.py writes it)
+ROOT_ENV = "GEMMA2_REGRESS_ROOT"  # a suite root chosen by hand: another checkout of this repository
+TIERS = ("cpu", "gpu")
+PROFILES = {"cpu": "ci", "gpu": "gpu"}
+
+
+class SuiteError(Exception):
+    """No suite to run here, or a bad tier setting; the message names the fix."""
+
+
+def is_root(path: Path) -> bool:
+    """Whether ``path`` holds the suite: ``conftest.py``, ``tests/`` and ``fixtures/known_issues.py``."""
+    return (
+        (path / "conftest.py").is_file()
+        and (path / "tests").is_dir()
+        and (path / "fixtures" / "known_issues.py").is_file()
+    )
+
+
+def root(environ: Mapping[str, str] | None = None) -> Path:
+    """The suite to run: ``$GEMMA2_REGRESS_ROOT`` if set, else the checkout this package was imported
+    from, else the wheel's copy; ``SuiteError`` when none holds the suite."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(ROOT_ENV)
+    candidates = [Path(chosen).expanduser()] if chosen else [CHECKOUT, INSTALLED]
+    for path in candidates:
+        if is_root(path):
+            return path.resolve()
+    where = (
+        f"{ROOT_ENV}={chosen}" if chosen else f"{CHECKOUT} (a checkout) nor {INSTALLED} (the wheel's copy)"
+    )
+    raise SuiteError(
+        f"no gemma2-regress suite in {where}: point {ROOT_ENV} at a checkout of gemma2-regress, or "
+        "install the wheel (pip install gemma2-regress), which carries the tests"
+    )
+
+
+def config_file(suite: Path) -> Path:
+    """pytest's settings for ``suite``: ``pytest.ini`` in the wheel's copy, ``pyproject.toml`` in a checkout."""
+    ini = suite / "pytest.ini"
+    return ini if ini.is_file() else suite / "pyproject.toml"
+
+
+def _whole(name: str, value: str, default: str) -> int:
+    text = value.strip() or default
+    if not text.isdigit() or int(text) < 1:
+        raise SuiteError(f"{name}={value!r}: use a whole number >= 1 (default {default})")
+    return int(text)
+
+
+def tier_args(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None) -> list[str]:
+    """pytest's arguments for ``tier`` (module doc), with ``gpus`` CUDA devices visible (gpu tier).
+
+    xdist is asked for only with more than one worker; ``-p no:xdist`` otherwise, so that one worker
+    runs in the main process (a GPU stays initialised once)."""
+    environ = os.environ if environ is None else environ
+    if tier == "cpu":
+        workers = _whole("GEMMA2_REGRESS_WORKERS", environ.get("GEMMA2_REGRESS_WORKERS", ""), "2")
+        selection = ["-m", "not gpu"]
+    elif tier == "gpu":
+        per_gpu = environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "")
+        workers = max(1, gpus) * _whole("GEMMA2_REGRESS_WORKERS_PER_GPU", per_gpu, "1")
+        selection = ["-m", "gpu"]
+    else:
+        raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
+    xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
+    return [*selection, *xdist]
+
+
+def tier_env(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
+    one), where its reports go (``reports/<tier>/``) and, for the gpu tier, how many GPUs it spreads over."""
+    environ = os.environ if environ is None else environ
+    env = {"GEMMA2_REGRESS_TIER": tier}
+    if "HYPOTHESIS_PROFILE" not in environ:
+        env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
+    if tier == "gpu":
+        env["GEMMA2_REGRESS_GPUS"] = str(gpus)
+    return env
+
+
+def pytest_command(
+    tier: str, args: list[str], *, suite: Path, reports: Path, python: str, gpus: int = 0
+) -> tuple[list[str], dict[str, str]]:
+    """``(argv, environment defaults)`` that run ``tier`` of ``suite`` with ``python``'s Unsloth, started
+    in ``suite`` (pytest's rootdir and settings are the suite's, whatever the caller's folder: nodeids read
+    ``tests/...`` as in a checkout, testpaths apply, no other project's pytest settings do).
+
+    ``args`` are pytest's; test paths in them are the suite's (``tests/kernel -k window``). The run's
+    reports (summary JSON, costs, JUnit) go to ``<reports>/<tier>/``, Unsloth's compiled code to
+    ``<reports>/unsloth_compiled_cache``: nothing is written into the suite."""
+    out = reports / tier
+    argv = [python, "-m", "pytest", "-c", str(config_file(suite)), "--rootdir", str(suite)]
+    argv += ["-p", "no:cacheprovider", *tier_args(tier, gpus), f"--junitxml={out / 'junit.xml'}", *args]
+    env = {
+        **tier_env(tier, gpus),
+        "GEMMA2_REGRESS_REPORT": str(out / "summary.json"),
+        "GEMMA2_REGRESS_COSTS": str(out / "costs.json"),
+        "UNSLOTH_COMPILE_LOCATION": str(reports / "unsloth_compiled_cache"),
+    }
+    return argv, env

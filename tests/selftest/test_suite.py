@@ -1,0 +1,119 @@
+"""What a tier is (gemma2_regress/suite.py), where the suite is found, and what the wheel carries (setup.py).
+
+The wheel itself is built and run end to end by hand (README "The suite as a pytest plugin"); here, without
+a build: the files setup.py lays out, the settings it writes, and the command `gemma2-regress test` runs.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress import cli, suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("gemma2_regress_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # __name__ is not "__main__": setup() does not run
+    return module
+
+
+def test_tier_args_cpu_and_gpu() -> None:
+    assert suite.tier_args("cpu", environ={}) == ["-m", "not gpu", "-n", "2", "--dist", "loadgroup"]
+    assert suite.tier_args("cpu", environ={"GEMMA2_REGRESS_WORKERS": "1"}) == [
+        "-m",
+        "not gpu",
+        "-p",
+        "no:xdist",
+    ]
+    assert suite.tier_args("gpu", 1, environ={}) == ["-m", "gpu", "-p", "no:xdist"]
+    four = suite.tier_args("gpu", 2, environ={"GEMMA2_REGRESS_WORKERS_PER_GPU": "2"})
+    assert four == ["-m", "gpu", "-n", "4", "--dist", "loadgroup"]
+
+
+@pytest.mark.parametrize(
+    ("tier", "environ", "fragment"),
+    [
+        ("cpu", {"GEMMA2_REGRESS_WORKERS": "0"}, "GEMMA2_REGRESS_WORKERS='0'"),
+        ("gpu", {"GEMMA2_REGRESS_WORKERS_PER_GPU": "two"}, "GEMMA2_REGRESS_WORKERS_PER_GPU='two'"),
+        ("tpu", {}, "unknown tier 'tpu'"),
+    ],
+)
+def test_bad_tier_settings_name_the_fix(tier: str, environ: dict, fragment: str) -> None:
+    with pytest.raises(suite.SuiteError, match=fragment):
+        suite.tier_args(tier, 1, environ=environ)
+
+
+def test_tier_env_keeps_a_chosen_profile() -> None:
+    assert suite.tier_env("cpu", environ={}) == {"GEMMA2_REGRESS_TIER": "cpu", "HYPOTHESIS_PROFILE": "ci"}
+    chosen = suite.tier_env("gpu", 2, environ={"HYPOTHESIS_PROFILE": "nightly"})
+    assert chosen == {"GEMMA2_REGRESS_TIER": "gpu", "GEMMA2_REGRESS_GPUS": "2"}
+
+
+def test_root_is_this_checkout_or_the_chosen_one(tmp_path: Path) -> None:
+    assert suite.root(environ={}) == ROOT
+    assert suite.root(environ={suite.ROOT_ENV: str(ROOT)}) == ROOT
+    with pytest.raises(suite.SuiteError, match=f"{suite.ROOT_ENV}={tmp_path}"):
+        suite.root(environ={suite.ROOT_ENV: str(tmp_path)})
+
+
+def test_the_wheel_carries_the_suite_without_the_selftests(tmp_path: Path) -> None:
+    dest = tmp_path / "suite_root"
+    _setup_module().lay_suite(dest)
+    assert suite.is_root(dest)
+    assert (dest / "tests" / "kernel" / "test_slow_kernel.py").is_file()
+    assert (dest / "fixtures" / "model.py").is_file()
+    assert not (dest / "tests" / "selftest").exists()
+    assert suite.config_file(dest) == dest / "pytest.ini"
+    ini = configparser.ConfigParser()
+    ini.read(dest / "pytest.ini")
+    assert ini["pytest"]["addopts"].split()[:2] == ["-ra", "--strict-markers"]
+    assert ini["pytest"]["testpaths"].strip() == "tests"
+    assert "ignore::DeprecationWarning" in ini["pytest"]["filterwarnings"].split()
+
+
+def test_command_runs_in_the_suite_with_reports_outside(tmp_path: Path) -> None:
+    argv, env = suite.pytest_command(
+        "cpu", ["tests/kernel", "-k", "window"], suite=ROOT, reports=tmp_path, python="py"
+    )
+    assert argv[:7] == ["py", "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT)]
+    assert argv[-3:] == ["tests/kernel", "-k", "window"]
+    assert f"--junitxml={tmp_path / 'cpu' / 'junit.xml'}" in argv
+    assert env["GEMMA2_REGRESS_REPORT"] == str(tmp_path / "cpu" / "summary.json")
+    assert env["UNSLOTH_COMPILE_LOCATION"].startswith(str(tmp_path))
+
+
+def test_gemma2_regress_test_runs_a_selection(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real command, on a cheap selection of this checkout: pytest's exit status and the reports."""
+    monkeypatch.setenv("GEMMA2_REGRESS_WORKERS", "1")
+    monkeypatch.chdir(tmp_path)  # started elsewhere: the selection's path is still the suite's
+    selection = ["tests/selftest/test_padding.py", "-q", "-x", "--no-compile-canary"]
+    code = cli.main(["test", "--reports", str(tmp_path / "reports"), *selection])
+    assert code == 0
+    assert (tmp_path / "reports" / "cpu" / "summary.json").is_file()
+    assert (tmp_path / "reports" / "cpu" / "junit.xml").is_file()
+    assert "cpu tier of" in capsys.readouterr().out
+
+
+def test_gemma2_regress_test_rejects_a_bad_tier(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["test", "--tier", "tpu"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tpu'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_markers_are_declared_once(pytestconfig: pytest.Config) -> None:
+    from gemma2_regress.plugins.markers import MARKERS
+
+    declared = [m.split(":", 1)[0] for m in pytestconfig.getini("markers")]
+    for name in MARKERS:
+        assert declared.count(name) == 1, (name, declared)
