@@ -1,9 +1,10 @@
 """Build hook only (metadata, dependencies and tool settings live in pyproject.toml).
 
 The wheel carries the suite, so that ``gemma2-regress test`` runs it wherever the wheel is installed:
-``conftest.py``, ``tests/`` and ``fixtures/`` are copied to ``gemma2_regress/suite_root/`` (``tests/selftest/``
-stays behind: it tests this repository's machinery, not Unsloth), with pyproject.toml's pytest settings
-written out as ``gemma2_regress/suite_root/pytest.ini``. ``gemma2_regress/suite.py`` finds that copy.
+``conftest.py``, ``tests/``, ``fixtures/`` and ``requirements/`` (the test tools' lock the run header
+checks) are copied to ``gemma2_regress/suite_root/`` (``tests/selftest/`` stays behind: it tests this
+repository's machinery, not Unsloth), with pyproject.toml's pytest settings written out as
+``gemma2_regress/suite_root/pytest.ini``. ``gemma2_regress/suite.py`` finds that copy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-SUITE_FILES = ("conftest.py", "tests", "fixtures")
+SUITE_FILES = (
+    "conftest.py",
+    "tests",
+    "fixtures",
+    "requirements",
+)  # requirements: the run header's tools lock
 LEFT_OUT = shutil.ignore_patterns("selftest", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 
 

@@ -29,7 +29,13 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-LOCK_DIR = Path(__file__).resolve().parent.parent / "requirements"
+# A checkout's requirements/; in an installed wheel, the copy it carries beside the suite (setup.py).
+_CHECKOUT_LOCKS = Path(__file__).resolve().parent.parent / "requirements"
+LOCK_DIR = (
+    _CHECKOUT_LOCKS
+    if _CHECKOUT_LOCKS.is_dir()
+    else Path(__file__).resolve().parent / "suite_root" / "requirements"
+)
 TEST_LOCK = LOCK_DIR / "test.txt"
 TOOLS_LOCK = LOCK_DIR / "tools.txt"
 # The Pythons the locks must serve (pyproject's requires-python and the GPU image's 3.12).

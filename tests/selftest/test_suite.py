@@ -69,6 +69,7 @@ def test_the_wheel_carries_the_suite_without_the_selftests(tmp_path: Path) -> No
     assert suite.is_root(dest)
     assert (dest / "tests" / "kernel" / "test_slow_kernel.py").is_file()
     assert (dest / "fixtures" / "model.py").is_file()
+    assert (dest / "requirements" / "test.txt").is_file()  # the lock the run header checks
     assert not (dest / "tests" / "selftest").exists()
     assert suite.config_file(dest) == dest / "pytest.ini"
     ini = configparser.ConfigParser()
