@@ -26,11 +26,15 @@ ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
 from gemma2_regress import gpu_check, suite, toolslock  # noqa: E402
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from gemma2_regress.builds import install  # noqa: E402
+from gemma2_regress.builds import envs, install  # noqa: E402
 from gemma2_regress.plugins import report  # noqa: E402
 
 nox.options.sessions = ["cpu"]
-nox.options.default_venv_backend = "venv"
+# uv where nox finds it installed (environments in seconds, files hard-linked from uv's cache), else venv.
+nox.options.default_venv_backend = "uv|venv"
+# A uv-made environment gets pip (and, before Python 3.12, setuptools) as `python -m venv` gives it: code
+# run inside the environment under test calls `python -m pip` (the GPU bundle's build and its self-test).
+os.environ.setdefault("UV_VENV_SEED", "1")
 if hasattr(nox.options, "reuse_venv"):
     nox.options.reuse_venv = "yes"
 else:  # older nox
@@ -50,7 +54,15 @@ def _venv_python(session: nox.Session) -> str | None:
 
 
 def _pip(session: nox.Session, python: str, *args: str) -> None:
-    session.run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args, external=True)
+    """Install ``args`` into the environment of ``python``: `uv pip install --python` where uv is installed
+    (with pip's find-links and constraints), else `python -m pip install` (envs.install_argv)."""
+    session.run(*envs.install_argv(python), *args, external=True)
+
+
+def _log_installer(session: nox.Session) -> None:
+    """One line in the session's log: which installer `_pip` and `install.install` use."""
+    uv = envs.pick_uv()
+    session.log(f"installer: uv ({uv})" if uv else "installer: pip (uv is not installed)")
 
 
 def install_unsloth(session: nox.Session, python: str | None = None) -> str:
@@ -59,6 +71,8 @@ def install_unsloth(session: nox.Session, python: str | None = None) -> str:
     wanted = os.environ.get("GEMMA2_REGRESS_UNSLOTH", "latest")
     python = python or _venv_python(session)
     marker = Path(python).parent.parent / MARKER if python else None
+    if python:
+        _log_installer(session)
     if wanted == "installed" or python is None:
         session.log("GEMMA2_REGRESS_UNSLOTH=installed or --no-venv: using the Unsloth already installed")
         _pip(session, python, "-e", ".", "--no-deps") if python else None
@@ -293,13 +307,25 @@ def mutants(session: nox.Session) -> None:
     session.run(python, "-m", "gemma2_regress.mutants.killmatrix", *session.posargs, external=True, env=env)
 
 
+def _venv_backend(session: nox.Session) -> str:
+    """The backend nox gives the cpu session: --force-venv-backend, else the default ("uv|venv"), its first
+    choice that is installed: nox rebuilds an environment made by uv when asked for venv, so both agree."""
+    config = session._runner.global_config
+    choices = (config.force_venv_backend or config.default_venv_backend or "virtualenv").split("|")
+    backend = next((b for b in choices if nox.virtualenv.OPTIONAL_VENVS.get(b, True)), choices[-1])
+    return backend if backend in ("uv", "venv", "virtualenv") else "venv"
+
+
 def _cpu_env(session: nox.Session) -> str:
     """The interpreter of the cpu session's environment (.nox/cpu), made here if missing: mutants,
     portability and flakes run the CPU tier's tests and share it. Under `--no-venv`, the current interpreter."""
     if getattr(session._runner.global_config, "force_venv_backend", None) == "none":  # --no-venv
         return sys.executable
     venv = nox.virtualenv.VirtualEnv(
-        str(ROOT / ".nox" / "cpu"), interpreter=PYTHON, reuse_existing=True, venv_backend="venv"
+        str(ROOT / ".nox" / "cpu"),
+        interpreter=PYTHON,
+        reuse_existing=True,
+        venv_backend=_venv_backend(session),
     )
     venv.create()
     python = str(Path(venv.bin) / "python")

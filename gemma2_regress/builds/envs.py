@@ -20,6 +20,7 @@ i.e. this environment's share of it.
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import json
 import os
@@ -70,9 +71,92 @@ class Env:
 
 
 def uv_binary() -> str | None:
-    """The uv executable if one is installed (beside this interpreter or on PATH)."""
+    """The uv executable if one is installed: beside this interpreter, on PATH, or the ``uv`` package's
+    own (where nox looks too: nox's choice of venv backend and this choice of installer agree)."""
     near = Path(sys.executable).with_name("uv")
-    return str(near) if near.exists() else shutil.which("uv")
+    if near.exists():
+        return str(near)
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin  # a `pip install --user uv` whose folder is not on PATH
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def pick_uv(installer: str = "auto", find_uv: Callable[[], str | None] | None = None) -> str | None:
+    """The uv executable to install with, or None for pip. ``installer``: ``uv`` (a ``BuildError`` where
+    uv is not installed), ``pip`` (never uv) or ``auto`` (uv where installed). ``find_uv`` looks uv up
+    (default ``uv_binary``)."""
+    if installer not in ("auto", "uv", "pip"):
+        raise ValueError(f"installer {installer!r}: use auto, uv or pip")
+    uv = (find_uv or uv_binary)() if installer in ("auto", "uv") else None
+    if installer == "uv" and uv is None:
+        raise BuildError("uv is not installed; `pip install uv` or pass --installer pip")
+    return uv
+
+
+def _pip_setting(name: str) -> list[str]:
+    """A list-valued pip setting (``find-links``, ``constraint``) as pip would read it: ``PIP_<NAME>``, else
+    the last of pip's configuration files to set it (global, user, site, ``PIP_CONFIG_FILE``; in each,
+    ``[install]`` over ``[global]``)."""
+    env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+    if env is not None:
+        return env.split()
+    given = os.environ.get("PIP_CONFIG_FILE")
+    if given == os.devnull:
+        return []
+    home = Path.home()
+    xdg = [d for d in os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
+    files = [*(Path(d) / "pip" / "pip.conf" for d in xdg), Path("/etc/pip.conf")]
+    if not (given and Path(given).exists()):  # pip skips the user's files when PIP_CONFIG_FILE exists
+        user = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        files += [home / ".pip" / "pip.conf", user / "pip" / "pip.conf"]
+    files += [Path(sys.prefix) / "pip.conf", *([Path(given)] if given else [])]
+    value = ""
+    for path in files:
+        config = configparser.ConfigParser(interpolation=None)
+        try:
+            config.read(path)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue  # pip would stop on a broken file; pip then fails loudly on its own
+        for section in ("global", "install"):
+            value = config.get(section, name, fallback=value)
+    return value.split()
+
+
+def pip_config_for_uv() -> list[str]:
+    """What pip reads from its configuration and uv does not, as ``uv pip install`` options: pip's
+    find-links (on this project's machines the local CPU torch wheel) and constraint files. pip's extra
+    indexes are left out: uv takes a package from the first index that has it, not the best version."""
+    links = [a for link in _pip_setting("find-links") for a in ("--find-links", link)]
+    return links + [a for c in _pip_setting("constraint") for a in ("--constraint", c)]
+
+
+def install_argv(
+    python: str | None = None,
+    *,
+    target: Path | None = None,
+    installer: str = "auto",
+    find_links: Sequence[str] = (),
+    offline: bool = False,
+    find_uv: Callable[[], str | None] | None = None,
+) -> list[str]:
+    """The install command up to its requirements: ``uv pip install`` (with pip's own find-links and
+    constraints, ``pip_config_for_uv``) or ``python -m pip install``, into ``target`` or the env of
+    ``python`` (default: this interpreter). ``installer`` and ``find_uv`` as in ``pick_uv``."""
+    uv = pick_uv(installer, find_uv)
+    links = [a for fl in find_links for a in ("--find-links", fl)]
+    if uv:
+        argv = [uv, "pip", "install", "-q", *pip_config_for_uv(), *links]
+        argv += ["--offline", "--no-index"] if offline else []
+        return argv + (["--target", str(target)] if target else ["--python", python or sys.executable])
+    argv = [python or sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *links]
+    argv += ["--no-index"] if offline else []
+    return argv + (["--target", str(target)] if target else [])
 
 
 def _run(argv: Sequence[str], what: str, **kw: object) -> subprocess.CompletedProcess:
@@ -93,37 +177,17 @@ def pip_install(
     offline: bool = False,
     extra: Sequence[str] = (),
 ) -> float:
-    """``pip install`` (or ``uv pip install``) ``args`` into ``target`` or the env of ``python``;
-    returns seconds taken. ``installer``: ``uv``, ``pip`` or ``auto`` (uv when installed)."""
-    uv = uv_binary() if installer in ("auto", "uv") else None
-    if installer == "uv" and uv is None:
-        raise BuildError("uv is not installed; `pip install uv` or pass --installer pip")
+    """``pip install`` (or ``uv pip install``) ``args`` into ``target`` or the env of ``python``
+    (``install_argv``); returns seconds taken. ``installer``: ``uv``, ``pip`` or ``auto`` (uv when installed)."""
+    argv = install_argv(python, target=target, installer=installer, find_links=find_links, offline=offline)
     t0 = time.time()
-    links = [a for fl in find_links for a in ("--find-links", fl)]
-    if uv:
-        argv = [uv, "pip", "install", "-q", *links, *extra]
-        argv += ["--offline", "--no-index"] if offline else []
-        argv += ["--target", str(target)] if target else ["--python", python or sys.executable]
-    else:
-        argv = [
-            python or sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            *links,
-            *extra,
-        ]
-        argv += ["--no-index"] if offline else []
-        argv += ["--target", str(target)] if target else []
-    _run([*argv, *args], "install " + " ".join(str(a) for a in args)[:200])
+    _run([*argv, *extra, *args], "install " + " ".join(str(a) for a in args)[:200])
     return time.time() - t0
 
 
 def make_venv(path: Path, python: str = sys.executable, installer: str = "auto") -> str:
     """Create a virtual environment at ``path``; return its interpreter."""
-    uv = uv_binary() if installer in ("auto", "uv") else None
+    uv = pick_uv(installer)
     base = getattr(sys, "_base_executable", python) if python == sys.executable else python
     if uv:
         _run([uv, "venv", "-q", "-p", base, str(path)], f"uv venv {path}")

@@ -2,9 +2,9 @@
 
 Each Unsloth release caps torch / transformers / trl differently, so the set is resolved per
 release: ``unsloth`` and ``unsloth_zoo`` are installed with ``--no-deps``, then the rest of their
-declared requirements (read from PyPI's metadata for that exact release) are installed in one pip
-resolve, leaving out what a CPU run neither needs nor can load (torchvision, xformers,
-bitsandbytes, platform-specific wheels). torch is chosen first: the newest CPU-friendly build the
+declared requirements (read from PyPI's metadata for that exact release) are installed in one
+resolve (uv's where uv is installed, else pip's: ``envs.install_argv``), leaving out what a CPU run
+neither needs nor can load (torchvision, xformers, bitsandbytes, platform-specific wheels). torch is chosen first: the newest CPU-friendly build the
 release admits (on this project's CI image torch 2.13.0 is a local CPU wheel).
 
 Network access is PyPI's JSON API (``pypi_json``, release lists and dates) and ``pip download`` of
@@ -33,6 +33,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from gemma2_regress.builds import envs
 from gemma2_regress.toolslock import TEST_LOCK
 
 PYPI = "https://pypi.org/pypi"
@@ -194,7 +195,7 @@ def zoo_for(version: str) -> str:
 
 
 def plan(version: str) -> dict[str, list[str]]:
-    """The three pip steps for ``version``: torch, the two Unsloth packages, their neighbours."""
+    """The three install steps for ``version``: torch, the two Unsloth packages, their neighbours."""
     zoo = zoo_for(version)
     specs: dict[str, SpecifierSet] = {}
     for project, ver in (("unsloth", version), ("unsloth_zoo", zoo)):
@@ -214,18 +215,28 @@ def plan(version: str) -> dict[str, list[str]]:
 
 
 def install(
-    version: str, python: str = sys.executable, extra: tuple[str, ...] = TEST_TOOLS
+    version: str,
+    python: str = sys.executable,
+    extra: tuple[str, ...] = TEST_TOOLS,
+    *,
+    installer: str = "auto",
 ) -> dict[str, list[str]]:
-    """Install ``version`` into the environment of ``python`` (three pip calls)."""
+    """Install ``version`` into the environment of ``python`` (three installer calls, each printed).
+    ``installer``: ``uv`` (``uv pip install``), ``pip`` or ``auto`` (uv where installed), as ``envs.install_argv``
+    chooses; a failed call is a ``subprocess.CalledProcessError``."""
     steps = plan(version)
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    for argv in (
-        pip + steps["torch"],
-        pip + ["--no-deps"] + [str(wheel(*r.split("=="))) for r in steps["unsloth"]],
-        pip + steps["neighbours"] + list(extra),
+    try:
+        command = envs.install_argv(python, installer=installer)
+    except envs.BuildError as exc:
+        raise InstallError(str(exc)) from exc
+    name = "pip" if command[0] == python else "uv pip"
+    for args in (
+        steps["torch"],
+        ["--no-deps"] + [str(wheel(*r.split("=="))) for r in steps["unsloth"]],
+        steps["neighbours"] + list(extra),
     ):
-        print("+", " ".join(argv[3:]), flush=True)
-        subprocess.run(argv, check=True)
+        print("+", name, "install", " ".join(args), flush=True)
+        subprocess.run([*command, *args], check=True)
     return steps
 
 

@@ -107,8 +107,8 @@ class PyPIReleases(Source):
     name = "pypi"
 
     def __init__(self, torch: str | None = None, installer: str = "auto", find_links: tuple[str, ...] = ()):
-        self.torch, self.installer = torch, installer
-        self.find_links = find_links or tuple(p for p in os.environ.get("PIP_FIND_LINKS", "").split() if p)
+        # pip's own find-links (PIP_FIND_LINKS, pip.conf) reach uv too: envs.install_argv
+        self.torch, self.installer, self.find_links = torch, installer, find_links
 
     def candidates(self) -> list[Candidate]:
         return [
@@ -132,7 +132,7 @@ class PyPIReleases(Source):
         neighbours = [r for r in steps["neighbours"] if not r.startswith("torch==")]
         python = envs.make_venv(d / "venv", installer=self.installer)
         extra: list[str] = []
-        uv = envs.uv_binary() if self.installer in ("auto", "uv") else None
+        uv = envs.pick_uv(self.installer)
         if uv:  # resolve the neighbours as of the release's upload date (+1 day), torch forced
             cutoff = (dt.datetime.fromisoformat(cand.date) + dt.timedelta(days=1)).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"

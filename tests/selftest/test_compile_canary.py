@@ -13,7 +13,7 @@ TESTS = "def test_one():\n    pass\n"
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_suite=TESTS)
+    pytester.makepyfile(test_inner_suite=TESTS)
     return pytester
 
 

@@ -159,8 +159,8 @@ EXPECTED = {  # node id -> (outcome, verdicts)
         ["crash:AttributeError@flex_attention.py:_compiled", "mismatch"],
     ),
     "test_one_failure": ("failed", ["nan"]),
-    "test_setup_error": ("error", ["crash:RuntimeError@test_suite.py:broken"]),
-    "test_teardown_error": ("error", ["crash:OSError@test_suite.py:broken_teardown"]),
+    "test_setup_error": ("error", ["crash:RuntimeError@test_inner_suite.py:broken"]),
+    "test_teardown_error": ("error", ["crash:OSError@test_inner_suite.py:broken_teardown"]),
     "test_xfail": ("xfailed", []),
     "test_strict_xpass": ("failed", ["crash:Error"]),
     "test_skipped": ("skipped", []),
@@ -172,7 +172,7 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     kernel = pytester.path / "site" / "unsloth" / "kernels" / "flex_attention.py"
     kernel.parent.mkdir(parents=True)
     kernel.write_text(FAKE_KERNEL)
-    pytester.makepyfile(test_suite=TESTS)
+    pytester.makepyfile(test_inner_suite=TESTS)
     monkeypatch.setenv("GEMMA2_REGRESS_REPORT", str(pytester.path / "summary.json"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS", "GEMMA2_REGRESS_TIER"):

@@ -33,7 +33,7 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     for name in (gpu_check.REQUIRE_ENV, "GEMMA2_REGRESS_TIER"):
         monkeypatch.delenv(name, raising=False)
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a GPU\n")
-    pytester.makepyfile(test_suite=TESTS)
+    pytester.makepyfile(test_inner_suite=TESTS)
     return pytester
 
 
