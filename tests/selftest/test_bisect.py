@@ -183,6 +183,11 @@ def test_regression_found_past_skips(fakes, tmp_path):
     assert (tmp_path / "result.json").exists() and "Regression in unsloth 1.6" in (
         tmp_path / "result.md"
     ).read_text()
+    # per step and in all: install and test seconds
+    assert res["install_s"] == round(sum(s["install_s"] for s in res["steps"]), 1)
+    assert res["test_s"] == round(sum(s["test_s"] for s in res["steps"]), 1)
+    assert "| install s | test s |" in res["issue_text"]
+    assert f"install {res['install_s']} s and tests {res['test_s']} s in all steps" in res["issue_text"]
 
 
 def test_signature_narrows_what_bad_means(fakes, tmp_path):
