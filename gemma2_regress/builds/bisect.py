@@ -379,8 +379,9 @@ def issue_text(res: dict, failing: Step | None) -> str:
 
 
 def workdir_for(source: Source, good: str, bad: str, sel: Selection, find_fix: bool, root: Path) -> Path:
-    """The default work directory: one per distinct command, so re-running it resumes."""
-    key = json.dumps([source.name, good, bad, sel.pytest_args, sel.signature, find_fix])
+    """The default work directory: one per distinct command, so re-running it resumes; a forced torch or
+    another base environment (``source.identity()``) is another command."""
+    key = json.dumps([source.identity(), good, bad, sel.pytest_args, sel.signature, find_fix])
     return root / f"{_safe(good)}..{_safe(bad)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
