@@ -433,6 +433,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             args.repo,
             *((args.bad, args.good) if args.find_fix else (args.good, args.bad)),
             base=lambda: _base_env(base_spec, cache, args),
+            base_key=sources.base_key(base_spec, args.torch, args.installer),
         )
     elif args.wheelhouse:
         source = sources.Wheelhouse(args.wheelhouse, installer=args.installer)

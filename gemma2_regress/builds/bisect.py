@@ -289,7 +289,9 @@ class Bisect:
             "bound": 2 + math.ceil(math.log2(max(len(cands) - 1, 1))),
             "compare": link,
             "falsifying_example": deciding.falsifying if deciding and deciding.status == "bad" else None,
-            "wall_s": round(wall, 1),
+            "install_s": round(sum(s.install_s for s in ordered), 1),  # all steps, resumed ones included
+            "test_s": round(sum(s.test_s for s in ordered), 1),
+            "wall_s": round(wall, 1),  # this invocation only (a resumed run does not redo its steps)
             "exit": EXIT_AMBIGUOUS if ambiguous else EXIT_FOUND,
         }
         out["issue_text"] = issue_text(out, deciding)
@@ -333,7 +335,9 @@ def _progress(st: Step, find_fix: bool) -> str:
 
 
 def issue_text(res: dict, failing: Step | None) -> str:
-    """A ready-to-paste GitHub issue body for the result."""
+    """A ready-to-paste GitHub issue body for the result: the answer, the compare link, the selection, the
+    verdict and failing tests of the deciding step, Hypothesis's minimal example, one table row per step
+    (verdict, signature, install and test seconds, cache) and the totals over all steps."""
     sel = res["selection"]
     args = shlex.join(sel["pytest_args"])  # copy-pasteable: -k "a and b" keeps its quotes
     lines = [
@@ -366,12 +370,18 @@ def issue_text(res: dict, failing: Step | None) -> str:
             f"| {s['n']} | {s['candidate']} | {s['status']} | `{s['signature']}` | {s['install_s']} | "
             f"{s['test_s']} | {'hit' if s['cache_hit'] else 'built'} |"
         )
+    lines += [
+        "",
+        f"{res['test_runs']} test runs (bound {res['bound']}): install {res['install_s']} s and tests "
+        f"{res['test_s']} s in all steps; this run's wall time {res['wall_s']} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def workdir_for(source: Source, good: str, bad: str, sel: Selection, find_fix: bool, root: Path) -> Path:
-    """The default work directory: one per distinct command, so re-running it resumes."""
-    key = json.dumps([source.name, good, bad, sel.pytest_args, sel.signature, find_fix])
+    """The default work directory: one per distinct command, so re-running it resumes; a forced torch or
+    another base environment (``source.identity()``) is another command."""
+    key = json.dumps([source.identity(), good, bad, sel.pytest_args, sel.signature, find_fix])
     return root / f"{_safe(good)}..{_safe(bad)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 

@@ -75,7 +75,13 @@ class Source:
         raise NotImplementedError
 
     def key(self, cand: Candidate) -> str:
+        """The environment cache's name for ``cand``'s environment: everything that shapes it."""
         return f"{self.name}-{cand.ref}"
+
+    def identity(self) -> str:
+        """What, besides the build, shapes a test run's environment (a forced torch, a base environment):
+        two sources with one identity test a build alike, so a bisect's workdir is named by it."""
+        return self.name
 
     def pick(self, spec: str) -> Candidate:
         """A candidate by version/ref or by date (``YYYY-MM-DD``: the newest one up to that day)."""
@@ -121,6 +127,9 @@ class PyPIReleases(Source):
         return (
             f"pypi-{cand.ref}-torch{self.torch or 'auto'}-py{sys.version_info.major}{sys.version_info.minor}"
         )
+
+    def identity(self) -> str:
+        return f"{self.name}-torch{self.torch}" if self.torch else self.name
 
     def build(self, cand: Candidate, d: Path) -> envs.Env:
         try:
@@ -205,12 +214,17 @@ class Wheelhouse(Source):
 
 class GitCheckout(Source):
     """Commits of a local Unsloth checkout between two refs (first-parent history), each laid as
-    source over a base environment (a release's venv, or the current interpreter)."""
+    source over a base environment (a release's venv, or the current interpreter).
+
+    ``base_key`` names that base (``base_key``, the function): it is part of each commit's cache key and
+    of the source's identity, so a commit laid over one base is never reused over another."""
 
     name = "git"
 
-    def __init__(self, repo: str | Path, good: str, bad: str, base: Callable[[], envs.Env]):
-        self.repo, self.base = Path(repo), base
+    def __init__(
+        self, repo: str | Path, good: str, bad: str, base: Callable[[], envs.Env], base_key: str = ""
+    ):
+        self.repo, self.base, self.base_key = Path(repo), base, base_key
         if not (self.repo / ".git").exists() and not (self.repo / "HEAD").exists():
             raise BisectError(f"{repo} is not a git checkout; pass --repo PATH to an Unsloth clone")
         self.range = (good, bad)
@@ -237,6 +251,12 @@ class GitCheckout(Source):
         for sha in [a, *shas]:
             out.append(Candidate("commit", sha, self._git("show", "-s", "--format=%cI", sha)))
         return out
+
+    def key(self, cand: Candidate) -> str:
+        return f"{self.name}-{cand.ref}" + (f"-on-{self.base_key}" if self.base_key else "")
+
+    def identity(self) -> str:
+        return f"{self.name}-on-{self.base_key}" if self.base_key else self.name
 
     def commit(self, ref: str) -> str:
         """The full sha of ``ref`` (a branch, tag or sha) in the checkout."""
@@ -382,6 +402,16 @@ def environment(
     cand = Candidate("release", spec.ref, spec.date)
     env, hit, _ = cache.get(pypi.key(cand), lambda d: pypi.build(cand, d))
     return env, round(time.time() - t0, 1), hit
+
+
+def base_key(spec: Spec, torch: str | None = None, installer: str = "auto") -> str:
+    """A name for the environment ``environment(spec, ...)`` gives an ``installed`` or ``release`` spec,
+    without building it: ``GitCheckout``'s ``base_key``."""
+    if spec.kind == "installed":
+        return f"installed-{_tag(envs.Env(sys.executable))}"
+    if spec.kind == "release":
+        return PyPIReleases(torch=torch, installer=installer).key(Candidate("release", spec.ref, spec.date))
+    raise BisectError(f"a {spec.kind} spec is not a base for commits; pass 'installed' or a release")
 
 
 def _site_version(site: str) -> str:

@@ -183,6 +183,11 @@ def test_regression_found_past_skips(fakes, tmp_path):
     assert (tmp_path / "result.json").exists() and "Regression in unsloth 1.6" in (
         tmp_path / "result.md"
     ).read_text()
+    # per step and in all: install and test seconds
+    assert res["install_s"] == round(sum(s["install_s"] for s in res["steps"]), 1)
+    assert res["test_s"] == round(sum(s["test_s"] for s in res["steps"]), 1)
+    assert "| install s | test s |" in res["issue_text"]
+    assert f"install {res['install_s']} s and tests {res['test_s']} s in all steps" in res["issue_text"]
 
 
 def test_signature_narrows_what_bad_means(fakes, tmp_path):
@@ -331,6 +336,31 @@ def test_git_commits_are_candidates(fakes, tmp_path):
     assert res["compare"].endswith(f"{shas[1]}...{shas[2]}")
     with pytest.raises(bisect.BisectError, match="wrong-way range"):
         sources.GitCheckout(repo, shas[-1], shas[0], base=lambda: here).candidates()
+
+
+def test_another_base_or_torch_is_another_environment_and_workdir(tmp_path):
+    """A commit laid over one base is not reused over another, nor a bisect's state: the cache key and
+    the default workdir name the base (and a forced torch); without either they stay as they were."""
+    (tmp_path / "clone" / ".git").mkdir(parents=True)
+    release = sources.Spec.release(sources.Candidate("release", "2026.8.19", "2026-08-20T00:00:00"))
+    keys = [
+        sources.base_key(release, "2.13.0+cpu"),
+        sources.base_key(release),
+        sources.base_key(sources.INSTALLED),
+    ]
+    assert keys[0] == sources.PyPIReleases(torch="2.13.0+cpu").key(sources.Candidate("release", "2026.8.19"))
+    sel, cand = Selection(["tests"]), sources.Candidate("commit", "a" * 40)
+    gits = [sources.GitCheckout(tmp_path / "clone", "g", "b", base=lambda: None, base_key=k) for k in keys]
+    assert len({g.key(cand) for g in gits}) == 3
+    assert len({bisect.workdir_for(g, "g", "b", sel, False, tmp_path) for g in gits}) == 3
+    assert sources.GitCheckout(tmp_path / "clone", "g", "b", base=lambda: None).key(cand) == f"git-{'a' * 40}"
+    plain, forced = sources.PyPIReleases(), sources.PyPIReleases(torch="2.13.0+cpu")
+    assert plain.identity() == "pypi" and forced.identity() != plain.identity()
+    assert bisect.workdir_for(plain, "1", "2", sel, False, tmp_path) != bisect.workdir_for(
+        forced, "1", "2", sel, False, tmp_path
+    )
+    with pytest.raises(bisect.BisectError, match="not a base"):
+        sources.base_key(sources.Spec("site", "/x", "x"))
 
 
 def test_script_exit_mapping():
