@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from gemma2_regress import gpu_check, suite, toolslock  # noqa: E402
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from gemma2_regress.builds import envs, install  # noqa: E402
-from gemma2_regress.plugins import report  # noqa: E402
 
 nox.options.sessions = ["cpu"]
 # uv where nox finds it installed (environments in seconds, files hard-linked from uv's cache), else venv.
@@ -129,7 +128,7 @@ def _tier_args(session: nox.Session, tier: str, gpus: int = 0) -> list[str]:
 
 def _run_tier(session: nox.Session, tier: str, *args: str) -> None:
     """Run the tier's pytest with its reports under reports/<tier>/ and note how it ended."""
-    session.env[report.TIER_ENV] = tier  # summary.json and costs.json go to reports/<tier>/ too
+    session.env[suite.TIER_ENV] = tier  # summary.json and costs.json go to reports/<tier>/ too
     TIER_OUTCOMES[tier] = "started, did not finish (see its session above)"
     try:
         _pytest(session, *args, "--junitxml", f"reports/{tier}/junit.xml")
@@ -139,7 +138,7 @@ def _run_tier(session: nox.Session, tier: str, *args: str) -> None:
             f"ran: FAILED ({f'pytest exit {code}' if code is not None else type(exc).__name__})"
         )
         raise
-    summary = report.report_path("summary.json", "GEMMA2_REGRESS_REPORT", tier)
+    summary = suite.report_path("summary.json", "GEMMA2_REGRESS_REPORT", tier)
     TIER_OUTCOMES[tier] = f"ran: passed (summary: {summary}, JUnit: reports/{tier}/junit.xml)"
 
 

@@ -30,6 +30,9 @@ INSTALLED = PACKAGE / "suite_root"  # the wheel's copy (setup.py writes it)
 ROOT_ENV = "GEMMA2_REGRESS_ROOT"  # a suite root chosen by hand: another checkout of this repository
 TIERS = ("cpu", "gpu")
 PROFILES = {"cpu": "ci", "gpu": "gpu"}
+TIER_ENV = (
+    "GEMMA2_REGRESS_TIER"  # which tier this run is: set by the nox sessions, tox and `gemma2-regress test`
+)
 
 
 class SuiteError(Exception):
@@ -99,7 +102,7 @@ def tier_env(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None)
     """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
     one), where its reports go (``reports/<tier>/``) and, for the gpu tier, how many GPUs it spreads over."""
     environ = os.environ if environ is None else environ
-    env = {"GEMMA2_REGRESS_TIER": tier}
+    env = {TIER_ENV: tier}
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if tier == "gpu":
@@ -127,3 +130,13 @@ def pytest_command(
         "UNSLOTH_COMPILE_LOCATION": str(reports / "unsloth_compiled_cache"),
     }
     return argv, env
+
+
+def report_path(name: str, override_env: str, tier: str | None = None) -> str:
+    """Where this run writes its report ``name`` (``summary.json``, ``costs.json``): the path in the
+    environment variable ``override_env`` if set, else ``reports/<tier>/<name>``, with the tier from
+    ``GEMMA2_REGRESS_TIER`` (``cpu``/``gpu``; ``pytest`` for a run outside nox and tox), so that no
+    tier or session overwrites another's reports. ``{tier}`` in the override is filled in too; ``tier``
+    given: that tier's path (as its run will see it)."""
+    tier = tier or os.environ.get(TIER_ENV) or "pytest"
+    return os.environ.get(override_env, f"reports/{{tier}}/{name}").replace("{tier}", tier)

@@ -67,9 +67,9 @@ from gemma2_regress.atomic import json_default, write_json_atomic
 from gemma2_regress.plugins.summary import table_lines, worst_by_property
 from gemma2_regress.progress import PROGRESS_ENV
 from gemma2_regress.reference import verdicts
+from gemma2_regress.suite import report_path  # where a tier's reports go (stdlib only: nox reads it)
 
 SPOOL_ENV = "GEMMA2_REGRESS_SPOOL"
-TIER_ENV = "GEMMA2_REGRESS_TIER"  # set by `nox -s cpu` / `nox -s gpu` and tox: which tier this run is
 VERDICTS_ATTR = "gemma2_verdicts"  # on a failed TestReport: its verdicts, as summary-JSON dicts
 _PLUGIN = "gemma2-report"
 
@@ -95,16 +95,6 @@ RUN = pytest.StashKey[Run]()
 def run_of(config: pytest.Config) -> Run | None:
     """This session's ``Run`` (None where the plugin is not loaded)."""
     return config.stash.get(RUN, None)
-
-
-def report_path(name: str, override_env: str, tier: str | None = None) -> str:
-    """Where this run writes its report ``name`` (``summary.json``, ``costs.json``): the path in the
-    environment variable ``override_env`` if set, else ``reports/<tier>/<name>``, with the tier from
-    ``GEMMA2_REGRESS_TIER`` (``cpu``/``gpu``; ``pytest`` for a run outside nox and tox), so that no
-    tier or session overwrites another's reports. ``{tier}`` in the override is filled in too; ``tier``
-    given: that tier's path (as its run will see it)."""
-    tier = tier or os.environ.get(TIER_ENV) or "pytest"
-    return os.environ.get(override_env, f"reports/{{tier}}/{name}").replace("{tier}", tier)
 
 
 def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extra: object) -> None:

@@ -20,7 +20,7 @@ import os
 import pytest
 
 from gemma2_regress import gpu_check
-from gemma2_regress.plugins.report import TIER_ENV
+from gemma2_regress.suite import TIER_ENV
 
 _PLUGIN = "gemma2-require-gpu"
 

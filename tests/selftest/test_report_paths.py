@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gemma2_regress import suite
 from gemma2_regress.plugins import report
 
 
@@ -19,7 +20,7 @@ from gemma2_regress.plugins import report
     ],
 )
 def test_report_path(monkeypatch, tier, override, expected):
-    for name, value in ((report.TIER_ENV, tier), ("GEMMA2_REGRESS_REPORT", override)):
+    for name, value in ((suite.TIER_ENV, tier), ("GEMMA2_REGRESS_REPORT", override)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -29,6 +30,6 @@ def test_report_path(monkeypatch, tier, override, expected):
 
 def test_a_tier_named_by_the_caller(monkeypatch):
     """What nox prints for a tier it is about to run, whatever this process's own tier."""
-    monkeypatch.setenv(report.TIER_ENV, "cpu")
+    monkeypatch.setenv(suite.TIER_ENV, "cpu")
     monkeypatch.delenv("GEMMA2_REGRESS_COSTS", raising=False)
     assert report.report_path("costs.json", "GEMMA2_REGRESS_COSTS", "gpu") == "reports/gpu/costs.json"

@@ -6,8 +6,11 @@ a build: the files setup.py lays out, the settings it writes, and the command `g
 
 from __future__ import annotations
 
+import ast
 import configparser
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +121,18 @@ def test_markers_are_declared_once(pytestconfig: pytest.Config) -> None:
     declared = [m.split(":", 1)[0] for m in pytestconfig.getini("markers")]
     for name in MARKERS:
         assert declared.count(name) == 1, (name, declared)
+
+
+def test_what_the_noxfile_imports_needs_neither_pytest_nor_torch() -> None:
+    """nox's own interpreter has nox and uv only (the README's commands): the noxfile's top-level imports
+    of this package must load without pytest or torch."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    imports = [
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gemma2_regress")
+    ]
+    assert any("suite" in line for line in imports), imports
+    code = "\n".join(["import sys", "sys.modules.update(pytest=None, torch=None)", *imports])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
