@@ -21,6 +21,7 @@ One test case flows through the subpackages in this order:
 At the top: ``unsloth_adapter`` (the one door to Unsloth: the only module that imports ``unsloth``),
 ``unsloth_flash`` (Unsloth's flash-attn path, given on any device) and ``unsloth_layer`` (one Gemma-2
 layer's attention run through Unsloth), both working on the handle ``unsloth_adapter.load()`` returns,
+``suite`` (where the suite's tests are, in a checkout or the installed wheel, and what a tier is),
 ``versions``, ``gpu_check``, ``toolslock``, ``argcheck``, ``atomic``, ``progress`` (done / total and time left on long
 work) and ``cli`` (the ``gemma2-regress`` command).
 """

@@ -5,7 +5,8 @@
 (the suite's own cost per tier and target), ``schedule`` (costliest GPU tests first under xdist),
 ``strict_xfail`` (tests of recorded upstream bugs become strict xfails on the affected releases;
 the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``),
-``compile_canary`` (a torch.compile that computes wrong results stops the run before the first test).
+``compile_canary`` (a torch.compile that computes wrong results stops the run before the first test),
+``markers`` (the suite's markers, declared once; also the wheel's ``pytest11`` entry point).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
 top-level ``gpu_check``, ``compile_check``, ``versions``, ``progress`` and ``atomic``.
