@@ -60,6 +60,7 @@ def test_uv_where_a_uv_binary_is_found_pip_where_not(pip_conf: Path) -> None:
     assert uv[:3] == [UV, "pip", "install"] and _pairs(uv, "--python") == [PY]
     # uv reads no pip configuration: pip's find-links (the local CPU torch) and constraints are passed on
     assert _pairs(uv, "--find-links") == ["/wheels"] and _pairs(uv, "--constraint") == ["/caps.txt"]
+    assert "--compile-bytecode" in uv  # .pyc at install, as pip: a test process does not recompile torch
     pip = envs.install_argv(PY, find_uv=lambda: None)
     assert pip == [PY, "-m", "pip", "install", "-q", "--disable-pip-version-check"]  # pip reads its own
     assert envs.install_argv(PY, installer="pip", find_uv=lambda: UV)[:4] == [PY, "-m", "pip", "install"]
