@@ -136,7 +136,8 @@ def nightly(
                 "--workdir",
                 str(out / "bisect"),
             ]
-            argv += ["--repo", repo] if repo else []
+            # A git candidate's commits are laid over the baseline's environment, as the gate laid the candidate.
+            argv += ["--repo", repo, "--base", result["baseline"]] if repo else []
             argv += ["--torch", torch] if torch else []
             argv += ["--", *sorted({s["test"] for s in result["stable"]})]
             code = (bisect_fn or _bisect_cli)(argv)

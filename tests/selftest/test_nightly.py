@@ -48,11 +48,12 @@ def loop(tmp_path, monkeypatch):
     monkeypatch.setattr(nightly, "_candidate_env", lambda *a: envs.Env("python", [], {}))
     monkeypatch.setattr(nightly, "bisectable", lambda *a: None)
 
-    def go(rows, passed, pattern, bisect_fn=None):
+    def go(rows, passed, pattern, bisect_fn=None, candidate="2026.10.9", repo=None):
         run = fake_runs(pattern)
         res = nightly.nightly(
-            "2026.10.9",
+            candidate,
             "2026.10.1",
+            repo=repo,
             out=tmp_path / "n",
             cache=envs.EnvCache(tmp_path / "cache"),
             cwd=tmp_path,
@@ -110,3 +111,13 @@ def test_only_flaky_failures_are_not_bisected(loop) -> None:
 def test_signature_is_the_verdict_kind() -> None:
     assert nightly._signature("crash:TypeError@flex_attention.py:f") == "crash:TypeError"
     assert nightly._signature("mismatch") == "mismatch" and nightly._signature(None) == "bad"
+
+
+def test_a_git_candidate_is_bisected_over_the_baselines_environment(loop, tmp_path) -> None:
+    """The commits of --repo are laid over the baseline release's environment, as the gate laid the candidate."""
+    seen: list[list[str]] = []
+    rows = [regression(T1, "mismatch")]
+    loop(rows, False, {T1: [True] * 3}, lambda argv: seen.append(argv) or 0, candidate="main", repo="/u")
+    (argv,) = seen
+    assert argv[argv.index("--repo") + 1] == "/u" and argv[argv.index("--base") + 1] == "2026.10.1"
+    assert argv[argv.index("--good") + 1] == "2026.10.1" and argv[argv.index("--bad") + 1] == "main"
