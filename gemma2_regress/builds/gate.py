@@ -156,6 +156,9 @@ def gate(
     if tiers is None:
         tiers = ["cpu"] + (["gpu"] if cuda_devices(base_env) > 0 else [])
     result: dict = {"candidate": c_label, "baseline": b_label, "tiers": {}, "sides": {}}
+    # What each side resolved to (a release's version, a commit's sha, a wheel's or folder's path): the
+    # labels above are for people ("main (2827fbebbdaa)"); a bisect takes these.
+    result["candidate_ref"], result["baseline_ref"] = c_spec.ref, b_spec.ref
     for s in sides:
         result["sides"][s.name] = {
             "spec": s.spec,

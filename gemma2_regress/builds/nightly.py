@@ -81,6 +81,9 @@ def nightly(
     result: dict = {
         "candidate": g["candidate"],
         "baseline": g["baseline"],
+        # what the two sides resolved to (a version, a commit's sha): the bisect takes these, not the labels
+        "candidate_ref": g.get("candidate_ref", g["candidate"]),
+        "baseline_ref": g.get("baseline_ref", g["baseline"]),
         "gate": {"pass": g["pass"], "why": g["why"]},
     }
     failing = {tier: [r for r in t["rows"] if r["call"] in FAILING_CALLS] for tier, t in g["tiers"].items()}
@@ -128,16 +131,16 @@ def nightly(
             kind = _signature(result["stable"][0]["verdict"])
             argv = [  # the builds as the gate resolved them ("latest" -> its version)
                 "--good",
-                result["baseline"],
+                result["baseline_ref"],
                 "--bad",
-                result["candidate"],
+                result["candidate_ref"],
                 "--signature",
                 kind,
                 "--workdir",
                 str(out / "bisect"),
             ]
             # A git candidate's commits are laid over the baseline's environment, as the gate laid the candidate.
-            argv += ["--repo", repo, "--base", result["baseline"]] if repo else []
+            argv += ["--repo", repo, "--base", result["baseline_ref"]] if repo else []
             argv += ["--torch", torch] if torch else []
             argv += ["--", *sorted({s["test"] for s in result["stable"]})]
             code = (bisect_fn or _bisect_cli)(argv)

@@ -11,13 +11,16 @@ from gemma2_regress.builds import envs, nightly
 from gemma2_regress.builds.runner import Outcome, RunResult
 
 T1, T2 = "tests/kernel/test_k.py::test_window[cpu]", "tests/kernel/test_k.py::test_cap[cpu]"
+SHA = "2827fbebbdaa66d43b82667f38a995d882a4d09b"
 
 
 def fake_gate(rows: list[dict], passed: bool):
     def gate(candidate: str, baseline: str, **_kw) -> dict:
         return {
-            "candidate": candidate,
+            "candidate": candidate if candidate != "main" else f"main ({SHA[:12]})",  # labels, for people
             "baseline": baseline,
+            "candidate_ref": SHA if candidate == "main" else candidate,  # what a bisect takes
+            "baseline_ref": baseline,
             "pass": passed,
             "why": "no regression"
             if passed
@@ -120,4 +123,6 @@ def test_a_git_candidate_is_bisected_over_the_baselines_environment(loop, tmp_pa
     loop(rows, False, {T1: [True] * 3}, lambda argv: seen.append(argv) or 0, candidate="main", repo="/u")
     (argv,) = seen
     assert argv[argv.index("--repo") + 1] == "/u" and argv[argv.index("--base") + 1] == "2026.10.1"
-    assert argv[argv.index("--good") + 1] == "2026.10.1" and argv[argv.index("--bad") + 1] == "main"
+    assert (
+        argv[argv.index("--good") + 1] == "2026.10.1" and argv[argv.index("--bad") + 1] == SHA
+    )  # not the label
