@@ -18,6 +18,11 @@ nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can 
 ``{"rows": [<summarize row>, ...], "tests": [<record>, ...]}``, written at the end of the session
 (also an interrupted one). Cost: two ``perf_counter`` calls per example.
 
+Each record also carries what ``torch.compile`` did during the call (``compile_counters``: seconds in
+Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misses), so the run ends with
+the compile / run split of the test calls over every worker and the compile cache's hit rate
+(``compile_split``), also in costs.json under ``"compile"``.
+
 The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``); xdist
 workers hand theirs to the controller when they finish.
 """
@@ -28,6 +33,7 @@ import dataclasses
 import functools
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -43,6 +49,52 @@ def _tier_and_target(item: pytest.Item) -> tuple[str, str]:
     target = params.get("target")
     name = getattr(target, "name", None) or (str(target) if target is not None else f"({item.path.stem})")
     return str(tier), name
+
+
+COMPILE_KEYS = ("compile_s", "graphs", "fxgraph_hit", "fxgraph_miss", "aot_hit", "aot_miss")
+
+
+def compile_counters() -> dict[str, float]:
+    """What ``torch.compile`` has done in this process so far: seconds inside Dynamo's compile (tracing,
+    AOTAutograd and Inductor, loading from the caches included), graphs compiled, and the FX-graph and
+    AOTAutograd cache hits and misses. Zeros while torch is not imported (this never imports it)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return dict.fromkeys(COMPILE_KEYS, 0.0)
+    times = utils.compilation_time_metrics.get("_compile.compile_inner", [])
+    inductor, aot = utils.counters.get("inductor", {}), utils.counters.get("aot_autograd", {})
+    return {
+        "compile_s": float(sum(times)),
+        "graphs": float(len(times)),
+        "fxgraph_hit": float(inductor.get("fxgraph_cache_hit", 0)),
+        "fxgraph_miss": float(inductor.get("fxgraph_cache_miss", 0)),
+        "aot_hit": float(aot.get("autograd_cache_hit", 0)),
+        "aot_miss": float(aot.get("autograd_cache_miss", 0)),
+    }
+
+
+def compile_split(records: list[dict]) -> dict[str, float]:
+    """The test calls' seconds (``tests_s``, summed over every worker) and what ``torch.compile`` did
+    during them (``COMPILE_KEYS``, summed); records without compile figures count as no compile."""
+    out = {"tests_s": round(sum(r.get("call_s", sum(r["examples_s"])) for r in records), 2)}
+    for key in COMPILE_KEYS:
+        out[key] = round(sum(r.get("compile", {}).get(key, 0.0) for r in records), 2)
+    return out
+
+
+def split_line(split: dict[str, float]) -> str:
+    """One line of ``compile_split``: how much of the test time was compilation, and the cache's hit rate."""
+
+    def rate(hit: float, miss: float) -> str:
+        return f"{hit:.0f} hits / {miss:.0f} misses" + (f" ({hit / (hit + miss):.0%})" if hit + miss else "")
+
+    tests, comp = split["tests_s"], split["compile_s"]
+    share = f" ({comp / tests:.0%})" if tests else ""
+    return (
+        f"test calls {tests:.1f} s, of which torch.compile {comp:.1f} s{share} in {split['graphs']:.0f} "
+        f"graphs; compile cache: FX graph {rate(split['fxgraph_hit'], split['fxgraph_miss'])}, "
+        f"AOTAutograd {rate(split['aot_hit'], split['aot_miss'])}"
+    )
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -122,11 +174,13 @@ class _Plugin:
                     times.append(time.perf_counter() - t0)
 
             hyp.inner_test = timed
+        c0 = compile_counters()
         t0 = time.perf_counter()
         try:
             return (yield)
         finally:
             total = time.perf_counter() - t0
+            c1 = compile_counters()
             if inner is not None:
                 hyp.inner_test = inner
             tier, target = _tier_and_target(item)
@@ -138,6 +192,7 @@ class _Plugin:
                     "examples_s": times if inner is not None else [total],
                     "call_s": total,
                     "hypothesis": inner is not None,
+                    "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS},
                 }
             )
 
@@ -151,7 +206,8 @@ class _Plugin:
             return
         path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
         try:
-            write_json_atomic(path, {"rows": summarize(records), "tests": records})
+            payload = {"rows": summarize(records), "compile": compile_split(records), "tests": records}
+            write_json_atomic(path, payload)
             self.costs.path = path
         except OSError as exc:
             self.costs.error = str(exc)
@@ -175,6 +231,9 @@ class _Plugin:
                 f"{r['tier'][:5]:5} {r['target'][:52]:52} {r['tests']:>5} {r['examples']:>8} "
                 f"{r['first_s']:>8.2f} {per:>10} {r['total_s']:>8.1f}"
             )
+        tr.write_line(
+            "compile / run split over every worker: " + split_line(compile_split(self.costs.records))
+        )
         if self.costs.path:
             tr.write_line(f"suite cost JSON: {self.costs.path}")
         elif self.costs.error:

@@ -52,3 +52,37 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     by_test = {t["test"].split("::")[-1]: t for t in data["tests"]}
     assert by_test["test_h[cpu]"]["hypothesis"] and len(by_test["test_h[cpu]"]["examples_s"]) == 7
     assert not by_test["test_plain"]["hypothesis"] and len(by_test["test_plain"]["examples_s"]) == 1
+    assert data["compile"]["tests_s"] > 0 and data["compile"]["graphs"] == 0  # nothing compiled here
+    result.stdout.fnmatch_lines(
+        ["compile / run split over every worker: test calls * s, of which torch.compile 0.0 s*"]
+    )
+
+
+def test_compile_split_counts_what_torch_compile_did_in_a_test(pytester, monkeypatch):
+    """A test that compiles a graph shows up in the split (Dynamo's own timers; the eager backend keeps
+    it fast) and one that only reruns it does not."""
+    pytester.makepyfile(
+        """
+        import torch
+
+        f = torch.compile(lambda x: x * 2 + 1, backend="eager")
+
+        def test_a_compile():
+            f(torch.ones(3))
+
+        def test_b_rerun():
+            f(torch.ones(3))
+        """
+    )
+    out = pytester.path / "costs.json"
+    monkeypatch.setenv("GEMMA2_REGRESS_COSTS", str(out))
+    result = pytester.runpytest_inprocess(
+        "-p", "gemma2_regress.plugins.costs", "-p", "no:cacheprovider", "-q"
+    )
+    result.assert_outcomes(passed=2)
+    data = json.loads(out.read_text())
+    by_test = {t["test"].split("::")[-1]: t["compile"] for t in data["tests"]}
+    assert by_test["test_a_compile"]["graphs"] == 1 and by_test["test_a_compile"]["compile_s"] > 0
+    assert by_test["test_b_rerun"]["graphs"] == 0 and by_test["test_b_rerun"]["compile_s"] == 0
+    assert data["compile"]["graphs"] == 1
+    result.stdout.fnmatch_lines(["*of which torch.compile * s (*%) in 1 graphs*"])
