@@ -115,11 +115,13 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run(python, "-m", "pytest", *args, *session.posargs, external=True, interrupt_timeout=60)
 
 
-def _tier_args(session: nox.Session, tier: str, gpus: int = 0) -> list[str]:
+def _tier_args(
+    session: nox.Session, tier: str, gpus: int = 0, gpu_gib: float | None = None, cores: int | None = None
+) -> list[str]:
     """The tier's pytest arguments, its variables set in the session (gemma2_regress/suite.py: the tier
     means what it means in `gemma2-regress test`)."""
     try:
-        args = suite.tier_args(tier, gpus)
+        args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
     session.env.update(suite.tier_env(tier, gpus))
@@ -187,9 +189,12 @@ def gpu(session: nox.Session) -> None:
     problem = problem or gpu_check.unsloth_problem(python)
     if problem:
         _no_gpu(session, problem, required)
-    # One worker per GPU, each pinned to its own device (conftest.py); more per GPU
-    # (GEMMA2_REGRESS_WORKERS_PER_GPU) overlap the cold compiles, which are CPU-bound (docs/gpu.md).
-    _run_tier(session, "gpu", *_tier_args(session, "gpu", n))
+    # Workers per GPU from its memory and the CPU cores (suite.workers_per_gpu), each pinned to its own
+    # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound (docs/gpu.md).
+    gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
+    per_gpu, why = suite.workers_per_gpu(n, gib, cores)
+    session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
+    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores))
 
 
 @nox.session(python=PYTHON)

@@ -283,8 +283,20 @@ def cmd_test(argv: list[str]) -> int:
                 return 1
             gpus = gpu_check.cuda_device_count(sys.executable)
             pytest_args = ["--require-gpu", *pytest_args]
+            gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
+            per_gpu, why = suite.workers_per_gpu(gpus, gib, cores)
+            print(f"{prog}: {per_gpu} xdist worker(s) per GPU x {gpus} GPU(s) ({why})", flush=True)
+        else:
+            gib = cores = None
         argv_, defaults = suite.pytest_command(
-            args.tier, pytest_args, suite=root, reports=reports, python=sys.executable, gpus=gpus
+            args.tier,
+            pytest_args,
+            suite=root,
+            reports=reports,
+            python=sys.executable,
+            gpus=gpus,
+            gpu_gib=gib,
+            cores=cores,
         )
     except (suite.SuiteError, bisect.BisectError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -210,6 +210,36 @@ def visible_gpus() -> int | None:
     return sum(ln.startswith("GPU ") for ln in done.stdout.splitlines()) if done.returncode == 0 else 0
 
 
+def gpu_memory_gib(timeout_s: float = 60.0) -> float | None:
+    """The smallest visible GPU's memory in GiB, from ``nvidia-smi --query-gpu=memory.total`` (the GPUs of
+    CUDA_VISIBLE_DEVICES when it lists indices); None when nvidia-smi is absent or does not answer."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    argv = [smi, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    mib = {}
+    for line in done.stdout.splitlines():
+        index, _, total = line.partition(",")
+        if index.strip().isdigit() and total.strip().isdigit():
+            mib[index.strip()] = int(total)
+    chosen = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if chosen and all(d in mib for d in chosen):
+        mib = {d: mib[d] for d in chosen}
+    return min(mib.values()) / 1024 if done.returncode == 0 and mib else None
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the OS tells it; else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` in this process (False without torch)."""
     try:

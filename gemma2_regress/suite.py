@@ -11,9 +11,10 @@ The suite is ``conftest.py``, ``tests/`` and ``fixtures/`` plus pytest's setting
 
     cpu   ``-m "not gpu"``: the oracle, Unsloth's kernels on CPU, the fixture model (and, in a checkout,
           the self-tests); HYPOTHESIS_PROFILE ``ci``; GEMMA2_REGRESS_WORKERS xdist workers (default 2)
-    gpu   ``-m gpu``: Unsloth's model, trainer and kernels on CUDA; HYPOTHESIS_PROFILE ``gpu``; one xdist
-          worker per GPU times GEMMA2_REGRESS_WORKERS_PER_GPU (default 1), each pinned to its GPU
-          (conftest.py); ``--require-gpu``: without a GPU the tier fails instead of skipping
+    gpu   ``-m gpu``: Unsloth's model, trainer and kernels on CUDA; HYPOTHESIS_PROFILE ``gpu``; xdist
+          workers per GPU as ``workers_per_gpu`` chooses them from the machine (GEMMA2_REGRESS_WORKERS_PER_GPU
+          overrides), each pinned to its GPU (conftest.py); ``--require-gpu``: without a GPU the tier fails
+          instead of skipping
 
 Standard library only: the noxfile imports it before any environment exists.
 """
@@ -79,8 +80,47 @@ def _whole(name: str, value: str, default: str) -> int:
     return int(text)
 
 
-def tier_args(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None) -> list[str]:
-    """pytest's arguments for ``tier`` (module doc), with ``gpus`` CUDA devices visible (gpu tier).
+# A GPU-tier worker's share of its GPU: the largest peak of any example (30.2 GiB, logits and loss at 16384
+# tokens on an H200, docs/gpu.md) plus the CUDA context and the caching allocator's slack, rounded up.
+GPU_GIB_PER_WORKER = 34
+# Cold compiles are CPU-bound (Dynamo, Inductor's codegen and its compile worker pool): with fewer cores
+# than this per worker they queue behind each other and more workers stop paying.
+CORES_PER_WORKER = 4
+
+
+def workers_per_gpu(
+    gpus: int, gpu_gib: float | None, cores: int | None, environ: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """``(workers per GPU, why)`` for the gpu tier: ``$GEMMA2_REGRESS_WORKERS_PER_GPU`` if set, else as many
+    as both the smallest GPU's memory (``gpu_gib``, ``GPU_GIB_PER_WORKER`` each) and the CPU cores shared
+    by every GPU's workers (``CORES_PER_WORKER`` each) allow, at least 1; 1 where either is unknown."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "")
+    if chosen.strip():
+        n = _whole("GEMMA2_REGRESS_WORKERS_PER_GPU", chosen, "chosen from the machine")
+        return n, f"GEMMA2_REGRESS_WORKERS_PER_GPU={n}"
+    if not gpu_gib or not cores:
+        return 1, "GPU memory or CPU cores unknown; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
+    by_memory = int(gpu_gib // GPU_GIB_PER_WORKER)
+    by_cores = cores // (CORES_PER_WORKER * max(1, gpus))
+    n = max(1, min(by_memory, by_cores))
+    return n, (
+        f"{gpu_gib:.0f} GiB per GPU / {GPU_GIB_PER_WORKER} GiB per worker = {by_memory}, {cores} cores / "
+        f"({CORES_PER_WORKER} per worker x {max(1, gpus)} GPU(s)) = {by_cores}; "
+        "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
+    )
+
+
+def tier_args(
+    tier: str,
+    gpus: int = 0,
+    environ: Mapping[str, str] | None = None,
+    *,
+    gpu_gib: float | None = None,
+    cores: int | None = None,
+) -> list[str]:
+    """pytest's arguments for ``tier`` (module doc), with ``gpus`` CUDA devices of ``gpu_gib`` GiB each (the
+    smallest) and ``cores`` CPU cores (gpu tier: ``workers_per_gpu``).
 
     xdist is asked for only with more than one worker; ``-p no:xdist`` otherwise, so that one worker
     runs in the main process (a GPU stays initialised once)."""
@@ -89,8 +129,7 @@ def tier_args(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None
         workers = _whole("GEMMA2_REGRESS_WORKERS", environ.get("GEMMA2_REGRESS_WORKERS", ""), "2")
         selection = ["-m", "not gpu"]
     elif tier == "gpu":
-        per_gpu = environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "")
-        workers = max(1, gpus) * _whole("GEMMA2_REGRESS_WORKERS_PER_GPU", per_gpu, "1")
+        workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
         selection = ["-m", "gpu"]
     else:
         raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
@@ -111,7 +150,15 @@ def tier_env(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None)
 
 
 def pytest_command(
-    tier: str, args: list[str], *, suite: Path, reports: Path, python: str, gpus: int = 0
+    tier: str,
+    args: list[str],
+    *,
+    suite: Path,
+    reports: Path,
+    python: str,
+    gpus: int = 0,
+    gpu_gib: float | None = None,
+    cores: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment defaults)`` that run ``tier`` of ``suite`` with ``python``'s Unsloth, started
     in ``suite`` (pytest's rootdir and settings are the suite's, whatever the caller's folder: nodeids read
@@ -122,7 +169,13 @@ def pytest_command(
     ``<reports>/unsloth_compiled_cache``: nothing is written into the suite."""
     out = reports / tier
     argv = [python, "-m", "pytest", "-c", str(config_file(suite)), "--rootdir", str(suite)]
-    argv += ["-p", "no:cacheprovider", *tier_args(tier, gpus), f"--junitxml={out / 'junit.xml'}", *args]
+    argv += [
+        "-p",
+        "no:cacheprovider",
+        *tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores),
+        f"--junitxml={out / 'junit.xml'}",
+        *args,
+    ]
     env = {
         **tier_env(tier, gpus),
         "GEMMA2_REGRESS_REPORT": str(out / "summary.json"),

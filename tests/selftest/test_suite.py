@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import cli, suite
+from gemma2_regress import cli, gpu_check, suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,39 @@ def test_tier_args_cpu_and_gpu() -> None:
     assert suite.tier_args("gpu", 1, environ={}) == ["-m", "gpu", "-p", "no:xdist"]
     four = suite.tier_args("gpu", 2, environ={"GEMMA2_REGRESS_WORKERS_PER_GPU": "2"})
     assert four == ["-m", "gpu", "-n", "4", "--dist", "loadgroup"]
+    h200 = suite.tier_args("gpu", 1, environ={}, gpu_gib=139.8, cores=16)
+    assert h200 == ["-m", "gpu", "-n", "4", "--dist", "loadgroup"]
+
+
+@pytest.mark.parametrize(
+    ("gpus", "gib", "cores", "environ", "want"),
+    [
+        (1, 139.8, 16, {}, 4),  # one H200: its memory and its 16 cores both allow 4
+        (2, 139.8, 32, {}, 4),  # 2 x H200 with 32 cores: 4 per GPU
+        (1, 139.8, 8, {}, 2),  # the cores bind: 8 / 4
+        (1, 79.6, 64, {}, 2),  # an 80 GB card: the memory binds
+        (1, 22.0, 16, {}, 1),  # a card below one worker's share still runs one
+        (1, None, 16, {}, 1),  # memory unknown (no nvidia-smi): one
+        (1, 139.8, 16, {"GEMMA2_REGRESS_WORKERS_PER_GPU": "3"}, 3),  # the override wins
+    ],
+)
+def test_workers_per_gpu_follow_memory_and_cores(gpus, gib, cores, environ, want) -> None:
+    n, why = suite.workers_per_gpu(gpus, gib, cores, environ)
+    assert n == want, why
+    assert ("GEMMA2_REGRESS_WORKERS_PER_GPU" in why) and (why.startswith("GEMMA2") == bool(environ))
+
+
+def test_gpu_memory_is_the_smallest_visible_card(tmp_path, monkeypatch) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0, 143771\\n1, 81559\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_check.gpu_memory_gib() == pytest.approx(81559 / 1024)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert gpu_check.gpu_memory_gib() == pytest.approx(143771 / 1024)
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert gpu_check.gpu_memory_gib() is None
 
 
 @pytest.mark.parametrize(
