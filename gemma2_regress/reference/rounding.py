@@ -31,10 +31,14 @@ def logit_rounding_bound(
     """Bound on the error of each capped logit the oracle computes in ``dtype``, ``(bsz, heads, q, kv)``:
     ``gamma_{d+2}(u) s^-1/2 sum_e |q_e k_je|`` (the scaling and the d-term dot product) plus ``9 u t``
     (the cap is 1-Lipschitz; its divide, tanh within 4 ulps and multiply round at magnitude <= t)."""
-    u = unit_roundoff(dtype)
     idx = torch.arange(q.shape[1], device=q.device) // (q.shape[1] // k.shape[1])
     s_abs = scalar**-0.5 * (q.double().abs() @ k.double()[:, idx].abs().transpose(-1, -2))
-    return _gamma(q.shape[-1] + 2, u) * s_abs + (9 * u * softcap if softcap is not None else 0.0)
+    return _logit_bound(s_abs, q.shape[-1], softcap, unit_roundoff(dtype))
+
+
+def _logit_bound(s_abs: torch.Tensor, d: int, softcap: float | None, u: float) -> torch.Tensor:
+    """``logit_rounding_bound`` from ``s_abs = s^-1/2 sum_e |q_e k_je|``; increasing in ``s_abs``."""
+    return _gamma(d + 2, u) * s_abs + (9 * u * softcap if softcap is not None else 0.0)
 
 
 def rounding_bound(
@@ -72,24 +76,30 @@ def rounding_bound(
     n = kv_len + extra_keys
     idx = torch.arange(n_heads, device=q.device) // (n_heads // k.shape[1])
     kd = k.double()[:, idx]
+    kd_t, kd_abs_t = kd.transpose(-1, -2), kd.abs().transpose(-1, -2)
     v_key = v.double()[:, idx].abs().amax(-1)[:, :, None, :]  # largest |v| entry of each key
-    vis_all = masks.allowed(q_len, kv_len, window, key_valid, device=q.device)
-    vis_all = vis_all[:, None] if vis_all.dim() == 3 else vis_all[None, None]
-    ninf, pinf = torch.tensor(-float("inf")), torch.tensor(float("inf"))
+    hidden_all = ~masks.allowed(q_len, kv_len, window, key_valid, device=q.device)
+    hidden_all = hidden_all[:, None] if hidden_all.dim() == 3 else hidden_all[None, None]
+    cap = (lambda x: x) if softcap is None else (lambda x: softcap * torch.tanh(x / softcap))
     # Query rows per chunk: the float64 score matrices stay bounded at 8k tokens.
     rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len))
     parts = []
     for lo in range(0, q_len, rows):
-        qc = q[:, :, lo : lo + rows]
-        vis = vis_all[:, :, lo : lo + rows].expand(bsz, n_heads, qc.shape[2], kv_len)
-        raw = scalar**-0.5 * (qc.double() @ kd.transpose(-1, -2))
-        capped = raw if softcap is None else softcap * torch.tanh(raw / softcap)
-        none_seen = ~vis.any(-1)  # (b, h, rows): a fully masked row averages every key uniformly
-        dlt = logit_rounding_bound(qc, k, scalar=scalar, softcap=softcap, dtype=dtype)
-        delta = torch.where(vis, dlt, 0.0).amax(-1)  # 0 where every logit is the same masked constant
-        r = torch.where(vis, capped, ninf).amax(-1) - torch.where(vis, capped, pinf).amin(-1)
-        r = torch.where(none_seen, 0.0, r)
-        v_row = torch.where(vis | none_seen[..., None], v_key, 0.0).amax(-1)
+        qc = q[:, :, lo : lo + rows].double()
+        hidden = hidden_all[:, :, lo : lo + rows]  # broadcasts over batch and heads
+        none_seen = hidden.all(-1)  # a fully masked row (a padded query) averages every key uniformly
+        # Row maxima first, then the row's scalars: delta grows with S and the cap with the logit, so the
+        # largest delta and the range R of the capped logits over the seen keys come from S's and the raw
+        # logits' extremes (a few passes over the (rows, keys) matrices instead of one per step).
+        # One (rows, keys) buffer, filled in place: a fresh 1 GB tensor per step costs its page faults.
+        buf = qc @ kd_t  # the raw logits, unscaled
+        hi = buf.masked_fill_(hidden, -float("inf")).amax(-1)
+        lo_raw = buf.masked_fill_(hidden, float("inf")).amin(-1)
+        r = torch.where(none_seen, 0.0, cap(scalar**-0.5 * hi) - cap(scalar**-0.5 * lo_raw))
+        s_max = torch.matmul(qc.abs(), kd_abs_t, out=buf).masked_fill_(hidden, 0.0).amax(-1)
+        delta = torch.where(none_seen, 0.0, _logit_bound(scalar**-0.5 * s_max, d, softcap, u))
+        unseen = hidden & ~none_seen[..., None]  # a fully masked row averages every key: all count
+        v_row = buf.copy_(v_key.expand_as(buf)).masked_fill_(unseen, 0.0).amax(-1)
         eps = 2 * (2 * u_s * (r + 2 * delta) + 3 * u_s) + _gamma(n, u_s) + 2 * u_s
         p = torch.exp(2 * delta) * (1 + eps) * (1 + u) - 1
         parts.append(torch.where(v_row == 0, 0.0, v_row * (p + _gamma(n, u) * (1 + p))))  # 0 * inf is 0
