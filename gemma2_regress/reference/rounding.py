@@ -164,7 +164,6 @@ def half_rounding_bound(
     kd, vd = k.double()[:, idx], v.double()[:, idx]
     vis_all = masks.allowed(q_len, kv_len, window, key_valid, device=q.device) if visible is None else visible
     vis_all = vis_all[:, None] if vis_all.dim() == 3 else vis_all[None, None]
-    ninf, pinf = torch.tensor(-float("inf")), torch.tensor(float("inf"))
     # |v_j - out| per key and feature is exact up to EXACT_SPREAD entries in all; above, it is bounded by
     # |v_j| + |out| (two matrix products, not a (rows, keys, features) tensor) and V_f by every key's |v|.
     exact = bsz * n_heads * q_len * kv_len * d <= EXACT_SPREAD
@@ -173,22 +172,28 @@ def half_rounding_bound(
     parts = []
     for lo in range(0, q_len, rows):
         qc = q[:, :, lo : lo + rows].double()
-        vis = vis_all[:, :, lo : lo + rows].expand(bsz, n_heads, qc.shape[2], kv_len)
-        none_seen = ~vis.any(-1, keepdim=True)
+        vis = vis_all[:, :, lo : lo + rows]  # broadcasts over batch and heads
+        hidden = ~vis
+        none_seen = hidden.all(-1, keepdim=True)
+        # In place where a step's input is not needed again: each formula's operations, in its order (so
+        # the same bound to the bit), without a fresh (rows, keys) tensor per step.
         x = scalar**-0.5 * (qc @ kd.transpose(-1, -2))
-        s_abs = scalar**-0.5 * (qc.abs() @ kd.abs().transpose(-1, -2))
-        e = g4 * x.abs() + (1 + g4) * (u + g_acc * (1 + u)) * s_abs
+        s_abs = torch.matmul(qc.abs(), kd.abs().transpose(-1, -2)).mul_(scalar**-0.5)
+        e = s_abs.mul_((1 + g4) * (u + g_acc * (1 + u))).add_(x.abs().mul_(g4))
         if softcap is None:
             c, dlt = x, e
         else:
-            c = softcap * torch.tanh(x / softcap)
-            slope = torch.cosh((x.abs() - e).clamp(min=0) / softcap) ** -2
-            dlt = slope * e + r_cap * (c.abs() + slope * e)
-        dlt = torch.where(vis, dlt, 0.0)  # masked keys: one constant, exactly; weight 0
-        w = torch.softmax(torch.where(vis, c, ninf).masked_fill(none_seen, 0.0), dim=-1)
+            c = torch.tanh(x / softcap).mul_(softcap)
+            se = x.abs().sub_(e).clamp_(min=0).div_(softcap).cosh_().pow_(-2).mul_(e)  # slope * e
+            dlt = se.add_(c.abs().add_(se).mul_(r_cap))
+        dlt.masked_fill_(hidden, 0.0)  # masked keys: one constant, exactly; weight 0
+        c_seen = c.masked_fill(hidden, -float("inf"))
+        hi = c_seen.amax(-1)
+        w = torch.softmax(c_seen.masked_fill_(none_seen, 0.0), dim=-1)
         out = w @ vd  # (b, h, rows, d), exact
         d_max = dlt.amax(-1)  # (b, h, rows)
-        a = w * torch.expm1(dlt)  # (b, h, rows, keys)
+        r = hi - c.masked_fill_(hidden, float("inf")).amin(-1)
+        a = dlt.expm1_().mul_(w)  # (b, h, rows, keys): w * expm1(delta)
         if exact:
             spread = (vd[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
             moved = torch.exp(d_max)[..., None] * (a[..., None] * spread).sum(-2)
@@ -197,7 +202,6 @@ def half_rounding_bound(
         else:
             moved = torch.exp(d_max)[..., None] * (a @ vd.abs() + out.abs() * a.sum(-1, keepdim=True))
             v_f = vd.abs().amax(-2, keepdim=True).expand_as(out)
-        r = torch.where(vis, c, ninf).amax(-1) - torch.where(vis, c, pinf).amin(-1)
         r = torch.where(none_seen[..., 0], 0.0, r)
         eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32
         rest = ((1 + eps) * (1 + u) ** 2 * (1 + g_n) - 1)[..., None] * v_f
