@@ -115,6 +115,13 @@ def _pytest(session: nox.Session, *args: str) -> None:
     session.run(python, "-m", "pytest", *args, *session.posargs, external=True, interrupt_timeout=60)
 
 
+def _compile_cache(session: nox.Session) -> Path:
+    """Inductor's cache for every tier and run: beside the session environments (``.nox/compile-cache``),
+    so that it outlives /tmp and a CI cache of ``.nox/compile-cache`` carries it from run to run."""
+    location = getattr(session.virtualenv, "location", None)
+    return (Path(location).parent if location else ROOT / ".nox") / "compile-cache"
+
+
 def _tier_args(
     session: nox.Session, tier: str, gpus: int = 0, gpu_gib: float | None = None, cores: int | None = None
 ) -> list[str]:
@@ -124,7 +131,7 @@ def _tier_args(
         args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
-    session.env.update(suite.tier_env(tier, gpus))
+    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session)))
     return args
 
 

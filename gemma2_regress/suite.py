@@ -137,13 +137,27 @@ def tier_args(
     return [*selection, *xdist]
 
 
-def tier_env(tier: str, gpus: int = 0, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX graphs, AOTAutograd, kernels)
+
+
+def tier_env(
+    tier: str,
+    gpus: int = 0,
+    environ: Mapping[str, str] | None = None,
+    *,
+    compile_cache: Path | None = None,
+) -> dict[str, str]:
     """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
-    one), where its reports go (``reports/<tier>/``) and, for the gpu tier, how many GPUs it spreads over."""
+    one), where its reports go (``reports/<tier>/``), for the gpu tier how many GPUs it spreads over, and
+    Inductor's cache folder ``compile_cache`` (unless ``environ`` sets TORCHINDUCTOR_CACHE_DIR): one
+    folder that every xdist worker and every later run shares, kept with the environments (``.nox/``) or
+    the reports rather than in /tmp, so that a CI cache of that folder carries compiled kernels over."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
+    if compile_cache is not None and COMPILE_CACHE_ENV not in environ:
+        env[COMPILE_CACHE_ENV] = str(compile_cache)
     if tier == "gpu":
         env["GEMMA2_REGRESS_GPUS"] = str(gpus)
     return env
@@ -166,7 +180,8 @@ def pytest_command(
 
     ``args`` are pytest's; test paths in them are the suite's (``tests/kernel -k window``). The run's
     reports (summary JSON, costs, JUnit) go to ``<reports>/<tier>/``, Unsloth's compiled code to
-    ``<reports>/unsloth_compiled_cache``: nothing is written into the suite."""
+    ``<reports>/unsloth_compiled_cache``, Inductor's caches to ``<reports>/compile-cache``: nothing is
+    written into the suite."""
     out = reports / tier
     argv = [python, "-m", "pytest", "-c", str(config_file(suite)), "--rootdir", str(suite)]
     argv += [
@@ -177,7 +192,7 @@ def pytest_command(
         *args,
     ]
     env = {
-        **tier_env(tier, gpus),
+        **tier_env(tier, gpus, compile_cache=reports / "compile-cache"),
         "GEMMA2_REGRESS_REPORT": str(out / "summary.json"),
         "GEMMA2_REGRESS_COSTS": str(out / "costs.json"),
         "UNSLOTH_COMPILE_LOCATION": str(reports / "unsloth_compiled_cache"),

@@ -24,12 +24,17 @@ def failure_message(prop: str, target: str, case: Case, detail: str) -> str:
     return f"{prop} failed for {target}\n  case: {case.short()}\n  {detail}\n  versions: {one_line()}"
 
 
-@functools.lru_cache(maxsize=2)
+# Every case of one test's examples (5 at the real window, twice: static-mask targets take them unpadded),
+# so that the next target finds them all; an entry holds (batch, tokens, features) tensors, a few MB at 8k.
+PREPARED_CASES = 64
+
+
+@functools.lru_cache(maxsize=PREPARED_CASES)
 def prepared(case: Case, device: str) -> tuple[Inputs, torch.Tensor, torch.Tensor, float | torch.Tensor]:
     """Inputs, golden, baseline and the rule's floor for a case, kept for the next target given the same case.
 
-    Hypothesis (derandomized) draws the same cases for every target of a parametrized test, and
-    the float64 reference at 8k tokens costs seconds: the targets of one test share it.
+    Hypothesis (derandomized) draws the same cases for every target of a parametrized test, one target
+    after another, and the float64 reference at 8k tokens costs seconds: the targets of one test share it.
     """
     inputs = make_inputs(case, device)
     return (inputs, *reference(case, inputs))

@@ -92,6 +92,15 @@ def test_tier_env_keeps_a_chosen_profile() -> None:
     assert chosen == {"GEMMA2_REGRESS_TIER": "gpu", "GEMMA2_REGRESS_GPUS": "2"}
 
 
+def test_tier_env_shares_one_compile_cache_unless_one_is_chosen(tmp_path: Path) -> None:
+    cache = tmp_path / "compile-cache"
+    assert suite.tier_env("cpu", environ={}, compile_cache=cache)["TORCHINDUCTOR_CACHE_DIR"] == str(cache)
+    chosen = suite.tier_env(
+        "gpu", 1, environ={"TORCHINDUCTOR_CACHE_DIR": "/runner/cache"}, compile_cache=cache
+    )
+    assert "TORCHINDUCTOR_CACHE_DIR" not in chosen  # the runner's own folder stays
+
+
 def test_root_is_this_checkout_or_the_chosen_one(tmp_path: Path) -> None:
     assert suite.root(environ={}) == ROOT
     assert suite.root(environ={suite.ROOT_ENV: str(ROOT)}) == ROOT
@@ -115,7 +124,10 @@ def test_the_wheel_carries_the_suite_without_the_selftests(tmp_path: Path) -> No
     assert "ignore::DeprecationWarning" in ini["pytest"]["filterwarnings"].split()
 
 
-def test_command_runs_in_the_suite_with_reports_outside(tmp_path: Path) -> None:
+def test_command_runs_in_the_suite_with_reports_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     argv, env = suite.pytest_command(
         "cpu", ["tests/kernel", "-k", "window"], suite=ROOT, reports=tmp_path, python="py"
     )
@@ -124,6 +136,7 @@ def test_command_runs_in_the_suite_with_reports_outside(tmp_path: Path) -> None:
     assert f"--junitxml={tmp_path / 'cpu' / 'junit.xml'}" in argv
     assert env["GEMMA2_REGRESS_REPORT"] == str(tmp_path / "cpu" / "summary.json")
     assert env["UNSLOTH_COMPILE_LOCATION"].startswith(str(tmp_path))
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile-cache")
 
 
 def test_gemma2_regress_test_runs_a_selection(
