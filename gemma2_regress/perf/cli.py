@@ -93,12 +93,13 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     r.add_argument("--out", default="reports/perf", help="output folder (default reports/perf)")
     r.add_argument(
         "--plant-slowdown",
-        type=bounded(int, at_least=0),
+        type=bounded(float, at_least=0),
         nargs="?",
         const=2,
         default=0,
         metavar="FACTOR",
-        help="plant a mutant: Unsloth's kernel evaluated FACTOR (default 2) times per call",
+        help="plant a mutant: each call of Unsloth's kernel takes FACTOR (default 2; e.g. 1.15) x its own "
+        "time; a whole FACTOR evaluates it FACTOR times",
     )
     r.add_argument(
         "--gate-demo",
@@ -140,8 +141,11 @@ def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], t
 
     if a.device and not DEVICE.fullmatch(a.device):
         raise ValueError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
-    if a.plant_slowdown == 1:
-        raise ValueError("--plant-slowdown 1 plants nothing; give a FACTOR >= 2 (or leave it out)")
+    if a.plant_slowdown and a.plant_slowdown <= 1:
+        raise ValueError(
+            f"--plant-slowdown {a.plant_slowdown:g}: a slowdown FACTOR is above 1 (1.15: each call 15 % "
+            "slower; 2: the kernel twice), or leave the option out"
+        )
     why = unwritable(a.out, folder=True)
     if why:
         raise ValueError(f"--out {a.out}: {why}; pass a writable folder")
