@@ -22,6 +22,8 @@ from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.gpu_check import cuda_device_count
 
+from .stats import MIN_EFFECT
+
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -116,7 +118,17 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     c.add_argument("candidate")
     c.add_argument("baseline")
     c.add_argument(
-        "--threshold", type=bounded(float, above=1), default=1.25, help="time ratio that fails (default 1.25)"
+        "--min-effect",
+        type=bounded(float, at_least=1),
+        default=MIN_EFFECT,
+        help=f"slower = the bootstrap interval of the time ratio lies above this (default {MIN_EFFECT}); "
+        "the rule: gemma2_regress/perf/stats.py",
+    )
+    c.add_argument(
+        "--threshold",
+        type=bounded(float, above=1),
+        default=1.25,
+        help="for rows without per-repeat times (older JSONs): the bare time ratio that fails (default 1.25)",
     )
     c.add_argument(
         "--mem-threshold",
@@ -220,10 +232,19 @@ def _run(a: argparse.Namespace) -> int:
 def _compare(a: argparse.Namespace) -> int:
     from .gatecheck import compare, render
 
-    ok, rows = compare(a.candidate, a.baseline, a.threshold, mem_threshold=a.mem_threshold, basis=a.basis)
-    print(render(ok, rows, a.threshold))
+    ok, rows = compare(
+        a.candidate,
+        a.baseline,
+        a.threshold,
+        min_effect=a.min_effect,
+        mem_threshold=a.mem_threshold,
+        basis=a.basis,
+    )
+    print(render(ok, rows, a.threshold, a.min_effect))
     if a.json:
-        write_json_atomic(a.json, {"ok": ok, "threshold": a.threshold, "rows": rows})
+        write_json_atomic(
+            a.json, {"ok": ok, "min_effect": a.min_effect, "threshold": a.threshold, "rows": rows}
+        )
     return 0 if ok else 1
 
 
