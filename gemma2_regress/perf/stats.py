@@ -14,21 +14,23 @@ Why each piece:
   launch, a clock dip); the median ignores the tail, the mean follows it.
 - Each side is normalised by its own run's SDPA median, not call by call: the floor is there to cancel
   what changed between the two runs (clocks, a busier machine), which moves every call of a run alike;
-  SDPA's call-to-call jitter (a 0.3 ms kernel spreads 5-15 % on the H200, docs/results) would be added
-  whole to a per-call quotient, while its median carries little of it.
+  SDPA's call-to-call jitter (2-9 % per call on the H200, below) would be added whole to a per-call
+  quotient, while its median carries little of it.
 - Resample rounds, not single calls: a round's Unsloth and SDPA calls ran back to back (bench.py
   interleaves them), so drawing the pair together keeps what they shared. Without pairs (runs of
   unequal length) each list is resampled on its own; with ``basis="raw"`` only Unsloth's times are.
 - An interval, not the point ratio: it widens by itself when a run is noisy (few repeats, a busy
   machine), so noise alone is not called a slowdown, and narrows when the timings are steady.
 - ``MIN_EFFECT`` 1.05, from what the gate must do (issue #15): catch a 15 % slowdown every time and
-  raise no false alarm on an unchanged build. The verdict reads the interval's lower end, which sits
-  about 2 sigma below the point ratio (sigma: the ratio's sampling spread, 1-2 % with 30 repeats on
-  the H200, where one call of Unsloth spreads 1-2 % and one of SDPA 3-6 %). A clean ratio is ~1.00 and
-  a 15 % one ~1.15, so ``MIN_EFFECT + 2 sigma`` belongs midway, at 1.075: ``MIN_EFFECT`` 1.035-1.055.
-  1.05 takes the clean side of that range, since what the SDPA floor does not cancel between two runs
-  is invisible to the bootstrap and pushes clean ratios up; and it reads plainly: a slowdown of 5 % or
-  less is not one the gate fails on. 10 % is caught when the timings are steady, never promised.
+  raise no false alarm on an unchanged build. The verdict reads the interval's lower end, about
+  2 sigma below the point ratio, sigma being the ratio's sampling spread. On the H200 one call of
+  Unsloth spreads 0.4-1.7 % and one of SDPA 2-9 % (docs/results/h200-2026-11-28/perf-long), so with
+  50 repeats a run's normalised median is good to ~1 % (SDPA's part dominates) and the ratio of two
+  runs' to sigma ~1.4 %. A clean ratio is ~1.00 and a 15 % one ~1.15, so ``MIN_EFFECT + 2 sigma``
+  belongs midway, at 1.075: ``MIN_EFFECT`` ~1.05, which also leaves clean runs a margin for what the
+  SDPA floor does not cancel between two runs (the bootstrap cannot see it). With `run`'s default of
+  7 repeats sigma is ~3.5 % and no ``MIN_EFFECT`` does both; ``perf sensitivity`` times 50.
+  A 5 % slowdown is flagged only by chance; 10 % when the timings are steady, never promised.
 - At least ``MIN_REPEATS`` (5) timed rounds per side: with fewer, a bootstrap interval of a median
   says little about the spread, and the gate falls back to the bare ratio against its ``threshold``.
 """
