@@ -364,6 +364,13 @@ def test_killmatrix_bad_arguments(cwd, capsys, args, needles):
         (["--plant-slowdown", "0.5"], ("--plant-slowdown 0.5", "above 1")),
         (["compare", "a.json", "b.json", "--mem-threshold", "0.5"], ("argument --mem-threshold",)),
         (["compare", "a.json", "b.json"], ("no such perf JSON",)),
+        (["sensitivity", "--sizes", "1.05,1"], ("argument --sizes", "'1': must be more than 1")),
+        (["sensitivity", "--sizes", "0.9"], ("argument --sizes", "more than 1")),
+        (["sensitivity", "--sizes", ","], ("argument --sizes", "give factors above 1")),
+        (["sensitivity", "--runs", "0"], ("argument --runs", "at least 1")),
+        (["sensitivity", "--device", "cpu", "--lengths", "4097..4095"], ("--lengths",)),
+        (["sensitivity", "--device", "cpu", "--modes", "bwd"], ("--modes: unknown bwd",)),
+        (["sensitivity", "--device", "cpu", "--out", "afile"], ("--out afile: ", "is a file")),
     ],
 )
 def test_perf_bad_arguments(cwd, capsys, args, needles):
