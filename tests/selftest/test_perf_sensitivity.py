@@ -198,6 +198,7 @@ def test_sensitivity_end_to_end_on_the_real_kernel(tmp_path, capsys):
     assert "sensitivity [2/2] round 1/1" in text and "| planted x1.5 | detected " in text
     state = json.loads((out / sensitivity.STATE).read_text())
     assert state["complete"] and state["unsloth"] == unsloth_adapter.load().version
+    assert unsloth_adapter.load().softcapping_compiles("cpu")  # the compiled kernel was the one timed
     assert [c["new_graphs"] for c in state["comparisons"]] == [0, 0]  # the planted run recompiled nothing
     assert all(c["rows"][0]["stat"] == "bootstrap" for c in state["comparisons"])
 
