@@ -25,6 +25,7 @@ from packaging.version import InvalidVersion, Version
 from gemma2_regress.argcheck import OneLineParser, bounded, choices, unwritable
 from gemma2_regress.builds import bisect, envs, install, runner, sources
 from gemma2_regress.gpu_check import visible_gpus
+from gemma2_regress.perf.stats import MIN_EFFECT
 
 EPILOG_BISECT = """examples:
   gemma2-regress bisect --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows
@@ -185,10 +186,17 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--no-perf", dest="perf", action="store_false")
     g.add_argument(
+        "--perf-min-effect",
+        type=bounded(float, at_least=1),
+        default=MIN_EFFECT,
+        help="perf: fail when the bootstrap interval of the time ratio lies above this "
+        "(gemma2_regress/perf/stats.py; default %(default)s)",
+    )
+    g.add_argument(
         "--perf-threshold",
         type=bounded(float, above=1),
         default=1.25,
-        help="fail when the candidate is this many times slower",
+        help="perf, for runs without per-repeat times: fail when the candidate is this many times slower",
     )
     g.add_argument(
         "--out", default="reports/gate", help="gate.json, gate-junit.xml and logs (default %(default)s)"
@@ -493,6 +501,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         args.baseline,
         perf=args.perf,
         perf_threshold=args.perf_threshold,
+        perf_min_effect=args.perf_min_effect,
         perf_args=args.perf_args,
         **common,
     )

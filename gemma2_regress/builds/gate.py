@@ -12,8 +12,10 @@ Tiers: ``cpu`` (``-m "not gpu"``) always, ``gpu`` (``-m gpu``) when torch sees a
 Hypothesis runs under the deterministic ``ci`` / ``gpu`` profiles, so both sides draw the same
 examples. Per test: ``regression`` (ok on baseline, failing on candidate: the gate fails),
 ``fixed``, ``both-fail``, ``ok``, ``skipped``, ``new`` / ``gone`` (only on one side).
-Performance: ``gemma2_regress.perf.compare(candidate_json, baseline_json, threshold)`` on the two
-sides' ``perf run`` JSON when requested (default: on a GPU); without that module, "perf: not run".
+Performance: ``gemma2_regress.perf.compare(candidate_json, baseline_json, threshold, min_effect=...)``
+on the two sides' ``perf run`` JSON when requested (default: on a GPU); without that module, "perf: not
+run". ``min_effect`` bounds the bootstrap interval of the time ratio (``perf/stats.py``); ``threshold``
+is the bare ratio for runs without per-repeat times.
 Outputs in ``out``: ``gate.json``, ``gate-junit.xml`` (one testcase per test, failures = regressions).
 Both specs are checked (``sources.check_spec``: the version is on PyPI, the wheel file exists, the git
 ref resolves, the site folder holds Unsloth) before either side is built (``sources.environment``), and
@@ -34,6 +36,7 @@ from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, runner
 from gemma2_regress.builds.runner import Outcome, Selection
 from gemma2_regress.builds.sources import BisectError, check_spec, environment
+from gemma2_regress.perf.stats import MIN_EFFECT
 
 TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
 TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
@@ -84,8 +87,14 @@ def cuda_devices(env: envs.Env) -> int:
 
 
 def _perf(
-    sides: list[Side], out: Path, threshold: float, cwd: Path, want: bool | None, perf_args: list[str]
+    sides: list[Side],
+    out: Path,
+    limits: tuple[float, float],
+    cwd: Path,
+    want: bool | None,
+    perf_args: list[str],
 ) -> dict:
+    threshold, min_effect = limits
     try:
         from gemma2_regress.perf import compare as perf_compare  # the perf engineer's hook
     except ImportError as exc:
@@ -115,8 +124,14 @@ def _perf(
                 "ok": False,
             }
         paths[s.name] = d / "perf.json"
-    ok, rows = perf_compare(paths["candidate"], paths["baseline"], threshold)
-    return {"status": "pass" if ok else "fail", "ok": ok, "threshold": threshold, "rows": rows}
+    ok, rows = perf_compare(paths["candidate"], paths["baseline"], threshold, min_effect=min_effect)
+    return {
+        "status": "pass" if ok else "fail",
+        "ok": ok,
+        "threshold": threshold,
+        "min_effect": min_effect,
+        "rows": rows,
+    }
 
 
 def gate(
@@ -133,6 +148,7 @@ def gate(
     installer: str = "auto",
     perf: bool | None = None,
     perf_threshold: float = 1.25,
+    perf_min_effect: float = MIN_EFFECT,
     perf_args: list[str] | None = None,
     timeout_s: float = 7200.0,
     log=print,
@@ -186,7 +202,8 @@ def gate(
             "exit": {k: v.exit_code for k, v in outs.items()},
             "unusable": {k: v.reason for k, v in outs.items() if v.status == "skip" and not v.tests},
         }
-    result["perf"] = _perf(sides, out, perf_threshold, cwd, perf, list(perf_args or []))
+    limits = (perf_threshold, perf_min_effect)
+    result["perf"] = _perf(sides, out, limits, cwd, perf, list(perf_args or []))
     regressions = [
         r for t in result["tiers"].values() for r in t["rows"] if r["call"] in ("regression", "new-fail")
     ]
@@ -230,7 +247,7 @@ def render(result: dict) -> str:
     if p.get("rows"):
         counts = collections.Counter(r["verdict"] for r in p["rows"])
         lines[-1] += (
-            f" (threshold {p.get('threshold')}x; "
+            f" (interval above {p.get('min_effect')}x, bare ratio {p.get('threshold')}x; "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             + ")"
         )

@@ -3,7 +3,9 @@ same GPU (flex attention) and an SDPA floor, at Gemma-2 2B/9B shapes; and the re
 
 Modules: ``grid`` (shapes, cells, FLOPs), ``impls`` (the implementations, the planted slowdown),
 ``timing`` (timers, peak memory, OOM, ceilings), ``bench`` (the interleaved run, JSON), ``table``,
-``plot``, ``gatecheck`` (the gate: ``compare``), ``demo`` (the gate shown passing and failing), ``cli``.
+``plot``, ``stats`` (the gate's statistic: a bootstrap interval of the ratio of medians), ``gatecheck``
+(the gate: ``compare``), ``demo`` (the gate shown passing and failing), ``sensitivity`` (the gate's false
+alarms and detection rate on planted slowdowns), ``cli``.
 """
 
 import importlib

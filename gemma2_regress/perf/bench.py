@@ -44,7 +44,7 @@ class Options:
     device: str = "cuda"
     dtype: str = "bfloat16"
     out: Path | None = Path("reports/perf")
-    plant_slowdown: int = 0
+    plant_slowdown: float = 0  # > 1: impls.planted_slowdown(factor) is active for the run; 0: none
     compile_flex: bool = True
     label: str = ""
 

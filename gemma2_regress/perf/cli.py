@@ -1,13 +1,17 @@
-"""Command line: ``python -m gemma2_regress.perf [run|plot|compare] ...`` (``run`` when omitted).
+"""Command line: ``python -m gemma2_regress.perf [run|plot|compare|sensitivity] ...`` (``run`` when omitted).
 
 run      measure the grid (``--quick`` default, ``--full``, ``--smoke`` for CPU), print the table,
          write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``
 plot     draw the PNGs from a perf JSON (on any machine with matplotlib)
 compare  the gate: candidate JSON vs baseline JSON; exit 0 pass, 1 fail, 2 bad input
+sensitivity  the gate's false alarms and detection rate: a baseline, then --runs rounds of a clean run
+         and one per planted --sizes slowdown, each compared with the gate, in one process; writes
+         <out>/sensitivity.json (resumable) and <out>/sensitivity.md
 
 Bad arguments (an unknown model, impl, mode, dtype or device, lengths like 4097..4095, a threshold
-not above 1, an output folder that cannot be written) are one line on stderr and exit 2, checked
-before anything is measured or written.
+not above 1, a slowdown size not above 1, no rounds, an output folder that cannot be written, a
+sensitivity --out holding a run with other options) are one line on stderr and exit 2, checked
+before anything is measured or written. Parsing needs no torch (the gate checks --perf-args with it).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.gpu_check import cuda_device_count
+
+from .stats import MIN_EFFECT
 
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
@@ -93,12 +100,13 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     r.add_argument("--out", default="reports/perf", help="output folder (default reports/perf)")
     r.add_argument(
         "--plant-slowdown",
-        type=bounded(int, at_least=0),
+        type=bounded(float, at_least=0),
         nargs="?",
         const=2,
         default=0,
         metavar="FACTOR",
-        help="plant a mutant: Unsloth's kernel evaluated FACTOR (default 2) times per call",
+        help="plant a mutant: each call of Unsloth's kernel takes FACTOR (default 2; e.g. 1.15) x its own "
+        "time; a whole FACTOR evaluates it FACTOR times",
     )
     r.add_argument(
         "--gate-demo",
@@ -115,7 +123,17 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     c.add_argument("candidate")
     c.add_argument("baseline")
     c.add_argument(
-        "--threshold", type=bounded(float, above=1), default=1.25, help="time ratio that fails (default 1.25)"
+        "--min-effect",
+        type=bounded(float, at_least=1),
+        default=MIN_EFFECT,
+        help=f"slower = the bootstrap interval of the time ratio lies above this (default {MIN_EFFECT}); "
+        "the rule: gemma2_regress/perf/stats.py",
+    )
+    c.add_argument(
+        "--threshold",
+        type=bounded(float, above=1),
+        default=1.25,
+        help="for rows without per-repeat times (older JSONs): the bare time ratio that fails (default 1.25)",
     )
     c.add_argument(
         "--mem-threshold",
@@ -130,7 +148,67 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
         help="sdpa: normalise by each run's in-run SDPA floor (default); raw: compare medians",
     )
     c.add_argument("--json", help="also write the rows to this JSON file")
+    _sensitivity_parser(sub)
     return p
+
+
+def _sizes(text: str) -> tuple[float, ...]:
+    """An argparse ``type``: a comma list of slowdown factors, each above 1 (``1.05,1.15,1.5``)."""
+    one = bounded(float, above=1)
+    sizes = tuple(sorted({one(part.strip()) for part in text.split(",") if part.strip()}))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"{text!r}: give factors above 1, e.g. 1.05,1.15,1.5")
+    return sizes
+
+
+def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
+    from .sensitivity import REPEATS, SIZES
+
+    s = sub.add_parser(
+        "sensitivity",
+        help="measure the gate: false alarms on clean runs, detection of planted slowdowns",
+        description="A baseline run, then per round a clean run and one per planted size, each compared "
+        "with the gate against the baseline; Unsloth and the SDPA floor only, compiled once. Default cells: "
+        "2B sliding 4096 and 8192 tokens, batch 1, fwd (on CPU: tiny sliding 64 and 128).",
+    )
+    s.add_argument("--models", help="comma list of 2b, 9b, tiny (default 2b; tiny on CPU)")
+    s.add_argument("--layers", default="sliding", help="sliding, global or both (default sliding)")
+    s.add_argument("--lengths", help="e.g. 4096,8192 (the default; 64,128 on CPU)")
+    s.add_argument("--batch", default="1", help="e.g. 1 (the default)")
+    s.add_argument("--modes", default="fwd", help="fwd, fwdbwd or both (default fwd)")
+    s.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=SIZES,
+        help=f"planted slowdown factors, each above 1 (default {','.join(f'{x:g}' for x in SIZES)})",
+    )
+    s.add_argument(
+        "--runs", type=bounded(int, at_least=1), default=10, help="rounds (default 10; may grow on resume)"
+    )
+    s.add_argument(
+        "--repeats",
+        type=bounded(int, at_least=1),
+        default=REPEATS,
+        help=f"timed calls per implementation per run (default {REPEATS}: see perf/stats.py)",
+    )
+    s.add_argument("--warmup", type=bounded(int, at_least=1), default=2, help="untimed calls first (>= 1)")
+    s.add_argument(
+        "--budget-s",
+        type=bounded(float, at_least=0),
+        default=0,
+        help="stop before a run that would end past this many seconds from the start (0 = none)",
+    )
+    s.add_argument("--device", help="cuda (default when visible) or cpu")
+    s.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    s.add_argument(
+        "--min-effect",
+        type=bounded(float, at_least=1),
+        default=MIN_EFFECT,
+        help=f"the gate's minimum effect (default {MIN_EFFECT})",
+    )
+    s.add_argument(
+        "--out", default="reports/perf-sensitivity", help="state and table (default reports/perf-sensitivity)"
+    )
 
 
 def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
@@ -140,8 +218,11 @@ def _check(a: argparse.Namespace, preset: str) -> tuple[list, tuple[str, ...], t
 
     if a.device and not DEVICE.fullmatch(a.device):
         raise ValueError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
-    if a.plant_slowdown == 1:
-        raise ValueError("--plant-slowdown 1 plants nothing; give a FACTOR >= 2 (or leave it out)")
+    if a.plant_slowdown and a.plant_slowdown <= 1:
+        raise ValueError(
+            f"--plant-slowdown {a.plant_slowdown:g}: a slowdown FACTOR is above 1 (1.15: each call 15 % "
+            "slower; 2: the kernel twice), or leave the option out"
+        )
     why = unwritable(a.out, folder=True)
     if why:
         raise ValueError(f"--out {a.out}: {why}; pass a writable folder")
@@ -169,13 +250,7 @@ def _run(a: argparse.Namespace) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = a.preset or ("quick" if device.startswith("cuda") else "smoke")
     cells, impl_names, modes = _check(a, preset)
-    if device.startswith("cuda"):
-        n = cuda_device_count()
-        index = int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise ValueError(
-                f"--device {device}: torch sees {n} CUDA GPU(s); run on a GPU or pass --device cpu"
-            )
+    device = _device(device)
     if not a.preset and device == "cpu" and not (a.models or a.lengths):
         print("perf: no CUDA GPU visible: running the CPU smoke grid (--smoke); the Gemma-2 grid needs a GPU")
     budget = DEFAULT_BUDGET[preset] if a.budget_s is None else (a.budget_s or None)
@@ -216,21 +291,92 @@ def _run(a: argparse.Namespace) -> int:
 def _compare(a: argparse.Namespace) -> int:
     from .gatecheck import compare, render
 
-    ok, rows = compare(a.candidate, a.baseline, a.threshold, mem_threshold=a.mem_threshold, basis=a.basis)
-    print(render(ok, rows, a.threshold))
+    ok, rows = compare(
+        a.candidate,
+        a.baseline,
+        a.threshold,
+        min_effect=a.min_effect,
+        mem_threshold=a.mem_threshold,
+        basis=a.basis,
+    )
+    print(render(ok, rows, a.threshold, a.min_effect))
     if a.json:
-        write_json_atomic(a.json, {"ok": ok, "threshold": a.threshold, "rows": rows})
+        write_json_atomic(
+            a.json, {"ok": ok, "min_effect": a.min_effect, "threshold": a.threshold, "rows": rows}
+        )
     return 0 if ok else 1
+
+
+def _device(name: str | None) -> str:
+    """The device asked for (or the default), checked: a ``cuda:N`` torch does not see is refused."""
+    import torch
+
+    device = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        n = cuda_device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise ValueError(
+                f"--device {device}: torch sees {n} CUDA GPU(s); run on a GPU or pass --device cpu"
+            )
+    return device
+
+
+def _sensitivity(a: argparse.Namespace, started: float) -> int:
+    from . import grid, sensitivity
+    from .bench import Options
+
+    if a.device and not DEVICE.fullmatch(a.device):
+        raise ValueError(f"--device {a.device!r}: use cpu, cuda or cuda:N")
+    why = unwritable(a.out, folder=True)
+    if why:
+        raise ValueError(f"--out {a.out}: {why}; pass a writable folder")
+    device = _device(a.device)
+    cpu = device == "cpu"
+    cells = grid.select(
+        "smoke" if cpu else "quick",
+        a.models or ("tiny" if cpu else "2b"),
+        a.layers,
+        a.lengths or ("64,128" if cpu else "4096,8192"),
+        a.batch,
+    )
+    plan = sensitivity.Plan(
+        run=Options(
+            cells=cells,
+            impls=sensitivity.IMPLS,
+            modes=grid.parse_names(a.modes, grid.MODES, "modes"),
+            repeats=a.repeats,
+            warmup=a.warmup,
+            device=device,
+            dtype=a.dtype,
+            compile_flex=False,
+        ),
+        sizes=a.sizes,
+        runs=a.runs,
+        budget_s=a.budget_s or None,
+        out=Path(a.out),
+        min_effect=a.min_effect,
+    )
+    sensitivity.load_state(plan)  # another experiment in --out: refused before anything runs
+    state = sensitivity.run(plan, started=started)
+    print(sensitivity.render(state))
+    if state.get("stopped"):
+        print(f"sensitivity: stopped ({state['stopped']}); the same command resumes it")
+    print(f"sensitivity: {Path(a.out) / sensitivity.STATE}  {Path(a.out) / sensitivity.TABLE}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv.insert(0, "run")
+    started = time.monotonic()  # the sensitivity budget counts from here
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "run":
             return _run(a)
+        if a.cmd == "sensitivity":
+            return _sensitivity(a, started)
         if a.cmd == "plot":
             from .plot import plot
 

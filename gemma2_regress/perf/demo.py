@@ -13,7 +13,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-from . import bench
+from . import bench, stats
 from .gatecheck import compare, render
 
 
@@ -47,7 +47,7 @@ def gate_demo(
         }
     cells = [c for c in opts.cells if c.key in keys]
     base = bench.select_cells(payload, keys)
-    out: dict = {"cells": keys, "threshold": threshold}
+    out: dict = {"cells": keys, "min_effect": stats.MIN_EFFECT, "threshold": threshold}
     for name, factor in (("clean", 0), ("planted", 2)):
         o = dataclasses.replace(
             opts, cells=cells, out=None, plant_slowdown=factor, budget_s=None, label=f"gate-demo-{name}"

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -109,24 +110,105 @@ def prepare_unsloth(cell: Cell, t: Tensors) -> Call:
     return _runner(t, forward)
 
 
-@contextlib.contextmanager
-def planted_slowdown(factor: int = 2) -> Iterator[None]:
-    """Plant a performance mutant in the real Unsloth: ``slow_attention_softcapping`` evaluates the
-    real kernel ``factor`` times and returns their mean (bit-identical for factor 2: (a + a) / 2 == a),
-    so forward and backward do ``factor`` x the work and hold ``factor`` x the activations."""
-    if factor < 2:
-        raise ValueError(f"--plant-slowdown factor must be >= 2 (got {factor})")
-    u = unsloth_adapter.load()
-    real = u.kernels_module.slow_attention_softcapping
+def _spin(seconds: float) -> None:
+    """Wait ``seconds`` on the host: a spin, since ``time.sleep`` overshoots by ~0.1 ms, a few per cent
+    of a 2 ms kernel."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
+
+def _timed_ms(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """``fn()`` and its time in ms, taken as the benchmark takes it: CUDA events after a synchronize on
+    CUDA (the GPU's own time of the call), the wall clock elsewhere."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        out = fn()
+        return out, (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return out, start.elapsed_time(end)
+
+
+class _Stretched(torch.autograd.Function):
+    """The real kernel, forward and backward each followed by a wait of (factor - 1) x its own time.
+
+    The kernel runs on detached leaves inside ``forward`` (with grad), and ``backward`` runs its real
+    backward through ``torch.autograd.grad``: both passes are the real kernel's, untouched (same
+    compiled graphs, same guards), and each is measured where it runs, so the wait is its own."""
+
+    @staticmethod
+    def forward(ctx, factor, real, q, k, v, *rest):
+        ins = [x.detach().requires_grad_(x.requires_grad) for x in (q, k, v)]
+        with torch.enable_grad():
+            out, ms = _timed_ms(lambda: real(*ins, *rest), q.device)
+        _spin((factor - 1) * ms / 1e3)
+        ctx.factor, ctx.ins, ctx.out = factor, ins, out
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        wanted = [x for x in ctx.ins if x.requires_grad]
+        grads, ms = _timed_ms(
+            lambda: torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True), grad.device
+        )
+        _spin((ctx.factor - 1) * ms / 1e3)
+        it = iter(grads)
+        back = [next(it) if x.requires_grad else None for x in ctx.ins]
+        ctx.ins = ctx.out = None  # the kernel's graph is freed with the call, as a clean call's is
+        return (None, None, *back) + (None,) * (len(ctx.needs_input_grad) - 5)
+
+
+def _repeated(real: Callable[..., torch.Tensor], factor: int) -> Callable[..., torch.Tensor]:
     def slow_attention_softcapping(*args, **kwargs):  # same name: crash signatures stay readable
         acc = real(*args, **kwargs)
         for _ in range(factor - 1):
             acc = acc + real(*args, **kwargs)
         return acc / factor
 
-    slow_attention_softcapping.planted_factor = factor  # type: ignore[attr-defined]
-    u.kernels_module.slow_attention_softcapping = slow_attention_softcapping
+    return slow_attention_softcapping
+
+
+def _stretched(real: Callable[..., torch.Tensor], factor: float) -> Callable[..., torch.Tensor]:
+    def slow_attention_softcapping(q, k, v, *rest):  # same name: crash signatures stay readable
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            return _Stretched.apply(factor, real, q, k, v, *rest)
+        out, ms = _timed_ms(lambda: real(q, k, v, *rest), q.device)
+        _spin((factor - 1) * ms / 1e3)
+        return out
+
+    return slow_attention_softcapping
+
+
+@contextlib.contextmanager
+def planted_slowdown(factor: float = 2) -> Iterator[None]:
+    """Plant a performance mutant in the real Unsloth: ``slow_attention_softcapping`` wrapped so each
+    call costs ``factor`` x its own time, its output still the real kernel's.
+
+    - A whole ``factor`` >= 2: the real kernel is evaluated ``factor`` times and their mean returned
+      (bit-identical for 2: (a + a) / 2 == a), so forward and backward do ``factor`` x the work and
+      hold ``factor`` x the activations.
+    - Any other ``factor`` > 1 (1.05, 1.15, 2.5): the real kernel runs once, and its forward and its
+      backward are each followed by a host wait of (factor - 1) x the time that pass just took
+      (CUDA events on CUDA): a fraction of a kernel cannot be repeated without new shapes (a recompile)
+      and would not scale its cost evenly, while a timed wait is exact to microseconds, adds no GPU
+      work or memory, and leaves the compiled kernel as it is, so nothing recompiles.
+    """
+    if not factor > 1:
+        raise ValueError(
+            f"--plant-slowdown factor must be more than 1 (got {factor}): 1.15 makes each call 15 % "
+            "slower; a whole number >= 2 evaluates the kernel that many times"
+        )
+    u = unsloth_adapter.load()
+    real = u.kernels_module.slow_attention_softcapping
+    whole = float(factor).is_integer()
+    planted = _repeated(real, int(factor)) if whole else _stretched(real, float(factor))
+    planted.planted_factor = factor  # type: ignore[attr-defined]
+    u.kernels_module.slow_attention_softcapping = planted
     try:
         yield
     finally:

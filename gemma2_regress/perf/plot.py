@@ -123,7 +123,7 @@ def plot(path_or_payload: str | Path | dict, out_dir: str | Path | None = None) 
         plant = payload["options"].get("plant_slowdown")
         fig.suptitle(
             f"{payload['device']}, {payload['dtype']}, unsloth {payload['versions'].get('unsloth')}"
-            + (f"  [PLANTED SLOWDOWN x{plant}]" if plant else "")
+            + (f"  [PLANTED SLOWDOWN x{plant:g}]" if plant else "")
             + "   (x on top: out of memory)",
             fontsize=10,
         )

@@ -80,5 +80,5 @@ def legend(payload: dict) -> str:
         f"{c.get('copy', {}).get('gbps', 0):.0f} GB/s; wall {payload.get('wall_s')} s"
     )
     if payload.get("options", {}).get("plant_slowdown"):
-        text += f"\nPLANTED SLOWDOWN x{payload['options']['plant_slowdown']} was active in this run"
+        text += f"\nPLANTED SLOWDOWN x{payload['options']['plant_slowdown']:g} was active in this run"
     return text

@@ -261,6 +261,72 @@ def test_planted_slowdown_runs_the_kernel_factor_times_and_restores(monkeypatch)
         pass
 
 
+class _SlowDouble(torch.autograd.Function):
+    """A stand-in kernel with a known cost: 2 x q, forward and backward each sleeping 20 ms (a sleep
+    lasts at least that long, however busy the machine)."""
+
+    @staticmethod
+    def forward(ctx, q):
+        time.sleep(0.02)
+        return q * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        time.sleep(0.02)
+        return g * 2
+
+
+def _fake_unsloth(monkeypatch, kernel):
+    import types
+
+    from gemma2_regress import unsloth_adapter
+
+    mod = types.SimpleNamespace(slow_attention_softcapping=kernel)
+    monkeypatch.setattr(unsloth_adapter, "load", lambda: types.SimpleNamespace(kernels_module=mod))
+    return mod
+
+
+def test_fractional_planted_slowdown_stretches_forward_and_backward(monkeypatch):
+    """Planted 1.5: each pass waits half its own time again, so the fastest planted call is at least
+    1.5 x the fastest real one up to the clean calls' jitter; the minimum over interleaved rounds is
+    compared (a busy machine only lengthens calls, and both kinds alike), against a loose 1.2."""
+    mod = _fake_unsloth(monkeypatch, lambda q, k, v, *rest: _SlowDouble.apply(q))
+    q = torch.randn(4, requires_grad=True)
+
+    def call(backward: bool) -> float:
+        q.grad = None
+        t0 = time.perf_counter()
+        out = mod.slow_attention_softcapping(q, q, q, None, None, 1, 4)
+        if backward:
+            out.sum().backward()
+        return time.perf_counter() - t0
+
+    for backward in (False, True):
+        clean, planted = [], []
+        for _ in range(5):
+            clean.append(call(backward))
+            with impls.planted_slowdown(1.5):
+                planted.append(call(backward))
+        assert 1.2 < min(planted) / min(clean) < 3.0, (backward, clean, planted)
+    q.grad = None
+    with impls.planted_slowdown(1.5):
+        out = mod.slow_attention_softcapping(q, q, q, None, None, 1, 4)
+        out.sum().backward()
+        assert torch.equal(out, q * 2) and torch.equal(q.grad, torch.full_like(q, 2.0))  # the real results
+        with torch.no_grad():  # no graph to stretch: the forward alone, waited on
+            t0 = time.perf_counter()
+            assert torch.equal(mod.slow_attention_softcapping(q, q, q, None, None, 1, 4), q * 2)
+            assert time.perf_counter() - t0 >= 0.03
+    assert mod.slow_attention_softcapping.__name__ == "<lambda>"  # restored
+
+
+@pytest.mark.parametrize("factor", [1, 0.5, 0])
+def test_planted_slowdown_below_one_is_refused(monkeypatch, factor):
+    _fake_unsloth(monkeypatch, lambda *a: None)
+    with pytest.raises(ValueError, match="more than 1"), impls.planted_slowdown(factor):
+        pass
+
+
 # --- the gate ---------------------------------------------------------------------------------
 def payload_of(unsloth_ms: float, sdpa_ms: float = 1.0, mib: float = 100.0, status: str = "ok") -> dict:
     def res(ms, peak):

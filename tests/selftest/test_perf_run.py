@@ -4,6 +4,8 @@ slowdown that the release gate must catch."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -98,3 +100,39 @@ def test_unsloth_tiny_run_and_planted_slowdown(tmp_path, monkeypatch):
     assert u.kernels_module.slow_attention_softcapping is counting  # restored
     for clean, planted in zip(clean_out, (t.q.grad, t.k.grad, t.v.grad), strict=True):
         assert torch.allclose(clean, planted, rtol=1e-5, atol=1e-6)  # same result: only the cost changed
+
+
+@pytest.mark.unsloth
+def test_unsloth_fractional_planted_slowdown_is_real_and_compiles_nothing():
+    """Planted 1.5 on the real kernel: the same outputs and gradients, no new compiled graph, and the
+    calls slower. Robust on a busy machine: each planted pass waits at least half its own time, so the
+    planted minimum over interleaved rounds is >= 1.5 x the real kernel's fastest run; rounds go on
+    (up to 40) until the clean minimum has found that floor too, and the check is a loose 1.2."""
+    import torch._dynamo.utils
+
+    cell = Cell("tiny", "sliding", 256, 2)
+    t = impls.make_tensors(cell, "cpu", torch.float32)
+    call = impls.prepare_unsloth(cell, t)
+    call("fwdbwd")  # compiles (or finds it cached): not part of what is checked
+    clean = [x.grad.clone() for x in (t.q, t.k, t.v)]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    def timed(mode: str) -> float:
+        t0 = time.perf_counter()
+        call(mode)
+        return time.perf_counter() - t0
+
+    for mode in ("fwd", "fwdbwd"):
+        c, p = [], []
+        for k in range(40):
+            c.append(timed(mode))
+            with impls.planted_slowdown(1.5):
+                p.append(timed(mode))
+            if k >= 4 and min(p) / min(c) > 1.2:
+                break
+        assert min(p) / min(c) > 1.2, (mode, sorted(c)[:3], sorted(p)[:3])
+    with impls.planted_slowdown(1.5):
+        call("fwdbwd")
+    for want, got in zip(clean, (t.q.grad, t.k.grad, t.v.grad), strict=True):
+        assert torch.equal(want, got)  # the real kernel's gradients, bit for bit
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing recompiled
