@@ -83,7 +83,9 @@ def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None)
     and the seconds spent compiling, running and in the reference, summed over the examples.
 
     An example of a test that xfailed as a recorded upstream bug (``tests``: ``Run.tests``) counts as
-    ``known``, not ``bad``, and stays out of the worst ratio: its failure is the record, not news.
+    ``known``, not ``bad``, and stays out of the worst ratio: its failure is the record, not news. An
+    example cut short by an interrupt (a time bound's SIGINT, Ctrl-C: verdict ``interrupted``) was never
+    judged: it counts as ``interrupted``, not ``bad``.
     """
     tests = tests or {}
     rows: dict[tuple[str, str], dict] = {}
@@ -97,6 +99,7 @@ def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None)
                 "examples": 0,
                 "bad": 0,
                 "known": 0,
+                "interrupted": 0,
                 "worst_ratio": 0.0,
                 "worst_case": "",
             },
@@ -107,6 +110,9 @@ def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None)
         for k in ("compile_s", "run_s", "reference_s"):
             if k in r:
                 row[k] = round(row.get(k, 0.0) + r[k], 3)
+        if r["verdict"] == "interrupted":
+            row["interrupted"] += 1
+            continue
         if tests.get(r.get("test", ""), {}).get("outcome") == "xfailed":
             row["known"] += r["verdict"] != "ok"
             continue
@@ -131,6 +137,12 @@ def table_lines(rows: list[dict]) -> list[str]:
     if any(r["known"] for r in rows):
         lines.append(
             "known: failing examples of tests that xfailed as recorded upstream bugs (not in 'worst')"
+        )
+    cut = {f"{r['property']} {r['target']}": r["interrupted"] for r in rows if r.get("interrupted")}
+    if cut:
+        lines.append(
+            "interrupted (cut short by a time bound or Ctrl-C, not judged, not in 'bad'): "
+            + ", ".join(f"{k} {n}" for k, n in cut.items())
         )
     timed = [r for r in rows if "compile_s" in r]
     if timed:

@@ -56,3 +56,17 @@ def test_a_wrong_file_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["report", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a gemma2-regress summary" in err[0] and "no such file" in err[1]
+
+
+def test_an_interrupted_example_is_not_a_failure() -> None:
+    """An example cut short by the time bound's SIGINT was never judged: counted apart, said apart."""
+    recs = [
+        {"property": "p", "target": "t", "verdict": "ok", "ratio": 0.5, "case": "a"},
+        {"property": "p", "target": "t", "verdict": "interrupted", "ratio": float("nan"), "case": "b"},
+        {"property": "p", "target": "t", "verdict": "mismatch", "ratio": 2.0, "case": "c"},
+    ]
+    (row,) = summary.worst_by_property(recs)
+    assert (row["examples"], row["bad"], row["interrupted"], row["worst_ratio"]) == (3, 1, 1, 2.0)
+    assert any(
+        line.startswith("interrupted (cut short") and "p t 1" in line for line in summary.table_lines([row])
+    )
