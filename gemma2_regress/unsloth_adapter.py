@@ -146,8 +146,9 @@ class Unsloth:
 
         ``attention_mask`` is ``(bsz, kv_len)``; the queries are its last ``q_len`` positions. 4-D
         ``(bsz, 1, q_len, kv_len)``, except in releases that hand the kernels row 0's ``(q_len, kv_len)``
-        slice (``eval_masks_2d``), where this follows their whole eval branch (below) and returns what
-        the layers get: those slices, or the static masks.
+        slice (``eval_masks_2d``), where this follows their whole eval branch (below) and returns those
+        slices. Releases without the Gemma-2 converter keep their static masks where the first conversion
+        finds no mask needed (an all-ones mask within the window): then those are returned.
         """
         base, sliding = self._converters()
         kv_len = attention_mask.shape[-1]
@@ -159,20 +160,20 @@ class Unsloth:
         embeds = torch.empty(attention_mask.shape[0], q_len, 1, dtype=dtype, device=attention_mask.device)
         past = kv_len - q_len
         shape = (attention_mask.shape[0], q_len)
+        # LlamaModel_fast_forward's eval branch first converts the 2-D mask with the config's window; where
+        # the helper finds no mask needed (None: all ones, within the window), attention_mask is None from
+        # there on and the Gemma-2 layers keep the static masks.
+        first = prep(attention_mask, shape, embeds, past, sliding_window=window)
+        if first is None:
+            return self.static_masks(kv_len, window, dtype, attention_mask.device)
         if self.eval_masks_2d:
-            # These releases first convert the 2-D mask with the config's window (LlamaModel_fast_forward's
-            # eval branch); where the helper says no mask is needed (None), the layers keep the static
-            # masks. Else each per-call mask is the helper applied to that 4-D mask, which it returns
-            # unchanged (so the global one is windowed too), sliced to row 0.
-            first = prep(attention_mask, shape, embeds, past, sliding_window=window)
-            if first is None:
-                return self.static_masks(kv_len, window, dtype, attention_mask.device)
+            # Each per-call mask is the helper applied to that 4-D mask, which it returns unchanged (so the
+            # global one is windowed too), sliced to row 0.
             swa = prep(first, shape, embeds, past, sliding_window=window)
             ga = prep(first, shape, embeds, past, sliding_window=None)
             return swa[0][0], ga[0][0]
-        swa = prep(attention_mask, shape, embeds, past, sliding_window=window)
         ga = prep(attention_mask, shape, embeds, past)
-        return swa, ga
+        return first, ga
 
 
 def attention_module_stub(

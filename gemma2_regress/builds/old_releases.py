@@ -55,10 +55,12 @@ from gemma2_regress.plugins import strict_xfail
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "gpu" / "old-releases.txt"
 BUNDLE_DIR = Path(".gpu/old")
-# The window selections of docs/bisect.md on CUDA, in one process (one Unsloth import a release).
+# The window selections of docs/bisect.md on CUDA, in one process (one Unsloth import a release). The flash
+# path first: it compiles nothing of Unsloth's (its Triton RoPE aside), while the slow path's first test
+# compiles the softcapping kernel with max-autotune; a release cut at its bound still has its flash verdict.
 SLOW_TESTS = "tests/kernel/test_slow_kernel.py"
 FLASH_TESTS = "tests/model/test_unsloth_flash_layer.py"
-SELECTION = (SLOW_TESTS, FLASH_TESTS, "-m", "gpu", "-k", "(window_edge or takes_flash) and cuda")
+SELECTION = (FLASH_TESTS, SLOW_TESTS, "-m", "gpu", "-k", "(window_edge or takes_flash) and cuda")
 MAX_RELEASES = 6  # a device call returns 8 files: releases.json, releases.md and one log a release
 PAST = ("L17", "L33")  # W + 1 and 2W + 1 tokens at W = 16: where one key too many shows
 PATHS = {

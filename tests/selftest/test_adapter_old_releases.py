@@ -96,10 +96,19 @@ def test_sliced_eval_masks_follow_the_release_eval_branch(tmp_path: Path) -> Non
     assert swa_p.shape == (17, 17) and bool((swa_p[:, :2] < 0).all())  # row 0's padding, for every row
 
 
-def test_4d_eval_masks_unchanged_for_later_releases(tmp_path: Path) -> None:
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_4d_eval_masks_of_later_releases(tmp_path: Path) -> None:
     u = old_release(module_from_source(tmp_path, "llama_4d_eval", FOUR_D))
-    swa, _ = u.eval_masks(torch.ones(2, 17, dtype=torch.long), 17, 16, torch.float32)
-    assert swa.shape == (2, 1, 17, 17)
+    swa, ga = u.eval_masks(torch.ones(2, 17, dtype=torch.long), 17, 16, torch.float32)
+    assert swa.shape == (2, 1, 17, 17) and keys_seen(swa)[-1] == 17
+    assert (
+        ga is None
+    )  # global, all ones: the helper needs no mask (what the kernels then get is not read here)
+    # Within the window the first conversion needs no mask: the layers keep the static masks, as the eval
+    # branch does (attention_mask None from there on), rather than a None the kernels cannot take.
+    swa15, ga15 = u.eval_masks(torch.ones(2, 15, dtype=torch.long), 15, 16, torch.float32)
+    static = u.static_masks(15, 16, torch.float32, "cpu")
+    assert torch.equal(swa15, static[0]) and torch.equal(ga15, static[1])
 
 
 def test_old_code_finds_its_layer_attributes_and_rotary_tables() -> None:
