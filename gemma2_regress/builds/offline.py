@@ -240,7 +240,8 @@ def releases(args: argparse.Namespace) -> int:
         out=Path(args.out),
         seconds=args.seconds,
         jobs=args.jobs,
-        pytest_args=tuple(args.pytest_args) or old_releases.SELECTION,
+        pytest_args=tuple(args.pytest_args),
+        device=args.device,
     )
     records = old_releases.run(
         args.plan_releases,
@@ -296,6 +297,13 @@ def _parser() -> OneLineParser:
         help="releases run at once, each with its share of the CPU cores (default: all of them)",
     )
     r.add_argument(
+        "--device",
+        choices=old_releases.DEVICES,
+        default="cuda",
+        help="cuda (default); cpu: a dry run of the same tests' cpu parameters where there is no GPU "
+        "(releases before 2026.8.16 import there only over a layer made from gpu/cpu-dryrun)",
+    )
+    r.add_argument(
         "--work",
         default=os.environ.get("OLD_RELEASES_WORK", ".cache/old-releases"),
         help="working folders (one a release) and the shared inductor cache (default %(default)s)",
@@ -329,7 +337,11 @@ def _parser() -> OneLineParser:
             default=os.environ.get("OUT", "reports/gpu"),
             help="logs and reports (default $OUT or reports/gpu)",
         )
-        s.add_argument("pytest_args", nargs="*", help="after --: pytest arguments")
+        s.add_argument(
+            "pytest_args",
+            nargs="*",
+            help="after --: pytest arguments (releases: instead of the window selections, not added to them)",
+        )
     t.add_argument(
         "--pack-cache",
         choices=("no", "full", "lean"),

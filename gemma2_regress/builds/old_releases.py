@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -61,13 +62,27 @@ BUNDLE_DIR = Path(".gpu/old")
 SLOW_TESTS = "tests/kernel/test_slow_kernel.py"
 FLASH_TESTS = "tests/model/test_unsloth_flash_layer.py"
 SELECTION = (FLASH_TESTS, SLOW_TESTS, "-m", "gpu", "-k", "(window_edge or takes_flash) and cuda")
+DEVICES = ("cuda", "cpu")  # cpu: a dry run where there is no GPU (gpu/cpu-dryrun, docs/bisect.md)
 MAX_RELEASES = 6  # a device call returns 8 files: releases.json, releases.md and one log a release
 PAST = ("L17", "L33")  # W + 1 and 2W + 1 tokens at W = 16: where one key too many shows
-PATHS = {
-    "slow": "test_window_edge[cuda-",
-    "flash": "test_unpadded_prefill_takes_flash_dense[cuda-",
-    "packed": "test_packed_batch_takes_flash_varlen[cuda-",
+TESTS = {
+    "slow": "test_window_edge",
+    "flash": "test_unpadded_prefill_takes_flash_dense",
+    "packed": "test_packed_batch_takes_flash_varlen",
 }
+
+
+def selection(device: str = "cuda") -> tuple[str, ...]:
+    """``SELECTION`` on ``device``: on "cpu" the same tests' cpu parameters, without ``-m gpu``."""
+    if device == "cuda":
+        return SELECTION
+    return (FLASH_TESTS, SLOW_TESTS, "-k", f"(window_edge or takes_flash) and {device}")
+
+
+def _mine(tests: Sequence[runner.Outcome], path: str, device: str) -> list[runner.Outcome]:
+    return [t for t in tests if f"::{TESTS[path]}[{device}-" in t.nodeid]
+
+
 VERSION = re.compile(r"^\d{4}\.\d{1,2}(\.\d+)?(\.post\d+)?$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -152,10 +167,12 @@ def _past(nodeid: str, path: str) -> bool:
     return lengths if path == "slow" else lengths and "-sliding-" in params
 
 
-def classify_path(path: str, tests: Sequence[runner.Outcome], expected: int | None = None) -> PathVerdict:
-    """``path``'s verdict ("slow" or "flash", module doc) from the run's per-test outcomes; ``expected``:
-    how many of its tests the selection holds (fewer ran: ``incomplete`` unless already decided)."""
-    mine = [t for t in tests if PATHS[path] in t.nodeid]
+def classify_path(
+    path: str, tests: Sequence[runner.Outcome], expected: int | None = None, device: str = "cuda"
+) -> PathVerdict:
+    """``path``'s verdict ("slow" or "flash", module doc) from the run's per-test outcomes on ``device``;
+    ``expected``: how many of its tests the selection holds (fewer ran: ``incomplete`` unless decided)."""
+    mine = _mine(tests, path, device)
     unusable = [t for t in mine if any(t.verdict.startswith(u) for u in runner.UNUSABLE)]
     if unusable:
         return PathVerdict("unusable", f"does not import: {unusable[0].message or unusable[0].verdict}")
@@ -192,15 +209,16 @@ def classify_path(path: str, tests: Sequence[runner.Outcome], expected: int | No
         return PathVerdict("unusable", f"skipped: {skipped[0].message or 'no reason recorded'}")
     if (expected is not None and len(ran) < expected) or not ran:
         v.verdict = "incomplete"
-        v.reason = f"{len(ran)} of {expected if expected is not None else '?'} tests ran, all passed"
+        v.reason = f"{len(ran)} of {expected if expected is not None else '?'} tests ran"
+        v.reason += ", all passed" if ran else ""
         return v
     v.verdict, v.reason = "good", f"all {v.past} past-the-window tests and {v.controls} controls pass"
     return v
 
 
-def packed_summary(tests: Sequence[runner.Outcome]) -> str:
+def packed_summary(tests: Sequence[runner.Outcome], device: str = "cuda") -> str:
     """The packed batches' tests in one phrase (not part of any verdict)."""
-    mine = [t for t in tests if PATHS["packed"] in t.nodeid]
+    mine = _mine(tests, "packed", device)
     if not mine:
         return "not run"
     failed = [t for t in mine if t.failed]
@@ -223,9 +241,16 @@ def release_verdict(slow: PathVerdict, flash: PathVerdict) -> str:
 EXPECTED = {"slow": 16, "flash": 32}
 
 
-def classify(tests: list[runner.Outcome] | None, exit_code: int, log: str, timed_out: bool = False) -> dict:
-    """The release's verdicts from its per-test outcomes (None: no summary JSON), pytest's exit code, its
-    log (for the error that stopped a run without results) and whether it was stopped at its bound."""
+def classify(
+    tests: list[runner.Outcome] | None,
+    exit_code: int,
+    log: str,
+    timed_out: bool = False,
+    device: str = "cuda",
+) -> dict:
+    """The release's verdicts from its per-test outcomes on ``device`` (None: no summary JSON), pytest's
+    exit code, its log (for the error that stopped a run without results) and whether it was stopped at
+    its bound."""
     if not tests:
         error = _first_error(log)
         if timed_out:
@@ -235,8 +260,8 @@ def classify(tests: list[runner.Outcome] | None, exit_code: int, log: str, timed
             kind, why = "unusable", error or f"pytest exit {exit_code} left no per-test results"
         pv = PathVerdict(kind, why)
         return {"verdict": kind, "reason": why, "slow": pv, "flash": pv, "packed": "not run"}
-    slow = classify_path("slow", tests, EXPECTED["slow"])
-    flash = classify_path("flash", tests, EXPECTED["flash"])
+    slow = classify_path("slow", tests, EXPECTED["slow"], device)
+    flash = classify_path("flash", tests, EXPECTED["flash"], device)
     verdict = release_verdict(slow, flash)
     reason = (
         slow.reason if slow.verdict == "unusable" else flash.reason if flash.verdict == "unusable" else ""
@@ -246,7 +271,7 @@ def classify(tests: list[runner.Outcome] | None, exit_code: int, log: str, timed
         "reason": reason,
         "slow": slow,
         "flash": flash,
-        "packed": packed_summary(tests),
+        "packed": packed_summary(tests, device),
     }
 
 
@@ -284,15 +309,22 @@ class Settings:
     out: Path
     seconds: float
     jobs: int
-    pytest_args: tuple[str, ...] = SELECTION
+    pytest_args: tuple[str, ...] = ()  # empty: selection(device)
     grace: float = 20.0  # after SIGINT at the bound, how long pytest may take to write its reports
+    device: str = "cuda"  # "cpu": a dry run without a GPU, the selection's cpu parameters
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The pytest arguments that choose the tests."""
+        return self.pytest_args or selection(self.device)
 
 
 def environment(
-    sites: Sequence[Path], work: Path, cache: Path, threads: int, gpu: str | None
+    sites: Sequence[Path], work: Path, cache: Path, threads: int, gpu: str | None, device: str = "cuda"
 ) -> dict[str, str]:
     """The test process's environment: the release's sites then the suite first on ``PYTHONPATH``, the
-    records set aside, a GPU required, offline, its own compile folder, the shared inductor cache."""
+    records set aside, a GPU required (``device`` "cuda"), offline, its own compile folder, the shared
+    inductor cache."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(
         PYTHONPATH=os.pathsep.join([*map(str, sites), str(ROOT)]),
@@ -305,10 +337,13 @@ def environment(
         TORCHINDUCTOR_COMPILE_THREADS=str(threads),
         GEMMA2_REGRESS_REPORT=str(work / "summary.json"),
         GEMMA2_REGRESS_COSTS=str(work / "costs.json"),
-        GEMMA2_REGRESS_TIER="gpu",
-        GEMMA2_REGRESS_REQUIRE_GPU="1",
-        HYPOTHESIS_PROFILE="gpu",
+        GEMMA2_REGRESS_TIER="gpu" if device == "cuda" else "cpu",
+        HYPOTHESIS_PROFILE="gpu" if device == "cuda" else "ci",
     )
+    if device == "cuda":
+        env["GEMMA2_REGRESS_REQUIRE_GPU"] = "1"
+    else:
+        env.pop("GEMMA2_REGRESS_REQUIRE_GPU", None)
     env[strict_xfail.IGNORE_ENV] = "ignore"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -317,7 +352,7 @@ def environment(
 
 def pytest_argv(s: Settings, work: Path) -> list[str]:
     """pytest over the suite's test files by absolute path, run from the release's working folder."""
-    args = [str(ROOT / a) if a.startswith("tests/") else a for a in s.pytest_args]
+    args = [str(ROOT / a) if a.startswith("tests/") else a for a in s.args]
     return [
         sys.executable,
         "-m",
@@ -331,7 +366,7 @@ def pytest_argv(s: Settings, work: Path) -> list[str]:
         str(ROOT / "pyproject.toml"),
         "--junitxml",
         str(work / "junit.xml"),
-        "--require-gpu",
+        *(["--require-gpu"] if s.device == "cuda" else []),
         *args,
     ]
 
@@ -367,13 +402,13 @@ def run_release(
     unpacked = time.time() - start
     work.mkdir(parents=True, exist_ok=True)
     (work / "summary.json").unlink(missing_ok=True)
-    env = environment(sites, work, s.work / "inductor-cache", threads, gpu)
+    env = environment(sites, work, s.work / "inductor-cache", threads, gpu, s.device)
     began = time.time()
     rc = bounded_run(pytest_argv(s, work), s.seconds, log, env, cwd=work, grace=s.grace)
     timed_out = time.time() - began >= s.seconds
     tests = runner.read_summary(work / "summary.json")
     text = log.read_text(errors="replace") if log.is_file() else ""
-    verdicts = classify(tests, rc, text, timed_out)
+    verdicts = classify(tests, rc, text, timed_out, s.device)
     return {
         **record,
         **verdicts,
@@ -381,7 +416,7 @@ def run_release(
         "timed_out": timed_out,
         "seconds": round(time.time() - start, 1),
         "unpack_s": round(unpacked, 1),
-        "header": [ln for ln in text.splitlines() if ln.startswith(("gemma2-regress:", "flash-attn:"))][:2],
+        "versions": _versions(work / "summary.json"),
         "tests": [
             {"test": _short(t.nodeid), "outcome": t.outcome, "verdict": t.verdict, "message": t.message}
             for t in tests or []
@@ -420,8 +455,17 @@ def run(
             rec = fut.result()
             records[rel.version] = rec
             say(f"{rel.version}: {rec['verdict']} ({rec['seconds']:.0f} s) {_line(rec)}")
-            write_reports([records[r.version] for r in plan if r.version in records], s.out)
+            write_reports([records[r.version] for r in plan if r.version in records], s.out, s)
     return [records[r.version] for r in plan]
+
+
+def _versions(summary: Path) -> dict:
+    """What the run imported (Python, torch, transformers, unsloth, zoo, trl, GPU), from its summary JSON."""
+    try:
+        found = json.loads(summary.read_text()).get("versions")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _line(rec: dict) -> str:
@@ -429,24 +473,29 @@ def _line(rec: dict) -> str:
     return f"slow: {slow.verdict} ({slow.reason}); flash: {flash.verdict} ({flash.reason}); packed: {rec['packed']}"
 
 
-def write_reports(records: Iterable[dict], out: Path) -> None:
+def write_reports(records: Iterable[dict], out: Path, s: Settings) -> None:
     """``releases.json`` and ``releases.md`` under ``out``, each written whole."""
     records = list(records)
-    write_json_atomic(out / "releases.json", {"selection": list(SELECTION), "releases": records})
+    write_json_atomic(
+        out / "releases.json", {"device": s.device, "selection": list(s.args), "releases": records}
+    )
     rows = [
-        "| release | verdict | slow path (`test_window_edge`, cuda) | flash path (`takes_flash` dense, cuda) | packed | s |",
-        "|---|---|---|---|---|---|",
+        f"| release | verdict | slow path (`test_window_edge`, {s.device}) "
+        f"| flash path (`takes_flash` dense, {s.device}) | packed | versions | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in records:
         slow, flash = r["slow"], r["flash"]
+        v = r.get("versions") or {}
+        versions = ", ".join(f"{k} {v[k]}" for k in ("unsloth", "transformers", "torch", "gpu") if k in v)
         rows.append(
             f"| {r['version']} | {r['verdict']} | {slow.verdict}: {slow.reason} | {flash.verdict}: {flash.reason} "
-            f"| {r['packed']} | {r['seconds']:.0f} |".replace("\n", " ")
+            f"| {r['packed']} | {versions} | {r['seconds']:.0f} |".replace("\n", " ")
         )
     head = [
-        "# Old releases: the window selections on CUDA, records set aside",
+        f"# Old releases: the window selections on {s.device}, records set aside",
         "",
-        "    pytest " + " ".join(repr(a) if " " in a else a for a in SELECTION),
+        "    pytest " + " ".join(repr(a) if " " in a else a for a in s.args),
         "",
     ]
     write_text_atomic(out / "releases.md", "\n".join(head + rows) + "\n")

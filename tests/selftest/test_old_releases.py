@@ -274,3 +274,21 @@ def test_several_gpus_share_out_the_releases(tmp_path: Path, monkeypatch: pytest
     )
     gpus = {Path(x["cwd"]).name: x["env"]["CUDA_VISIBLE_DEVICES"] for x in seen}
     assert gpus == {"2026.1.1": "0", "2026.1.2": "1", "2026.1.3": "0"}
+
+
+def test_a_cpu_dry_run_reads_the_cpu_parameters(tmp_path: Path) -> None:
+    assert old.selection("cpu") == (
+        old.FLASH_TESTS,
+        old.SLOW_TESTS,
+        "-k",
+        "(window_edge or takes_flash) and cpu",
+    )
+    assert old.selection("cuda") == old.SELECTION and "-m" in old.SELECTION
+    on_cpu = [Outcome(t.nodeid.replace("[cuda-", "[cpu-"), t.outcome, t.failures) for t in outcomes(bug=True)]
+    assert old.classify(on_cpu, 1, "", device="cpu")["verdict"] == "bad"
+    assert old.classify(on_cpu, 1, "")["verdict"] == "incomplete"  # no cuda test ran
+    s = old.Settings(tmp_path, tmp_path, tmp_path, tmp_path, seconds=1, jobs=1, device="cpu")
+    argv = old.pytest_argv(s, tmp_path)
+    assert "--require-gpu" not in argv and argv[-1] == "(window_edge or takes_flash) and cpu"
+    env = old.environment([], tmp_path, tmp_path, 1, None, "cpu")
+    assert "GEMMA2_REGRESS_REQUIRE_GPU" not in env and env["GEMMA2_REGRESS_TIER"] == "cpu"
