@@ -51,6 +51,9 @@ class Unsloth:
     llama_module: types.ModuleType
     gemma2_module: types.ModuleType
     length_arg: str  # "kv_len" or "q_len": what the model passes as the kernel's last argument
+    # True where LlamaModel_fast_forward hands the kernels row 0's 2-D slice of the per-call masks
+    # (``..._for_sdpa(...)[0][0]``, the 2024 fix of unslothai/unsloth#853, up to the 2025.x releases)
+    eval_masks_2d: bool = False
     _compiles: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def kernel(self, name: str) -> Callable[..., torch.Tensor]:
@@ -113,7 +116,9 @@ class Unsloth:
 
     # --- masks, built the way LlamaModel_fast_forward builds them -------------------------------
     def _converters(self) -> tuple[Any, Any]:
-        base = self.llama_module.AttentionMaskConverter
+        base = getattr(self.llama_module, "AttentionMaskConverter", None)
+        if base is None:  # releases before 2026.8.15 import it inside LlamaModel_fast_forward, from here
+            from transformers.modeling_attn_mask_utils import AttentionMaskConverter as base
         sliding = getattr(self.llama_module, "Gemma2AttentionMaskConverter", None)
         return base, sliding
 
@@ -137,9 +142,13 @@ class Unsloth:
         window: int,
         dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-call 4-D sliding and global masks built from a 2-D ``attention_mask`` (evaluation).
+        """The per-call sliding and global masks built from a 2-D ``attention_mask`` (evaluation).
 
-        ``attention_mask`` is ``(bsz, kv_len)``; the queries are its last ``q_len`` positions.
+        ``attention_mask`` is ``(bsz, kv_len)``; the queries are its last ``q_len`` positions. 4-D
+        ``(bsz, 1, q_len, kv_len)``, except in releases that hand the kernels row 0's ``(q_len, kv_len)``
+        slice (``eval_masks_2d``), where this follows their whole eval branch (below) and returns those
+        slices. Releases without the Gemma-2 converter keep their static masks where the first conversion
+        finds no mask needed (an all-ones mask within the window): then those are returned.
         """
         base, sliding = self._converters()
         kv_len = attention_mask.shape[-1]
@@ -150,23 +159,43 @@ class Unsloth:
         prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
         embeds = torch.empty(attention_mask.shape[0], q_len, 1, dtype=dtype, device=attention_mask.device)
         past = kv_len - q_len
-        swa = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past, sliding_window=window)
-        ga = prep(attention_mask, (attention_mask.shape[0], q_len), embeds, past)
-        return swa, ga
+        shape = (attention_mask.shape[0], q_len)
+        # LlamaModel_fast_forward's eval branch first converts the 2-D mask with the config's window; where
+        # the helper finds no mask needed (None: all ones, within the window), attention_mask is None from
+        # there on and the Gemma-2 layers keep the static masks.
+        first = prep(attention_mask, shape, embeds, past, sliding_window=window)
+        if first is None:
+            return self.static_masks(kv_len, window, dtype, attention_mask.device)
+        if self.eval_masks_2d:
+            # Each per-call mask is the helper applied to that 4-D mask, which it returns unchanged (so the
+            # global one is windowed too), sliced to row 0.
+            swa = prep(first, shape, embeds, past, sliding_window=window)
+            ga = prep(first, shape, embeds, past, sliding_window=None)
+            return swa[0][0], ga[0][0]
+        ga = prep(attention_mask, shape, embeds, past)
+        return first, ga
 
 
 def attention_module_stub(
     n_heads: int, n_kv_heads: int, head_dim: int, scalar: float, softcap: float
 ) -> types.SimpleNamespace:
     """The ``self`` the kernels read: ``.config`` (heads, kv heads, scalar, cap), ``.head_dim``,
-    ``.num_key_value_groups``. Plain attributes, as a Gemma2Attention module carries them."""
+    ``.num_key_value_groups``, and ``.num_heads`` / ``.num_key_value_heads`` (read instead of the config's
+    by releases up to 2024.12, as transformers' Gemma2Attention of that time carried them). Plain
+    attributes, as a Gemma2Attention module carries them."""
     config = types.SimpleNamespace(
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
         query_pre_attn_scalar=scalar,
         attn_logit_softcapping=softcap,
     )
-    return types.SimpleNamespace(config=config, head_dim=head_dim, num_key_value_groups=n_heads // n_kv_heads)
+    return types.SimpleNamespace(
+        config=config,
+        head_dim=head_dim,
+        num_key_value_groups=n_heads // n_kv_heads,
+        num_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+    )
 
 
 def _length_arg(gemma2_module: types.ModuleType) -> str:
@@ -179,6 +208,21 @@ def _length_arg(gemma2_module: types.ModuleType) -> str:
             "update gemma2_regress/unsloth_adapter.py for the new call shape"
         )
     return "kv_len" if "kv" in m.group(1) else "q_len"
+
+
+_SLICED_EVAL_MASK = re.compile(
+    r"dynamic_SWA_mask\s*=\s*_prepare_4d_causal_attention_mask_for_sdpa\((?:[^()]|\([^()]*\))*\)\s*\[\s*0\s*\]\s*\[\s*0\s*\]"
+)
+
+
+def _eval_masks_2d(llama_module: types.ModuleType) -> bool:
+    """Whether ``LlamaModel_fast_forward`` slices the per-call sliding mask to row 0's 2-D ``[0][0]``."""
+    fn = getattr(llama_module, "LlamaModel_fast_forward", None)
+    try:
+        src = inspect.getsource(fn) if fn is not None else ""
+    except (OSError, TypeError):
+        src = ""
+    return bool(_SLICED_EVAL_MASK.search(src))
 
 
 def installed_version() -> str | None:
@@ -219,7 +263,7 @@ def load() -> Unsloth:
         # unsloth_zoo's patch_torch_compile pops TORCHINDUCTOR_CACHE_DIR, which sends every compile to
         # torch's default /tmp folder; a runner that keeps its cache elsewhere (docs/gpu.md) needs it back.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen_cache
-    return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2))
+    return Unsloth(version, kernels, llama, gemma2, _length_arg(gemma2), _eval_masks_2d(llama))
 
 
 # --- the whole model: FastLanguageModel ------------------------------------------------------------

@@ -67,8 +67,11 @@ def gemma2_attention(
         config=config,
         head_dim=head_dim,
         num_key_value_groups=n_heads // n_kv_heads,
+        # read instead of the config's by releases up to 2024.12 (transformers' Gemma2Attention had them)
+        num_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
         training=False,
-        rotary_emb=_IdentityRope(head_dim, q_len),
+        rotary_emb=_IdentityRope(head_dim, q_len, q.device),
         apply_qkv=lambda _self, _x: (flat(q), flat(k), flat(v)),
         # what Unsloth's model loading sets on every attention module (releases up to 2026.8.x call
         # ``self.apply_o`` without a fallback)
@@ -92,17 +95,30 @@ def gemma2_attention(
 
 class _IdentityRope:
     """A rotary cache whose tables (cos 1, sin 0) make RoPE the identity, read as each release reads it:
-    ``get_cached(seq_len, device_index)`` (2026.10.6 on) or the per-device tables
-    ``multi_gpu_cos_cached[device_index]`` / ``multi_gpu_sin_cached`` (2026.10.5 and before), ``length`` rows."""
+    ``get_cached(seq_len, device_index)`` (2026.10.6 on), the per-device tables
+    ``multi_gpu_cos_cached[device_index]`` / ``multi_gpu_sin_cached`` (2025.x to 2026.10.5), or one table
+    ``cos_cached`` / ``sin_cached`` on the layer's ``device`` (releases up to mid-2025); ``length`` rows."""
 
-    def __init__(self, head_dim: int, length: int) -> None:
+    def __init__(self, head_dim: int, length: int, device: torch.device | str = "cpu") -> None:
         self.head_dim = head_dim
         self.length = length
+        self.device = torch.device(device)
         self.multi_gpu_cos_cached = _PerDevice(lambda i: self.get_cached(self.length, i)[0])
         self.multi_gpu_sin_cached = _PerDevice(lambda i: self.get_cached(self.length, i)[1])
 
+    @property
+    def cos_cached(self) -> torch.Tensor:
+        return self._tables(self.length, self.device)[0]
+
+    @property
+    def sin_cached(self) -> torch.Tensor:
+        return self._tables(self.length, self.device)[1]
+
     def get_cached(self, seq_len: int, device_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        device = "cpu" if device_index is None else torch.device("cuda", device_index)
+        device = torch.device("cpu") if device_index is None else torch.device("cuda", device_index)
+        return self._tables(seq_len, device)
+
+    def _tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (max(seq_len, self.length), self.head_dim)
         return torch.ones(shape, device=device), torch.zeros(shape, device=device)
 

@@ -8,6 +8,9 @@ packages come as a bundle (``builds.bundle``). The command ``python -m gemma2_re
             time bound (SIGINT at the bound, so pytest still writes its reports), prints the counts,
             and can pack the cache into parts to carry to the next runner;
 ``gate``    the release gate (``gemma2-regress gate``) between two bundles, GPU tier only;
+``releases`` old Unsloth releases, each over its own stack of bundles (``gpu/old-releases.txt``), through
+            the window selections on CUDA, each bounded, several at once, a verdict each
+            (``builds.old_releases``);
 ``unpack``  just the unpacking (prints the site folder).
 
 Bad input is one line on stderr and exit 2 before anything is unpacked or run. ``gpu/*.sh`` call these.
@@ -30,7 +33,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from gemma2_regress import gpu_check
 from gemma2_regress.argcheck import OneLineParser, bounded
+from gemma2_regress.builds import old_releases
 from gemma2_regress.builds.bundle import BUNDLE, PINS, OfflineError, build, extract, unpack
 from gemma2_regress.kernel.selections import KERNEL_TESTS, UNSLOTH_MASKS
 
@@ -128,17 +133,28 @@ def _size(path: Path) -> str:
     return f"{total / 2**20:.0f} MiB"
 
 
-def bounded_run(argv: Sequence[str], seconds: float, log: Path, env: dict[str, str]) -> int:
-    """Run ``argv`` with output to ``log``; at ``seconds`` send SIGINT (pytest then writes its reports),
-    60 s later kill. Returns the exit status (130-ish on interruption, as the process reports it)."""
+def bounded_run(
+    argv: Sequence[str],
+    seconds: float,
+    log: Path,
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    grace: float = 60.0,
+) -> int:
+    """Run ``argv`` (in ``cwd``, default this folder) with output to ``log``; at ``seconds`` send SIGINT
+    (pytest then writes its reports), ``grace`` seconds later kill. Returns the exit status (130-ish on
+    interruption, as the process reports it)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
         try:
             return proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                return proc.wait(timeout=60)
+                return proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 return proc.wait()
@@ -214,6 +230,30 @@ def gate(args: argparse.Namespace) -> int:
     return rc
 
 
+def releases(args: argparse.Namespace) -> int:
+    """Old releases over their bundles (``builds.old_releases``); exit 0 when every release got ``bad`` or
+    ``good``, 1 when some verdict needs reading (unusable, incomplete, unclear, the paths disagree)."""
+    settings = old_releases.Settings(
+        bundle_dir=args.bundle_dir,
+        root=args.root / "old-bundles",
+        work=Path(args.work).resolve(),
+        out=Path(args.out),
+        seconds=args.seconds,
+        jobs=args.jobs,
+        pytest_args=tuple(args.pytest_args),
+        device=args.device,
+    )
+    records = old_releases.run(
+        args.plan_releases,
+        settings,
+        gpus=gpu_check.visible_gpus(),
+        cores=gpu_check.cpu_cores(),
+        bounded_run=bounded_run,
+    )
+    print((settings.out / "releases.md").read_text(), end="")
+    return old_releases.exit_status(records)
+
+
 def _parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m gemma2_regress.builds.offline",
@@ -227,6 +267,53 @@ def _parser() -> OneLineParser:
     u = sub.add_parser("unpack", help="unpack a bundle (or reuse its current unpack); print the site folder")
     t = sub.add_parser("tier", help="the GPU tier over the bundle within a time bound")
     g = sub.add_parser("gate", help="the release gate between two bundles, GPU tier only")
+    r = sub.add_parser(
+        "releases",
+        help="old releases over their own bundles: the window selections on CUDA, a verdict each",
+        description=old_releases.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--plan",
+        type=Path,
+        default=old_releases.PLAN,
+        help="the releases and their bundles, one line each (default %(default)s)",
+    )
+    r.add_argument(
+        "--only",
+        default="",
+        help="a comma list of the plan's versions to run (default: all of them, in the plan's order)",
+    )
+    r.add_argument(
+        "--bundle-dir",
+        type=Path,
+        default=old_releases.BUNDLE_DIR,
+        help="where the plan's bundles lie, NAME.tgz (default %(default)s)",
+    )
+    r.add_argument(
+        "--jobs",
+        type=bounded(int, at_least=1),
+        default=0,
+        help="releases run at once, each with its share of the CPU cores (default: all of them)",
+    )
+    r.add_argument(
+        "--device",
+        choices=old_releases.DEVICES,
+        default="cuda",
+        help="cuda (default); cpu: a dry run of the same tests' cpu parameters where there is no GPU "
+        "(releases before 2026.8.16 import there only over a layer made from gpu/cpu-dryrun)",
+    )
+    r.add_argument(
+        "--work",
+        default=os.environ.get("OLD_RELEASES_WORK", ".cache/old-releases"),
+        help="working folders (one a release) and the shared inductor cache (default %(default)s)",
+    )
+    r.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("BUNDLE_ROOT", "/tmp")),
+        help="bundles are unpacked under ROOT/old-bundles/NAME (default $BUNDLE_ROOT or /tmp)",
+    )
     for s in (u, t, g):
         s.add_argument(
             "--bundle", type=Path, default=BUNDLE, help="the (candidate) bundle (default %(default)s)"
@@ -237,19 +324,24 @@ def _parser() -> OneLineParser:
             default=Path(os.environ.get("BUNDLE_ROOT", "/tmp")),
             help="where bundles are unpacked (default $BUNDLE_ROOT or /tmp)",
         )
-    for s in (t, g):
+    for s in (t, g, r):
         s.add_argument(
             "--seconds",
             type=bounded(int, at_least=1),
-            default=560,
-            help="time bound; at it the run is interrupted and reports what finished (default %(default)s)",
+            default=560 if s is not r else 420,
+            help="time bound (releases: for each release); at it the run is interrupted and reports what "
+            "finished (default %(default)s)",
         )
         s.add_argument(
             "--out",
             default=os.environ.get("OUT", "reports/gpu"),
             help="logs and reports (default $OUT or reports/gpu)",
         )
-        s.add_argument("pytest_args", nargs="*", help="after --: pytest arguments")
+        s.add_argument(
+            "pytest_args",
+            nargs="*",
+            help="after --: pytest arguments (releases: instead of the window selections, not added to them)",
+        )
     t.add_argument(
         "--pack-cache",
         choices=("no", "full", "lean"),
@@ -281,7 +373,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.cmd == "gate" and not args.pytest_args:
             args.pytest_args = list(DEFAULT_GATE_SELECTION)
-        return {"tier": tier, "gate": gate}[args.cmd](args)
+        if args.cmd == "releases":
+            try:
+                only = [v.strip() for v in args.only.split(",") if v.strip()]
+                args.plan_releases = old_releases.read_plan(args.plan, only)
+            except old_releases.PlanError as exc:
+                parser.error(str(exc))
+            if len(args.plan_releases) > old_releases.MAX_RELEASES:
+                parser.error(
+                    f"{len(args.plan_releases)} releases: a device call returns {old_releases.MAX_RELEASES} "
+                    "logs at most; pick some with --only"
+                )
+            missing = [
+                f"{b}.tgz"
+                for b in dict.fromkeys(b for rel in args.plan_releases for b in rel.bundles)
+                if not (args.bundle_dir / f"{b}.tgz").is_file()
+            ]
+            if missing:
+                parser.error(
+                    f"no {', '.join(missing)} in {args.bundle_dir}; build them where PyPI is reachable: "
+                    "bash gpu/build-old-bundles.sh"
+                )
+            args.jobs = args.jobs or len(args.plan_releases)
+        return {"tier": tier, "gate": gate, "releases": releases}[args.cmd](args)
     except OfflineError as exc:
         print(f"offline {args.cmd}: error: {exc}", file=sys.stderr)
         return 1 if args.cmd == "build" else 2

@@ -104,6 +104,14 @@ def test_bounded_run_interrupts_at_the_bound(tmp_path: Path) -> None:
     t0 = time.time()
     rc = offline.bounded_run([sys.executable, "-c", code], 1, tmp_path / "log", dict(os.environ))
     assert rc == 7 and time.time() - t0 < 20  # SIGINT at the bound, and the process's own exit status
+    deaf = "import os,signal,time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint(os.getcwd(), flush=True)\ntime.sleep(30)"
+    (tmp_path / "here").mkdir()
+    t0 = time.time()
+    rc = offline.bounded_run(
+        [sys.executable, "-c", deaf], 1, tmp_path / "log2", dict(os.environ), cwd=tmp_path / "here", grace=1
+    )
+    assert rc == -9 and time.time() - t0 < 10  # killed a grace after the bound
+    assert (tmp_path / "log2").read_text().strip() == str(tmp_path / "here")
 
 
 def run(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -120,6 +128,10 @@ def run(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         (["tier", "--pack-cache", "yes"], "invalid choice: 'yes'"),
         (["build", "--pins", "missing-pins.txt"], "--pins missing-pins.txt: no such file"),
         (["build", "--out", "out.zip"], "--out out.zip: give a .tgz path"),
+        (["releases", "--plan", "missing.txt"], "cannot read the plan missing.txt"),
+        (["releases", "--only", "1999.1"], "1999.1 not in the plan"),
+        (["releases", "--jobs", "0"], "--jobs: '0': must be at least 1"),
+        (["releases"], "in .gpu/old; build them where PyPI is reachable: bash gpu/build-old-bundles.sh"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], needle: str) -> None:
@@ -139,6 +151,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], needl
         ("tier.sh", ["100"], {"PACK_CACHE": "yes"}, "PACK_CACHE='yes': use one of 0 1 lean"),
         ("gate.sh", ["100"], {"REVERSE": "true"}, "REVERSE='true': use one of 0 1"),
         ("gate.sh", [], {}, "no bundle .gpu/site.tgz"),
+        ("old-releases.sh", ["soon"], {}, "SECONDS must be a whole number"),
+        ("old-releases.sh", [], {}, "no unsloth-2026.8.15.tgz, "),
+        ("build-old-bundles.sh", ["nope.txt"], {}, "no plan nope.txt"),
     ],
 )
 def test_gpu_wrappers_pass_bad_input_on_in_one_line(
