@@ -88,6 +88,8 @@ class _ZeroGpuTestsRule:
         if self.seen:
             what = f"{len(self.seen)} selected: {len(self.skips)} skipped, {self.errors} errors in setup"
             what += f"; first skip: {self.skips[0]}" if self.skips else ""
+        elif session.exitstatus == pytest.ExitCode.INTERRUPTED:
+            what = "interrupted before the first one"  # a time bound's SIGINT, Ctrl-C: not a selection
         else:
             what = "none selected"
         self.failure = f"GPU required ({self.why}) but no gpu-marked test ran ({what})"

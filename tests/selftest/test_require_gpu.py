@@ -98,6 +98,15 @@ def test_no_gpu_test_selected(suite):
     result.stdout.fnmatch_lines(["*GPU required (--require-gpu) but no gpu-marked test ran (none selected)"])
 
 
+def test_an_interrupt_before_the_first_test_is_said_so(suite):
+    """A time bound's SIGINT before any test ran (a slow import, a cold compile) is not a selection."""
+    suite.makeconftest("def pytest_runtestloop(session):\n    raise KeyboardInterrupt\n")
+    suite.makepyfile(test_g="import pytest\n\n@pytest.mark.gpu\ndef test_g():\n    pass\n")
+    result = suite.runpytest_subprocess(*PLUGIN, "--require-gpu")  # in process, it would stop this run too
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*no gpu-marked test ran (interrupted before the first one)"])
+
+
 def test_collect_only_is_exempt(suite):
     assert suite.runpytest_inprocess(*PLUGIN, "--require-gpu", "--collect-only").ret == pytest.ExitCode.OK
 
