@@ -328,7 +328,7 @@ def _parser() -> OneLineParser:
         s.add_argument(
             "--seconds",
             type=bounded(int, at_least=1),
-            default=560 if s is not r else 420,
+            default=560 if s is not r else 480,
             help="time bound (releases: for each release); at it the run is interrupted and reports what "
             "finished (default %(default)s)",
         )

@@ -488,10 +488,16 @@ def write_reports(records: Iterable[dict], out: Path, s: Settings) -> None:
         slow, flash = r["slow"], r["flash"]
         v = r.get("versions") or {}
         versions = ", ".join(f"{k} {v[k]}" for k in ("unsloth", "transformers", "torch", "gpu") if k in v)
-        rows.append(
-            f"| {r['version']} | {r['verdict']} | {slow.verdict}: {slow.reason} | {flash.verdict}: {flash.reason} "
-            f"| {r['packed']} | {versions} | {r['seconds']:.0f} |".replace("\n", " ")
-        )
+        cells = [
+            r["version"],
+            r["verdict"],
+            f"{slow.verdict}: {slow.reason}",
+            f"{flash.verdict}: {flash.reason}",
+            r["packed"][:160],
+            versions,
+            f"{r['seconds']:.0f}",
+        ]
+        rows.append("| " + " | ".join(c.replace("\n", " ").replace("|", "\\|") for c in cells) + " |")
     head = [
         f"# Old releases: the window selections on {s.device}, records set aside",
         "",
