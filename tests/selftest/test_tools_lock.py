@@ -178,14 +178,32 @@ def _requires_closure(names: list[str], python: str) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("bundle", sorted((ROOT / "gpu").glob("bundle-*.txt")), ids=lambda p: p.name)
-def test_gpu_bundles_carry_the_locked_tools(bundle: Path) -> None:
-    text = bundle.read_text()
-    pins = _all_pins()
-    assert toolslock.sync_bundle(text, pins) == text, f"{bundle.name} drifted from the lock: nox -s lock"
-    listed = {canonicalize_name(m) for m in re.findall(r"^([A-Za-z0-9._-]+)==", text, re.M)}
+def _bundle_stacks() -> dict[str, list[Path]]:
+    """The bundles as they travel: each old release's stack of layers (gpu/old-releases.txt, one
+    ``PYTHONPATH``), every other bundle alone."""
+    from gemma2_regress.builds import old_releases
+
+    stacks: dict[str, list[Path]] = {}
+    for release in old_releases.read_plan(old_releases.PLAN):
+        stacks[f"{release.version}-stack"] = [ROOT / "gpu" / f"bundle-{b}.txt" for b in release.bundles]
+    layered = {b for files in stacks.values() for b in files}
+    for bundle in sorted((ROOT / "gpu").glob("bundle-*.txt")):
+        if bundle not in layered:
+            stacks[bundle.name] = [bundle]
+    return stacks
+
+
+@pytest.mark.parametrize(("name", "bundles"), list(_bundle_stacks().items()), ids=list(_bundle_stacks()))
+def test_gpu_bundles_carry_the_locked_tools(name: str, bundles: list[Path]) -> None:
+    """Each bundle file pins the lock's versions; each stack that travels (a bundle alone, or an old
+    release's layers together) carries the test tools."""
+    pins, listed = _all_pins(), set()
+    for bundle in bundles:
+        text = bundle.read_text()
+        assert toolslock.sync_bundle(text, pins) == text, f"{bundle.name} drifted from the lock: nox -s lock"
+        listed |= {canonicalize_name(m) for m in re.findall(r"^([A-Za-z0-9._-]+)==", text, re.M)}
     need = _requires_closure(["pytest", "hypothesis", "pytest-xdist"], "3.12")
-    assert need <= listed, f"{bundle.name} lacks {sorted(need - listed)} of the test tools"
+    assert need <= listed, f"{name} lacks {sorted(need - listed)} of the test tools"
     stale = toolslock.sync_bundle("hypothesis==1.0\nunsloth==2026.10.9\n", pins)
     assert stale == f"hypothesis=={toolslock.for_env(pins, toolslock.python_env('3.12'))['hypothesis']}\n" + (
         "unsloth==2026.10.9\n"
