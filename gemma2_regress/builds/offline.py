@@ -308,21 +308,16 @@ def _parser() -> OneLineParser:
         default=os.environ.get("OLD_RELEASES_WORK", ".cache/old-releases"),
         help="working folders (one a release) and the shared inductor cache (default %(default)s)",
     )
-    r.add_argument(
-        "--root",
-        type=Path,
-        default=Path(os.environ.get("BUNDLE_ROOT", "/tmp")),
-        help="bundles are unpacked under ROOT/old-bundles/NAME (default $BUNDLE_ROOT or /tmp)",
-    )
     for s in (u, t, g):
         s.add_argument(
             "--bundle", type=Path, default=BUNDLE, help="the (candidate) bundle (default %(default)s)"
         )
+    for s in (u, t, g, r):
         s.add_argument(
             "--root",
             type=Path,
             default=Path(os.environ.get("BUNDLE_ROOT", "/tmp")),
-            help="where bundles are unpacked (default $BUNDLE_ROOT or /tmp)",
+            help="where bundles are unpacked (releases: under ROOT/old-bundles/NAME; default $BUNDLE_ROOT or /tmp)",
         )
     for s in (t, g, r):
         s.add_argument(
