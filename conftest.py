@@ -70,6 +70,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    import torch  # noqa: F401  (every test of the suite needs it; versions() then names the GPU)
     from hypothesis import settings as s
 
     from gemma2_regress.plugins.strict_xfail import IGNORE_ENV, records_ignored
