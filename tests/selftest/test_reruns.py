@@ -32,6 +32,24 @@ def test_setting_sensitive():
 """
 
 
+WRONG = "torch.compile computes wrong results here (canary: x * 2 + 1 on cpu off by 1.8e+38)"
+
+
+@pytest.fixture
+def canary(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The compile canary, faked: it records the settings' environments it is asked about and answers
+    ``verdicts[OMP_NUM_THREADS]`` (None: trusted). The real one costs ~6 s a setting on 2 cores and has tests
+    of its own (test_compile_canary_trusts_a_working_compiler_and_names_a_broken_one, test_compile_canary.py)."""
+    fake: dict = {"asked": [], "verdicts": {}}
+
+    def ask(env: dict[str, str] | None = None) -> str | None:
+        fake["asked"].append(dict(env or {}))
+        return fake["verdicts"].get((env or {}).get("OMP_NUM_THREADS"))
+
+    monkeypatch.setattr(compile_check, "canary", ask)
+    return fake
+
+
 def test_settings_need_cpu_flags() -> None:
     avx512 = reruns.BY_NAME["aten-avx512"]
     assert reruns.unavailable(avx512, {"avx2", "fma"}) == "CPU lacks avx512f, avx512bw, avx512vl, avx512dq"
@@ -88,7 +106,7 @@ def test_bad_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_census_finds_the_flake_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], canary: dict
 ) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY)
     (tmp_path / "conftest.py").write_text(CONFTEST)
@@ -105,17 +123,38 @@ def test_census_finds_the_flake_and_resumes(
     assert reruns.main(argv) == 1  # the same command again: every run resumed, none repeated
     assert capsys.readouterr().out.count("done earlier (resumed)") == 4
     assert (tmp_path / "counter").read_text() == "4"
+    assert canary["asked"] == [{}, reruns.BY_NAME["threads-1"].env]  # once a setting; a resumed run asks none
 
 
-def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary: dict) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY.replace("test_flaky", "_not_collected"))
     (tmp_path / "conftest.py").write_text(CONFTEST)
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "out"
-    argv = ["portability", "--settings", "as-is,threads-2", "--out", str(out), "--", "test_planted.py"]
+    argv = [
+        "portability",
+        "--settings",
+        "as-is,threads-2",
+        "--out",
+        str(tmp_path / "a"),
+        "--",
+        "test_planted.py",
+    ]
     assert reruns.main([*argv, "-p", "no:xdist"]) == 0
-    argv[2] = "as-is,threads-1"
+    argv[2:5] = ["as-is,threads-1", "--out", str(tmp_path / "b")]
     assert reruns.main([*argv, "-p", "no:xdist"]) == 1  # the one-thread setting reaches the test process
+    threads = [reruns.BY_NAME[f"threads-{n}"].env for n in (2, 1)]
+    assert canary["asked"] == [
+        {},
+        threads[0],
+        {},
+        threads[1],
+    ]  # each setting checked under its own environment
+    # A setting whose compiler the canary distrusts is not run (its failing test never runs): n/a, not red.
+    canary["verdicts"]["1"] = WRONG
+    argv[4] = str(tmp_path / "c")
+    assert reruns.main([*argv, "-p", "no:xdist"]) == 0
+    state = (tmp_path / "c" / "state.json").read_text()
+    assert "n/a: " + WRONG in state
 
 
 def test_module_runs_as_a_command() -> None:
