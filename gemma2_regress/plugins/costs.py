@@ -23,8 +23,9 @@ Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misse
 the compile / run split of the test calls over every worker and the compile cache's hit rate
 (``compile_split``), also in costs.json under ``"compile"``.
 
-The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``); xdist
-workers hand theirs to the controller when they finish.
+The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``). An xdist
+worker spools each record as its test ends (``report.spool``, stream ``costs``), and the controller
+reads them back at the end: a run cut short by a time bound keeps the cost of every test that finished.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class Costs:
 
 
 COSTS = pytest.StashKey[Costs]()
+SPOOL_STREAM = "costs"  # the workers' records, under the report plugin's spool folder
 
 
 class _Plugin:
@@ -184,24 +186,27 @@ class _Plugin:
             if inner is not None:
                 hyp.inner_test = inner
             tier, target = _tier_and_target(item)
-            self.costs.records.append(
-                {
-                    "test": item.nodeid,
-                    "tier": tier,
-                    "target": target,
-                    "examples_s": times if inner is not None else [total],
-                    "call_s": total,
-                    "hypothesis": inner is not None,
-                    "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS},
-                }
-            )
+            rec = {
+                "test": item.nodeid,
+                "tier": tier,
+                "target": target,
+                "examples_s": times if inner is not None else [total],
+                "call_s": total,
+                "hypothesis": inner is not None,
+                "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS},
+            }
+            worker = os.environ.get("PYTEST_XDIST_WORKER")
+            # A worker spools at once (a worker stopped by a time bound never reaches its session's end).
+            if not (worker and report.spool({**rec, "worker": worker}, SPOOL_STREAM)):
+                self.costs.records.append(rec)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        records = self.costs.records
-        if hasattr(self.config, "workeroutput"):  # an xdist worker hands its records to the controller
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-            self.config.workeroutput["gemma2_costs"] = [{**r, "worker": worker} for r in records]
+        if hasattr(self.config, "workeroutput"):
             return
+        run = report.run_of(self.config)
+        if run is not None and run.spool is not None:  # the workers' records
+            self.costs.records.extend(report.read_spool(run.spool, SPOOL_STREAM))
+        records = self.costs.records
         if not records:
             return
         path = report.report_path("costs.json", "GEMMA2_REGRESS_COSTS")
@@ -211,10 +216,6 @@ class _Plugin:
             self.costs.path = path
         except OSError as exc:
             self.costs.error = str(exc)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        self.costs.records.extend(getattr(node, "workeroutput", {}).get("gemma2_costs", []))
 
     @pytest.hookimpl(tryfirst=True)  # the cost table first, then the report's (plugins.report)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -6,8 +6,9 @@ per pytest session, on ``config.stash[RUN]`` (``run_of``), created in ``pytest_c
 Records. A property function calls ``record(property, target, verdict, ratio, case, **extra)`` once
 per Hypothesis example. The controlling pytest process makes a spool folder and names it in the
 environment (``SPOOL_ENV``), which its xdist workers inherit; every process appends its records there,
-one JSON line each, so a run stopped by a time limit still reports every example that finished, also
-those of workers killed before handing back. Outside a run (no spool folder) ``record`` does nothing.
+one JSON line each (``spool``), so a run stopped by a time limit still reports every example that
+finished, also those of workers killed before handing back. Outside a run (no spool folder) ``record``
+does nothing. The cost plugin spools its per-test records the same way, in the ``costs`` subfolder.
 The summary keeps the worst ratio per (property, target): the end-of-run table.
 
 Verdicts. Where a test runs (the xdist worker, or pytest itself), ``pytest_runtest_makereport``
@@ -97,26 +98,36 @@ def run_of(config: pytest.Config) -> Run | None:
     return config.stash.get(RUN, None)
 
 
-def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extra: object) -> None:
-    """Append one measurement to this process's spool file (cheap; called once per Hypothesis
-    example), with the running test's node id (``test``) when pytest runs it. Outside a run
-    (``SPOOL_ENV`` unset or not a folder) nothing is kept."""
+def spool(rec: dict, stream: str = "") -> bool:
+    """Append ``rec`` as one JSON line to this process's file in the run's spool folder (``stream``: a
+    subfolder of its own, e.g. the cost plugin's ``costs``; "" the records); False outside a run
+    (``SPOOL_ENV`` unset or not a folder), where nothing is kept."""
     folder = os.environ.get(SPOOL_ENV)
     if not folder or not Path(folder).is_dir():
-        return
+        return False
+    where = Path(folder) / stream
+    where.mkdir(exist_ok=True)
+    name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.jsonl"
+    with open(where / name, "a") as f:
+        f.write(json.dumps(rec, default=json_default) + "\n")
+    return True
+
+
+def record(prop: str, target: str, verdict: str, ratio: float, case: str, **extra: object) -> None:
+    """Spool one measurement (cheap; called once per Hypothesis example), with the running test's node
+    id (``test``) when pytest runs it. Outside a run nothing is kept."""
     rec = {"property": prop, "target": target, "verdict": verdict, "ratio": ratio, "case": case, **extra}
     current = os.environ.get("PYTEST_CURRENT_TEST")  # "tests/x.py::test_y[p] (call)"
     if current and "test" not in rec:
         rec["test"] = current.rsplit(" ", 1)[0]
-    name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.jsonl"
-    with open(Path(folder) / name, "a") as f:
-        f.write(json.dumps(rec, default=json_default) + "\n")
+    spool(rec)
 
 
-def read_spool(folder: str | os.PathLike) -> list[dict]:
-    """Every record appended under ``folder``, file by file; a line cut short by a kill is skipped."""
+def read_spool(folder: str | os.PathLike, stream: str = "") -> list[dict]:
+    """Every line spooled to ``stream`` under ``folder``, file by file, each file in the order written; a
+    line cut short by a kill is skipped."""
     out = []
-    for path in sorted(Path(folder).glob("*.jsonl")):
+    for path in sorted((Path(folder) / stream).glob("*.jsonl")):
         for line in path.read_text().splitlines():
             try:
                 out.append(json.loads(line))

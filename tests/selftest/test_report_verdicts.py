@@ -239,31 +239,49 @@ def test_verdicts_under_xdist_survive_a_crashed_worker(suite: pytest.Pytester) -
 
 
 SLOW = """
+import os
 import pathlib
+import signal
 import time
 
 def test_a_fast():
     pass
 
 def test_b_slow():
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker the interrupt cannot stop (seen: inside a compile)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     (pathlib.Path(__file__).parent / "started").touch()
     time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+# One worker: it runs the fast test, then stays busy past the interrupt, so it never hands anything back.
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["one-process", "xdist"])
 def test_summary_written_when_interrupted(pytester: pytest.Pytester, workers: list[str]) -> None:
-    """Ctrl-C (SIGINT to the process group) mid-run: the summary still holds the finished tests."""
+    """Ctrl-C (SIGINT to the process group) mid-run: the summary and the cost JSON still hold the
+    finished tests, also those of a worker still busy when the run ends."""
     pytester.makepyfile(test_slow=SLOW)
     out = pytester.path / "summary.json"
+    costs = pytester.path / "costs.json"
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")},
         "GEMMA2_REGRESS_REPORT": str(out),
+        "GEMMA2_REGRESS_COSTS": str(costs),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     dist = workers or ["-p", "no:xdist"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *PLUGIN, *dist, "-q", "test_slow.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *PLUGIN,
+            "-p",
+            "gemma2_regress.plugins.costs",
+            *dist,
+            "-q",
+            "test_slow.py",
+        ],
         cwd=pytester.path,
         env=env,
         stdout=subprocess.PIPE,
@@ -290,6 +308,8 @@ def test_summary_written_when_interrupted(pytester: pytest.Pytester, workers: li
         "duration_s": summary["tests"]["test_slow.py::test_a_fast"]["duration_s"],
         "verdicts": [],
     }
+    (fast,) = [r for r in json.loads(costs.read_text())["tests"] if r["test"] == "test_slow.py::test_a_fast"]
+    assert fast["worker"].startswith("gw") if workers else "worker" not in fast
 
 
 def test_keyboard_interrupt_in_a_test_still_writes_the_summary(
