@@ -97,8 +97,10 @@ def test_kill_matrix_runs_pytest_through_the_runner(tmp_path: Path, monkeypatch)
     import sys
 
     from gemma2_regress.mutants import killmatrix
+    from gemma2_regress.plugins import compile_canary
 
     monkeypatch.setenv("GEMMA2_REGRESS_MUTANT", "no_such_bug")
+    monkeypatch.setenv(compile_canary.OFF_ENV, "1")  # the canary has tests of its own; here ~5 s of compiling
     run = killmatrix.run_pytest(
         sys.executable, ("tests/selftest/test_schedule.py",), "cpu", "", 0, None, 300.0, tmp_path
     )
