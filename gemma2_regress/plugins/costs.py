@@ -195,8 +195,10 @@ class _Plugin:
                 "hypothesis": inner is not None,
                 "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS},
             }
-            worker = os.environ.get("PYTEST_XDIST_WORKER")
-            # A worker spools at once (a worker stopped by a time bound never reaches its session's end).
+            # An xdist worker spools at once (one stopped by a time bound never reaches its session's end).
+            # Asked of the config, not the environment: a pytest run inside a worker's test inherits
+            # PYTEST_XDIST_WORKER but is no worker.
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "") if hasattr(self.config, "workerinput") else ""
             if not (worker and report.spool({**rec, "worker": worker}, SPOOL_STREAM)):
                 self.costs.records.append(rec)
 
