@@ -131,7 +131,7 @@ def _tier_args(
         args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
-    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session)))
+    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
     return args
 
 
@@ -171,8 +171,13 @@ def _no_gpu(session: nox.Session, problem: str, required: str | None) -> NoRetur
 @nox.session(python=PYTHON)
 def cpu(session: nox.Session) -> None:
     """Everything that needs no GPU: the oracle, Unsloth's kernels on CPU, fixtures, self-tests."""
-    args = _tier_args(session, "cpu")
+    args = _tier_args(session, "cpu", cores=gpu_check.cpu_cores())
     version = install_unsloth(session)
+    if suite.THREADS_ENV in session.env:
+        workers = suite.cpu_workers()
+        session.log(
+            f"cpu tier: {workers} worker(s), {suite.THREADS_ENV}={session.env[suite.THREADS_ENV]} each"
+        )
     session.log(f"CPU tier against unsloth {version}")
     # Deterministic draws (the ci profile), as the GPU tier's: a regression run's verdict must not depend
     # on luck. Random search (HYPOTHESIS_PROFILE=dev or nightly) can also hit torch's CPU recompile crash.

@@ -295,7 +295,7 @@ def cmd_test(argv: list[str]) -> int:
             per_gpu, why = suite.workers_per_gpu(gpus, gib, cores)
             print(f"{prog}: {per_gpu} xdist worker(s) per GPU x {gpus} GPU(s) ({why})", flush=True)
         else:
-            gib = cores = None
+            gib, cores = None, gpu_check.cpu_cores()
         argv_, defaults = suite.pytest_command(
             args.tier,
             pytest_args,

@@ -111,6 +111,12 @@ def workers_per_gpu(
     )
 
 
+def cpu_workers(environ: Mapping[str, str] | None = None) -> int:
+    """xdist workers of the cpu tier: ``GEMMA2_REGRESS_WORKERS``, else 2."""
+    environ = os.environ if environ is None else environ
+    return _whole("GEMMA2_REGRESS_WORKERS", environ.get("GEMMA2_REGRESS_WORKERS", ""), "2")
+
+
 def tier_args(
     tier: str,
     gpus: int = 0,
@@ -126,7 +132,7 @@ def tier_args(
     runs in the main process (a GPU stays initialised once)."""
     environ = os.environ if environ is None else environ
     if tier == "cpu":
-        workers = _whole("GEMMA2_REGRESS_WORKERS", environ.get("GEMMA2_REGRESS_WORKERS", ""), "2")
+        workers = cpu_workers(environ)
         selection = ["-m", "not gpu"]
     elif tier == "gpu":
         workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
@@ -137,6 +143,7 @@ def tier_args(
     return [*selection, *xdist]
 
 
+THREADS_ENV = "OMP_NUM_THREADS"  # torch's intra-op threads (and the compiled CPU kernels' OpenMP threads)
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX graphs, AOTAutograd, kernels)
 
 
@@ -146,14 +153,22 @@ def tier_env(
     environ: Mapping[str, str] | None = None,
     *,
     compile_cache: Path | None = None,
+    cores: int | None = None,
 ) -> dict[str, str]:
     """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
     one), where its reports go (``reports/<tier>/``), for the gpu tier how many GPUs it spreads over, and
     Inductor's cache folder ``compile_cache`` (unless ``environ`` sets TORCHINDUCTOR_CACHE_DIR): one
     folder that every xdist worker and every later run shares, kept with the environments (``.nox/``) or
-    the reports rather than in /tmp, so that a CI cache of that folder carries compiled kernels over."""
+    the reports rather than in /tmp, so that a CI cache of that folder carries compiled kernels over.
+
+    For the cpu tier on ``cores`` CPU cores, each worker's torch threads (``OMP_NUM_THREADS``, unless
+    ``environ`` sets it): the cores shared out among the workers, at least 1. Torch's default is every
+    core in every worker, so 2 workers on 2 cores ran 4 threads. The tier's bounds do not depend on
+    the thread count (``nox -s portability``, setting threads-1)."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
+    if tier == "cpu" and cores and THREADS_ENV not in environ:
+        env[THREADS_ENV] = str(max(1, cores // cpu_workers(environ)))
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if compile_cache is not None and COMPILE_CACHE_ENV not in environ:
@@ -192,7 +207,7 @@ def pytest_command(
         *args,
     ]
     env = {
-        **tier_env(tier, gpus, compile_cache=reports / "compile-cache"),
+        **tier_env(tier, gpus, compile_cache=reports / "compile-cache", cores=cores),
         "GEMMA2_REGRESS_REPORT": str(out / "summary.json"),
         "GEMMA2_REGRESS_COSTS": str(out / "costs.json"),
         "UNSLOTH_COMPILE_LOCATION": str(reports / "unsloth_compiled_cache"),

@@ -111,6 +111,9 @@ def test_census_finds_the_flake_and_resumes(
     (tmp_path / "test_planted.py").write_text(FLAKY)
     (tmp_path / "conftest.py").write_text(CONFTEST)
     monkeypatch.setenv("FLAKY_COUNTER", str(tmp_path / "counter"))
+    monkeypatch.delenv(
+        "OMP_NUM_THREADS", raising=False
+    )  # as-is must not be one thread already (the cpu tier sets it)
     monkeypatch.chdir(tmp_path)
     argv = ["flakes", "--runs", "3", "--settings", "threads-1", "--out", str(tmp_path / "out")]
     argv += ["--", "test_planted.py", "-p", "no:xdist"]
@@ -129,6 +132,9 @@ def test_census_finds_the_flake_and_resumes(
 def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary: dict) -> None:
     (tmp_path / "test_planted.py").write_text(FLAKY.replace("test_flaky", "_not_collected"))
     (tmp_path / "conftest.py").write_text(CONFTEST)
+    monkeypatch.delenv(
+        "OMP_NUM_THREADS", raising=False
+    )  # as-is must not be one thread already (the cpu tier sets it)
     monkeypatch.chdir(tmp_path)
     argv = [
         "portability",

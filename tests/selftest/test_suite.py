@@ -101,6 +101,22 @@ def test_tier_env_shares_one_compile_cache_unless_one_is_chosen(tmp_path: Path) 
     assert "TORCHINDUCTOR_CACHE_DIR" not in chosen  # the runner's own folder stays
 
 
+@pytest.mark.parametrize(
+    ("cores", "environ", "threads"),
+    [
+        (2, {}, "1"),  # 2 workers on 2 cores: one thread each, not torch's two each
+        (16, {}, "8"),
+        (1, {}, "1"),  # never 0
+        (2, {"GEMMA2_REGRESS_WORKERS": "1"}, "2"),
+        (16, {"OMP_NUM_THREADS": "3"}, None),  # the caller's choice stays
+        (None, {}, None),  # cores unknown: torch decides
+    ],
+)
+def test_cpu_tier_shares_the_cores_among_its_workers(cores, environ, threads) -> None:
+    assert suite.tier_env("cpu", environ=environ, cores=cores).get("OMP_NUM_THREADS") == threads
+    assert "OMP_NUM_THREADS" not in suite.tier_env("gpu", 1, environ=environ, cores=cores)
+
+
 def test_root_is_this_checkout_or_the_chosen_one(tmp_path: Path) -> None:
     assert suite.root(environ={}) == ROOT
     assert suite.root(environ={suite.ROOT_ENV: str(ROOT)}) == ROOT
