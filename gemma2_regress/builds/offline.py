@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from gemma2_regress import gpu_check
 from gemma2_regress.argcheck import OneLineParser, bounded
-from gemma2_regress.builds import old_releases
+from gemma2_regress.builds import old_releases, runner
 from gemma2_regress.builds.bundle import BUNDLE, PINS, OfflineError, build, extract, unpack
 from gemma2_regress.kernel.selections import KERNEL_TESTS, UNSLOTH_MASKS
 
@@ -195,12 +194,11 @@ def tier(args: argparse.Namespace) -> int:
 
 def counts(summary: Path) -> str:
     """Tests by outcome and examples by property, from a run's summary JSON."""
-    try:
-        data = json.loads(summary.read_text())
-    except (OSError, ValueError):
+    data = runner.load_summary(summary)
+    if not data:
         return f"no summary at {summary}"
-    tests = collections.Counter(t["outcome"] for t in data.get("tests", {}).values())
-    examples = collections.Counter(r["property"] for r in data.get("records", []))
+    tests = collections.Counter(t.get("outcome") for t in (data.get("tests") or {}).values())
+    examples = collections.Counter(r.get("property") for r in data.get("records") or [])
     return f"tests: {dict(tests)} examples: {dict(examples)}"
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -461,10 +460,7 @@ def run(
 
 def _versions(summary: Path) -> dict:
     """What the run imported (Python, torch, transformers, unsloth, zoo, trl, GPU), from its summary JSON."""
-    try:
-        found = json.loads(summary.read_text()).get("versions")
-    except (OSError, ValueError, AttributeError):
-        return {}
+    found = runner.load_summary(summary).get("versions")
     return found if isinstance(found, dict) else {}
 
 

@@ -138,13 +138,20 @@ class RunResult:
     timed_out: bool = False
 
 
-def read_summary(path: Path) -> list[Outcome] | None:
-    """Per-test outcomes from a run's summary JSON (schema: the module doc), in its order; None when
-    the file is missing, unreadable or has no ``tests`` (the run cannot be judged)."""
+def load_summary(path: Path) -> dict:
+    """A run's summary JSON (schema: the module doc) as read from ``path``; empty where the file is
+    missing, unreadable or not a JSON object. The one reader of that file here."""
     try:
-        tests = json.loads(Path(path).read_text()).get("tests")
-    except (OSError, ValueError, AttributeError):
-        return None
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def read_summary(path: Path) -> list[Outcome] | None:
+    """Per-test outcomes from a run's summary JSON, in its order; None when the file is missing,
+    unreadable or has no ``tests`` (the run cannot be judged)."""
+    tests = load_summary(path).get("tests")
     if not isinstance(tests, dict):
         return None
     out = []
@@ -163,11 +170,8 @@ def read_summary(path: Path) -> list[Outcome] | None:
 
 
 def _record_counts(path: Path) -> dict[str, int]:
-    try:
-        records = json.loads(path.read_text()).get("records", [])
-    except (OSError, ValueError):
-        return {}
-    return dict(collections.Counter(r.get("verdict", "?") for r in records))
+    records = load_summary(path).get("records") or []
+    return dict(collections.Counter(r.get("verdict", "?") for r in records if isinstance(r, dict)))
 
 
 def classify(sel: Selection, exit_code: int, tests: list[Outcome] | None) -> tuple[str, str, str]:
