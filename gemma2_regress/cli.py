@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 from gemma2_regress.argcheck import OneLineParser, bounded, choices, unwritable
 from gemma2_regress.builds import bisect, envs, install, runner, sources
 from gemma2_regress.gpu_check import visible_gpus
-from gemma2_regress.perf.stats import MIN_EFFECT
+from gemma2_regress.perf.stats import BARE_THRESHOLD, MIN_EFFECT
 
 EPILOG_BISECT = """examples:
   gemma2-regress bisect --good 2026.10.1 --bad 2026.10.9 -- tests/kernel/test_slow_kernel.py -k small_windows
@@ -195,8 +195,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--perf-threshold",
         type=bounded(float, above=1),
-        default=1.25,
-        help="perf, for runs without per-repeat times: fail when the candidate is this many times slower",
+        default=BARE_THRESHOLD,
+        help="perf, for runs without per-repeat times: fail when the candidate is this many times slower "
+        "(default %(default)s)",
     )
     g.add_argument(
         "--out", default="reports/gate", help="gate.json, gate-junit.xml and logs (default %(default)s)"

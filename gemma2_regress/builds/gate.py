@@ -36,7 +36,7 @@ from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, runner
 from gemma2_regress.builds.runner import Outcome, Selection
 from gemma2_regress.builds.sources import BisectError, check_spec, environment
-from gemma2_regress.perf.stats import MIN_EFFECT
+from gemma2_regress.perf.stats import BARE_THRESHOLD, MIN_EFFECT
 
 TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
 TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
@@ -147,7 +147,7 @@ def gate(
     torch: str | None = None,
     installer: str = "auto",
     perf: bool | None = None,
-    perf_threshold: float = 1.25,
+    perf_threshold: float = BARE_THRESHOLD,
     perf_min_effect: float = MIN_EFFECT,
     perf_args: list[str] | None = None,
     timeout_s: float = 7200.0,

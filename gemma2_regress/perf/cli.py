@@ -27,7 +27,7 @@ from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.gpu_check import cuda_device_count
 
-from .stats import MIN_EFFECT
+from .stats import BARE_THRESHOLD, MIN_EFFECT
 
 DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
@@ -132,8 +132,9 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     c.add_argument(
         "--threshold",
         type=bounded(float, above=1),
-        default=1.25,
-        help="for rows without per-repeat times (older JSONs): the bare time ratio that fails (default 1.25)",
+        default=BARE_THRESHOLD,
+        help="for rows without per-repeat times (older JSONs): the bare time ratio that fails "
+        f"(default {BARE_THRESHOLD})",
     )
     c.add_argument(
         "--mem-threshold",

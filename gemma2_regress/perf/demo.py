@@ -33,7 +33,7 @@ def pick_cells(payload: dict, n: int = 2) -> list[str]:
 def gate_demo(
     payload: dict,
     opts: bench.Options,
-    threshold: float = 1.25,
+    threshold: float = stats.BARE_THRESHOLD,
     n: int = 2,
     log: Callable[[str], None] = bench.say,
 ) -> dict:

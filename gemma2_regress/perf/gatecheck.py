@@ -12,8 +12,8 @@ A row fails (and the gate fails) when
   the bootstrap interval of ``ratio`` exceeds ``min_effect`` (default 1.05). The rule, its numbers and
   why are stated once, in ``stats``; it needs each run's per-repeat times (``times_ms``, at least
   ``stats.MIN_REPEATS`` of them). A row without them (a JSON from before they were kept, a run with
-  fewer repeats) falls back to the bare ratio against ``threshold`` (default 1.25: the planted 2x
-  mutant is far beyond it, the spread of medians on one H200 well within), and its note says so;
+  fewer repeats) falls back to the bare ratio against ``threshold`` (default ``stats.BARE_THRESHOLD``),
+  and its note says so;
 - ``hungrier``: peak memory ratio > ``mem_threshold`` (default 1.10);
 - ``new-oom``:  the candidate ran out of memory (or failed) where the baseline ran.
 Cells whose baseline median is below ``min_ms`` are reported but never fail (launch-overhead noise);
@@ -90,7 +90,7 @@ def _row(key: str, mode: str, base: dict, cand: dict | None, rule: dict) -> dict
 def compare(
     candidate_json: str | Path | dict,
     baseline_json: str | Path | dict,
-    threshold: float = 1.25,
+    threshold: float = stats.BARE_THRESHOLD,
     *,
     min_effect: float = stats.MIN_EFFECT,
     mem_threshold: float = 1.10,

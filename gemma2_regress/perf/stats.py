@@ -44,6 +44,9 @@ import statistics
 from collections.abc import Callable, Sequence
 
 MIN_EFFECT = 1.05
+# Rows without per-repeat times (older JSONs, fewer than MIN_REPEATS) fall back to the bare time ratio
+# against this: the planted 2x mutant is far beyond it, the spread of medians on one H200 well within.
+BARE_THRESHOLD = 1.25
 CONFIDENCE = 0.95
 N_BOOT = 2000
 SEED = 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import statistics
 import sys
 import time
@@ -198,7 +197,7 @@ class _Plugin:
             # An xdist worker spools at once (one stopped by a time bound never reaches its session's end).
             # Asked of the config, not the environment: a pytest run inside a worker's test inherits
             # PYTEST_XDIST_WORKER but is no worker.
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "") if hasattr(self.config, "workerinput") else ""
+            worker = getattr(self.config, "workerinput", {}).get("workerid", "")
             if not (worker and report.spool({**rec, "worker": worker}, SPOOL_STREAM)):
                 self.costs.records.append(rec)
 
