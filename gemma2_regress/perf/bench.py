@@ -7,7 +7,7 @@ implementations taking turns (rotated each round) so drift on a shared machine h
 An OOM or error is recorded for that implementation and mode and the run goes on; a cell larger
 (longer or a bigger batch) than one that ran out of memory is recorded ``oom`` with
 ``inferred_from`` instead of being tried. The JSON is rewritten (atomically) after every cell,
-so an interrupted run keeps what it measured.
+so an interrupted run keeps what it measured; ``resume`` then measures only the cells it lacks.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Options:
     plant_slowdown: float = 0  # > 1: impls.planted_slowdown(factor) is active for the run; 0: none
     compile_flex: bool = True
     label: str = ""
+    resume: bool = False  # keep the cells ``out/perf.json`` measured with these options; measure the rest
 
 
 Prepare = Callable[[str, Cell, impls.Tensors], impls.Call]
@@ -77,6 +78,13 @@ class Runner:
         self.log = log
         self.ooms: list[tuple[str, str, Cell]] = []  # (impl, mode, cell) that ran out of memory
         self.first_calls: dict[str, float] = {}  # "impl/mode" -> first call ever (compile) in ms
+
+    def note_ooms(self, cell: Cell, res: dict[str, dict[str, dict]]) -> None:
+        """Learn the out-of-memory results of a cell measured earlier (a resumed run), for inference."""
+        for impl, by_mode in res.items():
+            for mode, r in by_mode.items():
+                if isinstance(r, dict) and r.get("status") == "oom" and not r.get("inferred_from"):
+                    self.ooms.append((impl, mode, cell))
 
     def _inferred(self, impl: str, mode: str, cell: Cell) -> str | None:
         for i, m, c in self.ooms:
@@ -287,9 +295,23 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
         "complete": False,
     }
     path = opts.out / "perf.json" if opts.out else None
+    kept: dict[str, dict] = {}
+    if opts.resume and path and path.exists():  # checked before anything is measured
+        kept, payload["processes"] = resumable(load(path), payload, opts.cells)
+        log(
+            f"perf: resuming {path}: {len(kept)} of {len(opts.cells)} cells measured before "
+            f"(by {len(payload['processes'])} process(es)), {len(opts.cells) - len(kept)} to measure"
+        )
+    else:
+        payload["processes"] = []
+    for key, rec in kept.items():
+        runner.note_ooms(next(c for c in opts.cells if c.key == key), rec["results"])
+    this = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "first_calls_ms": runner.first_calls}
+    payload["processes"].append(this)
     log(f"perf: {len(opts.cells)} cells x {len(opts.impls)} implementations on {payload['device']}")
     payload["ceiling"]["matmul"] = timing.matmul_ceiling(opts.device)
     payload["ceiling"]["copy"] = timing.copy_ceiling(opts.device)
+    this["ceiling"] = payload["ceiling"]
     ceiling = payload["ceiling"]["matmul"]["tflops"]
     log(
         f"ceilings: {payload['ceiling']['matmul']['what']} {ceiling:.0f} TFLOP/s; "
@@ -300,32 +322,78 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
 
         t0 = time.monotonic()
         payload["versions"]["unsloth_loaded"] = unsloth_adapter.load().version
-        payload["unsloth_import_s"] = round(time.monotonic() - t0, 1)
+        payload["unsloth_import_s"] = this["unsloth_import_s"] = round(time.monotonic() - t0, 1)
     plant = impls.planted_slowdown(opts.plant_slowdown) if opts.plant_slowdown else contextlib.nullcontext()
     log(table.header(opts.impls))
     cells = Progress("perf grid: cells", len(opts.cells), live=False, every_s=0.0)  # lines between table rows
     with plant:
         for k, cell in enumerate(opts.cells, 1):
             rec = cell_record(cell)
-            if opts.budget_s is not None and time.monotonic() - started > opts.budget_s:
+            if cell.key in kept:
+                rec = kept[cell.key]
+            elif opts.budget_s is not None and time.monotonic() - started > opts.budget_s:
                 rec["results"] = {
                     i: {m: {"status": "skipped: time budget"} for m in opts.modes} for i in opts.impls
                 }
             else:
                 rec["results"] = runner.measure(cell)
+                rec["process"] = len(payload["processes"]) - 1
                 derive(cell, rec["results"], ceiling)
             payload["cells"].append(rec)
             for line in table.rows(rec, opts.impls, opts.modes):
                 log(line)
             if log is say:  # the printed run (not a caller collecting lines): cells done / total, time left
                 cells.update(k)
-            payload["wall_s"] = round(time.monotonic() - started, 1)
+            payload["wall_s"] = this["wall_s"] = round(time.monotonic() - started, 1)
             if path:
                 write_json_atomic(path, payload)
     payload["complete"] = True
     if path:
         write_json_atomic(path, payload)
     return payload
+
+
+# What must match for a resumed run to add to an earlier one: the same experiment on the same build.
+SAME_OPTIONS = ("impls", "modes", "repeats", "warmup", "plant_slowdown", "compile_flex")
+SAME_RUN = ("device", "dtype", "timer")
+SAME_VERSIONS = ("torch", "transformers", "unsloth", "gpu")
+
+
+def resumable(old: dict, new: dict, cells: Sequence[Cell]) -> tuple[dict[str, dict], list[dict]]:
+    """The cells of an earlier run (``old``) that a run of the same options keeps, by key, and its
+    processes; a run of other options or on another build is a one-line ``ValueError``.
+
+    Kept: every cell of ``cells`` that the earlier run measured (OOMs and errors are results);
+    cells skipped by its time budget are measured again, cells outside ``cells`` are dropped."""
+    diffs = [
+        f"{k} {old.get('options', {}).get(k)!r} there, {new['options'][k]!r} here"
+        for k in SAME_OPTIONS
+        if old.get("options", {}).get(k) != new["options"][k]
+    ]
+    diffs += [f"{k} {old.get(k)!r} there, {new[k]!r} here" for k in SAME_RUN if old.get(k) != new[k]]
+    diffs += [
+        f"{k} {old.get('versions', {}).get(k)!r} there, {new['versions'].get(k)!r} here"
+        for k in SAME_VERSIONS
+        if old.get("versions", {}).get(k) != new["versions"].get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"--resume: the perf.json in --out was measured otherwise ({'; '.join(diffs)}); "
+            "run with the same options and build, or give another --out"
+        )
+    wanted = {c.key for c in cells}
+    kept = {
+        rec["key"]: rec
+        for rec in old.get("cells", [])
+        if rec["key"] in wanted
+        and not any(
+            str(r.get("status", "")).startswith("skipped")
+            for by_mode in rec["results"].values()
+            for r in by_mode.values()
+            if isinstance(r, dict)
+        )
+    }
+    return kept, list(old.get("processes") or [{"first_calls_ms": old.get("first_calls_ms", {})}])
 
 
 def load(path_or_payload: str | Path | dict) -> dict:

@@ -1,7 +1,8 @@
 """Command line: ``python -m gemma2_regress.perf [run|plot|compare|sensitivity] ...`` (``run`` when omitted).
 
-run      measure the grid (``--quick`` default, ``--full``, ``--smoke`` for CPU), print the table,
-         write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``
+run      measure the grid (``--quick`` default, ``--full``, ``--walls``, ``--smoke`` for CPU), print the
+         table, write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``;
+         ``--resume`` keeps the cells an earlier run of the same options left in ``<out>/perf.json``
 plot     draw the PNGs from a perf JSON (on any machine with matplotlib)
 compare  the gate: candidate JSON vs baseline JSON; exit 0 pass, 1 fail, 2 bad input
 sensitivity  the gate's false alarms and detection rate: a baseline, then --runs rounds of a clean run
@@ -10,7 +11,7 @@ sensitivity  the gate's false alarms and detection rate: a baseline, then --runs
 
 Bad arguments (an unknown model, impl, mode, dtype or device, lengths like 4097..4095, a threshold
 not above 1, a slowdown size not above 1, no rounds, an output folder that cannot be written, a
-sensitivity --out holding a run with other options) are one line on stderr and exit 2, checked
+sensitivity --out or a ``run --resume`` --out holding a run with other options) are one line on stderr and exit 2, checked
 before anything is measured or written. Parsing needs no torch (the gate checks --perf-args with it).
 """
 
@@ -29,7 +30,7 @@ from gemma2_regress.gpu_check import cuda_device_count
 
 from .stats import BARE_THRESHOLD, MIN_EFFECT
 
-DEFAULT_BUDGET = {"quick": 200.0, "full": None, "smoke": None}
+DEFAULT_BUDGET = {"quick": 200.0, "full": None, "walls": None, "smoke": None}
 DTYPES = ("bfloat16", "float16", "float32")
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -63,6 +64,14 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
         action="store_const",
         const="full",
         help="2B and 9B, lengths 1024..32768, batch 1, 2, 4, 8",
+    )
+    g.add_argument(
+        "--walls",
+        dest="preset",
+        action="store_const",
+        const="walls",
+        help="where users hit walls: 2B and 9B at 4096, 8192, 16384 with batch 2, 4, 8, then batch 1 from "
+        "32768 to 131072 tokens until each implementation runs out of memory",
     )
     g.add_argument(
         "--smoke",
@@ -112,6 +121,12 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
         "--gate-demo",
         action="store_true",
         help="afterwards, re-measure two cells clean and planted and show the gate pass and fail",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cells <out>/perf.json already holds from a run of the same options and build "
+        "(not those its budget skipped); measure the rest",
     )
     r.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     r.add_argument("--no-compile-flex", action="store_true", help="run flex attention eagerly (CPU default)")
@@ -268,6 +283,7 @@ def _run(a: argparse.Namespace) -> int:
         plant_slowdown=a.plant_slowdown,
         compile_flex=not a.no_compile_flex and device.startswith("cuda"),
         label=a.label,
+        resume=a.resume,
     )
     payload = run(opts)  # prints the table's rows as the cells complete
     text = table.render(payload)

@@ -125,6 +125,13 @@ QUICK = (
 )
 SMOKE = (Block(("tiny",), (16, 31, 32, 33, 64), (1, 2)),)  # CPU: the tiny shape around its 32 window
 FULL = (Block(("2b", "9b"), (1024, 2048, 4095, 4096, 4097, 8192, 16384, 32768), (1, 2, 4, 8)),)
+# Where users hit walls: training batches past the window, then one row ever longer until each
+# implementation runs out of memory (the ladder's steps halve the gap between powers of two).
+LADDER = (32768, 49152, 65536, 98304, 131072)
+WALLS = (
+    Block(("2b", "9b"), (4096, 8192, 16384), (2, 4, 8)),
+    Block(("2b", "9b"), LADDER, (1,)),
+)
 
 
 def cells_of(blocks: Iterable[Block]) -> list[Cell]:
@@ -175,14 +182,14 @@ def select(
     lengths: str | None = None,
     batches: str | None = None,
 ) -> list[Cell]:
-    """The cells to run: a preset (``quick``/``full``/``smoke``), narrowed or replaced by explicit lists.
+    """The cells to run: a preset (``quick``/``full``/``walls``/``smoke``), narrowed or replaced by explicit lists.
 
     With any of ``lengths``/``batches``/``models`` given, the grid is their product (the preset only
     fills the ones not given); ``layers`` filters.
     """
-    presets = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
+    presets = {"quick": QUICK, "full": FULL, "walls": WALLS, "smoke": SMOKE}
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; use --quick, --full or --smoke")
+        raise ValueError(f"unknown preset {preset!r}; use --quick, --full, --walls or --smoke")
     blocks = presets[preset]
     if models or lengths or batches:
         base = blocks[0]

@@ -66,8 +66,33 @@ def render(payload: dict) -> str:
     ]
     for rec in payload["cells"]:
         lines.extend(rows(rec, impls, modes))
+    lines.extend(walls(payload))
     lines.append(legend(payload))
     return "\n".join(lines)
+
+
+def walls(payload: dict) -> list[str]:
+    """Per model, layer, batch and mode, with two lengths or more: each implementation's longest length
+    that ran and its shortest that ran out of memory (tried or inferred), ``-`` where there is none."""
+    impls, modes = payload["options"]["impls"], payload["options"]["modes"]
+    groups: dict[tuple, list[dict]] = {}
+    for rec in payload["cells"]:
+        groups.setdefault((rec["model"], rec["layer"], rec["batch"]), []).append(rec)
+    out = []
+    for (model, layer, batch), recs in groups.items():
+        if len({r["length"] for r in recs}) < 2:
+            continue
+        for m in modes:
+            parts = []
+            for i in impls:
+                got = [(r["length"], r["results"].get(i, {}).get(m, {}).get("status")) for r in recs]
+                ran = [n for n, st in got if st == "ok"]
+                oom = [n for n, st in got if st == "oom"]
+                parts.append(f"{i} {max(ran) if ran else '-'} / {min(oom) if oom else '-'}")
+            out.append(f"  {model:4} {layer:7} b{batch:<2} {m:6}: " + "; ".join(parts))
+    if out:
+        out.insert(0, "walls: longest length that ran / shortest that ran out of memory (- none):")
+    return out
 
 
 def legend(payload: dict) -> str:

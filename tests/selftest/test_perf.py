@@ -77,7 +77,7 @@ def test_parse_ints_rejects_with_a_one_line_hint(text):
 def test_parse_names_rejects_unknown():
     with pytest.raises(ValueError, match="choose from 2b, 9b, tiny"):
         grid.parse_names("2b,27b", list(grid.MODELS), "models")
-    with pytest.raises(ValueError, match="--quick, --full or --smoke"):
+    with pytest.raises(ValueError, match="--quick, --full, --walls or --smoke"):
         grid.select("huge")
 
 
@@ -129,7 +129,7 @@ def tiny_opts(tmp_path, **kw):
         batches=kw.pop("batches", "1,2"),
         layers=kw.pop("layers", None),
     )
-    return bench.Options(cells=cells, repeats=3, warmup=1, device="cpu", out=tmp_path, **kw)
+    return bench.Options(cells=cells, **{"repeats": 3, "warmup": 1, "device": "cpu", "out": tmp_path, **kw})
 
 
 def test_run_records_oom_infers_bigger_cells_and_goes_on(tmp_path):
@@ -227,6 +227,92 @@ def test_nonfinite_output_is_flagged_in_json_and_table(tmp_path):
     assert res["unsloth"]["finite"] is False and res["flex"]["finite"] is True
     lines = table.rows(payload["cells"][0], impls.IMPLS, grid.MODES)
     assert all("NaN!" in line.split("|")[1] and "NaN!" not in line.split("|")[2] for line in lines)
+
+
+def test_walls_grid_has_training_batches_past_the_window_and_a_length_ladder():
+    cells = grid.select("walls")
+    batched = {(c.length, c.batch) for c in cells if c.batch > 1}
+    assert batched == {(n, b) for n in (4096, 8192, 16384) for b in (2, 4, 8)}
+    assert {c.length for c in cells if c.batch == 1} == set(grid.LADDER)
+    assert {"9b/sliding/n32768/b1", "9b/global/n32768/b1"} <= {c.key for c in cells}
+
+
+def test_resume_keeps_measured_cells_and_measures_only_the_rest(tmp_path):
+    calls: list = []
+    first = bench.run(
+        tiny_opts(tmp_path, lengths="16,32", batches="1"),
+        prepare=fake_prepare(oom_from=32, calls=calls),
+        log=lambda s: None,
+    )
+    assert first["complete"] and len(first["processes"]) == 1
+    calls.clear()
+    lines: list[str] = []
+    again = bench.run(
+        tiny_opts(tmp_path, lengths="16,32,64", batches="1", resume=True),
+        prepare=fake_prepare(oom_from=32, calls=calls),
+        log=lines.append,
+    )
+    assert {key for _, key, _ in calls} == {"tiny/sliding/n64/b1", "tiny/global/n64/b1"}
+    assert not any(name == "unsloth" for name, _, _ in calls)  # its OOM at 32, measured before, still infers
+    by = {c["key"]: c for c in again["cells"]}
+    assert [c["key"] for c in again["cells"]] == [
+        c.key for c in grid.select("smoke", lengths="16,32,64", batches="1")
+    ]
+    assert by["tiny/sliding/n16/b1"] == next(c for c in first["cells"] if c["key"] == "tiny/sliding/n16/b1")
+    assert by["tiny/sliding/n64/b1"]["process"] == 1 and len(again["processes"]) == 2
+    assert (
+        by["tiny/sliding/n64/b1"]["results"]["unsloth"]["fwd"]["inferred_from"] == "tiny/sliding/n32/b1:fwd"
+    )
+    assert any("4 of 6 cells measured before" in line for line in lines)
+    assert json.loads((tmp_path / "perf.json").read_text())["processes"] == again["processes"]
+
+
+def test_resume_measures_what_the_budget_skipped(tmp_path):
+    bench.run(tiny_opts(tmp_path, lengths="16", budget_s=0.0), prepare=fake_prepare(), log=lambda s: None)
+    calls: list = []
+    again = bench.run(
+        tiny_opts(tmp_path, lengths="16", resume=True), prepare=fake_prepare(calls=calls), log=lambda s: None
+    )
+    assert {key for _, key, _ in calls} == {c["key"] for c in again["cells"]}
+    assert all(
+        r["status"] == "ok"
+        for c in again["cells"]
+        for i in c["results"].values()
+        for r in i.values()
+        if isinstance(r, dict)
+    )
+
+
+def test_resume_refuses_a_run_of_other_options(tmp_path, capsys):
+    bench.run(tiny_opts(tmp_path, lengths="16", batches="1"), prepare=fake_prepare(), log=lambda s: None)
+    before = (tmp_path / "perf.json").read_text()
+    with pytest.raises(ValueError, match=r"--resume: .*repeats 3 there, 5 here"):
+        bench.run(
+            tiny_opts(tmp_path, lengths="16", batches="1", repeats=5, resume=True),
+            prepare=fake_prepare(),
+            log=lambda s: None,
+        )
+    assert (tmp_path / "perf.json").read_text() == before  # nothing measured, nothing written
+    args = ["run", "--device", "cpu", "--impls", "sdpa", "--lengths", "16", "--batch", "1", "--no-plot"]
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--repeats", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "c"), "--repeats", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("perf: error: --resume:") and err.count("\n") == 1
+
+
+def test_walls_summary_names_the_longest_run_and_first_oom(tmp_path):
+    from gemma2_regress.perf import table
+
+    payload = bench.run(
+        tiny_opts(tmp_path, lengths="16,32,64", batches="1", layers="sliding", modes=("fwd",)),
+        prepare=fake_prepare(oom_from=32),
+        log=lambda s: None,
+    )
+    lines = table.walls(payload)
+    assert lines[0].startswith("walls:")
+    assert lines[1].split(":", 1)[1].strip() == "unsloth 16 / 32; flex 64 / -; sdpa 64 / -"
+    assert "walls:" in table.render(payload)
 
 
 def test_budget_skips_remaining_cells(tmp_path):
