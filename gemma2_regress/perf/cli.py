@@ -4,6 +4,7 @@ run      measure the grid (``--quick`` default, ``--full``, ``--walls``, ``--smo
          table, write ``<out>/perf.json``, ``<out>/table.txt`` and ``<out>/perf_b<batch>.png``;
          ``--resume`` keeps the cells an earlier run of the same options left in ``<out>/perf.json``
 plot     draw the PNGs from a perf JSON (on any machine with matplotlib)
+table    print the table (and the walls summary) of a perf JSON
 compare  the gate: candidate JSON vs baseline JSON; exit 0 pass, 1 fail, 2 bad input
 sensitivity  the gate's false alarms and detection rate: a baseline, then --runs rounds of a clean run
          and one per planted --sizes slowdown, each compared with the gate, in one process; writes
@@ -131,6 +132,8 @@ def _parser(cls: type[argparse.ArgumentParser] = OneLineParser) -> argparse.Argu
     r.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     r.add_argument("--no-compile-flex", action="store_true", help="run flex attention eagerly (CPU default)")
     r.add_argument("--label", default="", help="a free-text name stored in the JSON (e.g. the env)")
+    tb = sub.add_parser("table", help="print the table of a perf JSON")
+    tb.add_argument("json")
     pl = sub.add_parser("plot", help="draw PNGs from a perf JSON")
     pl.add_argument("json")
     pl.add_argument("--out", help="folder for the PNGs (default: next to the JSON)")
@@ -394,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(a)
         if a.cmd == "sensitivity":
             return _sensitivity(a, started)
+        if a.cmd == "table":
+            from .bench import load
+            from .table import render
+
+            print(render(load(a.json)))
+            return 0
         if a.cmd == "plot":
             from .plot import plot
 

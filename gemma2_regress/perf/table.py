@@ -73,7 +73,8 @@ def render(payload: dict) -> str:
 
 def walls(payload: dict) -> list[str]:
     """Per model, layer, batch and mode, with two lengths or more: each implementation's longest length
-    that ran and its shortest that ran out of memory (tried or inferred), ``-`` where there is none."""
+    that ran and its shortest that ran out of memory (tried or inferred), ``-`` where there is none;
+    lengths a time budget skipped are named, since nothing is known of them."""
     impls, modes = payload["options"]["impls"], payload["options"]["modes"]
     groups: dict[tuple, list[dict]] = {}
     for rec in payload["cells"]:
@@ -89,7 +90,15 @@ def walls(payload: dict) -> list[str]:
                 ran = [n for n, st in got if st == "ok"]
                 oom = [n for n, st in got if st == "oom"]
                 parts.append(f"{i} {max(ran) if ran else '-'} / {min(oom) if oom else '-'}")
-            out.append(f"  {model:4} {layer:7} b{batch:<2} {m:6}: " + "; ".join(parts))
+            skipped = sorted(
+                r["length"]
+                for r in recs
+                if any(
+                    str(v.get(m, {}).get("status", "")).startswith("skipped") for v in r["results"].values()
+                )
+            )
+            note = f" (not measured: {', '.join(map(str, skipped))})" if skipped else ""
+            out.append(f"  {model:4} {layer:7} b{batch:<2} {m:6}: " + "; ".join(parts) + note)
     if out:
         out.insert(0, "walls: longest length that ran / shortest that ran out of memory (- none):")
     return out

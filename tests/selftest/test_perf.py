@@ -301,7 +301,7 @@ def test_resume_refuses_a_run_of_other_options(tmp_path, capsys):
     assert err.startswith("perf: error: --resume:") and err.count("\n") == 1
 
 
-def test_walls_summary_names_the_longest_run_and_first_oom(tmp_path):
+def test_walls_summary_names_the_longest_run_and_first_oom(tmp_path, capsys):
     from gemma2_regress.perf import table
 
     payload = bench.run(
@@ -313,6 +313,12 @@ def test_walls_summary_names_the_longest_run_and_first_oom(tmp_path):
     assert lines[0].startswith("walls:")
     assert lines[1].split(":", 1)[1].strip() == "unsloth 16 / 32; flex 64 / -; sdpa 64 / -"
     assert "walls:" in table.render(payload)
+    assert cli.main(["table", str(tmp_path / "perf.json")]) == 0
+    assert "unsloth 16 / 32; flex 64 / -; sdpa 64 / -" in capsys.readouterr().out
+    payload["cells"][-1]["results"] = {
+        i: {"fwd": {"status": "skipped: time budget"}} for i in payload["options"]["impls"]
+    }
+    assert table.walls(payload)[1].endswith("sdpa 32 / - (not measured: 64)")
 
 
 def test_budget_skips_remaining_cells(tmp_path):
