@@ -23,24 +23,37 @@ def allowed(
     window: int | None,
     key_valid: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Boolean visibility: ``(q_len, kv_len)`` without padding, ``(bsz, q_len, kv_len)`` with it.
 
     ``key_valid`` is ``(bsz, kv_len)``; a padded key is invisible to every query of its row.
+    ``rows=(r0, r1)`` / ``cols=(c0, c1)`` give only that block of the matrix (query rows r0..r1-1,
+    keys c0..c1-1), as slicing the whole would, without building the whole.
     """
     if q_len > kv_len:
         raise ValueError(f"q_len ({q_len}) must not exceed kv_len ({kv_len})")
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 or None, got {window}")
+    r0, r1 = rows or (0, q_len)
+    c0, c1 = cols or (0, kv_len)
     dev = key_valid.device if key_valid is not None else device
-    i = torch.arange(kv_len - q_len, kv_len, device=dev)[:, None]  # absolute query positions
-    j = torch.arange(kv_len, device=dev)[None, :]
+    i = torch.arange(kv_len - q_len + r0, kv_len - q_len + r1, device=dev)[:, None]  # absolute positions
+    j = torch.arange(c0, c1, device=dev)[None, :]
     vis = j <= i
     if window is not None:
         vis = vis & (i - j < window)
     if key_valid is None:
         return vis
-    return vis[None] & key_valid.bool()[:, None, :]
+    return vis[None] & key_valid[:, c0:c1].bool()[:, None, :]
+
+
+def key_span(q_len: int, kv_len: int, window: int | None, rows: tuple[int, int]) -> tuple[int, int]:
+    """The keys ``(c0, c1)`` that query rows ``rows`` may see at most (before padding): causal up to the
+    last row's position, and no further back than the window from the first row's."""
+    first, last = kv_len - q_len + rows[0], kv_len - q_len + rows[1] - 1
+    return (0 if window is None else max(0, first - window + 1), last + 1)
 
 
 def additive(vis: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -41,6 +41,15 @@ def _logit_bound(s_abs: torch.Tensor, d: int, softcap: float | None, u: float) -
     return _gamma(d + 2, u) * s_abs + (9 * u * softcap if softcap is not None else 0.0)
 
 
+def _seen_span(hidden: torch.Tensor) -> slice:
+    """The keys that some query of a chunk sees, ``hidden`` ``(..., rows, keys)``: the sums need no other
+    (a hidden key's weight is exactly 0). Every key where a query sees none: it averages every key."""
+    if bool(hidden.all(-1).any()):
+        return slice(None)
+    seen = (~hidden).flatten(0, -2).any(0).nonzero()
+    return slice(int(seen[0]), int(seen[-1]) + 1)
+
+
 def rounding_bound(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -86,20 +95,21 @@ def rounding_bound(
     parts = []
     for lo in range(0, q_len, rows):
         qc = q[:, :, lo : lo + rows].double()
-        hidden = hidden_all[:, :, lo : lo + rows]  # broadcasts over batch and heads
+        span = _seen_span(hidden_all[:, :, lo : lo + rows])
+        hidden = hidden_all[:, :, lo : lo + rows, span]  # broadcasts over batch and heads
         none_seen = hidden.all(-1)  # a fully masked row (a padded query) averages every key uniformly
         # Row maxima first, then the row's scalars: delta grows with S and the cap with the logit, so the
         # largest delta and the range R of the capped logits over the seen keys come from S's and the raw
         # logits' extremes (a few passes over the (rows, keys) matrices instead of one per step).
         # One (rows, keys) buffer, filled in place: a fresh 1 GB tensor per step costs its page faults.
-        buf = qc @ kd_t  # the raw logits, unscaled
+        buf = qc @ kd_t[..., span]  # the raw logits, unscaled
         hi = buf.masked_fill_(hidden, -float("inf")).amax(-1)
         lo_raw = buf.masked_fill_(hidden, float("inf")).amin(-1)
         r = torch.where(none_seen, 0.0, cap(scalar**-0.5 * hi) - cap(scalar**-0.5 * lo_raw))
-        s_max = torch.matmul(qc.abs(), kd_abs_t, out=buf).masked_fill_(hidden, 0.0).amax(-1)
+        s_max = torch.matmul(qc.abs(), kd_abs_t[..., span], out=buf).masked_fill_(hidden, 0.0).amax(-1)
         delta = torch.where(none_seen, 0.0, _logit_bound(scalar**-0.5 * s_max, d, softcap, u))
         unseen = hidden & ~none_seen[..., None]  # a fully masked row averages every key: all count
-        v_row = buf.copy_(v_key.expand_as(buf)).masked_fill_(unseen, 0.0).amax(-1)
+        v_row = buf.copy_(v_key[..., span].expand_as(buf)).masked_fill_(unseen, 0.0).amax(-1)
         eps = 2 * (2 * u_s * (r + 2 * delta) + 3 * u_s) + _gamma(n, u_s) + 2 * u_s
         p = torch.exp(2 * delta) * (1 + eps) * (1 + u) - 1
         parts.append(torch.where(v_row == 0, 0.0, v_row * (p + _gamma(n, u) * (1 + p))))  # 0 * inf is 0
@@ -172,13 +182,15 @@ def half_rounding_bound(
     parts = []
     for lo in range(0, q_len, rows):
         qc = q[:, :, lo : lo + rows].double()
-        vis = vis_all[:, :, lo : lo + rows]  # broadcasts over batch and heads
+        span = _seen_span(~vis_all[:, :, lo : lo + rows])
+        vis = vis_all[:, :, lo : lo + rows, span]  # broadcasts over batch and heads
+        kc, vc = kd[:, :, span], vd[:, :, span]
         hidden = ~vis
         none_seen = hidden.all(-1, keepdim=True)
         # In place where a step's input is not needed again: each formula's operations, in its order (so
         # the same bound to the bit), without a fresh (rows, keys) tensor per step.
-        x = scalar**-0.5 * (qc @ kd.transpose(-1, -2))
-        s_abs = torch.matmul(qc.abs(), kd.abs().transpose(-1, -2)).mul_(scalar**-0.5)
+        x = scalar**-0.5 * (qc @ kc.transpose(-1, -2))
+        s_abs = torch.matmul(qc.abs(), kc.abs().transpose(-1, -2)).mul_(scalar**-0.5)
         e = s_abs.mul_((1 + g4) * (u + g_acc * (1 + u))).add_(x.abs().mul_(g4))
         if softcap is None:
             c, dlt = x, e
@@ -190,17 +202,17 @@ def half_rounding_bound(
         c_seen = c.masked_fill(hidden, -float("inf"))
         hi = c_seen.amax(-1)
         w = torch.softmax(c_seen.masked_fill_(none_seen, 0.0), dim=-1)
-        out = w @ vd  # (b, h, rows, d), exact
+        out = w @ vc  # (b, h, rows, d), exact
         d_max = dlt.amax(-1)  # (b, h, rows)
         r = hi - c.masked_fill_(hidden, float("inf")).amin(-1)
         a = dlt.expm1_().mul_(w)  # (b, h, rows, keys): w * expm1(delta)
         if exact:
-            spread = (vd[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
+            spread = (vc[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
             moved = torch.exp(d_max)[..., None] * (a[..., None] * spread).sum(-2)
             seen = (vis | none_seen)[..., None]
-            v_f = torch.where(seen, vd[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
+            v_f = torch.where(seen, vc[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
         else:
-            moved = torch.exp(d_max)[..., None] * (a @ vd.abs() + out.abs() * a.sum(-1, keepdim=True))
+            moved = torch.exp(d_max)[..., None] * (a @ vc.abs() + out.abs() * a.sum(-1, keepdim=True))
             v_f = vd.abs().amax(-2, keepdim=True).expand_as(out)
         r = torch.where(none_seen[..., 0], 0.0, r)
         eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gemma2_regress.kernel import properties
 from gemma2_regress.kernel.cases import GEMMA2_WINDOW, Case, Inputs, make_inputs
 from gemma2_regress.kernel.strategies import small_window_cases
-from gemma2_regress.reference import oracle, rounding
+from gemma2_regress.reference import masks, oracle, rounding
 
 
 def oracle_fn(case: Case, dtype: torch.dtype):
@@ -143,6 +143,36 @@ def test_gqa_equals_mha_with_repeated_kv(case: Case) -> None:
         gqa = attn(x.q, x.k, x.v, x.key_valid)
         mha = attn(x.q, x.k[:, idx], x.v[:, idx], x.key_valid)
         assert torch.equal(gqa, mha), f"GQA != MHA with repeated K/V ({dtype}): {case.short()}"
+
+
+@given(case=small_window_cases(), r0=st.integers(0, 200), n=st.integers(1, 200))
+def test_mask_block_is_the_slice_and_key_span_covers_it(case: Case, r0: int, n: int) -> None:
+    """``masks.allowed`` of a block equals that slice of the whole, and no query of the block sees a key
+    outside ``masks.key_span``."""
+    x = make_inputs(case)
+    rows = (min(r0, case.q_len - 1), min(r0, case.q_len - 1) + min(n, case.q_len - min(r0, case.q_len - 1)))
+    whole = masks.allowed(case.q_len, case.kv_len, case.window, x.key_valid)
+    c0, c1 = masks.key_span(case.q_len, case.kv_len, case.window, rows)
+    block = masks.allowed(case.q_len, case.kv_len, case.window, x.key_valid, rows=rows, cols=(c0, c1))
+    assert torch.equal(block, whole[..., rows[0] : rows[1], c0:c1])
+    outside = whole[..., rows[0] : rows[1], :].clone()
+    outside[..., c0:c1] = False
+    assert not bool(outside.any()), f"a query of rows {rows} sees a key outside {(c0, c1)}: {case.short()}"
+
+
+@given(case=small_window_cases(), block=st.integers(1, 9))
+@example(case=Case(bsz=2, q_len=40, kv_len=40, window=8, pad_side="left", pads=(0, 20)), block=4)
+def test_blocked_evaluation_equals_the_whole(case: Case, block: int) -> None:
+    """Queries taken ``block`` at a time over only the keys they may see (every key in a block where a
+    query sees none) equal all queries over all keys: the keys left out weigh exactly 0. The shapes
+    differ, so the sums may be grouped otherwise: within the reorder bound."""
+    x = make_inputs(case)
+    kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
+    for dtype in DTYPES:
+        whole = oracle.attention(x.q, x.k, x.v, dtype=dtype, query_block=None, **kw)
+        blocked = oracle.attention(x.q, x.k, x.v, dtype=dtype, query_block=block, **kw)
+        excess = (whole - blocked).abs() - reorder_bound(case, x, dtype)
+        assert float(excess.max()) <= 0, f"blocked != whole ({dtype}, block {block}): {case.short()}"
 
 
 @given(case=small_window_cases())
