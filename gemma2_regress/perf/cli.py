@@ -288,7 +288,15 @@ def _run(a: argparse.Namespace) -> int:
         label=a.label,
         resume=a.resume,
     )
-    payload = run(opts)  # prints the table's rows as the cells complete
+    try:
+        payload = run(opts)  # prints the table's rows as the cells complete
+    except KeyboardInterrupt:
+        print(
+            f"perf: interrupted; {Path(a.out) / 'perf.json'} keeps every cell finished before it, "
+            "and the same command with --resume measures the rest",
+            file=sys.stderr,
+        )
+        return 130
     text = table.render(payload)
     print(table.legend(payload))
     out = Path(a.out)

@@ -301,6 +301,16 @@ def test_resume_refuses_a_run_of_other_options(tmp_path, capsys):
     assert err.startswith("perf: error: --resume:") and err.count("\n") == 1
 
 
+def test_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    code = cli.main(["run", "--device", "cpu", "--impls", "sdpa", "--lengths", "16", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 130 and err.count("\n") == 1 and "--resume measures the rest" in err
+
+
 def test_walls_summary_names_the_longest_run_and_first_oom(tmp_path, capsys):
     from gemma2_regress.perf import table
 
