@@ -66,3 +66,27 @@ def test_a_crashed_worker_ends_the_run_instead_of_hanging(pytester: pytest.Pytes
     outcomes = result.parseoutcomes()  # the other worker's test may or may not finish before the stop
     assert outcomes.get("failed") == 1 and outcomes.get("passed", 0) <= 2, outcomes
     result.stdout.fnmatch_lines(["*crashed while running*test_crashes_its_worker*"])
+
+
+GROUPED = """
+import os
+import pathlib
+import pytest
+
+@pytest.mark.xdist_group("g")
+@pytest.mark.parametrize("i", range(6))
+def test_member(i):
+    (pathlib.Path(__file__).parent / f"ran_{i}").write_text(os.environ["PYTEST_XDIST_WORKER"])
+"""
+
+
+def test_xdist_groups_hold_under_the_locked_pytest(pytester: pytest.Pytester) -> None:
+    """Every member of an ``xdist_group`` runs on one worker under ``--dist loadgroup``. The suite's groups
+    rely on it (one worker keeps the compiled kernels and the 8k references); pytest 9.2 with xdist 3.8
+    spreads them silently (pytest-dev/pytest-xdist#1386), which is why requirements/test.in keeps pytest
+    below 9.2."""
+    pytester.makepyfile(test_grouped=GROUPED)
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    workers = {f.read_text() for f in pytester.path.glob("ran_*")}
+    assert len(workers) == 1, f"the group ran on {sorted(workers)}: xdist's loadgroup is inert here"
