@@ -304,8 +304,9 @@ def run(opts: Options, prepare: Prepare | None = None, log: Callable[[str], None
         )
     else:
         payload["processes"] = []
+    by_key = {c.key: c for c in opts.cells}
     for key, rec in kept.items():
-        runner.note_ooms(next(c for c in opts.cells if c.key == key), rec["results"])
+        runner.note_ooms(by_key[key], rec["results"])
     this = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "first_calls_ms": runner.first_calls}
     payload["processes"].append(this)
     log(f"perf: {len(opts.cells)} cells x {len(opts.impls)} implementations on {payload['device']}")
@@ -359,23 +360,28 @@ SAME_RUN = ("device", "dtype", "timer")
 SAME_VERSIONS = ("torch", "transformers", "unsloth", "gpu")
 
 
+def identity(payload: dict) -> dict:
+    """What makes two perf runs one experiment: ``SAME_OPTIONS``, ``SAME_RUN`` and ``SAME_VERSIONS``."""
+    return {
+        **{k: payload.get("options", {}).get(k) for k in SAME_OPTIONS},
+        **{k: payload.get(k) for k in SAME_RUN},
+        **{k: payload.get("versions", {}).get(k) for k in SAME_VERSIONS},
+    }
+
+
+def differences(have: dict, want: dict) -> list[str]:
+    """``key have -> want`` for each key of ``want`` that ``have`` holds otherwise: why a stored run
+    (``perf run --resume``, ``perf sensitivity``) cannot be resumed with these options."""
+    return [f"{k} {have.get(k)} -> {want[k]}" for k in want if have.get(k) != want[k]]
+
+
 def resumable(old: dict, new: dict, cells: Sequence[Cell]) -> tuple[dict[str, dict], list[dict]]:
     """The cells of an earlier run (``old``) that a run of the same options keeps, by key, and its
     processes; a run of other options or on another build is a one-line ``ValueError``.
 
     Kept: every cell of ``cells`` that the earlier run measured (OOMs and errors are results);
     cells skipped by its time budget are measured again, cells outside ``cells`` are dropped."""
-    diffs = [
-        f"{k} {old.get('options', {}).get(k)!r} there, {new['options'][k]!r} here"
-        for k in SAME_OPTIONS
-        if old.get("options", {}).get(k) != new["options"][k]
-    ]
-    diffs += [f"{k} {old.get(k)!r} there, {new[k]!r} here" for k in SAME_RUN if old.get(k) != new[k]]
-    diffs += [
-        f"{k} {old.get('versions', {}).get(k)!r} there, {new['versions'].get(k)!r} here"
-        for k in SAME_VERSIONS
-        if old.get("versions", {}).get(k) != new["versions"].get(k)
-    ]
+    diffs = differences(identity(old), identity(new))
     if diffs:
         raise ValueError(
             f"--resume: the perf.json in --out was measured otherwise ({'; '.join(diffs)}); "

@@ -100,6 +100,8 @@ def schedule(plan: Plan) -> list[tuple[int, float | None]]:
 def load_state(plan: Plan) -> dict | None:
     """The stored state of ``plan.out``, or None if there is none; another experiment's state (other
     options) or an unreadable file is a one-line ``ValueError`` naming the fix."""
+    from .bench import differences  # bench imports torch: not at this module's import
+
     path = plan.out / STATE
     if not path.exists():
         return None
@@ -110,7 +112,7 @@ def load_state(plan: Plan) -> dict | None:
     if not isinstance(state, dict) or state.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a sensitivity state ({SCHEMA}); pass another --out")
     want, have = identity(plan), state.get("identity", {})
-    diff = [f"{k} {have.get(k)} -> {want[k]}" for k in want if have.get(k) != want[k]]
+    diff = differences(have, want)
     if diff:
         raise ValueError(
             f"--out {plan.out} holds a sensitivity run with other options ({'; '.join(diff)}); "

@@ -106,7 +106,8 @@ def spool(rec: dict, stream: str = "") -> bool:
     if not folder or not Path(folder).is_dir():
         return False
     where = Path(folder) / stream
-    where.mkdir(exist_ok=True)
+    if stream:  # the records' own folder exists; a stream's is made by its first line
+        where.mkdir(exist_ok=True)
     name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.jsonl"
     with open(where / name, "a") as f:
         f.write(json.dumps(rec, default=json_default) + "\n")

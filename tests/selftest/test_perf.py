@@ -286,7 +286,7 @@ def test_resume_measures_what_the_budget_skipped(tmp_path):
 def test_resume_refuses_a_run_of_other_options(tmp_path, capsys):
     bench.run(tiny_opts(tmp_path, lengths="16", batches="1"), prepare=fake_prepare(), log=lambda s: None)
     before = (tmp_path / "perf.json").read_text()
-    with pytest.raises(ValueError, match=r"--resume: .*repeats 3 there, 5 here"):
+    with pytest.raises(ValueError, match=r"--resume: .*repeats 3 -> 5"):
         bench.run(
             tiny_opts(tmp_path, lengths="16", batches="1", repeats=5, resume=True),
             prepare=fake_prepare(),
