@@ -23,6 +23,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> bool:
     return True
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` (its folder made if missing), whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
     """Write ``payload`` as indented JSON (dataclasses as dicts, anything else unknown as its ``str``)."""
     write_text_atomic(path, json.dumps(payload, indent=2, default=json_default) + "\n")

@@ -4,9 +4,10 @@ A GPU runner's image often has torch and transformers but no Unsloth and no pack
 packages come as a bundle (``builds.bundle``). The command ``python -m gemma2_regress.builds.offline``:
 
 ``build``   makes a bundle from a pins file (where PyPI is reachable);
-``tier``    unpacks the bundle, restores the inductor cache, runs ``nox -s gpu --no-venv`` within a
-            time bound (SIGINT at the bound, so pytest still writes its reports), prints the counts,
-            and can pack the cache into parts to carry to the next runner;
+``tier``    unpacks the bundle, restores the compile cache carried beside it, runs ``nox -s gpu --no-venv``
+            within a time bound (SIGINT at the bound, so pytest still writes its reports), prints the
+            counts, and can pack the compile cache into parts to carry to the next runner (the whole
+            inductor folder, or only torch's cache artifacts: ``builds.portable_cache``);
 ``gate``    the release gate (``gemma2-regress gate``) between two bundles, GPU tier only;
 ``releases`` old Unsloth releases, each over its own stack of bundles (``gpu/old-releases.txt``), through
             the window selections on CUDA, each bounded, several at once, a verdict each
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import shutil
 import signal
@@ -29,16 +29,15 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from gemma2_regress import gpu_check
 from gemma2_regress.argcheck import OneLineParser, bounded
-from gemma2_regress.builds import old_releases, runner
+from gemma2_regress.builds import old_releases, portable_cache, runner
 from gemma2_regress.builds.bundle import BUNDLE, PINS, OfflineError, build, extract, unpack
+from gemma2_regress.builds.parts import Parts, joined
 from gemma2_regress.kernel.selections import KERNEL_TESTS, UNSLOTH_MASKS
-
-PART = 15 * 2**20  # packed cache parts: what a runner's upload limits allow per file
 
 
 def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
@@ -48,7 +47,7 @@ def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{cache.name}.new.", dir=cache.parent))
     try:
-        with _joined(parts) as stream, tarfile.open(fileobj=stream, mode="r|gz") as tf:
+        with joined(parts) as stream, tarfile.open(fileobj=stream, mode="r|gz") as tf:
             extract(tf, tmp)
         tmp.rename(cache)
     except (tarfile.TarError, OSError, EOFError):
@@ -57,72 +56,21 @@ def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
     return f"inductor cache: {cache} restored from {len(parts)} part(s) ({_size(cache)})"
 
 
-def pack_cache(cache: Path, out: Path, lean: bool) -> str:
-    """Pack ``cache`` into ``out/inductor.tgz.aa, .ab, ...`` (PART bytes each). ``lean``: only the
-    compiled graphs (fxgraph/, aotautograd/); Triton then rebuilds the chosen kernels on load."""
-    names = ["fxgraph", "aotautograd"] if lean else sorted(p.name for p in cache.iterdir())
-    with _Parts(out / "inductor.tgz.") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tf:
-        for name in names:
-            if (cache / name).exists():
-                tf.add(cache / name, arcname=name)
+def pack_cache(cache: Path, out: Path) -> str:
+    """Pack the whole ``cache`` folder into ``out/inductor.tgz.aa, .ab, ...`` (PART bytes each)."""
+    with Parts(out / "inductor.tgz.") as sink, tarfile.open(fileobj=sink, mode="w|gz") as tf:
+        for path in sorted(cache.iterdir()):
+            tf.add(path, arcname=path.name)
     total = sum(p.stat().st_size for p in sink.paths)
-    return f"cache packed ({'lean' if lean else 'full'}): {_size(cache)} -> {total} bytes in {len(sink.paths)} part(s)"
+    return f"cache packed (full): {_size(cache)} -> {total} bytes in {len(sink.paths)} part(s)"
 
 
-class _Parts:
-    """A write-only stream that splits into files of PART bytes, named like split(1)'s (aa, ab, ...)."""
-
-    def __init__(self, prefix: Path):
-        self.prefix, self.paths, self._f = prefix, [], None
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            if self._f is None or self._f.tell() >= PART:
-                self._next()
-            n = min(len(view), PART - self._f.tell())
-            self._f.write(view[:n])
-            view = view[n:]
-        return len(data)
-
-    def _next(self) -> None:
-        if self._f:
-            self._f.close()
-        i = len(self.paths)
-        path = self.prefix.with_name(self.prefix.name + chr(97 + i // 26) + chr(97 + i % 26))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.paths.append(path)
-        self._f = open(path, "wb")
-
-    def __enter__(self) -> _Parts:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._f:
-            self._f.close()
-
-
-@contextlib.contextmanager
-def _joined(parts: Sequence[Path]) -> Iterator[object]:
-    """The parts read back as one stream."""
-    files = [open(p, "rb") for p in parts]
-
-    class Stream:
-        def read(self, n: int = -1) -> bytes:
-            out = b""
-            while files and (n < 0 or len(out) < n):
-                chunk = files[0].read(-1 if n < 0 else n - len(out))
-                if not chunk:
-                    files.pop(0).close()
-                    continue
-                out += chunk
-            return out
-
-    try:
-        yield Stream()
-    finally:
-        for f in files:
-            f.close()
+def portable(verb: str, args: Sequence[str], env: dict[str, str]) -> str:
+    """``portable_cache pack|load`` in a child process of the tier's environment (it imports torch); its line."""
+    argv = [sys.executable, "-m", "gemma2_regress.builds.portable_cache", verb, *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[-1] if lines else f"portable compile cache: {verb} printed nothing (exit {done.returncode})"
 
 
 def _size(path: Path) -> str:
@@ -166,6 +114,7 @@ def tier(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", Path.cwd() / ".cache" / "inductor"))
     print(restore_cache(cache, sorted(args.bundle.parent.glob("inductor.tgz.*"))), flush=True)
+    artifacts = cache.parent / "compile-artifacts"  # this run's, for --pack-cache portable
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), str(Path.cwd())]),
@@ -176,6 +125,12 @@ def tier(args: argparse.Namespace) -> int:
         "GEMMA2_REGRESS_COSTS": str(out / "costs.json"),
     }
     env.setdefault("GEMMA2_REGRESS_REQUIRE_GPU", "1")  # a GPU runner without a GPU fails, never skips
+    carried = sorted(args.bundle.parent.glob(portable_cache.PREFIX + "*"))
+    if carried:
+        print(portable("load", [str(p) for p in carried], env), flush=True)
+    if args.pack_cache == "portable":
+        shutil.rmtree(artifacts, ignore_errors=True)
+        env[portable_cache.ENV] = str(artifacts)
     probe = "import sys,torch,transformers;print(sys.version.split()[0],torch.__version__,transformers.__version__,"
     probe += "torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
@@ -187,8 +142,10 @@ def tier(args: argparse.Namespace) -> int:
     print(f"tier rc={rc} wall={time.time() - start:.0f}s")
     print("\n".join((out / "tier.log").read_text(errors="replace").splitlines()[-60:]))
     print(counts(out / "summary.json"))
-    if args.pack_cache != "no" and cache.exists():
-        print(pack_cache(cache, out, lean=args.pack_cache == "lean"))
+    if args.pack_cache == "full" and cache.exists():
+        print(pack_cache(cache, out))
+    elif args.pack_cache == "portable":
+        print(portable("pack", [str(artifacts), str(out / portable_cache.PREFIX)], env))
     return rc
 
 
@@ -337,9 +294,11 @@ def _parser() -> OneLineParser:
         )
     t.add_argument(
         "--pack-cache",
-        choices=("no", "full", "lean"),
+        choices=("no", "full", "portable"),
         default="no",
-        help="afterwards pack the inductor cache into OUT/inductor.tgz.* to carry on (default no)",
+        help="afterwards pack the compile cache to carry to the next runner: full, the inductor folder as "
+        "OUT/inductor.tgz.*; portable, torch's cache artifacts of this run's compiles as OUT/compile-cache.xz.* "
+        "(builds.portable_cache); a runner finds either beside the bundle (default no)",
     )
     g.add_argument(
         "--baseline", type=Path, required=True, help="the baseline's bundle, e.g. .gpu/base-2026.10.1.tgz"

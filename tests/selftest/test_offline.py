@@ -15,6 +15,7 @@ import pytest
 
 from gemma2_regress.builds import bundle as bundles
 from gemma2_regress.builds import offline
+from gemma2_regress.builds import parts as parts_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,21 +62,18 @@ def test_a_broken_or_missing_bundle_is_never_used(tmp_path: Path) -> None:
 
 
 def test_cache_packs_into_parts_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(offline, "PART", 1000)
+    monkeypatch.setattr(parts_module, "PART", 1000)
     cache = tmp_path / "cache"
     for name in ("fxgraph", "aotautograd", "triton"):
         (cache / name).mkdir(parents=True)
         (cache / name / "entry").write_bytes(os.urandom(3000))  # incompressible: several parts
-    line = offline.pack_cache(cache, tmp_path / "out", lean=False)
+    line = offline.pack_cache(cache, tmp_path / "out")
     parts = sorted((tmp_path / "out").glob("inductor.tgz.*"))
     assert len(parts) > 3 and parts[0].name == "inductor.tgz.aa" and f"{len(parts)} part(s)" in line
     back = tmp_path / "back"
     assert "restored" in offline.restore_cache(back, parts)
     assert (back / "triton" / "entry").read_bytes() == (cache / "triton" / "entry").read_bytes()
     assert "inductor cache:" in offline.restore_cache(back, parts)  # present: left alone
-    offline.pack_cache(cache, tmp_path / "lean", lean=True)  # the compiled graphs only
-    offline.restore_cache(tmp_path / "lean-back", sorted((tmp_path / "lean").glob("inductor.tgz.*")))
-    assert sorted(p.name for p in (tmp_path / "lean-back").iterdir()) == ["aotautograd", "fxgraph"]
     broken = tmp_path / "broken.tgz.aa"
     broken.write_bytes(b"junk")
     assert "did not unpack; starting cold" in offline.restore_cache(tmp_path / "cold", [broken])
@@ -148,7 +146,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], needl
     [
         ("tier.sh", [], {}, "no bundle .gpu/site.tgz"),
         ("tier.sh", ["-k"], {}, "SECONDS must be a whole number"),
-        ("tier.sh", ["100"], {"PACK_CACHE": "yes"}, "PACK_CACHE='yes': use one of 0 1 lean"),
+        ("tier.sh", ["100"], {"PACK_CACHE": "yes"}, "PACK_CACHE='yes': use one of 0 1 portable"),
         ("gate.sh", ["100"], {"REVERSE": "true"}, "REVERSE='true': use one of 0 1"),
         ("gate.sh", [], {}, "no bundle .gpu/site.tgz"),
         ("old-releases.sh", ["soon"], {}, "SECONDS must be a whole number"),

@@ -1,0 +1,131 @@
+"""A compile cache that travels to the next runner: torch's cache artifacts, merged, packed and loaded.
+
+``torch.compiler.save_cache_artifacts()`` returns what this process's compiles made or found in the
+local caches: Inductor's FX graphs (their Triton kernels bundled in), AOTAutograd entries and
+autotuning results. ``load_cache_artifacts`` writes them into another machine's local caches, where the
+same compiles then hit instead of compiling (and autotuning) again. The artifacts are keyed by what
+was compiled and by the torch, Triton and GPU that compiled it: on another stack they are never hit,
+which the run's hit rate (``plugins.costs``) then shows, and nothing else changes.
+
+The flow, for ``builds.offline tier --pack-cache portable``:
+
+- with ``ENV`` naming a folder, each pytest process (``plugins.compile_artifacts``) writes
+  ``<folder>/<worker>.bin`` after every test that compiled or hit a cache;
+- ``pack`` merges those files, each artifact once, compresses (xz) and splits the result into
+  ``compile-cache.xz.aa, .ab, ...`` of at most ``PART`` bytes (a runner's upload limit per file);
+- ``load``, before the next run's test processes start, puts the parts' artifacts into the local caches.
+
+``pack`` and ``load`` import torch, so the tier driver runs them as child processes
+(``python -m gemma2_regress.builds.portable_cache pack|load``) in the tier's environment, whose
+``TORCHINDUCTOR_CACHE_DIR`` decides where ``load`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gemma2_regress.atomic import write_bytes_atomic
+from gemma2_regress.builds.parts import PART, Parts, joined
+
+ENV = "GEMMA2_REGRESS_COMPILE_ARTIFACTS"
+PREFIX = "compile-cache.xz."
+
+
+def save(folder: Path, name: str) -> int:
+    """Write this process's artifacts so far to ``folder/<name>.bin`` (whole or not at all); bytes written,
+    0 where nothing was compiled or torch is not imported (this never imports it)."""
+    compiler = sys.modules.get("torch.compiler")
+    got = compiler.save_cache_artifacts() if compiler is not None else None
+    if not got:
+        return 0
+    write_bytes_atomic(folder / f"{name}.bin", got[0])
+    return len(got[0])
+
+
+def merge(blobs: Sequence[bytes]) -> tuple[bytes, dict[str, int]]:
+    """One artifact file holding every artifact of ``blobs`` once (by type and key), and the count per type.
+
+    torch offers save and load but no merge; this uses the serializer ``save_cache_artifacts`` uses
+    (``torch.compiler._cache``), so a torch that changes it fails here, loudly, not in a later load."""
+    from torch.compiler._cache import CacheArtifactManager, _serialize_single_cache
+    from torch.utils._appending_byte_serializer import AppendingByteSerializer
+
+    merged: dict[str, dict[str, object]] = {}
+    for blob in blobs:
+        artifacts = CacheArtifactManager.deserialize(blob)
+        if artifacts is None:
+            raise ValueError("an artifact file did not deserialize (written by another torch?)")
+        for kind, items in artifacts.items():
+            for item in items:
+                merged.setdefault(kind, {}).setdefault(item.key, item)
+    writer = AppendingByteSerializer(serialize_fn=_serialize_single_cache)
+    writer.extend((kind, list(items.values())) for kind, items in merged.items())
+    return writer.to_bytes(), {kind: len(items) for kind, items in merged.items()}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "no artifacts"
+
+
+def pack(folder: Path, prefix: Path) -> str:
+    """Merge ``folder/*.bin`` into ``<prefix>aa, ab, ...`` (xz, at most PART bytes each); one line saying what."""
+    files = sorted(folder.glob("*.bin"))
+    if not files:
+        return f"portable compile cache: nothing to pack ({folder} holds no artifact file)"
+    for old in prefix.parent.glob(prefix.name + "*"):
+        old.unlink()
+    raw = sum(f.stat().st_size for f in files)
+    blob, counts = merge([f.read_bytes() for f in files])
+    with Parts(prefix) as sink:
+        sink.write(lzma.compress(blob, preset=6))
+    total = sum(p.stat().st_size for p in sink.paths)
+    return (
+        f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
+        f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*"
+    )
+
+
+def load(parts: Sequence[Path]) -> str:
+    """Put the artifacts of ``parts`` (one packed cache) into this machine's local compile caches."""
+    import torch
+
+    with joined(parts) as stream:
+        blob = lzma.decompress(stream.read())
+    info = torch.compiler.load_cache_artifacts(blob)
+    if info is None:
+        return f"portable compile cache: {parts[0].name[:-2]}* did not load (another torch?); compiling cold"
+    counts = {kind: len(keys) for kind, keys in info.artifacts.items()}
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default cache folder")
+    return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gemma2_regress.builds.portable_cache",
+        description="Pack the artifact files a run wrote, or load packed parts into the local compile caches.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="merge FOLDER/*.bin into PREFIXaa, PREFIXab, ...")
+    p.add_argument("folder", type=Path)
+    p.add_argument("prefix", type=Path)
+    ld = sub.add_parser("load", help="load packed parts (in order) into the local compile caches")
+    ld.add_argument("parts", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        print(pack(args.folder, args.prefix) if args.cmd == "pack" else load(args.parts), flush=True)
+    except (OSError, ValueError, lzma.LZMAError) as exc:
+        print(f"portable compile cache: {args.cmd} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["ENV", "PART", "PREFIX", "load", "merge", "pack", "save"]
