@@ -48,23 +48,25 @@ def save(folder: Path, name: str) -> int:
 
 
 def merge(blobs: Sequence[bytes]) -> tuple[bytes, dict[str, int]]:
-    """One artifact file holding every artifact of ``blobs`` once (by type and key), and the count per type.
+    """One artifact file holding every distinct artifact of ``blobs`` once, and the count per type.
 
-    torch offers save and load but no merge; this uses the serializer ``save_cache_artifacts`` uses
-    (``torch.compiler._cache``), so a torch that changes it fails here, loudly, not in a later load."""
+    Distinct is by key *and* content, as torch itself records them: one FX-graph key holds a compiled
+    variant per set of shape guards (a dynamic graph met at several shapes), each its own artifact, and
+    keeping one per key would drop the others. torch offers save and load but no merge; this uses the
+    serializer ``save_cache_artifacts`` uses (``torch.compiler._cache``), so a torch that changes it
+    fails here, loudly, not in a later load."""
     from torch.compiler._cache import CacheArtifactManager, _serialize_single_cache
     from torch.utils._appending_byte_serializer import AppendingByteSerializer
 
-    merged: dict[str, dict[str, object]] = {}
+    merged: dict[str, dict[object, None]] = {}  # per type, the artifacts in first-seen order
     for blob in blobs:
         artifacts = CacheArtifactManager.deserialize(blob)
         if artifacts is None:
             raise ValueError("an artifact file did not deserialize (written by another torch?)")
         for kind, items in artifacts.items():
-            for item in items:
-                merged.setdefault(kind, {}).setdefault(item.key, item)
+            merged.setdefault(kind, {}).update(dict.fromkeys(items))
     writer = AppendingByteSerializer(serialize_fn=_serialize_single_cache)
-    writer.extend((kind, list(items.values())) for kind, items in merged.items())
+    writer.extend((kind, list(items)) for kind, items in merged.items())
     return writer.to_bytes(), {kind: len(items) for kind, items in merged.items()}
 
 

@@ -85,11 +85,14 @@ class _ZeroGpuTestsRule:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.ran:
             return
-        if self.seen:
+        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED  # a time bound's SIGINT, Ctrl-C
+        if self.seen and interrupted and not self.skips and not self.errors:
+            what = f"interrupted before any finished its call: {len(self.seen)} started"  # cut in a compile
+        elif self.seen:
             what = f"{len(self.seen)} selected: {len(self.skips)} skipped, {self.errors} errors in setup"
             what += f"; first skip: {self.skips[0]}" if self.skips else ""
-        elif session.exitstatus == pytest.ExitCode.INTERRUPTED:
-            what = "interrupted before the first one"  # a time bound's SIGINT, Ctrl-C: not a selection
+        elif interrupted:
+            what = "interrupted before the first one"  # not a selection
         else:
             what = "none selected"
         self.failure = f"GPU required ({self.why}) but no gpu-marked test ran ({what})"

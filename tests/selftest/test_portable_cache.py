@@ -78,3 +78,17 @@ def test_what_a_run_compiled_is_a_hit_on_an_empty_cache_after_packing(tmp_path: 
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"into {fresh}" in run.stdout and fxgraph(run.stdout) == (1, 0), run.stdout
+
+
+def test_merge_keeps_every_variant_of_a_key() -> None:
+    """An FX-graph key holds one compiled variant per set of shape guards: all of them must travel."""
+    from torch.compiler._cache import CacheArtifactFactory, _serialize_single_cache
+    from torch.utils._appending_byte_serializer import AppendingByteSerializer
+
+    def blob(*contents: bytes) -> bytes:
+        writer = AppendingByteSerializer(serialize_fn=_serialize_single_cache)
+        writer.extend([("inductor", [CacheArtifactFactory.create("inductor", "fkey", c) for c in contents])])
+        return writer.to_bytes()
+
+    _, counts = portable_cache.merge([blob(b"at 4096 tokens", b"at 8192 tokens"), blob(b"at 8192 tokens")])
+    assert counts == {"inductor": 2}

@@ -107,6 +107,16 @@ def test_an_interrupt_before_the_first_test_is_said_so(suite):
     result.stdout.fnmatch_lines(["*no gpu-marked test ran (interrupted before the first one)"])
 
 
+def test_an_interrupt_inside_the_first_test_is_said_so(suite):
+    """A time bound cutting the first gpu test's call (a cold compile) is neither a skip nor a setup error."""
+    suite.makepyfile(test_g="import pytest\n\n@pytest.mark.gpu\ndef test_g():\n    raise KeyboardInterrupt\n")
+    result = suite.runpytest_subprocess(*PLUGIN, "--require-gpu")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        ["*no gpu-marked test ran (interrupted before any finished its call: 1 started)"]
+    )
+
+
 def test_collect_only_is_exempt(suite):
     assert suite.runpytest_inprocess(*PLUGIN, "--require-gpu", "--collect-only").ret == pytest.ExitCode.OK
 
