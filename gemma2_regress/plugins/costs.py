@@ -52,18 +52,35 @@ def _tier_and_target(item: pytest.Item) -> tuple[str, str]:
 
 
 COMPILE_KEYS = ("compile_s", "graphs", "fxgraph_hit", "fxgraph_miss", "aot_hit", "aot_miss")
+# Where the compile time goes, from Dynamo's own timers (``compilation_time_metrics``), summed per phase:
+# a warm run that still spends most of its time compiling says here whether that is Dynamo's tracing,
+# Inductor (its cache load on a hit; code generation and kernel builds on a miss), the choice among
+# matmul templates (max-autotune, inside the compile), or Triton's autotuning at a kernel's first call,
+# which runs after the compile and is counted in no compile second above.
+PHASES = {
+    "trace_s": ("bytecode_tracing",),
+    "inductor_s": ("compile_fx_inner",),
+    "template_autotune_s": ("_template_autotuning", "_template_precompiling"),
+    "first_call_autotune_s": (
+        "CachingAutotuner.benchmark_all_configs",
+        "CachingAutotuner.coordinate_descent_tuning",
+    ),
+}
+PHASE_KEYS = tuple(PHASES)
 
 
 def compile_counters() -> dict[str, float]:
     """What ``torch.compile`` has done in this process so far: seconds inside Dynamo's compile (tracing,
-    AOTAutograd and Inductor, loading from the caches included), graphs compiled, and the FX-graph and
-    AOTAutograd cache hits and misses. Zeros while torch is not imported (this never imports it)."""
+    AOTAutograd and Inductor, loading from the caches included), graphs compiled, the FX-graph and
+    AOTAutograd cache hits and misses, and the seconds per phase (``PHASES``: a timer counts toward a
+    phase whose names it equals or ends with). Zeros while torch is not imported (this never imports it)."""
     utils = sys.modules.get("torch._dynamo.utils")
     if utils is None:
-        return dict.fromkeys(COMPILE_KEYS, 0.0)
-    times = utils.compilation_time_metrics.get("_compile.compile_inner", [])
+        return dict.fromkeys(COMPILE_KEYS + PHASE_KEYS, 0.0)
+    metrics = utils.compilation_time_metrics
+    times = metrics.get("_compile.compile_inner", [])
     inductor, aot = utils.counters.get("inductor", {}), utils.counters.get("aot_autograd", {})
-    return {
+    out = {
         "compile_s": float(sum(times)),
         "graphs": float(len(times)),
         "fxgraph_hit": float(inductor.get("fxgraph_cache_hit", 0)),
@@ -71,28 +88,37 @@ def compile_counters() -> dict[str, float]:
         "aot_hit": float(aot.get("autograd_cache_hit", 0)),
         "aot_miss": float(aot.get("autograd_cache_miss", 0)),
     }
+    for phase, names in PHASES.items():
+        out[phase] = float(sum(sum(v) for k, v in list(metrics.items()) if k.endswith(names)))
+    return out
 
 
 def compile_split(records: list[dict]) -> dict[str, float]:
     """The test calls' seconds (``tests_s``, summed over every worker) and what ``torch.compile`` did
-    during them (``COMPILE_KEYS``, summed); records without compile figures count as no compile."""
+    during them (``COMPILE_KEYS`` and ``PHASE_KEYS``, summed); records without them count as none."""
     out = {"tests_s": round(sum(r.get("call_s", sum(r["examples_s"])) for r in records), 2)}
-    for key in COMPILE_KEYS:
+    for key in COMPILE_KEYS + PHASE_KEYS:
         out[key] = round(sum(r.get("compile", {}).get(key, 0.0) for r in records), 2)
     return out
 
 
 def split_line(split: dict[str, float]) -> str:
-    """One line of ``compile_split``: how much of the test time was compilation, and the cache's hit rate."""
+    """One line of ``compile_split``: how much of the test time was compilation, in which phases, and the
+    cache's hit rate."""
 
     def rate(hit: float, miss: float) -> str:
         return f"{hit:.0f} hits / {miss:.0f} misses" + (f" ({hit / (hit + miss):.0%})" if hit + miss else "")
 
     tests, comp = split["tests_s"], split["compile_s"]
     share = f" ({comp / tests:.0%})" if tests else ""
+    phases = (
+        f"Dynamo tracing {split.get('trace_s', 0):.1f} s, Inductor {split.get('inductor_s', 0):.1f} s, of which "
+        f"matmul template autotuning {split.get('template_autotune_s', 0):.1f} s"
+    )
     return (
         f"test calls {tests:.1f} s, of which torch.compile {comp:.1f} s{share} in {split['graphs']:.0f} "
-        f"graphs; compile cache: FX graph {rate(split['fxgraph_hit'], split['fxgraph_miss'])}, "
+        f"graphs ({phases}); Triton autotuning at first calls {split.get('first_call_autotune_s', 0):.1f} s; "
+        f"compile cache: FX graph {rate(split['fxgraph_hit'], split['fxgraph_miss'])}, "
         f"AOTAutograd {rate(split['aot_hit'], split['aot_miss'])}"
     )
 
@@ -192,7 +218,7 @@ class _Plugin:
                 "examples_s": times if inner is not None else [total],
                 "call_s": total,
                 "hypothesis": inner is not None,
-                "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS},
+                "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS + PHASE_KEYS},
             }
             # An xdist worker spools at once (one stopped by a time bound never reaches its session's end).
             # Asked of the config, not the environment: a pytest run inside a worker's test inherits

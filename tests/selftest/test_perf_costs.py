@@ -85,4 +85,9 @@ def test_compile_split_counts_what_torch_compile_did_in_a_test(pytester, monkeyp
     assert by_test["test_a_compile"]["graphs"] == 1 and by_test["test_a_compile"]["compile_s"] > 0
     assert by_test["test_b_rerun"]["graphs"] == 0 and by_test["test_b_rerun"]["compile_s"] == 0
     assert data["compile"]["graphs"] == 1
-    result.stdout.fnmatch_lines(["*of which torch.compile * s (*%) in 1 graphs*"])
+    # the eager backend: Dynamo traced, Inductor never ran
+    assert 0 < by_test["test_a_compile"]["trace_s"] <= by_test["test_a_compile"]["compile_s"]
+    assert data["compile"]["inductor_s"] == 0 and by_test["test_b_rerun"]["trace_s"] == 0
+    result.stdout.fnmatch_lines(
+        ["*of which torch.compile * s (*%) in 1 graphs (Dynamo tracing *, Inductor 0.0 s*"]
+    )
