@@ -26,6 +26,7 @@ import argparse
 import lzma
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,13 +80,17 @@ def pack(folder: Path, prefix: Path) -> str:
     files = sorted(folder.glob("*.bin"))
     if not files:
         return f"portable compile cache: nothing to pack ({folder} holds no artifact file)"
-    for old in prefix.parent.glob(prefix.name + "*"):
-        old.unlink()
     raw = sum(f.stat().st_size for f in files)
     blob, counts = merge([f.read_bytes() for f in files])
-    with Parts(prefix) as sink:
-        sink.write(lzma.compress(blob, preset=6))
-    total = sum(p.stat().st_size for p in sink.paths)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=prefix.parent, prefix=".packing.") as tmp:
+        with Parts(Path(tmp) / prefix.name) as sink:  # beside, then moved: no half-written parts if cut
+            sink.write(lzma.compress(blob, preset=6))
+        for old in prefix.parent.glob(prefix.name + "*"):
+            old.unlink()
+        for part in sink.paths:
+            os.replace(part, prefix.parent / part.name)
+    total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
         f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*"
