@@ -12,7 +12,7 @@ The flow, for ``builds.offline tier --pack-cache portable``:
 - with ``ENV`` naming a folder, each pytest process (``plugins.compile_artifacts``) writes
   ``<folder>/<worker>.bin`` after every test that compiled or hit a cache;
 - ``pack`` merges those files, each artifact once, compresses (xz) and splits the result into
-  ``compile-cache.xz.aa, .ab, ...`` of at most ``PART`` bytes (a runner's upload limit per file);
+  ``compile-cache.xz.aa, .ab, ...`` of at most ``parts.PART`` bytes (a runner's upload limit per file);
 - ``load``, before the next run's test processes start, puts the parts' artifacts into the local caches.
 
 ``pack`` and ``load`` import torch, so the tier driver runs them as child processes
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gemma2_regress.atomic import write_bytes_atomic
-from gemma2_regress.builds.parts import PART, Parts, joined
+from gemma2_regress.builds.parts import Parts, joined
 
 ENV = "GEMMA2_REGRESS_COMPILE_ARTIFACTS"
 PREFIX = "compile-cache.xz."
@@ -76,7 +76,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def pack(folder: Path, prefix: Path) -> str:
-    """Merge ``folder/*.bin`` into ``<prefix>aa, ab, ...`` (xz, at most PART bytes each); one line saying what."""
+    """Merge ``folder/*.bin`` into ``<prefix>aa, ab, ...`` (xz, at most ``parts.PART`` bytes each); one line saying what."""
     files = sorted(folder.glob("*.bin"))
     if not files:
         return f"portable compile cache: nothing to pack ({folder} holds no artifact file)"
@@ -123,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ld = sub.add_parser("load", help="load packed parts (in order) into the local compile caches")
     ld.add_argument("parts", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.parts if not p.is_file()] if args.cmd == "load" else []
+    if missing:  # (pack takes a missing folder as one that holds nothing: no test compiled)
+        print(
+            f"portable compile cache: no such part: {', '.join(missing)}; pass the parts a pack wrote "
+            "(compile-cache.xz.aa, ...)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(pack(args.folder, args.prefix) if args.cmd == "pack" else load(args.parts), flush=True)
     except (OSError, ValueError, lzma.LZMAError) as exc:
@@ -135,4 +143,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["ENV", "PART", "PREFIX", "load", "merge", "pack", "save"]
+__all__ = ["ENV", "PREFIX", "load", "merge", "pack", "save"]

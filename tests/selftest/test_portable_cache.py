@@ -103,3 +103,14 @@ def test_merge_keeps_every_variant_of_a_key_once(tmp_path: Path) -> None:
     """One FX-graph key holds a compiled variant per set of shape guards: each travels, once."""
     run = child(["-c", MERGE], tmp_path / "cache")
     assert "merged 2 2 True" in run.stdout, run.stdout
+
+
+def test_a_missing_part_is_one_line_and_exit_2_and_a_missing_folder_packs_nothing(tmp_path: Path) -> None:
+    def cli(*args: Path) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "gemma2_regress.builds.portable_cache", *map(str, args)]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+
+    run = cli(Path("load"), tmp_path / "compile-cache.xz.aa")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such part" in run.stderr, run.stderr
+    run = cli(Path("pack"), tmp_path / "none", tmp_path / "out" / portable_cache.PREFIX)
+    assert run.returncode == 0 and "nothing to pack" in run.stdout and not (tmp_path / "out").exists()
