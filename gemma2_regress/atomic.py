@@ -10,19 +10,6 @@ import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> bool:
-    """Write ``text`` to ``path`` (its folder made if missing); ``False``, writing nothing, if it already holds it."""
-    path = Path(path)
-    if path.is_file() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return True
-
-
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` (its folder made if missing), whole or not at all."""
     path = Path(path)
@@ -35,6 +22,16 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` (UTF-8) to ``path`` (its folder made if missing); ``False``, writing nothing, if it
+    already holds it."""
+    path, data = Path(path), text.encode()
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    write_bytes_atomic(path, data)
+    return True
 
 
 def write_json_atomic(path: str | os.PathLike, payload: object) -> None:
