@@ -2,8 +2,8 @@
 
 A pytest plugin (registered from conftest with ``pytest_plugins``), inert unless
 ``GEMMA2_REGRESS_COMPILE_ARTIFACTS`` names a folder (``builds.offline tier --pack-cache portable`` sets
-it). Then after every test during which ``torch.compile`` compiled a graph or hit a cache
-(``costs.compile_counters`` moved), the process writes all its artifacts so far to
+it). Then after every test during which ``torch.compile`` missed or hit a cache (the FX-graph or
+AOTAutograd counters of ``costs.compile_counters`` moved), the process writes all its artifacts so far to
 ``<folder>/<xdist worker id or "main">.bin`` (``builds.portable_cache.save``, whole or not at all):
 a worker stopped by a time bound keeps what its finished tests compiled. An xdist controller runs no
 test, so writes nothing. It never imports torch.
@@ -20,13 +20,20 @@ from gemma2_regress.builds import portable_cache
 from gemma2_regress.plugins.costs import compile_counters
 
 
+def _cache_counts() -> tuple[float, ...]:
+    # The cache hit and miss counters only: Dynamo's timers restart at every torch._dynamo.reset()
+    # (plugins.fresh_dynamo), so a test that compiled nothing would look as if it had.
+    counts = compile_counters()
+    return tuple(counts[k] for k in ("fxgraph_hit", "fxgraph_miss", "aot_hit", "aot_miss"))
+
+
 class _Saver:
     def __init__(self, folder: Path, name: str) -> None:
-        self.folder, self.name, self.seen = folder, name, compile_counters()
+        self.folder, self.name, self.seen = folder, name, _cache_counts()
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logfinish(self) -> None:
-        now = compile_counters()
+        now = _cache_counts()
         if now != self.seen:
             self.seen = now
             portable_cache.save(self.folder, self.name)

@@ -73,7 +73,9 @@ def compile_counters() -> dict[str, float]:
     """What ``torch.compile`` has done in this process so far: seconds inside Dynamo's compile (tracing,
     AOTAutograd and Inductor, loading from the caches included), graphs compiled, the FX-graph and
     AOTAutograd cache hits and misses, and the seconds per phase (``PHASES``: a timer counts toward a
-    phase whose names it equals or ends with). Zeros while torch is not imported (this never imports it)."""
+    phase whose names it equals or ends with). Zeros while torch is not imported (this never imports it).
+    Dynamo's timers (seconds, graphs, phases) restart at ``torch._dynamo.reset()``, which
+    ``plugins.fresh_dynamo`` calls before each test's set-up: take differences within one test's call."""
     utils = sys.modules.get("torch._dynamo.utils")
     if utils is None:
         return dict.fromkeys(COMPILE_KEYS + PHASE_KEYS, 0.0)
