@@ -7,7 +7,8 @@ ends; handing out the longest tests first (the classic longest-processing-time r
 short. ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
 (docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it counts
 ``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at the summed
-cost of their members. The order only matters to the scheduler: results do not depend on it.
+cost of their members. The order only matters to the scheduler: results do not depend on it (a group runs in collection order
+and, with ``fresh_dynamo``, compiles from a fresh Dynamo wherever it lands).
 
 It applies where every selected test is ``gpu``-marked, in xdist workers only (they collect what
 the controller hands out): in a single process the selection's own order stands (the kill matrix
@@ -24,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+
+from gemma2_regress.plugins.markers import group_of
 
 DEFAULT_SECONDS = 10.0
 COLD_SECONDS = {
@@ -46,24 +49,17 @@ def _function(item: pytest.Item) -> str:
     return getattr(item, "originalname", None) or item.name.split("[", 1)[0]
 
 
-def _group(item: pytest.Item) -> str | None:
-    mark = item.get_closest_marker("xdist_group")
-    if mark is None:
-        return None
-    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-
-
 def heaviest_first(items: Sequence[pytest.Item]) -> list[pytest.Item]:
     """``items`` reordered by estimated cold cost, descending (stable: ties keep collection order)."""
     cost = {id(it): COLD_SECONDS.get(_function(it), DEFAULT_SECONDS) for it in items}
     group_cost: dict[str, float] = {}
     for it in items:
-        g = _group(it)
+        g = group_of(it)
         if g is not None:
             group_cost[g] = group_cost.get(g, 0.0) + cost[id(it)]
 
     def key(it: pytest.Item) -> float:
-        g = _group(it)
+        g = group_of(it)
         return -(group_cost[g] if g is not None else cost[id(it)])
 
     return sorted(items, key=key)

@@ -1,5 +1,5 @@
-"""gemma2_regress.plugins.fresh_dynamo: a test compiles the graphs it would compile alone, whatever ran
-before it in its process (the second inner test would otherwise get a graph with dynamic shapes)."""
+"""gemma2_regress.plugins.fresh_dynamo: a test, or an xdist group, compiles the graphs it would compile
+alone, whatever ran before it in its process; inside a group the tests share their graphs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch._dynamo.repro.after_dynamo  # noqa: F401  (torch.compile's lazy imports, before pytester's module snapshot)
 
 TESTS = """
+import pytest
 import torch
 
 dynamic = []
@@ -30,6 +31,18 @@ def test_first():
 def test_second_compiles_as_if_first():
     double(torch.ones(5))  # after a call with 3 elements, Dynamo would recompile with the size dynamic
     assert dynamic[-1] is False
+
+
+@pytest.mark.xdist_group("g")
+def test_group_starts_fresh():
+    double(torch.ones(7))
+    assert dynamic[-1] is False
+
+
+@pytest.mark.xdist_group("g")
+def test_group_shares_its_graphs():
+    double(torch.ones(9))  # the group's first test met 7 elements: a dynamic recompile
+    assert dynamic[-1] is True
 """
 
 
@@ -38,5 +51,5 @@ def test_a_test_compiles_as_if_it_ran_first(pytester: pytest.Pytester, plugin: b
     pytester.makepyfile(test_inner_compiles=TESTS)
     args = ["-p", "no:cacheprovider", *(["-p", "gemma2_regress.plugins.fresh_dynamo"] if plugin else [])]
     result = pytester.runpytest_inprocess(*args)
-    # Without the plugin the second test sees the dynamic recompile: the check can fail.
-    result.assert_outcomes(passed=2) if plugin else result.assert_outcomes(passed=1, failed=1)
+    # Without the plugin the second test and the group's first see dynamic recompiles: the checks can fail.
+    result.assert_outcomes(passed=4) if plugin else result.assert_outcomes(passed=2, failed=2)
