@@ -358,6 +358,62 @@ def test_gradient() -> None:
         assert torch.autograd.gradcheck(lambda q, k, v, kw=kw, f=dense: f(q, k, v, **kw), (q, k, v))
 
 
+SPAN_EMPTY_ROWS = [(0, 12), (3, 7), (5, 5)]  # a row of every key, a short span, a row with no key at all
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@given(
+    p=problems(),
+    spans=st.lists(st.tuples(st.integers(0, 17), st.integers(0, 17)), min_size=3, max_size=3),
+    query_block=st.integers(1, 5),
+)
+@example(  # causal window, more queries than a row's keys: leading rows see none; row 2 has no key
+    p=Problem(3, 9, 12, (4, 2, 16, 16.0), (2, 0), True, 50.0, 25.0, 5), spans=SPAN_EMPTY_ROWS, query_block=2
+)
+@example(  # both bounds, right > 0, no cap
+    p=Problem(2, 7, 15, (4, 1, 16, 256.0), (3, 2), False, 0.0, 5.0, 6), spans=[(2, 15), (0, 6)], query_block=3
+)
+def test_blocks_equal_every_query_over_its_keys_at_once(
+    p: Problem, spans: list[tuple[int, int]], query_block: int, dtype: torch.dtype
+) -> None:
+    """``_attend`` in blocks of ``query_block`` queries, each over only the keys some query of the block
+    sees, == every query over its row's keys at once: ``flash_reference`` (unblocked, mask pair by pair)
+    on row ``r``'s slice ``[key_start[r], key_end[r])`` of a longer k / v, uneven per row and NaN outside.
+    In float64 to summation order; in every dtype a row that sees no key is exactly 0 with lse +inf and
+    no NaN leaks in. The float64 gradients are those of every query in one block, and finite."""
+    bounds = [sorted(min(x, p.kv_len) for x in pair) for pair in spans[: p.bsz]]  # [start, end) per row
+    starts, ends = [a for a, _ in bounds], [b for _, b in bounds]
+    q, k, v = p.tensors(dtype)
+    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        for t in (k, v):
+            t[r, :a], t[r, b:] = math.nan, math.nan  # where the kernels read nothing
+    kw = dict(scale=p.scale, softcap=p.softcap, window=fa._window(p.window_size, p.causal))
+    kw |= dict(key_start=starts, key_end=ends)
+    out, lse = fa._attend(q, k, v, query_block=query_block, **kw)
+    assert out.dtype == dtype and lse.dtype == torch.float32 and not bool(out.isnan().any()), p.short()
+    ref_kw = dict(scale=p.scale, softcap=p.softcap, window_size=p.window_size, causal=p.causal)
+    for r, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        rows = slice(r, r + 1)
+        want, want_lse = flash_reference(q[rows], k[rows, a:b], v[rows, a:b], dtype=torch.float64, **ref_kw)
+        none_seen = torch.isinf(want_lse)
+        assert torch.equal(torch.isinf(lse[rows]), none_seen), f"row {r} keys {a}..{b}: {p.short()}"
+        assert bool((lse[rows][none_seen] > 0).all() and (flash(out[rows])[none_seen] == 0).all()), p.short()
+        if dtype == torch.float64:
+            torch.testing.assert_close(out[rows], want, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(lse[rows][~none_seen], want_lse[~none_seen].float())
+    if dtype != torch.float64:
+        return
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(p.seed), dtype=dtype)
+    grads = []
+    for block in (query_block, None):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        (fa._attend(*leaves, query_block=block, **kw)[0] * weights).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for blocked, whole in zip(*grads, strict=True):
+        assert bool(blocked.isfinite().all()), p.short()
+        torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+
+
 # --- 3. varlen --------------------------------------------------------------------------------------
 
 

@@ -51,7 +51,8 @@ Where this stand-in differs from the real package, on purpose:
 
 - It runs on any device, the CPU included (the real kernels: CUDA, sm80+); the device checks
   (``q must be on CUDA``, ...) and the GPU-generation checks are not made.
-- Its numerics are plain PyTorch in float32, not flash-attn's tiled online softmax.
+- Its numerics are plain PyTorch in float32, not flash-attn's tiled online softmax; it takes the
+  queries in blocks, each over only the keys some query of the block sees (the others weigh exactly 0).
 - It checks what the kernels leave unchecked and the caller must get right (each a one-line
   ``ValueError`` / ``TypeError`` starting ``flash-attn stand-in:``): sequence lengths within
   ``max_seqlen_*``, ``cu_seqlens`` non-decreasing and within the tensors, cache lengths within the
@@ -241,6 +242,30 @@ def _values(t: torch.Tensor) -> list[int]:
 # --- the computation --------------------------------------------------------------------------------
 
 
+# Scores (batch x heads x queries x keys a query sees) per block of queries: float32 temporaries of 8 MB,
+# which the allocator reuses and the caches hold, instead of GB-sized score matrices at 8k tokens.
+BLOCK_ENTRIES = 2**21
+
+
+def _key_span(
+    rows: tuple[int, int], sq: int, window: tuple[int, int], key_start: list[int], key_end: list[int]
+) -> tuple[int, int]:
+    """The keys ``[lo, hi)`` that some query of ``rows`` sees in some batch row (``lo == hi``: none).
+
+    Row ``r``'s query ``i`` sees positions ``key_start[r] + p``, ``0 <= p < n``, with
+    ``at - left <= p <= at + right`` (``at = i + n - sq``); both bounds grow with ``i``, so the first
+    query of the block gives the lowest key and the last the highest."""
+    left, right = window
+    lo, hi = math.inf, -math.inf
+    for start, end in zip(key_start, key_end, strict=True):
+        n = end - start
+        p_lo = 0 if left < 0 else max(0, rows[0] + n - sq - left)
+        p_hi = n if right < 0 else min(n, rows[1] - 1 + n - sq + right + 1)
+        if p_lo < p_hi:
+            lo, hi = min(lo, start + p_lo), max(hi, start + p_hi)
+    return (0, 0) if lo == math.inf else (int(lo), int(hi))
+
+
 def _attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -251,12 +276,19 @@ def _attend(
     window: tuple[int, int],
     key_start: list[int],
     key_end: list[int],
+    query_block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q ``(b, sq, h, d)`` over k / v ``(b, sk, hk, d)``: ``(out in q.dtype, lse float32 (b, h, sq))``.
 
     Row ``r``'s keys are positions ``key_start[r] <= j < key_end[r]``, counted from ``key_start[r]``
     (``n = key_end - key_start`` of them); query ``i`` sits at key position ``i + n - sq`` (bottom-right)
     and sees the keys of ``window`` around it.
+
+    Queries are taken ``query_block`` at a time (default: ``BLOCK_ENTRIES`` scores over the keys one
+    query may see), each block over only the keys some query of it sees (``_key_span``): a key
+    outside that span would weigh exactly 0 (its score is masked to -inf), so leaving it out changes
+    no weight, only which zeros the sums add. A block whose queries see no key at all takes one key,
+    masked, so that its rows go through the same arithmetic (output 0, lse +inf, gradient 0).
     """
     b, sq, h, _ = q.shape
     sk, hk = k.shape[1], k.shape[2]
@@ -266,26 +298,52 @@ def _attend(
         return torch.zeros_like(q), torch.full((b, h, sq), math.inf, device=dev)
     start = torch.tensor(key_start, device=dev).view(b, 1, 1)
     end = torch.tensor(key_end, device=dev).view(b, 1, 1)
-    i = torch.arange(sq, device=dev).view(1, sq, 1)
-    j = torch.arange(sk, device=dev).view(1, 1, sk)
-    at = i + (end - start) - sq  # the query's own position, counted from key_start
-    pos = j - start
-    seen = (j >= start) & (j < end)
     left, right = window
-    if left >= 0:
-        seen = seen & (pos >= at - left)
-    if right >= 0:
-        seen = seen & (pos <= at + right)
 
     groups = h // hk
     # Keys outside [key_start, key_end) are never read by the kernels (cache_leftpad moves the start, loads
     # past the end are predicated to zero): whatever they hold, NaN included, must not reach the output.
-    held = ((j >= start) & (j < end)).view(b, sk, 1, 1)
+    j_all = torch.arange(sk, device=dev).view(1, sk, 1, 1)
+    held = (j_all >= start.view(b, 1, 1, 1)) & (j_all < end.view(b, 1, 1, 1))
     k, v = torch.where(held, k, 0), torch.where(held, v, 0)
     qh = q.to(acc).transpose(1, 2)  # (b, h, sq, d)
     kh = k.to(acc).repeat_interleave(groups, dim=2).transpose(1, 2)  # head h -> kv head h // groups
     vh = v.to(acc).repeat_interleave(groups, dim=2).transpose(1, 2)
-    scores = (qh @ kh.transpose(-1, -2)) * scale
+    if query_block is None:  # a row sees at most the keys of its window (all of them if a side is open)
+        width = min(sk, left + right + 1) if left >= 0 and right >= 0 else sk
+        query_block = BLOCK_ENTRIES // (b * h * max(1, width))
+    step = max(1, query_block)
+    outs, lses = [], []
+    for r0 in range(0, sq, step):
+        rows = (r0, min(sq, r0 + step))
+        lo, hi = _key_span(rows, sq, window, key_start, key_end)
+        if lo == hi:
+            lo, hi = 0, 1
+        i = torch.arange(*rows, device=dev).view(1, -1, 1)
+        j = torch.arange(lo, hi, device=dev).view(1, 1, -1)
+        at = i + (end - start) - sq  # the query's own position, counted from key_start
+        pos = j - start
+        seen = (j >= start) & (j < end)
+        if left >= 0:
+            seen = seen & (pos >= at - left)
+        if right >= 0:
+            seen = seen & (pos <= at + right)
+        out, lse = _attend_block(
+            qh[:, :, rows[0] : rows[1]], kh[:, :, lo:hi], vh[:, :, lo:hi], seen, scale=scale, softcap=softcap
+        )
+        outs.append(out)
+        lses.append(lse)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    lse = torch.cat(lses, dim=2) if len(lses) > 1 else lses[0]
+    return out.transpose(1, 2).to(q.dtype), lse.squeeze(-1).to(torch.float32)
+
+
+def _attend_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch.Tensor, *, scale: float, softcap: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q ``(b, h, rows, d)`` over k / v ``(b, h, keys, d)`` where ``seen`` ``(b, rows, keys)``: ``(out, lse
+    (b, h, rows, 1))`` in the accumulation dtype."""
+    scores = (q @ k.transpose(-1, -2)) * scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~seen[:, None], -math.inf)
@@ -296,9 +354,8 @@ def _attend(
     total = weights.sum(-1, keepdim=True)
     some = total > 0
     probs = weights / torch.where(some, total, 1.0)
-    out = (probs @ vh).transpose(1, 2).to(q.dtype)
     lse = torch.where(some, top + torch.log(torch.where(some, total, 1.0)), math.inf)
-    return out, lse.squeeze(-1).to(torch.float32)
+    return probs @ v, lse
 
 
 # --- the implementation: one private twin per entry point -------------------------------------------
