@@ -10,6 +10,9 @@ twice it. The tolerance rule's float32/float64 floor is the same bound (``tolera
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 
 from gemma2_regress.reference import masks
@@ -118,6 +121,9 @@ def rounding_bound(
 
 
 EXACT_SPREAD = 2**26  # (batch x heads x queries x keys x features) up to which half_rounding_bound is exact
+# half_rounding_bound's elementwise steps take query rows in parts of about this many float64 entries (a
+# multiple of 64 rows): temporaries that the allocator reuses and the caches hold.
+PART_ENTRIES = 2**21
 
 
 def half_rounding_bound(
@@ -177,46 +183,69 @@ def half_rounding_bound(
     # |v_j - out| per key and feature is exact up to EXACT_SPREAD entries in all; above, it is bounded by
     # |v_j| + |out| (two matrix products, not a (rows, keys, features) tensor) and V_f by every key's |v|.
     exact = bsz * n_heads * q_len * kv_len * d <= EXACT_SPREAD
-    # Query rows per chunk: the float64 (rows, keys[, features]) tensors stay at 2^24 entries.
-    rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len * (d if exact else 1)))
+    # Query rows per chunk (2^24 entries): its seen span is the keys its rows' sums run over, and its matrix
+    # products take it whole (a BLAS may group a product's sums by the shape it is given), their (rows, keys)
+    # operands in four buffers made once. Between them the elementwise steps take `sub` rows at a time (the
+    # last part up to 2 sub - 1): with `sub` a multiple of 64 a step's vector loop leaves the same elements
+    # to its scalar tail (where e.g. cosh may round otherwise) as over the whole chunk, so on one thread the
+    # bound is the one of whole chunks to the bit.
+    per_row = max(1, bsz * n_heads * kv_len * (d if exact else 1))
+    rows, sub = max(1, 2**24 // per_row), 64 * max(1, PART_ENTRIES // (64 * per_row))
+    chunks = [(lo, min(q_len, lo + rows)) for lo in range(0, q_len, rows)]
+    spans = [_seen_span(~vis_all[:, :, lo:end]) for lo, end in chunks]
+    most = max((end - lo) * len(range(kv_len)[span]) for (lo, end), span in zip(chunks, spans, strict=True))
+    buffers = q.new_empty((4, bsz * n_heads * most), dtype=torch.float64)
+    v_all = vd.abs().amax(-2, keepdim=True)  # (b, h, 1, d): every key's largest |v| per feature
     parts = []
-    for lo in range(0, q_len, rows):
-        qc = q[:, :, lo : lo + rows].double()
-        span = _seen_span(~vis_all[:, :, lo : lo + rows])
-        vis = vis_all[:, :, lo : lo + rows, span]  # broadcasts over batch and heads
+    for (lo, end), span in zip(chunks, spans, strict=True):
+        qc = q[:, :, lo:end].double()
         kc, vc = kd[:, :, span], vd[:, :, span]
-        hidden = ~vis
-        none_seen = hidden.all(-1, keepdim=True)
-        # In place where a step's input is not needed again: each formula's operations, in its order (so
-        # the same bound to the bit), without a fresh (rows, keys) tensor per step.
-        x = scalar**-0.5 * (qc @ kc.transpose(-1, -2))
-        s_abs = torch.matmul(qc.abs(), kc.abs().transpose(-1, -2)).mul_(scalar**-0.5)
-        e = s_abs.mul_((1 + g4) * (u + g_acc * (1 + u))).add_(x.abs().mul_(g4))
-        if softcap is None:
-            c, dlt = x, e
-        else:
-            c = torch.tanh(x / softcap).mul_(softcap)
-            se = x.abs().sub_(e).clamp_(min=0).div_(softcap).cosh_().pow_(-2).mul_(e)  # slope * e
-            dlt = se.add_(c.abs().add_(se).mul_(r_cap))
-        dlt.masked_fill_(hidden, 0.0)  # masked keys: one constant, exactly; weight 0
-        c_seen = c.masked_fill(hidden, -float("inf"))
-        hi = c_seen.amax(-1)
-        w = torch.softmax(c_seen.masked_fill_(none_seen, 0.0), dim=-1)
-        out = w @ vc  # (b, h, rows, d), exact
-        d_max = dlt.amax(-1)  # (b, h, rows)
-        r = hi - c.masked_fill_(hidden, float("inf")).amin(-1)
-        a = dlt.expm1_().mul_(w)  # (b, h, rows, keys): w * expm1(delta)
-        if exact:
-            spread = (vc[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
-            moved = torch.exp(d_max)[..., None] * (a[..., None] * spread).sum(-2)
-            seen = (vis | none_seen)[..., None]
-            v_f = torch.where(seen, vc[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
-        else:
-            moved = torch.exp(d_max)[..., None] * (a @ vc.abs() + out.abs() * a.sum(-1, keepdim=True))
-            v_f = vd.abs().amax(-2, keepdim=True).expand_as(out)
-        r = torch.where(none_seen[..., 0], 0.0, r)
-        eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32
-        rest = ((1 + eps) * (1 + u) ** 2 * (1 + g_n) - 1)[..., None] * v_f
-        parts.append(moved + rest)
+        shape = (bsz, n_heads, end - lo, kc.shape[2])
+        x_all, s_all, w_all, a_all = (buf[: math.prod(shape)].view(shape) for buf in buffers)
+        torch.matmul(qc, kc.transpose(-1, -2), out=x_all).mul_(scalar**-0.5)
+        torch.matmul(qc.abs(), kc.abs().transpose(-1, -2), out=s_all).mul_(scalar**-0.5)
+        steps = []
+        cuts = [lo + i * sub for i in range(max(1, (end - lo) // sub))] + [end]
+        for r0, r1 in itertools.pairwise(cuts):
+            at = slice(r0 - lo, r1 - lo)
+            vis = vis_all[:, :, r0:r1, span]  # broadcasts over batch and heads
+            hidden = ~vis
+            none_seen = hidden.all(-1, keepdim=True)
+            # In place where a step's input is not needed again: each formula's operations, in its order,
+            # without a fresh (rows, keys) tensor per step; the transcendental ones on contiguous tensors.
+            x = x_all[:, :, at]
+            e = s_all[:, :, at].mul_((1 + g4) * (u + g_acc * (1 + u))).add_(x.abs().mul_(g4))
+            if softcap is None:
+                c, dlt = x, e.contiguous()
+            else:
+                c = torch.tanh(x / softcap).mul_(softcap)
+                se = x.abs().sub_(e).clamp_(min=0).div_(softcap).cosh_().pow_(-2).mul_(e)  # slope * e
+                dlt = se.add_(c.abs().add_(se).mul_(r_cap))
+            dlt.masked_fill_(hidden, 0.0)  # masked keys: one constant, exactly; weight 0
+            c_seen = c.masked_fill(hidden, -float("inf"))
+            hi = c_seen.amax(-1)
+            w = torch.softmax(c_seen.masked_fill_(none_seen, 0.0), dim=-1)
+            w_all[:, :, at] = w
+            d_max = dlt.amax(-1)  # (b, h, rows)
+            r = hi - c.masked_fill_(hidden, float("inf")).amin(-1)
+            torch.mul(dlt.expm1_(), w, out=a_all[:, :, at])  # (b, h, rows, keys): w * expm1(delta)
+            steps.append((at, vis, none_seen, d_max, r))
+        out_all = w_all @ vc  # (b, h, rows, d), exact
+        if not exact:
+            moved_all = a_all @ vc.abs() + out_all.abs() * a_all.sum(-1, keepdim=True)
+        for at, vis, none_seen, d_max, r in steps:
+            out, a = out_all[:, :, at], a_all[:, :, at]
+            if exact:
+                spread = (vc[:, :, None] - out[:, :, :, None]).abs()  # (b, h, rows, keys, d): |v_j - out|
+                moved = torch.exp(d_max)[..., None] * (a[..., None] * spread).sum(-2)
+                seen = (vis | none_seen)[..., None]
+                v_f = torch.where(seen, vc[:, :, None].abs(), 0.0).amax(-2)  # (b, h, rows, d)
+            else:
+                moved = torch.exp(d_max)[..., None] * moved_all[:, :, at]
+                v_f = v_all.expand_as(out)
+            r = torch.where(none_seen[..., 0], 0.0, r)
+            eps = 2 * (2 * u32 * (r + 2 * d_max) + 3 * u32) + g_n + 2 * u32
+            rest = ((1 + eps) * (1 + u) ** 2 * (1 + g_n) - 1)[..., None] * v_f
+            parts.append(moved + rest)
     bound = torch.cat(parts, dim=2)  # (b, h, q, d)
     return bound.transpose(1, 2).reshape(bsz, q_len, n_heads * d)

@@ -132,3 +132,30 @@ def test_half_bound_for_long_inputs_holds_and_is_looser(monkeypatch) -> None:
     golden = oracle.attention(x.q, x.k, x.v, dtype=torch.float64, **kw)
     out = oracle.attention(x.q, x.k, x.v, dtype=torch.bfloat16, **kw).double()
     assert bool(((out - golden).abs() <= cheap).all())
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "looser"])
+def test_half_bound_in_parts_is_the_bound_of_whole_chunks(exact: bool, monkeypatch) -> None:
+    """``half_rounding_bound``'s elementwise steps in parts of 64 query rows (the last part longer) give,
+    on one thread, the bound of whole chunks to the bit: with a window, the cap, left padding (rows that
+    see no key), a cached prefix and flash-attn's two-sided ``visible``, in the exact and the looser form."""
+    if not exact:
+        monkeypatch.setattr(rounding, "EXACT_SPREAD", 0)
+    padded = Case(bsz=2, q_len=300, kv_len=300, window=40, pad_side="left", pads=(5, 0), dtype="bfloat16")
+    prefix = Case(q_len=200, kv_len=260, window=None, softcap=None, dtype="float16", logit_std=25.0)
+    i, j = torch.arange(200)[:, None], torch.arange(260)[None]
+    two_sided = (j >= i + 60 - 7) & (j <= i + 60 + 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for case, visible in ((padded, None), (prefix, None), (prefix, two_sided)):
+            x = make_inputs(case)
+            kw = dict(scalar=case.scalar, softcap=case.softcap, window=case.window, key_valid=x.key_valid)
+            kw |= dict(dtype=case.torch_dtype, visible=visible)
+            bounds = []
+            for entries in (1, 2**62):  # parts of 64 rows; one part a chunk
+                monkeypatch.setattr(rounding, "PART_ENTRIES", entries)
+                bounds.append(rounding.half_rounding_bound(x.q, x.k, x.v, **kw))
+            assert torch.equal(*bounds), f"{case.short()} visible={visible is not None}"
+    finally:
+        torch.set_num_threads(threads)
