@@ -21,7 +21,9 @@ nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can 
 Each record also carries what ``torch.compile`` did during the call (``compile_counters``: seconds in
 Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misses), so the run ends with
 the compile / run split of the test calls over every worker and the compile cache's hit rate
-(``compile_split``), also in costs.json under ``"compile"``.
+(``compile_split``), also in costs.json under ``"compile"``. And when its call began (``start_s``, from
+the plugin's configure in that process): the run's last line says how long each process took to reach
+its first test (``start_line``), the start a time bound cuts into before any test runs.
 
 The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``). An xdist
 worker spools each record as its test ends (``report.spool``, stream ``costs``), and the controller
@@ -125,6 +127,21 @@ def split_line(split: dict[str, float]) -> str:
     )
 
 
+def start_line(records: list[dict]) -> str | None:
+    """How long each process took from the plugin's configure to its first test call (``start_s`` of its
+    first record): collection, the conftests' set-up (the model tests import Unsloth there) and the first
+    test's fixtures. None where no record has it."""
+    first: dict[str, float] = {}
+    for r in records:
+        if "start_s" in r:
+            first.setdefault(r.get("worker", "main"), r["start_s"])
+    if not first:
+        return None
+    lo, hi = min(first.values()), max(first.values())
+    span = f"{lo:.1f} s" if len(first) == 1 else f"{lo:.1f} to {hi:.1f} s over {len(first)} processes"
+    return f"from configure to the first test call: {span} (collection, conftest set-up, first fixtures)"
+
+
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (tier, target), in first-seen order; see the module docstring for the columns.
 
@@ -186,6 +203,7 @@ class _Plugin:
 
     def __init__(self, costs: Costs, config: pytest.Config) -> None:
         self.costs, self.config = costs, config
+        self.configured = time.perf_counter()  # start_s of each record counts from here
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
@@ -219,6 +237,7 @@ class _Plugin:
                 "target": target,
                 "examples_s": times if inner is not None else [total],
                 "call_s": total,
+                "start_s": round(t0 - self.configured, 3),  # when the call began, from configure
                 "hypothesis": inner is not None,
                 "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS + PHASE_KEYS},
             }
@@ -264,6 +283,9 @@ class _Plugin:
         tr.write_line(
             "compile / run split over every worker: " + split_line(compile_split(self.costs.records))
         )
+        start = start_line(self.costs.records)
+        if start:
+            tr.write_line(start)
         if self.costs.path:
             tr.write_line(f"suite cost JSON: {self.costs.path}")
         elif self.costs.error:

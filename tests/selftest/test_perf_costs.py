@@ -23,6 +23,21 @@ def test_summarize_separates_first_example_per_process():
     assert rows[("cuda", "k[a]")]["ms_per_example"] is None and rows[("cuda", "k[a]")]["first_s"] == 16.0
 
 
+def test_start_line_takes_each_process_first_call():
+    recs = [
+        {"start_s": 40.0, "worker": "gw0"},
+        {"start_s": 90.0, "worker": "gw0"},  # a later test on gw0: not its start
+        {"start_s": 70.5, "worker": "gw1"},
+        {"worker": "gw2"},  # an older record without it
+    ]
+    assert costs.start_line(recs) == (
+        "from configure to the first test call: 40.0 to 70.5 s over 2 processes "
+        "(collection, conftest set-up, first fixtures)"
+    )
+    assert costs.start_line([{"start_s": 3.25}]).startswith("from configure to the first test call: 3.2 s (")
+    assert costs.start_line([{"worker": "gw0"}]) is None
+
+
 def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     pytester.makepyfile(
         """
@@ -54,8 +69,13 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     assert not by_test["test_plain"]["hypothesis"] and len(by_test["test_plain"]["examples_s"]) == 1
     assert data["compile"]["tests_s"] > 0 and data["compile"]["graphs"] == 0  # nothing compiled here
     result.stdout.fnmatch_lines(
-        ["compile / run split over every worker: test calls * s, of which torch.compile 0.0 s*"]
+        [
+            "compile / run split over every worker: test calls * s, of which torch.compile 0.0 s*",
+            "from configure to the first test call: * s (collection, conftest set-up, first fixtures)",
+        ]
     )
+    starts = [by_test[n]["start_s"] for n in ("test_h[cpu]", "test_plain")]
+    assert 0 < starts[0] < starts[1]  # in run order, from configure
 
 
 def test_compile_split_counts_what_torch_compile_did_in_a_test(pytester, monkeypatch):
