@@ -6,7 +6,8 @@
 ``strict_xfail`` (tests of recorded upstream bugs become strict xfails on the affected releases;
 the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (``--require-gpu``),
 ``compile_canary`` (a torch.compile that computes wrong results stops the run before the first test),
-``fresh_dynamo`` (``torch._dynamo.reset()`` before each test: its graphs do not depend on the schedule),
+``fresh_dynamo`` (``torch._dynamo.reset()`` at each xdist group and each test outside one: what a test
+compiles does not depend on the schedule), ``compile_artifacts`` (torch's cache artifacts, for a cache to carry),
 ``markers`` (the suite's markers, declared once; also the wheel's ``pytest11`` entry point).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
