@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from gemma2_regress.builds import portable_cache
-from gemma2_regress.plugins.costs import compile_counters
+from gemma2_regress.plugins.costs import CACHE_KEYS, compile_counters
 
 
 def _cache_counts() -> tuple[float, ...]:
     # The cache hit and miss counters only: Dynamo's timers restart at every torch._dynamo.reset()
     # (plugins.fresh_dynamo), so a test that compiled nothing would look as if it had.
     counts = compile_counters()
-    return tuple(counts[k] for k in ("fxgraph_hit", "fxgraph_miss", "aot_hit", "aot_miss"))
+    return tuple(counts[k] for k in CACHE_KEYS)
 
 
 class _Saver:
