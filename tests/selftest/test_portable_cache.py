@@ -96,13 +96,35 @@ def blob(*contents):
 one, counts = portable_cache.merge([blob(b"at 4096 tokens", b"at 8192 tokens")])
 two, again = portable_cache.merge([blob(b"at 4096 tokens", b"at 8192 tokens"), blob(b"at 8192 tokens")])
 print("merged", counts["inductor"], again["inductor"], one == two)
+
+# Two workers' files packed into several parts (a part limit of 64 bytes), read back in order as load does.
+import lzma
+import sys
+from pathlib import Path
+from gemma2_regress.builds import parts
+
+tmp = Path(sys.argv[1])
+(tmp / "art").mkdir()
+(tmp / "art" / "gw0.bin").write_bytes(blob(b"at 4096 tokens", b"at 8192 tokens"))
+(tmp / "art" / "gw1.bin").write_bytes(blob(b"at 8192 tokens"))
+parts.PART = 64
+print(portable_cache.pack(tmp / "art", tmp / "out" / portable_cache.PREFIX))
+packed = sorted((tmp / "out").iterdir())
+print("parts", " ".join(p.name[-2:] for p in packed))
+with parts.joined(packed) as stream:
+    print("joined back", lzma.decompress(stream.read()) == two)
 """
 
 
 def test_merge_keeps_every_variant_of_a_key_once(tmp_path: Path) -> None:
-    """One FX-graph key holds a compiled variant per set of shape guards: each travels, once."""
-    run = child(["-c", MERGE], tmp_path / "cache")
+    """One FX-graph key holds a compiled variant per set of shape guards: each travels, once, through a
+    pack of several parts read back in order."""
+    run = child(["-c", MERGE, str(tmp_path)], tmp_path / "cache")
     assert "merged 2 2 True" in run.stdout, run.stdout
+    names = next(line for line in run.stdout.splitlines() if line.startswith("parts ")).split()[1:]
+    assert len(names) >= 2 and names == [chr(97 + i // 26) + chr(97 + i % 26) for i in range(len(names))]
+    assert "2 process(es)" in run.stdout and "(2 inductor)" in run.stdout, run.stdout
+    assert "joined back True" in run.stdout, run.stdout
 
 
 def test_a_missing_part_is_one_line_and_exit_2_and_a_missing_folder_packs_nothing(tmp_path: Path) -> None:
