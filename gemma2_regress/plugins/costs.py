@@ -57,12 +57,12 @@ CACHE_KEYS = ("fxgraph_hit", "fxgraph_miss", "aot_hit", "aot_miss")  # counters 
 COMPILE_KEYS = ("compile_s", "graphs", *CACHE_KEYS)
 # Where the compile time goes, from Dynamo's own timers (``compilation_time_metrics``), summed per phase:
 # a warm run that still spends most of its time compiling says here whether that is Dynamo's tracing,
-# Inductor (its cache load on a hit; code generation and kernel builds on a miss), the choice among
-# matmul templates (max-autotune, inside the compile), or Triton's autotuning at a kernel's first call,
-# which runs after the compile and is counted in no compile second above.
+# Inductor (its cache load on a hit, through AOTAutograd's cache or not; code generation and kernel builds
+# on a miss), the choice among matmul templates (max-autotune, inside the compile), or Triton's
+# autotuning at a kernel's first call, which runs after the compile and is counted in no compile second.
 PHASES = {
     "trace_s": ("bytecode_tracing",),
-    "inductor_s": ("compile_fx_inner",),
+    "inductor_s": ("compile_fx_inner", "AOTAutogradCache.inductor_load"),
     "template_autotune_s": ("_template_autotuning", "_template_precompiling"),
     "first_call_autotune_s": (
         "CachingAutotuner.benchmark_all_configs",
