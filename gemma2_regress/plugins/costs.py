@@ -21,7 +21,8 @@ nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can 
 Each record also carries what ``torch.compile`` did during the call (``compile_counters``: seconds in
 Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misses), so the run ends with
 the compile / run split of the test calls over every worker and the compile cache's hit rate
-(``compile_split``), also in costs.json under ``"compile"``. And when its call began (``start_s``, from
+(``compile_split``), also in costs.json under ``"compile"``; a call that compiled keeps its largest
+Dynamo timers too (``compile_timers``, by Dynamo's names: what a cache hit still costs). And when its call began (``start_s``, from
 the plugin's configure in that process): the run's last line says how long each process took to reach
 its first test (``start_line``), the start a time bound cuts into before any test runs.
 
@@ -70,6 +71,7 @@ PHASES = {
     ),
 }
 PHASE_KEYS = tuple(PHASES)
+TOP_TIMERS = 8  # a record's largest timers (``top_timers``)
 
 
 def compile_counters() -> dict[str, float]:
@@ -96,6 +98,23 @@ def compile_counters() -> dict[str, float]:
     for phase, names in PHASES.items():
         out[phase] = float(sum(sum(v) for k, v in list(metrics.items()) if k.endswith(names)))
     return out
+
+
+def compile_timers() -> dict[str, float]:
+    """Every Dynamo timer's seconds so far in this process (``compilation_time_metrics``, summed per name;
+    empty while torch is not imported). Nested timers overlap: a record keeps the largest differences."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return {}
+    return {name: float(sum(v)) for name, v in list(utils.compilation_time_metrics.items())}
+
+
+def top_timers(before: dict[str, float], after: dict[str, float], n: int = TOP_TIMERS) -> dict[str, float]:
+    """The ``n`` timers that grew most between two ``compile_timers`` readings, each above 0.5 s: where one
+    test's compile time went, by Dynamo's own names (a cache hit that still costs seconds shows here)."""
+    grown = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    top = sorted(((k, d) for k, d in grown.items() if d > 0.5), key=lambda kd: -kd[1])[:n]
+    return {k: round(d, 2) for k, d in top}
 
 
 def compile_split(records: list[dict]) -> dict[str, float]:
@@ -222,7 +241,7 @@ class _Plugin:
                     times.append(time.perf_counter() - t0)
 
             hyp.inner_test = timed
-        c0 = compile_counters()
+        c0, timers0 = compile_counters(), compile_timers()
         t0 = time.perf_counter()
         try:
             return (yield)
@@ -242,6 +261,9 @@ class _Plugin:
                 "hypothesis": inner is not None,
                 "compile": {k: c1[k] - c0[k] for k in COMPILE_KEYS + PHASE_KEYS},
             }
+            timers = top_timers(timers0, compile_timers())
+            if timers:
+                rec["compile_timers"] = timers
             # An xdist worker spools at once (one stopped by a time bound never reaches its session's end).
             # Asked of the config, not the environment: a pytest run inside a worker's test inherits
             # PYTEST_XDIST_WORKER but is no worker.

@@ -111,3 +111,12 @@ def test_compile_split_counts_what_torch_compile_did_in_a_test(pytester, monkeyp
     result.stdout.fnmatch_lines(
         ["*of which torch.compile * s (*%) in 1 graphs (Dynamo tracing *, Inductor 0.0 s*"]
     )
+
+
+def test_top_timers_keep_the_largest_growths_above_half_a_second() -> None:
+    from gemma2_regress.plugins.costs import top_timers
+
+    before = {"bytecode_tracing": 1.0, "compile_fx_inner": 2.0, "build_guards": 0.1}
+    after = {"bytecode_tracing": 4.0, "compile_fx_inner": 2.4, "build_guards": 0.2, "inductor_load": 9.0}
+    assert top_timers(before, after) == {"inductor_load": 9.0, "bytecode_tracing": 3.0}
+    assert list(top_timers(before, after, n=1)) == ["inductor_load"]
