@@ -48,23 +48,39 @@ def save(folder: Path, name: str) -> int:
     return len(got[0])
 
 
+def entries(blob: bytes) -> list[tuple[str, list]]:
+    """Every ``(artifact type, artifacts)`` entry of one ``save_cache_artifacts`` result, in order.
+
+    A process that saves more than once (``plugins.compile_artifacts`` saves after every test that
+    compiled) writes one entry per save and type, each holding what was new since the save before.
+    torch's own reader (``CacheArtifactManager.deserialize``) makes a dict of those entries and so keeps
+    only the last save's artifacts of each type: a cold H200 run with 151 FX-graph misses packed 8.
+    This reads every entry, with the serializer torch writes them with (``torch.compiler._cache``):
+    a torch that changes it fails here, loudly, not in a later load."""
+    from torch.compiler._cache import CacheArtifactManager, _deserialize_single_cache
+    from torch.utils._appending_byte_serializer import AppendingByteSerializer
+
+    CacheArtifactManager._ensure_cache_artifacts_registered()
+    try:
+        return AppendingByteSerializer.to_list(blob, deserialize_fn=_deserialize_single_cache)
+    except Exception as exc:  # torch raises AssertionError, struct.error, ... on a foreign or cut file
+        raise ValueError(f"an artifact file did not deserialize (written by another torch?): {exc}") from exc
+
+
 def merge(blobs: Sequence[bytes]) -> tuple[bytes, dict[str, int]]:
-    """One artifact file holding every distinct artifact of ``blobs`` once, and the count per type.
+    """One artifact file holding every distinct artifact of ``blobs`` once, one entry per type (what
+    ``torch.compiler.load_cache_artifacts`` reads whole), and the count per type.
 
     Distinct is by key *and* content, as torch itself records them: one FX-graph key holds a compiled
     variant per set of shape guards (a dynamic graph met at several shapes), each its own artifact, and
-    keeping one per key would drop the others. torch offers save and load but no merge; this uses the
-    serializer ``save_cache_artifacts`` uses (``torch.compiler._cache``), so a torch that changes it
-    fails here, loudly, not in a later load."""
-    from torch.compiler._cache import CacheArtifactManager, _serialize_single_cache
+    keeping one per key would drop the others. Every entry of every blob counts (``entries``). torch
+    offers save and load but no merge; this uses the serializer ``save_cache_artifacts`` uses."""
+    from torch.compiler._cache import _serialize_single_cache
     from torch.utils._appending_byte_serializer import AppendingByteSerializer
 
     merged: dict[str, dict[object, None]] = {}  # per type, the artifacts in first-seen order
     for blob in blobs:
-        artifacts = CacheArtifactManager.deserialize(blob)
-        if artifacts is None:
-            raise ValueError("an artifact file did not deserialize (written by another torch?)")
-        for kind, items in artifacts.items():
+        for kind, items in entries(blob):
             merged.setdefault(kind, {}).update(dict.fromkeys(items))
     writer = AppendingByteSerializer(serialize_fn=_serialize_single_cache)
     writer.extend((kind, list(items)) for kind, items in merged.items())
