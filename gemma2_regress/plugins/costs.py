@@ -22,9 +22,10 @@ Each record also carries what ``torch.compile`` did during the call (``compile_c
 Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misses), so the run ends with
 the compile / run split of the test calls over every worker and the compile cache's hit rate
 (``compile_split``), also in costs.json under ``"compile"``; a call that compiled keeps its largest
-Dynamo timers too (``compile_timers``, by Dynamo's names: what a cache hit still costs). And when its call began (``start_s``, from
-the plugin's configure in that process): the run's last line says how long each process took to reach
-its first test (``start_line``), the start a time bound cuts into before any test runs.
+Dynamo timers too (``compile_timers``, by Dynamo's names: what a cache hit still costs). And when its
+call began (``start_s``, from the plugin's configure in that process): the run's last line says how long
+each process took to reach its first test (``start_line``), the start a time bound cuts into before any
+test runs.
 
 The records of a session live in one ``Costs`` on ``config.stash[COSTS]`` (``costs_of``). An xdist
 worker spools each record as its test ends (``report.spool``, stream ``costs``), and the controller
