@@ -145,6 +145,10 @@ def tier_args(
 
 THREADS_ENV = "OMP_NUM_THREADS"  # torch's intra-op threads (and the compiled CPU kernels' OpenMP threads)
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX graphs, AOTAutograd, kernels)
+# torch defaults one AOTAutograd setting from $CI (error_on_custom_op_aliasing = bool($CI)) and hashes it
+# into every AOTAutograd cache key: a run under CI=true (.ci/run) and one without (the README's commands)
+# never shared an entry. Pinned to the default users get; it only decides error or warning on a violation.
+ALIASING_ENV = "TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING"
 
 
 def tier_env(
@@ -164,7 +168,10 @@ def tier_env(
     For the cpu tier on ``cores`` CPU cores, each worker's torch threads (``OMP_NUM_THREADS``, unless
     ``environ`` sets it): the cores shared out among the workers, at least 1. Torch's default is every
     core in every worker, so 2 workers on 2 cores ran 4 threads. The tier's bounds do not depend on
-    the thread count (``nox -s portability``, setting threads-1)."""
+    the thread count (``nox -s portability``, setting threads-1).
+
+    And ``ALIASING_ENV`` = 0 unless ``environ`` sets it, so that the compile cache's AOTAutograd keys are
+    the same with and without ``CI`` set."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
     if tier == "cpu" and cores and THREADS_ENV not in environ:
@@ -173,6 +180,8 @@ def tier_env(
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if compile_cache is not None and COMPILE_CACHE_ENV not in environ:
         env[COMPILE_CACHE_ENV] = str(compile_cache)
+    if ALIASING_ENV not in environ:
+        env[ALIASING_ENV] = "0"
     if tier == "gpu":
         env["GEMMA2_REGRESS_GPUS"] = str(gpus)
     return env

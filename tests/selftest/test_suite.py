@@ -87,9 +87,26 @@ def test_bad_tier_settings_name_the_fix(tier: str, environ: dict, fragment: str)
 
 
 def test_tier_env_keeps_a_chosen_profile() -> None:
-    assert suite.tier_env("cpu", environ={}) == {"GEMMA2_REGRESS_TIER": "cpu", "HYPOTHESIS_PROFILE": "ci"}
+    pinned = {suite.ALIASING_ENV: "0"}
+    assert suite.tier_env("cpu", environ={}) == {
+        "GEMMA2_REGRESS_TIER": "cpu",
+        "HYPOTHESIS_PROFILE": "ci",
+        **pinned,
+    }
     chosen = suite.tier_env("gpu", 2, environ={"HYPOTHESIS_PROFILE": "nightly"})
-    assert chosen == {"GEMMA2_REGRESS_TIER": "gpu", "GEMMA2_REGRESS_GPUS": "2"}
+    assert chosen == {"GEMMA2_REGRESS_TIER": "gpu", "GEMMA2_REGRESS_GPUS": "2", **pinned}
+
+
+def test_tier_env_makes_the_compile_cache_keys_the_same_with_and_without_ci() -> None:
+    """torch reads $CI into an AOTAutograd setting that its cache keys hash; the tier pins it."""
+    for environ in ({}, {"CI": "true"}):
+        env = {**environ, **suite.tier_env("cpu", environ=environ)}
+        child = "import torch._functorch.config as c; print(c.error_on_custom_op_aliasing)"
+        run = subprocess.run(
+            [sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True
+        )
+        assert run.stdout.strip() == "False", (environ, run.stdout, run.stderr)
+    assert suite.ALIASING_ENV not in suite.tier_env("cpu", environ={suite.ALIASING_ENV: "1"})
 
 
 def test_tier_env_shares_one_compile_cache_unless_one_is_chosen(tmp_path: Path) -> None:
