@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# In a child process with its own empty Inductor cache: compile the kernel's scaling twice from a fresh
-# Dynamo (a warm run's second sight of a graph), unmarked; then twice again with the function marked.
+# In a child process: compile the kernel's scaling twice from a fresh Dynamo (a warm run's second sight of
+# a graph), unmarked; then twice again with the function marked. The child shares the tier's Inductor cache
+# where one is set, so its C++ kernel is built once over all runs; a bypass does not depend on that cache.
 CHILD = """
 import json, sys
 import torch
@@ -38,14 +39,18 @@ print(json.dumps({"unmarked": unmarked, "marked": marked, "after": twice()}))
 
 def test_marked_tensor_constant_is_a_hit_the_second_time(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(tmp_path / "cache")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": str(root)}
     run = subprocess.run(
         [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["marked"], "this torch has no unsafe_marked_cacheable_functions setting"
-    assert got["after"].get("autograd_cache_miss") == 1 and got["after"].get("autograd_cache_hit") == 1, got
+    # Marked: cached, never bypassed; the second sight is a hit (the first too if an earlier run saved it).
+    after = got["after"]
+    hits, misses = after.get("autograd_cache_hit", 0), after.get("autograd_cache_miss", 0)
+    assert "autograd_cache_bypass" not in after and hits >= 1 and hits + misses == 2, got
     # If torch ever caches these graphs itself, the plugin has no work left: remove it with this check.
     unmarked = got["unmarked"]
     assert unmarked.get("autograd_cache_bypass") == 2 and not unmarked.get("autograd_cache_hit"), got
