@@ -41,6 +41,8 @@ def test_start_line_takes_each_process_first_call():
 def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     pytester.makepyfile(
         """
+        import time
+
         import pytest
         from hypothesis import given, settings, strategies as st
 
@@ -51,7 +53,7 @@ def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
             pass
 
         def test_plain():
-            pass
+            time.sleep(0.02)  # the JSON rounds seconds to 0.01: two empty tests summed to 0.0
         """
     )
     out = pytester.path / "costs.json"
