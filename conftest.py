@@ -25,6 +25,7 @@ pytest_plugins = [
     "gemma2_regress.plugins.compile_artifacts",  # GEMMA2_REGRESS_COMPILE_ARTIFACTS: a compile cache to carry
     "gemma2_regress.plugins.fresh_dynamo",  # each test compiles from a fresh Dynamo, whatever ran before it
     "gemma2_regress.plugins.aot_cache",  # AOTAutograd's cache keeps Unsloth's kernel graphs (no trace on a hit)
+    "gemma2_regress.plugins.vec_isa",  # Inductor's CPU ISA probe once per compile cache, not once per process
     "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
     "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first

@@ -139,3 +139,14 @@ def test_a_missing_part_is_one_line_and_exit_2_and_a_missing_folder_packs_nothin
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such part" in run.stderr, run.stderr
     run = cli(Path("pack"), tmp_path / "none", tmp_path / "out" / portable_cache.PREFIX)
     assert run.returncode == 0 and "nothing to pack" in run.stdout and not (tmp_path / "out").exists()
+
+
+def test_compress_slices_side_by_side_and_decompresses_whole(monkeypatch) -> None:
+    import lzma
+    import random
+
+    monkeypatch.setattr(portable_cache, "SLICE", 1000)
+    blob = random.Random(0).randbytes(3500) * 2  # 7 slices, the last one short
+    packed = portable_cache.compress(blob, threads=3)
+    assert lzma.decompress(packed) == blob and packed == portable_cache.compress(blob, threads=1)
+    assert lzma.decompress(portable_cache.compress(b"")) == b""

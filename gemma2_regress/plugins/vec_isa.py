@@ -1,0 +1,148 @@
+"""Inductor's CPU vector-ISA probe, run once per compile cache folder and its outcome recorded there.
+
+A pytest plugin (registered from conftest with ``pytest_plugins``). Before Inductor builds C++ it asks which
+SIMD instruction sets (``avx512``, ``avx2``, ...) it may use: each candidate that the CPU's flags allow is
+tried by compiling a small library with that ISA's flags and loading it in a child Python
+(``torch._inductor.cpu_vec_isa.valid_vec_isa_list``). Every process asks again, and under torch 2.11 each
+child imports torch: on an H200 runner that was 32-44 s of each xdist worker's first training step, the
+workers queueing on one lock (docs/gpu.md).
+
+At ``pytest_configure`` this plugin looks for a record of that probe in the compile cache folder, keyed by
+what decides its outcome (torch's build, Python, the C++ compiler and its version, the CPU's flags). With
+none, it runs Inductor's own probe once, under a file lock, and writes the record (atomically). Where the
+record says that every candidate passed, it sets ``torch._inductor.config.cpp.vec_isa_ok = True``:
+Inductor's switch for "use every ISA the CPU's flags allow, without testing", which is then exactly the set
+the probe found, so the generated code is the same. Where a candidate failed, nothing is set and Inductor
+probes as before. A ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user is left alone, and so is a torch
+without the functions used here.
+
+The setting is part of Inductor's cache keys; every process of the suite on one machine sets it the same
+way, so they keep sharing entries (a cache written before this plugin existed is not hit once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress.atomic import write_json_atomic
+
+USER_ENV = "TORCHINDUCTOR_VEC_ISA_OK"
+FOLDER = "gemma2-regress-vec-isa"
+
+Probe = Callable[[], tuple[list[str], list[str]]]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags as the kernel lists them (x86 ``flags``, Arm ``Features``); else the processor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):
+                return " ".join(sorted(value.split()))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str:
+    """Inductor's C++ compiler and the first line of its ``--version``."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        cxx = get_cpp_compiler()
+    except Exception:  # an older or newer torch: the environment's choice, as Inductor would make it
+        cxx = os.environ.get("CXX", "c++")
+    try:
+        run = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30, check=False)
+        version = (run.stdout.splitlines() or [""])[0]
+    except (OSError, subprocess.TimeoutExpired):
+        version = "not found"
+    return f"{cxx}: {version}"
+
+
+def probe_key() -> dict[str, str]:
+    """What decides the probe's outcome on this machine: a record with another key is never used."""
+    import torch
+
+    return {
+        "torch": f"{torch.__version__} {Path(torch.__file__).parent}",
+        "python": sys.executable,
+        "machine": platform.machine(),
+        "cpu_flags": hashlib.sha256(_cpu_flags().encode()).hexdigest()[:16],
+        "compiler": _compiler(),
+    }
+
+
+def inductor_probe() -> tuple[list[str], list[str]]:
+    """``(passed, candidates)``: the ISAs Inductor's probe accepts here, and those it would accept untested
+    (the CPU's flags allow them). The probe's result stays cached in this process, as Inductor keeps it."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    passed = [str(isa) for isa in valid_vec_isa_list()]
+    with inductor_config.patch({"cpp.vec_isa_ok": True}):
+        candidates = [str(isa) for isa in valid_vec_isa_list.__wrapped__()]  # uncached: untested
+    return passed, candidates
+
+
+def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -> dict:
+    """The record for ``key`` in ``folder``, probing (``probe``) and writing it first where there is none.
+    Processes that start together wait on one lock, and all but the first then read what it wrote."""
+    from filelock import FileLock  # torch's own dependency
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = folder / FOLDER / f"{digest}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=600):
+        try:
+            record = json.loads(path.read_text())
+            if record.get("key") == key:
+                return {**record, "source": "recorded"}
+        except (OSError, ValueError):
+            pass
+        passed, candidates = probe()
+        record = {"key": key, "passed": passed, "candidates": candidates}
+        write_json_atomic(path, record)
+        return {**record, "source": "probed"}
+
+
+def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) -> str:
+    """Set ``cpp.vec_isa_ok`` from this compile cache's record (see the module docstring); one line that says
+    what was done."""
+    environ = os.environ if environ is None else environ
+    if environ.get(USER_ENV) is not None:
+        return f"vec ISA: {USER_ENV}={environ[USER_ENV]} (set outside the suite)"
+    try:
+        import torch._inductor.config as inductor_config
+        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError as exc:
+        return f"vec ISA: Inductor probes per process ({exc})"
+    if not hasattr(valid_vec_isa_list, "__wrapped__") or inductor_config.cpp.vec_isa_ok is not None:
+        return "vec ISA: Inductor probes per process"
+    record = recorded(Path(cache_dir()), probe_key(), probe)
+    passed, candidates = record["passed"], record["candidates"]
+    if passed != candidates:
+        return f"vec ISA: {', '.join(passed) or 'none'} of {', '.join(candidates)} passed; Inductor probes per process"
+    inductor_config.cpp.vec_isa_ok = True
+    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']} once per cache folder)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[LINE] = apply()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash.get(LINE, "")
+
+
+LINE = pytest.StashKey[str]()
