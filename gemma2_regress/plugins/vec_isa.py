@@ -28,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,10 +110,11 @@ def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -
                 return {**record, "source": "recorded"}
         except (OSError, ValueError):
             pass
+        start = time.perf_counter()
         passed, candidates = probe()
         record = {"key": key, "passed": passed, "candidates": candidates}
         write_json_atomic(path, record)
-        return {**record, "source": "probed"}
+        return {**record, "source": f"probed in {time.perf_counter() - start:.1f} s"}
 
 
 def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) -> str:
@@ -134,7 +136,7 @@ def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) 
     if passed != candidates:
         return f"vec ISA: {', '.join(passed) or 'none'} of {', '.join(candidates)} passed; Inductor probes per process"
     inductor_config.cpp.vec_isa_ok = True
-    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']} once per cache folder)"
+    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -31,7 +31,7 @@ def test_probed_once_then_read_back(tmp_path: Path) -> None:
     probe = Probe(["avx512", "avx2"], ["avx512", "avx2"])
     first = vec_isa.recorded(tmp_path, KEY, probe)
     second = vec_isa.recorded(tmp_path, KEY, probe)
-    assert (first["source"], second["source"], probe.calls) == ("probed", "recorded", 1)
+    assert first["source"].startswith("probed in ") and (second["source"], probe.calls) == ("recorded", 1)
     assert second["passed"] == ["avx512", "avx2"]
     (path,) = (tmp_path / vec_isa.FOLDER).glob("*.json")
     assert json.loads(path.read_text())["key"] == KEY
@@ -40,15 +40,11 @@ def test_probed_once_then_read_back(tmp_path: Path) -> None:
 def test_another_key_or_a_broken_record_probes_again(tmp_path: Path) -> None:
     probe = Probe(["avx2"], ["avx2"])
     vec_isa.recorded(tmp_path, KEY, probe)
-    assert vec_isa.recorded(tmp_path, {**KEY, "compiler": "another"}, probe)["source"] == "probed"
+    assert vec_isa.recorded(tmp_path, {**KEY, "compiler": "another"}, probe)["source"] != "recorded"
     (path, _) = sorted((tmp_path / vec_isa.FOLDER).glob("*.json"))
     path.write_text("{cut")
-    assert {
-        vec_isa.recorded(tmp_path, k, probe)["source"] for k in (KEY, {**KEY, "compiler": "another"})
-    } == {
-        "probed",
-        "recorded",
-    }
+    sources = [vec_isa.recorded(tmp_path, k, probe)["source"] for k in (KEY, {**KEY, "compiler": "another"})]
+    assert sources.count("recorded") == 1
     assert probe.calls == 3
 
 
@@ -71,7 +67,8 @@ def test_set_only_where_every_candidate_passed() -> None:
 @pytest.mark.usefixtures("unset")
 def test_all_passed_sets_the_switch(tmp_path: Path) -> None:
     line = vec_isa.apply(probe=Probe(["avx2"], ["avx2"]))
-    assert inductor_config.cpp.vec_isa_ok is True and line == "vec ISA: avx2 (probed once per cache folder)"
+    assert inductor_config.cpp.vec_isa_ok is True
+    assert line.startswith("vec ISA: avx2 (probed in ") and line.endswith(" s, once per cache folder)")
 
 
 @pytest.mark.usefixtures("unset")
