@@ -3,7 +3,7 @@
 # changed), the inductor cache restored, `nox -s gpu --no-venv` cut at SECONDS, reports under $OUT.
 #   bash gpu/tier.sh [SECONDS] [pytest args...]     (default 560 s, the whole tier)
 #   PACK_CACHE=1|portable  afterwards pack the compile cache (1: the inductor folder, $OUT/inductor.tgz.*;
-#                      portable: torch's cache artifacts, $OUT/compile-cache.xz.*) to carry to the next runner
+#                      portable: torch's cache artifacts, $OUT/compile-cache.*) to carry to the next runner (in .gpu/)
 # A thin wrapper: python3 -m gemma2_regress.builds.offline tier --help
 set -u
 secs=${1:-560}

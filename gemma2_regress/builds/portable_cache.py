@@ -15,6 +15,10 @@ The flow, for ``builds.offline tier --pack-cache portable``:
   ``compile-cache.xz.aa, .ab, ...`` of at most ``parts.PART`` bytes (a runner's upload limit per file);
 - ``load``, before the next run's test processes start, puts the parts' artifacts into the local caches.
 
+Beside the parts, ``compile-cache.vec-isa.json`` carries ``plugins.vec_isa``'s records (which CPU vector
+ISAs Inductor may use, keyed by torch, Python, compiler and CPU flags), so a runner of the same image
+skips that probe too.
+
 ``pack`` and ``load`` import torch, so the tier driver runs them as child processes
 (``python -m gemma2_regress.builds.portable_cache pack|load``) in the tier's environment, whose
 ``TORCHINDUCTOR_CACHE_DIR`` decides where ``load`` writes.
@@ -23,6 +27,7 @@ The flow, for ``builds.offline tier --pack-cache portable``:
 from __future__ import annotations
 
 import argparse
+import json
 import lzma
 import os
 import sys
@@ -30,11 +35,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from gemma2_regress.atomic import write_bytes_atomic
+from gemma2_regress.atomic import write_bytes_atomic, write_json_atomic
 from gemma2_regress.builds.parts import Parts, joined
 
 ENV = "GEMMA2_REGRESS_COMPILE_ARTIFACTS"
 PREFIX = "compile-cache.xz."
+VEC_ISA = "compile-cache.vec-isa.json"  # beside the parts: plugins.vec_isa's records of the packing machine
 # xz compresses one stream on one core: 490 MiB of an H200 run took minutes. Slices of this size are
 # compressed side by side (lzma releases the GIL) into concatenated streams, which lzma.decompress reads
 # whole; preset 6's dictionary is 8 MiB, so a 32 MiB slice loses little of the ratio.
@@ -123,10 +129,39 @@ def pack(folder: Path, prefix: Path) -> str:
         for part in sink.paths:
             os.replace(part, prefix.parent / part.name)
     total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
+    isa = _carry_vec_isa(prefix.parent / VEC_ISA)
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
-        f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*"
+        f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{isa}"
     )
+
+
+def _cache_dir() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir())
+
+
+def _carry_vec_isa(path: Path) -> str:
+    """Write this machine's vector-ISA records (``plugins.vec_isa``) to ``path``; what to add to pack's line."""
+    from gemma2_regress.plugins.vec_isa import export_records
+
+    records = export_records(_cache_dir())
+    if not records:
+        return ""
+    write_json_atomic(path, records)
+    return f", {len(records)} vec-ISA record(s) in {path.name}"
+
+
+def _restore_vec_isa(path: Path) -> str:
+    """Put the vector-ISA records packed beside the parts into this machine's cache; what to add to load's line."""
+    from gemma2_regress.plugins.vec_isa import import_records
+
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ""
+    return f", {import_records(_cache_dir(), records)} of {len(records)} vec-ISA record(s) new"
 
 
 def load(parts: Sequence[Path]) -> str:
@@ -140,7 +175,8 @@ def load(parts: Sequence[Path]) -> str:
         return f"portable compile cache: {parts[0].name[:-2]}* did not load (another torch?); compiling cold"
     counts = {kind: len(keys) for kind, keys in info.artifacts.items()}
     where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default cache folder")
-    return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}"
+    isa = _restore_vec_isa(parts[0].parent / VEC_ISA)
+    return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}{isa}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         print(pack(args.folder, args.prefix) if args.cmd == "pack" else load(args.parts), flush=True)
-    except (OSError, ValueError, lzma.LZMAError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, lzma.LZMAError) as exc:
         print(f"portable compile cache: {args.cmd} failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -16,6 +16,9 @@ the probe found, so the generated code is the same. Where a candidate failed, no
 probes as before. A ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user is left alone, and so is a torch
 without the functions used here.
 
+A packed compile cache carries the records (``builds.portable_cache``): a fresh runner of the same image
+then skips the probe too (on an H200 runner one probe took 52-61 s, each child Python importing torch).
+
 The setting is part of Inductor's cache keys; every process of the suite on one machine sets it the same
 way, so they keep sharing entries (a cache written before this plugin existed is not hit once).
 """
@@ -95,13 +98,44 @@ def inductor_probe() -> tuple[list[str], list[str]]:
     return passed, candidates
 
 
+def _path(folder: Path, key: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return folder / FOLDER / f"{digest}.json"
+
+
+def export_records(folder: Path) -> list[dict]:
+    """Every readable record in the compile cache ``folder``: what a packed cache carries to the next runner,
+    where the same image (same key) then skips the probe; a runner with another key probes as before."""
+    records = []
+    for path in sorted((folder / FOLDER).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), dict):
+            records.append({k: record[k] for k in ("key", "passed", "candidates") if k in record})
+    return records
+
+
+def import_records(folder: Path, records: list[dict]) -> int:
+    """Write each of ``records`` into the compile cache ``folder`` where it has none for that key (a record
+    made here wins); how many were written."""
+    written = 0
+    for record in records:
+        path = _path(folder, record["key"])
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, record)
+            written += 1
+    return written
+
+
 def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -> dict:
     """The record for ``key`` in ``folder``, probing (``probe``) and writing it first where there is none.
     Processes that start together wait on one lock, and all but the first then read what it wrote."""
     from filelock import FileLock  # torch's own dependency
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    path = folder / FOLDER / f"{digest}.json"
+    path = _path(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
         try:

@@ -150,3 +150,21 @@ def test_compress_slices_side_by_side_and_decompresses_whole(monkeypatch) -> Non
     packed = portable_cache.compress(blob, threads=3)
     assert lzma.decompress(packed) == blob and packed == portable_cache.compress(blob, threads=1)
     assert lzma.decompress(portable_cache.compress(b"")) == b""
+
+
+def test_pack_carries_the_vec_isa_records_and_load_puts_them_back(tmp_path: Path, monkeypatch) -> None:
+    from gemma2_regress.plugins import vec_isa
+
+    key = {"torch": "t", "python": "p", "machine": "m", "cpu_flags": "f", "compiler": "c"}
+    record = {"key": key, "passed": ["avx2"], "candidates": ["avx2"]}
+    monkeypatch.setattr(portable_cache, "_cache_dir", lambda: tmp_path / "here")
+    vec_isa.import_records(tmp_path / "here", [record])
+    assert portable_cache._carry_vec_isa(tmp_path / portable_cache.VEC_ISA).endswith(
+        "1 vec-ISA record(s) in compile-cache.vec-isa.json"
+    )
+    monkeypatch.setattr(portable_cache, "_cache_dir", lambda: tmp_path / "there")
+    assert (
+        portable_cache._restore_vec_isa(tmp_path / portable_cache.VEC_ISA) == ", 1 of 1 vec-ISA record(s) new"
+    )
+    assert vec_isa.export_records(tmp_path / "there") == [record]
+    assert portable_cache._restore_vec_isa(tmp_path / "absent.json") == ""

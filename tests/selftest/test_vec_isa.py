@@ -93,3 +93,16 @@ def test_inductors_probe_here(pytestconfig: pytest.Config) -> None:
     if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"):
         assert candidates
     assert pytestconfig.stash[vec_isa.LINE].startswith("vec ISA: ")
+
+
+def test_records_travel_to_another_cache_and_a_local_one_wins(tmp_path: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    vec_isa.recorded(here, KEY, Probe(["avx2"], ["avx2"]))
+    (here / vec_isa.FOLDER / "cut.json").write_text("{cut")  # skipped, not carried
+    other = {**KEY, "cpu_flags": "g"}
+    vec_isa.recorded(there, other, Probe([], ["avx2"]))
+    records = [*vec_isa.export_records(here), {"key": other, "passed": ["avx2"], "candidates": ["avx2"]}]
+    assert vec_isa.import_records(there, records) == 1
+    probe = Probe(["x"], ["x"])
+    assert vec_isa.recorded(there, KEY, probe)["passed"] == ["avx2"] and probe.calls == 0
+    assert vec_isa.recorded(there, other, probe)["passed"] == []  # the record made there was kept
