@@ -136,17 +136,11 @@ def pack(folder: Path, prefix: Path) -> str:
     )
 
 
-def _cache_dir() -> Path:
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    return Path(cache_dir())
-
-
 def _carry_vec_isa(path: Path) -> str:
     """Write this machine's vector-ISA records (``plugins.vec_isa``) to ``path``; what to add to pack's line."""
-    from gemma2_regress.plugins.vec_isa import export_records
+    from gemma2_regress.plugins.vec_isa import cache_folder, export_records
 
-    records = export_records(_cache_dir())
+    records = export_records(cache_folder())
     if not records:
         return ""
     write_json_atomic(path, records)
@@ -155,13 +149,13 @@ def _carry_vec_isa(path: Path) -> str:
 
 def _restore_vec_isa(path: Path) -> str:
     """Put the vector-ISA records packed beside the parts into this machine's cache; what to add to load's line."""
-    from gemma2_regress.plugins.vec_isa import import_records
+    from gemma2_regress.plugins.vec_isa import cache_folder, import_records
 
     try:
         records = json.loads(path.read_text())
     except FileNotFoundError:
         return ""
-    return f", {import_records(_cache_dir(), records)} of {len(records)} vec-ISA record(s) new"
+    return f", {import_records(cache_folder(), records)} of {len(records)} vec-ISA record(s) new"
 
 
 def load(parts: Sequence[Path]) -> str:

@@ -4,8 +4,7 @@ A pytest plugin (registered from conftest with ``pytest_plugins``). Before Induc
 SIMD instruction sets (``avx512``, ``avx2``, ...) it may use: each candidate that the CPU's flags allow is
 tried by compiling a small library with that ISA's flags and loading it in a child Python
 (``torch._inductor.cpu_vec_isa.valid_vec_isa_list``). Every process asks again, and under torch 2.11 each
-child imports torch: on an H200 runner that was 32-44 s of each xdist worker's first training step, the
-workers queueing on one lock (docs/gpu.md).
+child imports torch, so every xdist worker waited on it, queueing on one lock (docs/gpu.md has the figures).
 
 At ``pytest_configure`` this plugin looks for a record of that probe in the compile cache folder, keyed by
 what decides its outcome (torch's build, Python, the C++ compiler and its version, the CPU's flags). With
@@ -17,7 +16,7 @@ probes as before. A ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user is left alone, 
 without the functions used here.
 
 A packed compile cache carries the records (``builds.portable_cache``): a fresh runner of the same image
-then skips the probe too (on an H200 runner one probe took 52-61 s, each child Python importing torch).
+then skips the probe too.
 
 The setting is part of Inductor's cache keys; every process of the suite on one machine sets it the same
 way, so they keep sharing entries (a cache written before this plugin existed is not hit once).
@@ -98,6 +97,14 @@ def inductor_probe() -> tuple[list[str], list[str]]:
     return passed, candidates
 
 
+def cache_folder() -> Path:
+    """Inductor's cache folder in this process (``TORCHINDUCTOR_CACHE_DIR`` or torch's default): where the
+    records live."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir())
+
+
 def _path(folder: Path, key: dict[str, str]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return folder / FOLDER / f"{digest}.json"
@@ -160,12 +167,13 @@ def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) 
     try:
         import torch._inductor.config as inductor_config
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        folder = cache_folder()
     except ImportError as exc:
         return f"vec ISA: Inductor probes per process ({exc})"
     if not hasattr(valid_vec_isa_list, "__wrapped__") or inductor_config.cpp.vec_isa_ok is not None:
         return "vec ISA: Inductor probes per process"
-    record = recorded(Path(cache_dir()), probe_key(), probe)
+    record = recorded(folder, probe_key(), probe)
     passed, candidates = record["passed"], record["candidates"]
     if passed != candidates:
         return f"vec ISA: {', '.join(passed) or 'none'} of {', '.join(candidates)} passed; Inductor probes per process"

@@ -157,12 +157,12 @@ def test_pack_carries_the_vec_isa_records_and_load_puts_them_back(tmp_path: Path
 
     key = {"torch": "t", "python": "p", "machine": "m", "cpu_flags": "f", "compiler": "c"}
     record = {"key": key, "passed": ["avx2"], "candidates": ["avx2"]}
-    monkeypatch.setattr(portable_cache, "_cache_dir", lambda: tmp_path / "here")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "here"))
     vec_isa.import_records(tmp_path / "here", [record])
     assert portable_cache._carry_vec_isa(tmp_path / portable_cache.VEC_ISA).endswith(
         "1 vec-ISA record(s) in compile-cache.vec-isa.json"
     )
-    monkeypatch.setattr(portable_cache, "_cache_dir", lambda: tmp_path / "there")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "there"))
     assert (
         portable_cache._restore_vec_isa(tmp_path / portable_cache.VEC_ISA) == ", 1 of 1 vec-ISA record(s) new"
     )
