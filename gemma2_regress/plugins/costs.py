@@ -272,7 +272,14 @@ class _Plugin:
             if not (worker and report.spool({**rec, "worker": worker}, SPOOL_STREAM)):
                 self.costs.records.append(rec)
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    @pytest.hookimpl(wrapper=True, trylast=True)  # also when another is interrupted, as plugins.report's
+    def pytest_sessionfinish(self, session: pytest.Session) -> Any:
+        try:
+            return (yield)
+        finally:
+            self._write()
+
+    def _write(self) -> None:
         if hasattr(self.config, "workeroutput"):
             return
         run = report.run_of(self.config)

@@ -221,8 +221,21 @@ class _Plugin:
         except OSError:
             pass  # progress is a courtesy: a run never fails for it
 
-    @pytest.hookimpl(trylast=True)  # after require_gpu's rule has set the exit status
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    # A wrapper, written after every plain sessionfinish (require_gpu's rule sets the exit status in one),
+    # and also when one of them is interrupted: xdist's shuts its workers down there, and a time bound's
+    # SIGINT that landed in that wait once lost the summary of a run whose tests had all finished.
+    # trylast: inside the terminal reporter's wrapper, which prints the summary (ours too) after it.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Any:
+        try:
+            result = yield
+        except BaseException:
+            self._write(session, pytest.ExitCode.INTERRUPTED)
+            raise
+        self._write(session, session.exitstatus)
+        return result
+
+    def _write(self, session: pytest.Session, status: int) -> None:
         run = self.run
         if not run.controller:
             return
@@ -235,7 +248,7 @@ class _Plugin:
             out,
             {
                 "versions": versions.versions(),
-                "exit_status": int(session.exitstatus),
+                "exit_status": int(status),
                 "wall_s": round(time.time() - run.started, 1),
                 "tests": run.tests,
                 "properties": run.rows,

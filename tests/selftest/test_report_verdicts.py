@@ -329,6 +329,42 @@ def test_keyboard_interrupt_in_a_test_still_writes_the_summary(
     )
 
 
+# xdist's controller shuts its workers down in its sessionfinish; here a time bound's SIGINT lands in
+# that wait, once they are down.
+INTERRUPTED_TEARDOWN = """
+import functools
+
+import xdist.dsession
+
+_shut_down = xdist.dsession.DSession.pytest_sessionfinish
+
+
+@functools.wraps(_shut_down)  # its hookimpl options too: called where xdist's is
+def _interrupted(self):
+    _shut_down(self)
+    raise KeyboardInterrupt
+
+
+xdist.dsession.DSession.pytest_sessionfinish = _interrupted
+"""
+
+
+def test_an_interrupt_in_xdists_teardown_still_writes_the_reports(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeconftest(INTERRUPTED_TEARDOWN)
+    pytester.makepyfile(test_all_done="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    monkeypatch.setenv("GEMMA2_REGRESS_REPORT", str(pytester.path / "summary.json"))
+    monkeypatch.setenv("GEMMA2_REGRESS_COSTS", str(pytester.path / "costs.json"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    # In a child: the interrupt is re-raised out of pytest.main, as in the bounded run.
+    pytester.runpytest_subprocess(*PLUGIN, "-p", "gemma2_regress.plugins.costs", "-n", "1")
+    summary = _summary(pytester)
+    assert summary["exit_status"] == pytest.ExitCode.INTERRUPTED
+    assert [t["outcome"] for t in summary["tests"].values()] == ["passed", "passed"]
+    assert len(json.loads((pytester.path / "costs.json").read_text())["tests"]) == 2
+
+
 def test_record_outside_a_run_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(report.SPOOL_ENV, raising=False)
     report.record("p", "t", "ok", 0.5, "case")  # no spool folder: nothing to write to, no error
