@@ -7,18 +7,24 @@ exit status 3 and ``compile_check``'s reason: a red that names torch, not one th
 compiled kernels for it. ``--no-compile-canary`` or ``GEMMA2_REGRESS_NO_COMPILE_CANARY=1`` skips the
 check (``nox -s portability`` checked each setting already); ``--collect-only`` runs and xdist workers
 never start it.
+
+The child inherits the vector-ISA decision of ``plugins.vec_isa`` (``child_env``), so it does not run
+Inductor's CPU probe on its own, and the run's last lines say how long the first test waited for it.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
 from gemma2_regress import compile_check
+from gemma2_regress.plugins import vec_isa
 
 _CHILD = pytest.StashKey[subprocess.Popen]()
+_WAITED = pytest.StashKey[float]()
 FLAG = "--no-compile-canary"
 OFF_ENV = "GEMMA2_REGRESS_NO_COMPILE_CANARY"
 
@@ -29,11 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after plugins.vec_isa has set what the child inherits
 def pytest_configure(config: pytest.Config) -> None:
     off = config.getoption("no_compile_canary") or os.environ.get(OFF_ENV) == "1"
     if off or hasattr(config, "workerinput") or config.option.collectonly:
         return
-    config.stash[_CHILD] = compile_check.start()
+    config.stash[_CHILD] = compile_check.start(vec_isa.child_env())
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -41,12 +48,20 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     child = session.config.stash.get(_CHILD, None)
     if child is None:
         return
+    start = time.perf_counter()
     why = compile_check.verdict(child)
+    session.config.stash[_WAITED] = time.perf_counter() - start
     if why:
         fix = f"fix torch or unset the setting that breaks it; {FLAG} runs anyway"
         pytest.exit(
             f"{why}: Unsloth's compiled kernels cannot be judged on this machine ({fix})", returncode=3
         )
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    waited = config.stash.get(_WAITED, None)
+    if waited is not None:
+        terminalreporter.write_line(f"compile canary: the first test waited {waited:.1f} s for it")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -160,7 +160,7 @@ def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -
 
 def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) -> str:
     """Set ``cpp.vec_isa_ok`` from this compile cache's record (see the module docstring); one line that says
-    what was done."""
+    what was done. Where it is set, ``child_env`` hands the setting down to the run's own child processes."""
     environ = os.environ if environ is None else environ
     if environ.get(USER_ENV) is not None:
         return f"vec ISA: {USER_ENV}={environ[USER_ENV]} (set outside the suite)"
@@ -179,6 +179,16 @@ def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) 
         return f"vec ISA: {', '.join(passed) or 'none'} of {', '.join(candidates)} passed; Inductor probes per process"
     inductor_config.cpp.vec_isa_ok = True
     return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)"
+
+
+def child_env() -> dict[str, str]:
+    """What a child Python that this process starts to compile (``compile_check``'s canary) needs in its
+    environment to skip the probe as this process does: ``{TORCHINDUCTOR_VEC_ISA_OK: "1"}`` where the switch
+    is on here (``apply`` set it), else nothing (the child probes, or inherits the user's setting). Without
+    it the canary's child probed on its own, on a GPU runner for as long as the probe takes there, and the
+    first test waited for the canary."""
+    config = sys.modules.get("torch._inductor.config")
+    return {USER_ENV: "1"} if config is not None and config.cpp.vec_isa_ok is True else {}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -30,6 +30,32 @@ def test_a_right_compiler_lets_the_run_go_on(suite):
     result = suite.runpytest_inprocess(*PLUGIN)
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
+    assert len([s for s in result.outlines if s.startswith("compile canary: the first test waited ")]) == 1
+
+
+def test_the_child_inherits_the_vec_isa_decision(suite, monkeypatch):
+    """The canary's child is started with plugins.vec_isa's ``child_env`` (so it skips Inductor's CPU
+    probe where the run's process skips it), after that plugin's configure."""
+    from gemma2_regress.plugins import vec_isa
+
+    started = []
+    monkeypatch.setattr(vec_isa, "child_env", lambda: {"CHILD_ENV_MARK": "1"})
+    monkeypatch.setattr(compile_check, "start", lambda env=None: started.append(env) or _Done())
+    result = suite.runpytest_inprocess(*PLUGIN)
+    result.assert_outcomes(passed=1)
+    assert started == [{"CHILD_ENV_MARK": "1"}]
+
+
+class _Done:
+    """A canary child that has already exited, right."""
+
+    returncode = 0
+
+    def communicate(self, timeout=None):
+        return "", ""
+
+    def poll(self):
+        return 0
 
 
 @pytest.mark.parametrize("flag", ["--no-compile-canary", "--collect-only", "env"])

@@ -60,6 +60,7 @@ def unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_set_only_where_every_candidate_passed() -> None:
     failed = vec_isa.apply(probe=Probe(["avx2"], ["avx512", "avx2"]))
     assert inductor_config.cpp.vec_isa_ok is None and "avx2 of avx512, avx2 passed" in failed
+    assert vec_isa.child_env() == {}  # a child probes for itself
     # The same key now reads that record back: still nothing set, and the probe is not run again.
     assert vec_isa.apply(probe=Probe(["avx512", "avx2"], ["avx512", "avx2"])) == failed
 
@@ -67,7 +68,7 @@ def test_set_only_where_every_candidate_passed() -> None:
 @pytest.mark.usefixtures("unset")
 def test_all_passed_sets_the_switch(tmp_path: Path) -> None:
     line = vec_isa.apply(probe=Probe(["avx2"], ["avx2"]))
-    assert inductor_config.cpp.vec_isa_ok is True
+    assert inductor_config.cpp.vec_isa_ok is True and vec_isa.child_env() == {vec_isa.USER_ENV: "1"}
     assert line.startswith("vec ISA: avx2 (probed in ") and line.endswith(" s, once per cache folder)")
 
 
@@ -93,6 +94,20 @@ def test_inductors_probe_here(pytestconfig: pytest.Config) -> None:
     if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64"):
         assert candidates
     assert pytestconfig.stash[vec_isa.LINE].startswith("vec ISA: ")
+
+
+def test_a_child_given_child_env_has_the_switch_on() -> None:
+    """The variable that ``child_env`` hands down is the switch ``apply`` sets, as torch reads it at import."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch._inductor.config as c; print(c.cpp.vec_isa_ok)"
+    env = {k: v for k, v in os.environ.items() if k != vec_isa.USER_ENV}
+    child = subprocess.run(
+        [sys.executable, "-c", code], env={**env, vec_isa.USER_ENV: "1"}, capture_output=True, text=True
+    )
+    assert child.stdout.strip().splitlines()[-1] == "True", child.stderr[-500:]
 
 
 def test_records_travel_to_another_cache_and_a_local_one_wins(tmp_path: Path) -> None:
