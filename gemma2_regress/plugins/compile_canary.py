@@ -10,23 +10,101 @@ never start it.
 
 The child inherits the vector-ISA decision of ``plugins.vec_isa`` (``child_env``), so it does not run
 Inductor's CPU probe on its own, and the run's last lines say how long the first test waited for it.
+
+A canary that passed leaves a record in the compile cache folder (``<cache>/gemma2-regress-canary/``),
+keyed by everything its answer depends on: ``vec_isa.probe_key`` (torch's build and path, Python, the
+CPU's flags, the C++ compiler and its version), torch's git revision, the NVIDIA driver and GPUs the
+kernel lists, and every setting in the environment that reaches torch, its compilers or its math
+libraries (``KEY_ENV``: ``ATEN_CPU_CAPABILITY``, ``TORCHINDUCTOR_*``, ``OMP_*``, ``MKL_*``, ...). A later
+run with the same key does not start the child: the same compiler on the same inputs gives the same
+answer. Any change in the key runs it again, and a canary that failed leaves nothing. On 2 cores a
+canary costs about 7 s before the first test of every pytest process, which the self-tests' child runs
+paid dozens of times.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from gemma2_regress import compile_check
+from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.plugins import vec_isa
 
 _CHILD = pytest.StashKey[subprocess.Popen]()
 _WAITED = pytest.StashKey[float]()
+_RECORD = pytest.StashKey[Path]()  # where a pass is recorded, or was found
+_KEY = pytest.StashKey[dict]()
 FLAG = "--no-compile-canary"
 OFF_ENV = "GEMMA2_REGRESS_NO_COMPILE_CANARY"
+FOLDER = "gemma2-regress-canary"
+# Settings that reach torch, Inductor, Triton, the C++ compiler, the BLAS/OpenMP libraries or the GPU.
+KEY_ENV = (
+    "ATEN_",
+    "TORCH",
+    "PYTORCH_",
+    "TRITON_",
+    "OMP_",
+    "KMP_",
+    "MKL",
+    "DNNL_",
+    "ONEDNN_",
+    "OPENBLAS_",
+    "CUDA_",
+    "NVIDIA_",
+    "CC",
+    "CXX",
+    "CFLAGS",
+    "CXXFLAGS",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+)
+# A folder, not a setting: the record lives in it.
+NOT_KEY_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def _gpus() -> str:
+    """The NVIDIA driver and the GPUs as the kernel lists them (no CUDA call); empty without a driver."""
+    root = Path("/proc/driver/nvidia")
+    try:
+        parts = [(root / "version").read_text()]
+        parts += [p.read_text() for p in sorted(root.glob("gpus/*/information"))]
+    except OSError:
+        return ""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def canary_key(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the canary's answer depends on here (module docstring); a record with another key is not used."""
+    import torch
+
+    environ = os.environ if environ is None else environ
+    settings = {k: v for k, v in sorted(environ.items()) if k.startswith(KEY_ENV) and k not in NOT_KEY_ENV}
+    return {
+        **vec_isa.probe_key(),
+        "torch_git": str(getattr(torch.version, "git_version", "")),
+        "gpus": _gpus(),
+        "settings": json.dumps(settings, sort_keys=True),
+    }
+
+
+def record_path(folder: Path, key: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return folder / FOLDER / f"{digest}.json"
+
+
+def passed_before(path: Path, key: dict[str, str]) -> bool:
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +118,18 @@ def pytest_configure(config: pytest.Config) -> None:
     off = config.getoption("no_compile_canary") or os.environ.get(OFF_ENV) == "1"
     if off or hasattr(config, "workerinput") or config.option.collectonly:
         return
+    try:
+        key = canary_key()
+        path = record_path(vec_isa.cache_folder(), key)
+    except ImportError:  # no torch here: nothing is compiled, and the child would say so
+        key, path = None, None
+    if path is not None:
+        config.stash[_RECORD] = path
+        if passed_before(path, key):
+            return
     config.stash[_CHILD] = compile_check.start(vec_isa.child_env())
+    if key is not None:
+        config.stash[_KEY] = key
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -51,6 +140,12 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     start = time.perf_counter()
     why = compile_check.verdict(child)
     session.config.stash[_WAITED] = time.perf_counter() - start
+    path, key = session.config.stash.get(_RECORD, None), session.config.stash.get(_KEY, None)
+    if not why and path is not None and key is not None:
+        try:
+            write_json_atomic(path, {"key": key, "passed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        except OSError:
+            pass  # a read-only cache: the next run asks again
     if why:
         fix = f"fix torch or unset the setting that breaks it; {FLAG} runs anyway"
         pytest.exit(
@@ -62,6 +157,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     waited = config.stash.get(_WAITED, None)
     if waited is not None:
         terminalreporter.write_line(f"compile canary: the first test waited {waited:.1f} s for it")
+    elif _RECORD in config.stash and _CHILD not in config.stash:
+        terminalreporter.write_line(
+            f"compile canary: passed here before with the same key, not run again ({config.stash[_RECORD]})"
+        )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -3,18 +3,32 @@ its first test, red, in one line that names torch; a right one lets the run go o
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from gemma2_regress import compile_check
+from gemma2_regress.plugins import compile_canary
 
 PLUGIN = ("-p", "gemma2_regress.plugins.compile_canary", "-p", "no:cacheprovider")
 TESTS = "def test_one():\n    pass\n"
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """An inner suite of one test, with its own compile cache folder (where a passed canary is recorded)."""
     pytester.makepyfile(test_inner_suite=TESTS)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(pytester.path / "compile-cache"))
     return pytester
+
+
+def _records(suite: pytest.Pytester) -> list[Path]:
+    return sorted((suite.path / "compile-cache" / compile_canary.FOLDER).glob("*.json"))
+
+
+def _refuse(*a, **k):
+    raise AssertionError("the canary started")
 
 
 def test_a_wrong_compiler_stops_the_run_before_any_test(suite, monkeypatch):
@@ -24,6 +38,7 @@ def test_a_wrong_compiler_stops_the_run_before_any_test(suite, monkeypatch):
     result.assert_outcomes()  # nothing ran
     why = [s for s in result.outlines if "torch.compile computes wrong results" in s]
     assert len(why) == 1 and "x * 2 + 1 on cpu off by 1.8e+38" in why[0] and "--no-compile-canary" in why[0]
+    assert _records(suite) == []  # and the next run asks again
 
 
 def test_a_right_compiler_lets_the_run_go_on(suite):
@@ -31,6 +46,31 @@ def test_a_right_compiler_lets_the_run_go_on(suite):
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     assert len([s for s in result.outlines if s.startswith("compile canary: the first test waited ")]) == 1
+
+
+def test_a_pass_is_recorded_and_not_run_again_under_the_same_key(suite, monkeypatch):
+    suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    (record,) = _records(suite)
+    assert json.loads(record.read_text())["key"] == compile_canary.canary_key()
+    monkeypatch.setattr(compile_check, "start", _refuse)
+    again = suite.runpytest_inprocess(*PLUGIN)
+    again.assert_outcomes(passed=1)
+    assert [s for s in again.outlines if s.startswith("compile canary: ")] == [
+        f"compile canary: passed here before with the same key, not run again ({record})"
+    ]
+
+
+@pytest.mark.parametrize("setting", ["ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_FREEZING", "OMP_NUM_THREADS"])
+def test_another_setting_runs_it_again(suite, monkeypatch, setting):
+    started = []
+    monkeypatch.setattr(compile_check, "start", lambda env=None: started.append(env) or _Done())
+    monkeypatch.delenv(setting, raising=False)
+    for _ in range(2):
+        suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    assert len(started) == 1
+    monkeypatch.setenv(setting, "default" if setting.startswith("ATEN") else "1")
+    suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    assert len(started) == 2 and len(_records(suite)) == 2
 
 
 def test_the_child_inherits_the_vec_isa_decision(suite, monkeypatch):
@@ -60,10 +100,7 @@ class _Done:
 
 @pytest.mark.parametrize("flag", ["--no-compile-canary", "--collect-only", "env"])
 def test_no_canary_where_not_wanted(suite, monkeypatch, flag):
-    def refuse(*a, **k):
-        raise AssertionError("the canary started")
-
-    monkeypatch.setattr(compile_check, "start", refuse)
+    monkeypatch.setattr(compile_check, "start", _refuse)
     if flag == "env":
         monkeypatch.setenv("GEMMA2_REGRESS_NO_COMPILE_CANARY", "1")
     result = suite.runpytest_inprocess(*PLUGIN, *([] if flag == "env" else [flag]))
