@@ -13,8 +13,8 @@ Inductor's CPU probe on its own, and the run's last lines say how long the first
 
 A canary that passed leaves a record in the compile cache folder (``<cache>/gemma2-regress-canary/``),
 keyed by everything its answer depends on: ``vec_isa.probe_key`` (torch's build and path, Python, the
-CPU's flags, the C++ compiler and its version), torch's git revision, the NVIDIA driver and GPUs the
-kernel lists, and every setting in the environment that reaches torch, its compilers or its math
+CPU's flags, the C++ compiler and its version), Python's build, torch's git revision, Triton's version,
+the NVIDIA driver and GPUs the kernel lists, and every setting in the environment that reaches torch, its compilers or its math
 libraries (``KEY_ENV``: ``ATEN_CPU_CAPABILITY``, ``TORCHINDUCTOR_*``, ``OMP_*``, ``MKL_*``, ...). A later
 run with the same key does not start the child: the same compiler on the same inputs gives the same
 answer. Any change in the key runs it again, and a canary that failed leaves nothing. On 2 cores a
@@ -28,8 +28,10 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -87,9 +89,15 @@ def canary_key(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
     environ = os.environ if environ is None else environ
     settings = {k: v for k, v in sorted(environ.items()) if k.startswith(KEY_ENV) and k not in NOT_KEY_ENV}
+    try:
+        triton = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        triton = ""
     return {
         **vec_isa.probe_key(),
+        "python_build": sys.version,
         "torch_git": str(getattr(torch.version, "git_version", "")),
+        "triton": triton,
         "gpus": _gpus(),
         "settings": json.dumps(settings, sort_keys=True),
     }
