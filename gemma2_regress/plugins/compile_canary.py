@@ -103,11 +103,6 @@ def canary_key(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def record_path(folder: Path, key: dict[str, str]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return folder / FOLDER / f"{digest}.json"
-
-
 def passed_before(path: Path, key: dict[str, str]) -> bool:
     try:
         return json.loads(path.read_text()).get("key") == key
@@ -128,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         key = canary_key()
-        path = record_path(vec_isa.cache_folder(), key)
+        path = vec_isa.record_path(vec_isa.cache_folder(), key, FOLDER)
     except ImportError:  # no torch here: nothing is compiled, and the child would say so
         key, path = None, None
     if path is not None:

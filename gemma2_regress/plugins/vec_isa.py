@@ -105,9 +105,11 @@ def cache_folder() -> Path:
     return Path(cache_dir())
 
 
-def _path(folder: Path, key: dict[str, str]) -> Path:
+def record_path(folder: Path, key: dict[str, str], kind: str = FOLDER) -> Path:
+    """Where the record of ``key`` lives in the compile cache ``folder``, under the subfolder ``kind`` (this
+    plugin's, or ``plugins.compile_canary``'s): one file per key, named by its digest."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return folder / FOLDER / f"{digest}.json"
+    return folder / kind / f"{digest}.json"
 
 
 def export_records(folder: Path) -> list[dict]:
@@ -129,7 +131,7 @@ def import_records(folder: Path, records: list[dict]) -> int:
     made here wins); how many were written."""
     written = 0
     for record in records:
-        path = _path(folder, record["key"])
+        path = record_path(folder, record["key"])
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, record)
@@ -142,7 +144,7 @@ def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -
     Processes that start together wait on one lock, and all but the first then read what it wrote."""
     from filelock import FileLock  # torch's own dependency
 
-    path = _path(folder, key)
+    path = record_path(folder, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
         try:
