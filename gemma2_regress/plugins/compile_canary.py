@@ -14,12 +14,11 @@ Inductor's CPU probe on its own, and the run's last lines say how long the first
 A canary that passed leaves a record in the compile cache folder (``<cache>/gemma2-regress-canary/``),
 keyed by everything its answer depends on: ``vec_isa.probe_key`` (torch's build and path, Python, the
 CPU's flags, the C++ compiler and its version), Python's build, torch's git revision, Triton's version,
-the NVIDIA driver and GPUs the kernel lists, and every setting in the environment that reaches torch, its compilers or its math
-libraries (``KEY_ENV``: ``ATEN_CPU_CAPABILITY``, ``TORCHINDUCTOR_*``, ``OMP_*``, ``MKL_*``, ...). A later
-run with the same key does not start the child: the same compiler on the same inputs gives the same
-answer. Any change in the key runs it again, and a canary that failed leaves nothing. On 2 cores a
-canary costs about 7 s before the first test of every pytest process, which the self-tests' child runs
-paid dozens of times.
+the NVIDIA driver and GPUs the kernel lists, and every setting in the environment that reaches torch,
+its compilers or its math libraries (``KEY_ENV``: ``ATEN_CPU_CAPABILITY``, ``TORCHINDUCTOR_*``,
+``OMP_*``, ``MKL_*``, ...). A later run with the same key does not start the child: the same compiler
+on the same inputs gives the same answer. Any change in the key runs it again, and a canary that
+failed leaves nothing.
 """
 
 from __future__ import annotations
