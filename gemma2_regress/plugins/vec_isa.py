@@ -201,9 +201,4 @@ def pytest_report_header(config: pytest.Config) -> str:
     return config.stash.get(LINE, "")
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    if config.get_verbosity() < 0 and config.stash.get(LINE, ""):  # -q hides the header (the GPU tier's runs)
-        terminalreporter.write_line(config.stash[LINE])
-
-
 LINE = pytest.StashKey[str]()

@@ -110,16 +110,6 @@ def test_a_child_given_child_env_has_the_switch_on() -> None:
     assert child.stdout.strip().splitlines()[-1] == "True", child.stderr[-500:]
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_the_line_is_shown_once_also_under_q(pytester: pytest.Pytester, quiet: bool) -> None:
-    """In the header; under ``-q``, which hides the header (the GPU tier runs so), among the last lines."""
-    pytester.makepyfile("def test_one():\n    pass\n")
-    args = ["-p", "gemma2_regress.plugins.vec_isa", "-p", "no:cacheprovider", *(["-q"] if quiet else [])]
-    result = pytester.runpytest_inprocess(*args)
-    result.assert_outcomes(passed=1)
-    assert len([s for s in result.outlines if s.startswith("vec ISA: ")]) == 1
-
-
 def test_records_travel_to_another_cache_and_a_local_one_wins(tmp_path: Path) -> None:
     here, there = tmp_path / "here", tmp_path / "there"
     vec_isa.recorded(here, KEY, Probe(["avx2"], ["avx2"]))
