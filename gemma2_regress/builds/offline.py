@@ -135,8 +135,7 @@ def tier(args: argparse.Namespace) -> int:
     probe += "torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     print(((done.stdout or done.stderr).strip().splitlines() or ["python: no answer"])[-1], flush=True)
-    argv = [sys.executable, "-m", "nox", "-s", "gpu", "--no-venv", "--", "-q", "-p", "no:cacheprovider"]
-    argv += ["--durations=15", "--junitxml", str(out / "junit.xml"), *args.pytest_args]
+    argv = nox_argv(out, args.pytest_args)
     start = time.time()
     rc = bounded_run(argv, args.seconds, out / "tier.log", env)
     print(f"tier rc={rc} wall={time.time() - start:.0f}s")
@@ -147,6 +146,21 @@ def tier(args: argparse.Namespace) -> int:
     elif args.pack_cache == "portable":
         print(portable("pack", [str(artifacts), str(out / portable_cache.PREFIX)], env))
     return rc
+
+
+def nox_argv(out: Path, pytest_args: Sequence[str]) -> list[str]:
+    """The GPU tier as `nox -s gpu --no-venv`, JUnit to ``out``. Not quiet: pytest's header (versions, which
+    flash-attn, the vec-ISA line, strict xfails or not) goes to the tier's log, as the README says it does."""
+    nox = [sys.executable, "-m", "nox", "-s", "gpu", "--no-venv", "--"]
+    return [
+        *nox,
+        "-p",
+        "no:cacheprovider",
+        "--durations=15",
+        "--junitxml",
+        str(out / "junit.xml"),
+        *pytest_args,
+    ]
 
 
 def counts(summary: Path) -> str:

@@ -97,6 +97,14 @@ def test_build_that_cannot_download_writes_nothing(tmp_path: Path, monkeypatch: 
         bundles.build(pins, out)
 
 
+def test_the_tier_log_keeps_pytests_header(tmp_path: Path) -> None:
+    """No -q: the header lines (versions, flash-attn, vec ISA) reach the tier's log; the args go last."""
+    argv = offline.nox_argv(tmp_path, ["-k", "window"])
+    pytest_args = argv[argv.index("--") + 1 :]
+    assert not {"-q", "--quiet"} & set(pytest_args) and pytest_args[-2:] == ["-k", "window"]
+    assert f"{tmp_path / 'junit.xml'}" in pytest_args
+
+
 def test_bounded_run_interrupts_at_the_bound(tmp_path: Path) -> None:
     code = "import signal,sys,time\nsignal.signal(signal.SIGINT, lambda *a: sys.exit(7))\ntime.sleep(30)"
     t0 = time.time()
