@@ -41,6 +41,7 @@ from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds.envs import Env
 from gemma2_regress.builds.runner import Selection, run
 from gemma2_regress.plugins import compile_canary
+from gemma2_regress.plugins.vec_isa import cpu_flags
 
 # A CPU capability an x86 setting needs, as /proc/cpuinfo spells its flags.
 AVX2 = ("avx2", "fma")
@@ -77,17 +78,6 @@ DEFAULT_SELECTION = {
     "portability": ("tests/oracle", "tests/kernel", "-m", "not gpu", *WORKERS),  # the arithmetic's tests
     "flakes": ("-m", "not gpu", *WORKERS),  # the CPU tier
 }
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The CPU's feature flags (Linux x86), or None where they cannot be read (then x86 settings are n/a)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
 
 
 def unavailable(setting: Setting, flags: set[str] | None) -> str | None:

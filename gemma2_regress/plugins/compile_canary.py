@@ -41,8 +41,8 @@ from gemma2_regress.plugins import vec_isa
 
 _CHILD = pytest.StashKey[subprocess.Popen]()
 _WAITED = pytest.StashKey[float]()
-_RECORD = pytest.StashKey[Path]()  # where a pass is recorded, or was found
-_KEY = pytest.StashKey[dict]()
+_TO_RECORD = pytest.StashKey[tuple[Path, dict]]()  # where a pass of the running canary goes, and its key
+_FOUND = pytest.StashKey[Path]()  # the record of an earlier pass, when the canary is not run
 FLAG = "--no-compile-canary"
 OFF_ENV = "GEMMA2_REGRESS_NO_COMPILE_CANARY"
 FOLDER = "gemma2-regress-canary"
@@ -123,15 +123,14 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         key = canary_key()
         path = vec_isa.record_path(vec_isa.cache_folder(), key, FOLDER)
-    except ImportError:  # no torch here: nothing is compiled, and the child would say so
-        key, path = None, None
-    if path is not None:
-        config.stash[_RECORD] = path
-        if passed_before(path, key):
-            return
+    except ImportError:  # no torch here: nothing is compiled, and the child says so
+        config.stash[_CHILD] = compile_check.start()
+        return
+    if passed_before(path, key):
+        config.stash[_FOUND] = path
+        return
     config.stash[_CHILD] = compile_check.start(vec_isa.child_env())
-    if key is not None:
-        config.stash[_KEY] = key
+    config.stash[_TO_RECORD] = (path, key)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -142,8 +141,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     start = time.perf_counter()
     why = compile_check.verdict(child)
     session.config.stash[_WAITED] = time.perf_counter() - start
-    path, key = session.config.stash.get(_RECORD, None), session.config.stash.get(_KEY, None)
-    if not why and path is not None and key is not None:
+    path, key = session.config.stash.get(_TO_RECORD, (None, None))
+    if not why and path is not None:
         try:
             write_json_atomic(path, {"key": key, "passed": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         except OSError:
@@ -159,9 +158,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     waited = config.stash.get(_WAITED, None)
     if waited is not None:
         terminalreporter.write_line(f"compile canary: the first test waited {waited:.1f} s for it")
-    elif _RECORD in config.stash and _CHILD not in config.stash:
+    elif _FOUND in config.stash:
         terminalreporter.write_line(
-            f"compile canary: passed here before with the same key, not run again ({config.stash[_RECORD]})"
+            f"compile canary: passed here before with the same key, not run again ({config.stash[_FOUND]})"
         )
 
 

@@ -24,6 +24,7 @@ way, so they keep sharing entries (a cache written before this plugin existed is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,16 +45,17 @@ FOLDER = "gemma2-regress-vec-isa"
 Probe = Callable[[], tuple[list[str], list[str]]]
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags as the kernel lists them (x86 ``flags``, Arm ``Features``); else the processor."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags as the kernel lists them (x86 ``flags``, Arm ``Features``), or None where they
+    cannot be read. Also what ``builds.reruns`` asks before a CPU setting."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             name, _, value = line.partition(":")
             if name.strip() in ("flags", "Features"):
-                return " ".join(sorted(value.split()))
+                return set(value.split())
     except OSError:
         pass
-    return platform.processor()
+    return None
 
 
 def _compiler() -> str:
@@ -73,14 +75,21 @@ def _compiler() -> str:
 
 
 def probe_key() -> dict[str, str]:
-    """What decides the probe's outcome on this machine: a record with another key is never used."""
+    """What decides the probe's outcome on this machine: a record with another key is never used. Worked out
+    once per process (it runs the compiler): this plugin and ``plugins.compile_canary`` both ask."""
+    return dict(_probe_key())
+
+
+@functools.cache
+def _probe_key() -> dict[str, str]:
     import torch
 
+    flags = " ".join(sorted(cpu_flags() or ())) or platform.processor()
     return {
         "torch": f"{torch.__version__} {Path(torch.__file__).parent}",
         "python": sys.executable,
         "machine": platform.machine(),
-        "cpu_flags": hashlib.sha256(_cpu_flags().encode()).hexdigest()[:16],
+        "cpu_flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
         "compiler": _compiler(),
     }
 
