@@ -131,7 +131,9 @@ def _tier_args(
         args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
-    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
+    session.env.update(
+        suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores, gpu_gib=gpu_gib)
+    )
     return args
 
 
@@ -173,11 +175,11 @@ def cpu(session: nox.Session) -> None:
     """Everything that needs no GPU: the oracle, Unsloth's kernels on CPU, fixtures, self-tests."""
     args = _tier_args(session, "cpu", cores=gpu_check.cpu_cores())
     version = install_unsloth(session)
-    if suite.THREADS_ENV in session.env:
-        workers = suite.cpu_workers()
-        session.log(
-            f"cpu tier: {workers} worker(s), {suite.THREADS_ENV}={session.env[suite.THREADS_ENV]} each"
-        )
+    settings = [
+        f"{k}={session.env[k]}" for k in (suite.THREADS_ENV, suite.COMPILE_THREADS_ENV) if k in session.env
+    ]
+    if settings:
+        session.log(f"cpu tier: {suite.cpu_workers()} worker(s), {', '.join(settings)} each")
     session.log(f"CPU tier against unsloth {version}")
     # Deterministic draws (the ci profile), as the GPU tier's: a regression run's verdict must not depend
     # on luck. Random search (HYPOTHESIS_PROFILE=dev or nightly) can also hit torch's CPU recompile crash.
@@ -205,8 +207,13 @@ def gpu(session: nox.Session) -> None:
     # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound (docs/gpu.md).
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
     per_gpu, why = suite.workers_per_gpu(n, gib, cores)
-    session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
-    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores))
+    args = _tier_args(session, "gpu", n, gpu_gib=gib, cores=cores)
+    threads = session.env.get(suite.COMPILE_THREADS_ENV, "torch's default")
+    session.log(
+        f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why}); "
+        f"{suite.COMPILE_THREADS_ENV}={threads} each"
+    )
+    _run_tier(session, "gpu", *args)
 
 
 @nox.session(python=PYTHON)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import configparser
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,34 @@ def test_tier_env_shares_one_compile_cache_unless_one_is_chosen(tmp_path: Path) 
 def test_cpu_tier_shares_the_cores_among_its_workers(cores, environ, threads) -> None:
     assert suite.tier_env("cpu", environ=environ, cores=cores).get("OMP_NUM_THREADS") == threads
     assert "OMP_NUM_THREADS" not in suite.tier_env("gpu", 1, environ=environ, cores=cores)
+
+
+@pytest.mark.parametrize(
+    ("tier", "cores", "gpu_gib", "environ", "threads"),
+    [
+        ("cpu", 2, None, {}, "1"),  # 2 workers on 2 cores: compiles in the test process, no pool
+        ("cpu", 16, None, {}, "8"),
+        ("cpu", 2, None, {"GEMMA2_REGRESS_WORKERS": "1"}, "2"),
+        ("gpu", 16, 140.0, {}, "4"),  # an H200 runner: 4 workers (memory and cores), 4 each, not 16 each
+        ("gpu", 16, 140.0, {"GEMMA2_REGRESS_WORKERS_PER_GPU": "16"}, "1"),
+        ("gpu", 16, None, {}, "16"),  # GPU memory unknown: one worker, every core
+        ("gpu", 16, 140.0, {"TORCHINDUCTOR_COMPILE_THREADS": "2"}, None),  # the caller's choice stays
+        ("cpu", None, None, {}, None),  # cores unknown: torch decides
+    ],
+)
+def test_compile_workers_share_the_cores_among_the_tiers_processes(
+    tier, cores, gpu_gib, environ, threads
+) -> None:
+    env = suite.tier_env(tier, 1, environ=environ, cores=cores, gpu_gib=gpu_gib)
+    assert env.get("TORCHINDUCTOR_COMPILE_THREADS") == threads
+
+
+def test_torch_takes_the_compile_threads_setting() -> None:
+    """The variable is the one torch's Inductor reads its compile workers from, at import."""
+    child = "import torch._inductor.config as c; print(c.compile_threads)"
+    env = {**os.environ, **suite.tier_env("cpu", environ={}, cores=6)}  # 2 workers: 3 each
+    run = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "3", run.stderr
 
 
 def test_root_is_this_checkout_or_the_chosen_one(tmp_path: Path) -> None:
