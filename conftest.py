@@ -29,6 +29,7 @@ pytest_plugins = [
     "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
     "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first
+    "gemma2_regress.plugins.gpu_budget",  # xdist workers on one GPU: each test holds its memory claim
     "gemma2_regress.plugins.compile_canary",  # a wrong torch.compile stops the run before it blames Unsloth
 ]
 

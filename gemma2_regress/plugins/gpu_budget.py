@@ -1,0 +1,367 @@
+"""GPU memory shared by the xdist workers on one GPU: each test holds a claim while it runs.
+
+A pytest plugin (registered from conftest with ``pytest_plugins``). Several workers share a GPU (the GPU
+tier's ``suite.workers_per_gpu``). Without a budget, what keeps them from running out of memory together
+is a worker count small enough for the largest test on every worker at once: 4 on an H200, where 8
+workers ran the whole warm tier in 210 s against 290 s for 134 of 147 tests with 4, but 3 tests failed
+with CUDA out of memory (docs/gpu.md).
+
+The budget, per GPU, is a ledger file that the workers of one run share (a folder the xdist controller
+makes at configure and hands down in ``LEDGER_ENV``), changed under a file lock:
+
+- Each worker holds a **base**: ``CONTEXT_GIB`` for its CUDA context plus what its caching allocator keeps
+  between tests (``torch.cuda.memory_reserved()`` after ``empty_cache()``: fixtures wider than a test).
+- Before a ``gpu``-marked test's set-up, its worker asks for a **claim**: the test's peak as recorded on
+  this machine and stack (below) plus ``HEADROOM``, or ``UNKNOWN_GIB`` for a test without a record (what
+  every worker could hold at once before the budget). It waits until the bases of all workers, the other
+  claims and its own fit in the GPU's memory less ``SLACK_GIB``, and until no worker asked before it
+  (first come, first served: a large claim is not passed over for ever). A claim larger than what the bases
+  leave is cut to it: the test then runs while the other workers are between tests.
+- After the test's teardown its worker empties its allocator's cache, so that the memory goes back to the
+  GPU, and its claim is dropped. A worker that dies loses its entries (its process is gone).
+
+A test's peak is ``torch.cuda.max_memory_reserved()`` over its set-up, call and teardown, and no less than
+what the allocator holds at its end: the suite never empties the cache inside a test, so what it reserved
+stays reserved until this plugin empties it (and a per-example ``reset_peak_memory_stats()`` does not hide
+an earlier example's peak). The peaks are recorded in the compile cache folder
+(``<cache>/gemma2-regress-gpu-peaks/<digest>.json``), keyed by the GPU, torch, CUDA and Unsloth; a test's
+entry holds a digest of its module's source and is used only while that source is unchanged. A record is
+a fact about this machine: a fresh runner claims ``UNKNOWN_GIB`` per test, as before the budget.
+
+At the end the controller prints one line: claims made, how many from a record, the time the tests waited
+for memory, and the largest peak. Outside xdist (one process per GPU) nothing of this runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.plugins import report
+
+LEDGER_ENV = "GEMMA2_REGRESS_GPU_LEDGER"  # the run's ledger folder, set by the controller for its workers
+FOLDER = "gemma2-regress-gpu-peaks"
+SPOOL_STREAM = "gpu-budget"  # one line per claim, read back by the controller
+
+CONTEXT_GIB = 1.0  # a CUDA context and its handles outside torch's allocator: 0.68 GiB measured on an H200
+SLACK_GIB = 2.0  # kept free: contexts of workers that have not claimed yet, and the driver's own
+# A claim without a record: GPU_GIB_PER_WORKER (suite.py) less the context, what each of the workers that
+# memory alone allows could hold at once; the largest peak measured on an H200 is 33.7 GiB.
+UNKNOWN_GIB = 33.0
+# Over a recorded peak: the allocator rounds blocks and splits them by the order of earlier frees, so the same
+# test's peak moves a little between runs; a claim is a schedule, not a bound on a result.
+HEADROOM = (1.10, 1.0)  # x 1.10, and at least 1 GiB more
+
+Alive = Callable[[int], bool]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclasses.dataclass
+class Ledger:
+    """One GPU's ledger: a JSON file ``path`` (``{"base": {pid: GiB}, "claim": {pid: GiB}, "queue": [pid]}``)
+    changed under an ``fcntl`` lock on ``path`` + ``.lock``, for ``capacity`` GiB in all."""
+
+    path: Path
+    capacity: float
+    alive: Alive = alive
+    poll_s: float = 0.2
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[dict[str, Any]]:
+        """The state under the lock, dead processes' entries dropped; written back (atomically) on exit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(self.path) + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                try:
+                    state = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    state = {}
+                state = {
+                    "base": {p: g for p, g in state.get("base", {}).items() if self.alive(int(p))},
+                    "claim": {p: g for p, g in state.get("claim", {}).items() if self.alive(int(p))},
+                    "queue": [p for p in state.get("queue", []) if self.alive(int(p))],
+                }
+                yield state
+                write_json_atomic(self.path, state)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def claim(self, pid: int, gib: float, base: float) -> tuple[float, float]:
+        """Wait until ``gib`` more fits for ``pid`` (holding ``base`` meanwhile) and every earlier asker has
+        had its turn, then hold it; ``(GiB granted, seconds waited)``. The grant is ``gib`` cut to what the
+        bases leave, so that a claim always fits once the others are between tests."""
+        me, start = str(pid), time.monotonic()
+        while True:
+            with self._state() as state:
+                state["base"][me] = base
+                if me not in state["queue"]:
+                    state["queue"].append(me)
+                grant = min(gib, self.capacity - sum(state["base"].values()))
+                used = sum(state["base"].values()) + sum(g for p, g in state["claim"].items() if p != me)
+                if state["queue"][0] == me and used + grant <= self.capacity:
+                    state["queue"].pop(0)
+                    state["claim"][me] = grant
+                    return grant, time.monotonic() - start
+            time.sleep(self.poll_s)
+
+    def release(self, pid: int, base: float | None) -> None:
+        """Drop ``pid``'s claim and set its base (``None``: drop the process from the ledger)."""
+        me = str(pid)
+        with self._state() as state:
+            state["claim"].pop(me, None)
+            if me in state["queue"]:
+                state["queue"].remove(me)
+            if base is None:
+                state["base"].pop(me, None)
+            else:
+                state["base"][me] = base
+
+    def held(self) -> dict[str, float]:
+        """What each process holds now, base and claim together."""
+        with self._state() as state:
+            return {p: b + state["claim"].get(p, 0.0) for p, b in state["base"].items()}
+
+
+def claim_for(peak: float | None) -> float:
+    """The claim for a test whose recorded peak is ``peak`` GiB (``None``: no record)."""
+    if peak is None:
+        return UNKNOWN_GIB
+    factor, least = HEADROOM
+    return max(peak * factor, peak + least)
+
+
+class Peaks:
+    """The tests' recorded peaks on this machine and stack: ``{node id: {"gib": peak, "source": digest}}`` in
+    ``path``, an entry used only while its test module's source digest is unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            entries = json.loads(self.path.read_text()).get("tests", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, nodeid: str, source: str) -> float | None:
+        entry = self._read().get(nodeid)
+        if isinstance(entry, dict) and entry.get("source") == source and isinstance(entry.get("gib"), float):
+            return entry["gib"]
+        return None
+
+    def put(self, nodeid: str, source: str, gib: float, key: dict[str, str]) -> None:
+        """Record ``nodeid``'s peak (read, change, write under a lock; the file whole or not at all)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(self.path) + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                entries = self._read()
+                entries[nodeid] = {"gib": round(gib, 3), "source": source}
+                write_json_atomic(self.path, {"key": key, "tests": entries})
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def source_digest(path: Path) -> str:
+    """A digest of a test module's source: a recorded peak is used only while it is unchanged."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+class Cuda:
+    """What the plugin asks of the GPU, in one place (a self-test puts a fake in ``config.stash[CUDA]``)."""
+
+    def usable(self) -> bool:
+        """Whether this process has a CUDA GPU (torch imported here if no test has yet)."""
+        try:
+            import torch
+        except ImportError:
+            return False
+        return bool(torch.cuda.is_available())
+
+    def device(self) -> tuple[str, float]:
+        """This process's GPU: an identity that is the same in every process using it, and its memory in GiB."""
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return str(getattr(props, "uuid", props.name)), props.total_memory / 2**30
+
+    def key(self) -> dict[str, str]:
+        """What a recorded peak depends on beyond the test: the GPU, torch, CUDA and Unsloth."""
+        import importlib.metadata
+
+        import torch
+
+        try:
+            unsloth = importlib.metadata.version("unsloth")
+        except importlib.metadata.PackageNotFoundError:
+            unsloth = "none"
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return {
+            "gpu": f"{props.name} {props.total_memory}",
+            "torch": torch.__version__,
+            "cuda": str(torch.version.cuda),
+            "unsloth": unsloth,
+        }
+
+    def start(self) -> float:
+        """Empty the allocator's cache and reset its peak; GiB still reserved (held by wider fixtures)."""
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_reserved() / 2**30
+
+    def peak(self) -> float:
+        """GiB reserved at most since ``start`` (see the module docstring)."""
+        import torch
+
+        return max(torch.cuda.max_memory_reserved(), torch.cuda.memory_reserved()) / 2**30
+
+    def finish(self) -> float:
+        """Empty the allocator's cache; GiB still reserved."""
+        import torch
+
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_reserved() / 2**30
+
+
+class _Worker:
+    """The plugin in an xdist worker: claims around each ``gpu``-marked test (set-up to teardown)."""
+
+    def __init__(self, folder: Path, config: pytest.Config) -> None:
+        self.folder, self.config = folder, config
+        self.cuda: Cuda | None = None
+        self.ledger: Ledger | None = None
+        self.peaks: Peaks | None = None
+        self.key: dict[str, str] = {}
+
+    def _usable(self) -> bool:
+        if self.cuda is None:  # looked up at the first test: after every plugin's and conftest's configure
+            self.cuda = self.config.stash.get(CUDA, None) or Cuda()
+        return self.cuda.usable()
+
+    def _open(self) -> Ledger:
+        assert self.cuda is not None
+        if self.ledger is None:
+            ident, total = self.cuda.device()
+            name = hashlib.sha256(ident.encode()).hexdigest()[:16]
+            self.ledger = Ledger(self.folder / f"{name}.json", capacity=total - SLACK_GIB)
+            self.key = self.cuda.key()
+            from gemma2_regress.plugins.vec_isa import cache_folder, record_path
+
+            self.peaks = Peaks(record_path(cache_folder(), self.key, kind=FOLDER))
+        return self.ledger
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        if not item.get_closest_marker("gpu") or not self._usable():
+            return (yield)
+        ledger = self._open()
+        assert self.peaks is not None and self.cuda is not None
+        source = source_digest(item.path)
+        recorded = self.peaks.get(item.nodeid, source)
+        base = CONTEXT_GIB + self.cuda.start()
+        granted, waited = ledger.claim(os.getpid(), claim_for(recorded), base)
+        try:
+            return (yield)
+        finally:
+            peak = self.cuda.peak()
+            ledger.release(os.getpid(), CONTEXT_GIB + self.cuda.finish())
+            self.peaks.put(item.nodeid, source, peak, self.key)
+            report.spool(
+                {
+                    "test": item.nodeid,
+                    "claim_gib": round(granted, 3),
+                    "recorded": recorded is not None,
+                    "peak_gib": round(peak, 3),
+                    "waited_s": round(waited, 3),
+                },
+                SPOOL_STREAM,
+            )
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.ledger is not None:
+            self.ledger.release(os.getpid(), None)
+
+
+def summary_line(lines: list[dict]) -> str | None:
+    """The controller's last line on the budget, from the workers' spooled claims; None where none was made."""
+    if not lines:
+        return None
+    top = max(lines, key=lambda r: r["peak_gib"])
+    recorded = sum(1 for r in lines if r["recorded"])
+    waited = sum(r["waited_s"] for r in lines)
+    over = sum(1 for r in lines if r["recorded"] and r["peak_gib"] > r["claim_gib"])
+    line = (
+        f"GPU memory budget: {len(lines)} claim(s), {recorded} from this machine's records, the rest "
+        f"{UNKNOWN_GIB:g} GiB; {waited:.1f} s waited for memory in all; largest peak {top['peak_gib']:.1f} GiB "
+        f"({top['test']})"
+    )
+    return line + (f"; {over} recorded test(s) went over their claim" if over else "")
+
+
+class _Controller:
+    """The plugin in the xdist controller: makes the ledger folder, prints the summary line."""
+
+    def __init__(self, folder: Path, before: str | None) -> None:
+        self.folder, self.before = folder, before
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        run = report.run_of(terminalreporter.config)
+        lines = report.read_spool(run.spool, SPOOL_STREAM) if run is not None and run.spool else []
+        line = summary_line(lines)
+        if line:
+            terminalreporter.write_line(line)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        for path in self.folder.glob("*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+        if self.before is None:
+            os.environ.pop(LEDGER_ENV, None)
+        else:
+            os.environ[LEDGER_ENV] = self.before
+
+
+CUDA = pytest.StashKey[Cuda]()  # where a self-test's conftest puts a fake
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        folder = os.environ.get(LEDGER_ENV)
+        if folder:
+            config.pluginmanager.register(_Worker(Path(folder), config), "gemma2-gpu-budget")
+    elif config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
+        before = os.environ.get(LEDGER_ENV)
+        folder = Path(tempfile.mkdtemp(prefix="gemma2-gpu-ledger-"))
+        os.environ[LEDGER_ENV] = str(folder)  # the workers start after this and inherit it
+        config.pluginmanager.register(_Controller(folder, before), "gemma2-gpu-budget")

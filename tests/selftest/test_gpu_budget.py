@@ -1,0 +1,143 @@
+"""The GPU memory budget: claims wait their turn and never sum past the GPU, under xdist too."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gemma2_regress.plugins import gpu_budget
+from gemma2_regress.plugins.gpu_budget import Ledger, Peaks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ledger(tmp_path: Path, capacity: float, dead: set[int] | None = None) -> Ledger:
+    dead = dead if dead is not None else set()
+    return Ledger(tmp_path / "gpu.json", capacity, alive=lambda pid: pid not in dead, poll_s=0.01)
+
+
+def _claim_in_thread(ledger: Ledger, pid: int, gib: float, done: list) -> threading.Thread:
+    thread = threading.Thread(
+        target=lambda: done.append((pid, ledger.claim(pid, gib, base=1.0))), daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def test_a_claim_waits_until_it_fits_and_comes_in_turn(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, capacity=100.0)
+    assert ledger.claim(1, 60.0, base=1.0)[0] == 60.0
+    done: list = []
+    big = _claim_in_thread(ledger, 2, 60.0, done)  # 1 + 60 + 1 + 60 > 100: waits for process 1
+    time.sleep(0.2)
+    small = _claim_in_thread(ledger, 3, 10.0, done)  # would fit now, but asked after process 2
+    time.sleep(0.2)
+    assert done == [] and ledger.held() == {"1": 61.0, "2": 1.0, "3": 1.0}
+    ledger.release(1, base=1.0)
+    big.join(5)
+    small.join(5)
+    assert [pid for pid, _ in done] == [2, 3]
+    assert ledger.held() == {"1": 1.0, "2": 61.0, "3": 11.0}
+
+
+def test_a_dead_process_claim_is_dropped(tmp_path: Path) -> None:
+    dead: set[int] = set()
+    ledger = _ledger(tmp_path, capacity=100.0, dead=dead)
+    ledger.claim(1, 90.0, base=1.0)
+    done: list = []
+    waiting = _claim_in_thread(ledger, 2, 50.0, done)
+    time.sleep(0.2)
+    assert done == []
+    dead.add(1)  # process 1 crashed holding its claim
+    waiting.join(5)
+    assert [pid for pid, _ in done] == [2] and ledger.held() == {"2": 51.0}
+
+
+def test_a_claim_larger_than_the_gpu_is_cut_to_what_the_bases_leave(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, capacity=40.0)
+    ledger.release(1, base=3.0)  # another worker, between tests
+    granted, _ = ledger.claim(2, 99.0, base=1.0)
+    assert granted == 36.0 and sum(ledger.held().values()) == 40.0
+
+
+def test_claims_from_records_have_headroom_and_unknown_tests_claim_a_workers_share() -> None:
+    assert gpu_budget.claim_for(None) == gpu_budget.UNKNOWN_GIB
+    assert gpu_budget.claim_for(4.0) == 5.0  # at least 1 GiB more
+    assert gpu_budget.claim_for(30.0) == pytest.approx(33.0)  # 10 % more
+
+
+def test_a_recorded_peak_holds_only_while_its_module_is_unchanged(tmp_path: Path) -> None:
+    peaks = Peaks(tmp_path / "peaks.json")
+    assert peaks.get("t.py::a", "src1") is None
+    peaks.put("t.py::a", "src1", 12.3456, {"gpu": "x"})
+    peaks.put("t.py::b", "src1", 2.0, {"gpu": "x"})
+    assert peaks.get("t.py::a", "src1") == 12.346 and peaks.get("t.py::b", "src1") == 2.0
+    assert peaks.get("t.py::a", "src2") is None
+
+
+FAKE_GPU = """
+import pytest
+from gemma2_regress.plugins import gpu_budget
+
+class FakeCuda(gpu_budget.Cuda):
+    # 100 GiB for claims; each test peaks at 50 GiB, so once recorded (claim 55) two cannot run at once
+    def usable(self): return True
+    def device(self): return "fake-gpu", 100.0 + gpu_budget.SLACK_GIB
+    def key(self): return {"gpu": "fake"}
+    def start(self): return 0.0
+    def peak(self): return 50.0
+    def finish(self): return 0.0
+
+def pytest_configure(config):
+    config.stash[gpu_budget.CUDA] = FakeCuda()
+"""
+
+TESTS = """
+import pathlib, time
+import pytest
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(2))
+def test_holds_memory(i):
+    out = pathlib.Path(__file__).parent / f"span_{i}"
+    start = time.time()
+    time.sleep(1.0)
+    out.write_text(f"{start} {time.time()}")
+
+def test_needs_no_gpu():
+    pass
+"""
+
+
+def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers, two tests of 50 GiB on a 100 GiB budget: the first run records the peaks (claiming the
+    unknown-test share), the second claims from the records and runs the tests one after the other."""
+    pytester.makeconftest(FAKE_GPU)
+    pytester.makepyfile(test_budget=TESTS)
+    args = ["-n", "2", "-p", "no:cacheprovider", "-p", "gemma2_regress.plugins.markers"]
+    args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
+    cache, tmp = pytester.path / "inductor", pytester.mkdir("tmp")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the run's ledger folder
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    first = pytester.runpytest_subprocess(*args, timeout=120)
+    first.assert_outcomes(passed=3)
+    first.stdout.fnmatch_lines(["GPU memory budget: 2 claim(s), 0 from this machine's records*"])
+    (record,) = (cache / gpu_budget.FOLDER).glob("*.json")
+    assert {e["gib"] for e in json.loads(record.read_text())["tests"].values()} == {50.0}
+
+    second = pytester.runpytest_subprocess(*args, timeout=120)
+    second.assert_outcomes(passed=3)
+    second.stdout.fnmatch_lines(["GPU memory budget: 2 claim(s), 2 from this machine's records*"])
+    (a_start, a_end), (b_start, b_end) = (
+        map(float, (pytester.path / f"span_{i}").read_text().split()) for i in range(2)
+    )
+    assert a_end <= b_start or b_end <= a_start, "two 55 GiB claims ran at once on a 100 GiB budget"
+    assert not list(tmp.glob("gemma2-gpu-ledger-*")), "the run's ledger folder was left behind"
