@@ -131,9 +131,7 @@ def _tier_args(
         args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
-    session.env.update(
-        suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores, gpu_gib=gpu_gib)
-    )
+    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
     return args
 
 
@@ -207,13 +205,8 @@ def gpu(session: nox.Session) -> None:
     # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound (docs/gpu.md).
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
     per_gpu, why = suite.workers_per_gpu(n, gib, cores)
-    args = _tier_args(session, "gpu", n, gpu_gib=gib, cores=cores)
-    threads = session.env.get(suite.COMPILE_THREADS_ENV, "torch's default")
-    session.log(
-        f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why}); "
-        f"{suite.COMPILE_THREADS_ENV}={threads} each"
-    )
-    _run_tier(session, "gpu", *args)
+    session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
+    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores))
 
 
 @nox.session(python=PYTHON)

@@ -117,24 +117,6 @@ def cpu_workers(environ: Mapping[str, str] | None = None) -> int:
     return _whole("GEMMA2_REGRESS_WORKERS", environ.get("GEMMA2_REGRESS_WORKERS", ""), "2")
 
 
-def tier_workers(
-    tier: str,
-    gpus: int = 0,
-    environ: Mapping[str, str] | None = None,
-    *,
-    gpu_gib: float | None = None,
-    cores: int | None = None,
-) -> int:
-    """How many pytest processes run ``tier`` at once: ``cpu_workers`` for the cpu tier; for the gpu tier
-    ``workers_per_gpu`` on each of ``gpus`` GPUs (``gpu_gib`` GiB each, the smallest) sharing ``cores``."""
-    environ = os.environ if environ is None else environ
-    if tier == "cpu":
-        return cpu_workers(environ)
-    if tier == "gpu":
-        return max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
-    raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
-
-
 def tier_args(
     tier: str,
     gpus: int = 0,
@@ -148,16 +130,21 @@ def tier_args(
 
     xdist is asked for only with more than one worker; ``-p no:xdist`` otherwise, so that one worker
     runs in the main process (a GPU stays initialised once)."""
-    workers = tier_workers(tier, gpus, environ, gpu_gib=gpu_gib, cores=cores)
-    selection = ["-m", "not gpu"] if tier == "cpu" else ["-m", "gpu"]
+    environ = os.environ if environ is None else environ
+    if tier == "cpu":
+        workers = cpu_workers(environ)
+        selection = ["-m", "not gpu"]
+    elif tier == "gpu":
+        workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
+        selection = ["-m", "gpu"]
+    else:
+        raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
     xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
     return [*selection, *xdist]
 
 
 THREADS_ENV = "OMP_NUM_THREADS"  # torch's intra-op threads (and the compiled CPU kernels' OpenMP threads)
-# Inductor's compile workers per process; torch's default is every core (at most 32) in *each* process, and
-# each of those workers is a Python that imports torch before it compiles or loads a kernel.
-COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
+COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"  # Inductor's compile workers in each process
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX graphs, AOTAutograd, kernels)
 # torch defaults one AOTAutograd setting from $CI (error_on_custom_op_aliasing = bool($CI)) and hashes it
 # into every AOTAutograd cache key: a run under CI=true (.ci/run) and one without (the README's commands)
@@ -172,7 +159,6 @@ def tier_env(
     *,
     compile_cache: Path | None = None,
     cores: int | None = None,
-    gpu_gib: float | None = None,
 ) -> dict[str, str]:
     """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
     one), where its reports go (``reports/<tier>/``), for the gpu tier how many GPUs it spreads over, and
@@ -183,24 +169,20 @@ def tier_env(
     For the cpu tier on ``cores`` CPU cores, each worker's torch threads (``OMP_NUM_THREADS``, unless
     ``environ`` sets it): the cores shared out among the workers, at least 1. Torch's default is every
     core in every worker, so 2 workers on 2 cores ran 4 threads. The tier's bounds do not depend on
-    the thread count (``nox -s portability``, setting threads-1).
-
-    For either tier on ``cores`` cores, Inductor's compile workers per test process
-    (``TORCHINDUCTOR_COMPILE_THREADS``, unless ``environ`` sets it): the cores shared out among the tier's
-    processes (``tier_workers``), at least 1, where 1 compiles in the test process itself. Torch's default
-    gives every process a pool of one Python per core: 4 GPU-tier workers on 16 cores started 64, each
-    importing torch, on a warm cache too, where every kernel is a cache hit that needs no pool. Compile
-    threads are not part of Inductor's cache keys.
+    the thread count (``nox -s portability``, setting threads-1). Likewise Inductor's compile workers
+    (``TORCHINDUCTOR_COMPILE_THREADS``, unless ``environ`` sets it; not part of its cache keys): torch's
+    default is a pool of one Python per core in every process, each importing torch, so 2 workers on 2
+    cores started 4 more (and a sidecar each); 1 compiles in the test process. The GPU tier keeps torch's default: with
+    4 compile workers each instead of 16, a cold H200 run spent 505.5 s autotuning matmul templates
+    against 256.8 s (docs/gpu.md).
 
     And ``ALIASING_ENV`` = 0 unless ``environ`` sets it, so that the compile cache's AOTAutograd keys are
     the same with and without ``CI`` set."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
-    if tier == "cpu" and cores and THREADS_ENV not in environ:
-        env[THREADS_ENV] = str(max(1, cores // cpu_workers(environ)))
-    if cores and COMPILE_THREADS_ENV not in environ:
-        workers = tier_workers(tier, gpus, environ, gpu_gib=gpu_gib, cores=cores)
-        env[COMPILE_THREADS_ENV] = str(max(1, cores // workers))
+    if tier == "cpu" and cores:
+        share = str(max(1, cores // cpu_workers(environ)))
+        env.update({k: share for k in (THREADS_ENV, COMPILE_THREADS_ENV) if k not in environ})
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if compile_cache is not None and COMPILE_CACHE_ENV not in environ:
@@ -241,7 +223,7 @@ def pytest_command(
         *args,
     ]
     env = {
-        **tier_env(tier, gpus, compile_cache=reports / "compile-cache", cores=cores, gpu_gib=gpu_gib),
+        **tier_env(tier, gpus, compile_cache=reports / "compile-cache", cores=cores),
         "GEMMA2_REGRESS_REPORT": str(out / "summary.json"),
         "GEMMA2_REGRESS_COSTS": str(out / "costs.json"),
         "UNSLOTH_COMPILE_LOCATION": str(reports / "unsloth_compiled_cache"),
