@@ -30,6 +30,10 @@ a fact about this machine: a fresh runner claims ``UNKNOWN_GIB`` per test, as be
 
 At the end the controller prints one line: claims made, how many from a record, the time the tests waited
 for memory, and the largest peak. Outside xdist (one process per GPU) nothing of this runs.
+
+When: where more xdist workers share a GPU than its memory holds at ``suite.GPU_GIB_PER_WORKER`` each (the
+GPU tier's own choice never does; ``GEMMA2_REGRESS_WORKERS_PER_GPU=8`` on an H200 does), and always or
+never with ``GEMMA2_REGRESS_GPU_BUDGET=1`` or ``0``. The header says which and why.
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gemma2_regress import gpu_check, suite
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.plugins import report
 
+SWITCH_ENV = "GEMMA2_REGRESS_GPU_BUDGET"  # 1 always, 0 never, unset where the workers need it
 LEDGER_ENV = "GEMMA2_REGRESS_GPU_LEDGER"  # the run's ledger folder, set by the controller for its workers
 FOLDER = "gemma2-regress-gpu-peaks"
 SPOOL_STREAM = "gpu-budget"  # one line per claim, read back by the controller
@@ -65,6 +71,25 @@ UNKNOWN_GIB = 33.0
 HEADROOM = (1.10, 1.0)  # x 1.10, and at least 1 GiB more
 
 Alive = Callable[[int], bool]
+
+
+def wanted(workers: int, gpus: int, gpu_gib: float | None, environ: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether a run of ``workers`` xdist workers over ``gpus`` GPUs (``gpu_gib`` GiB the smallest, None where
+    unknown) shares them through the budget, and why (module docstring, "When")."""
+    value = environ.get(SWITCH_ENV, "").strip()
+    if value in ("0", "1"):
+        return value == "1", f"{SWITCH_ENV}={value}"
+    if value:
+        raise pytest.UsageError(
+            f"{SWITCH_ENV}={value!r}: use 1 (always) or 0 (never); unset, the budget applies where more "
+            f"workers share a GPU than its memory holds at {suite.GPU_GIB_PER_WORKER} GiB each"
+        )
+    if gpu_gib is None:
+        return False, "no GPU memory known (nvidia-smi)"
+    per_gpu, fit = -(-workers // max(1, gpus)), int(gpu_gib // suite.GPU_GIB_PER_WORKER)
+    return per_gpu > fit, (
+        f"{per_gpu} worker(s) per GPU, {fit} fit in {gpu_gib:.0f} GiB at {suite.GPU_GIB_PER_WORKER} GiB each"
+    )
 
 
 def alive(pid: int) -> bool:
@@ -330,8 +355,11 @@ def summary_line(lines: list[dict]) -> str | None:
 class _Controller:
     """The plugin in the xdist controller: makes the ledger folder, prints the summary line."""
 
-    def __init__(self, folder: Path, before: str | None) -> None:
-        self.folder, self.before = folder, before
+    def __init__(self, folder: Path, before: str | None, why: str) -> None:
+        self.folder, self.before, self.why = folder, before, why
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        return f"GPU memory budget: on ({self.why})"
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -361,7 +389,14 @@ def pytest_configure(config: pytest.Config) -> None:
         if folder:
             config.pluginmanager.register(_Worker(Path(folder), config), "gemma2-gpu-budget")
     elif config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
+        switch = os.environ.get(SWITCH_ENV, "").strip()
+        gib = None if switch else gpu_check.gpu_memory_gib()  # nvidia-smi only where it decides
+        gpus_set = os.environ.get("GEMMA2_REGRESS_GPUS", "").strip()  # set by the gpu tier (suite.tier_env)
+        gpus = int(gpus_set) if gpus_set.isdigit() else 1
+        on, why = wanted(int(config.option.numprocesses), gpus, gib, os.environ)
+        if not on:
+            return
         before = os.environ.get(LEDGER_ENV)
         folder = Path(tempfile.mkdtemp(prefix="gemma2-gpu-ledger-"))
         os.environ[LEDGER_ENV] = str(folder)  # the workers start after this and inherit it
-        config.pluginmanager.register(_Controller(folder, before), "gemma2-gpu-budget")
+        config.pluginmanager.register(_Controller(folder, before, why), "gemma2-gpu-budget")

@@ -65,6 +65,28 @@ def test_a_claim_larger_than_the_gpu_is_cut_to_what_the_bases_leave(tmp_path: Pa
     assert granted == 36.0 and sum(ledger.held().values()) == 40.0
 
 
+@pytest.mark.parametrize(
+    ("workers", "gpus", "gib", "environ", "on"),
+    [
+        (4, 1, 140.0, {}, False),  # the GPU tier's own choice on an H200: 4 fit at 34 GiB each
+        (8, 1, 140.0, {}, True),  # GEMMA2_REGRESS_WORKERS_PER_GPU=8 there
+        (8, 2, 140.0, {}, False),  # 4 per GPU
+        (8, 1, None, {}, False),  # no GPU memory known: no GPU to share
+        (4, 1, 140.0, {"GEMMA2_REGRESS_GPU_BUDGET": "1"}, True),
+        (8, 1, 140.0, {"GEMMA2_REGRESS_GPU_BUDGET": "0"}, False),
+    ],
+)
+def test_the_budget_applies_where_more_workers_share_a_gpu_than_its_memory_holds(
+    workers: int, gpus: int, gib: float | None, environ: dict, on: bool
+) -> None:
+    assert gpu_budget.wanted(workers, gpus, gib, environ)[0] is on
+
+
+def test_a_bad_switch_is_named_with_its_fix() -> None:
+    with pytest.raises(pytest.UsageError, match=r"GEMMA2_REGRESS_GPU_BUDGET='yes': use 1 \(always\) or 0"):
+        gpu_budget.wanted(8, 1, 140.0, {"GEMMA2_REGRESS_GPU_BUDGET": "yes"})
+
+
 def test_claims_from_records_have_headroom_and_unknown_tests_claim_a_workers_share() -> None:
     assert gpu_budget.claim_for(None) == gpu_budget.UNKNOWN_GIB
     assert gpu_budget.claim_for(4.0) == 5.0  # at least 1 GiB more
@@ -125,11 +147,14 @@ def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
     cache, tmp = pytester.path / "inductor", pytester.mkdir("tmp")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv(gpu_budget.SWITCH_ENV, "1")
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the run's ledger folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     first = pytester.runpytest_subprocess(*args, timeout=120)
     first.assert_outcomes(passed=3)
-    first.stdout.fnmatch_lines(["GPU memory budget: 2 claim(s), 0 from this machine's records*"])
+    first.stdout.fnmatch_lines(
+        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 2 claim(s), 0 from this*"]
+    )
     (record,) = (cache / gpu_budget.FOLDER).glob("*.json")
     assert {e["gib"] for e in json.loads(record.read_text())["tests"].values()} == {50.0}
 
