@@ -17,7 +17,9 @@ The flow, for ``builds.offline tier --pack-cache portable``:
 
 Beside the parts, ``compile-cache.vec-isa.json`` carries ``plugins.vec_isa``'s records (which CPU vector
 ISAs Inductor may use, keyed by torch, Python, compiler and CPU flags), so a runner of the same image
-skips that probe too.
+skips that probe too, and ``compile-cache.gpu-peaks.json`` ``plugins.gpu_budget``'s (each GPU test's
+peak memory, keyed by the GPU, torch, CUDA and Unsloth), so that its tests claim what they need there
+rather than a worker's share. Both are ``records``; one made on the loading machine wins.
 
 ``pack`` and ``load`` import torch, so the tier driver runs them as child processes
 (``python -m gemma2_regress.builds.portable_cache pack|load``) in the tier's environment, whose
@@ -35,12 +37,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from gemma2_regress import records
 from gemma2_regress.atomic import write_bytes_atomic, write_json_atomic
 from gemma2_regress.builds.parts import Parts, joined
 
 ENV = "GEMMA2_REGRESS_COMPILE_ARTIFACTS"
 PREFIX = "compile-cache.xz."
-VEC_ISA = "compile-cache.vec-isa.json"  # beside the parts: plugins.vec_isa's records of the packing machine
+# Records of the packing machine carried beside the parts: (kind, file beside the parts, what a line calls them).
+CARRIED = (
+    (records.VEC_ISA, "compile-cache.vec-isa.json", "vec-ISA"),
+    (records.GPU_PEAKS, "compile-cache.gpu-peaks.json", "GPU-peak"),
+)
 # xz compresses one stream on one core: 490 MiB of an H200 run took minutes. Slices of this size are
 # compressed side by side (lzma releases the GIL) into concatenated streams, which lzma.decompress reads
 # whole; preset 6's dictionary is 8 MiB, so a 32 MiB slice loses little of the ratio.
@@ -129,33 +136,37 @@ def pack(folder: Path, prefix: Path) -> str:
         for part in sink.paths:
             os.replace(part, prefix.parent / part.name)
     total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
-    isa = _carry_vec_isa(prefix.parent / VEC_ISA)
+    isa = _carry(prefix.parent)
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
         f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{isa}"
     )
 
 
-def _carry_vec_isa(path: Path) -> str:
-    """Write this machine's vector-ISA records (``plugins.vec_isa``) to ``path``; what to add to pack's line."""
-    from gemma2_regress.plugins.vec_isa import cache_folder, export_records
+def _carry(beside: Path) -> str:
+    """Write this machine's records (``CARRIED``) into the folder ``beside`` the parts; what to add to pack's line."""
+    said = ""
+    for kind, name, label in CARRIED:
+        found = records.export(records.cache_folder(), kind)
+        if found:
+            write_json_atomic(beside / name, found)
+            said += f", {len(found)} {label} record(s) in {name}"
+    return said
 
-    records = export_records(cache_folder())
-    if not records:
-        return ""
-    write_json_atomic(path, records)
-    return f", {len(records)} vec-ISA record(s) in {path.name}"
 
-
-def _restore_vec_isa(path: Path) -> str:
-    """Put the vector-ISA records packed beside the parts into this machine's cache; what to add to load's line."""
-    from gemma2_regress.plugins.vec_isa import cache_folder, import_records
-
-    try:
-        records = json.loads(path.read_text())
-    except FileNotFoundError:
-        return ""
-    return f", {import_records(cache_folder(), records)} of {len(records)} vec-ISA record(s) new"
+def _restore(beside: Path) -> str:
+    """Put the records packed in the folder ``beside`` the parts into this machine's cache; what to add to
+    load's line."""
+    said = ""
+    for kind, name, label in CARRIED:
+        try:
+            found = json.loads((beside / name).read_text())
+        except FileNotFoundError:
+            continue
+        said += (
+            f", {records.import_(records.cache_folder(), kind, found)} of {len(found)} {label} record(s) new"
+        )
+    return said
 
 
 def load(parts: Sequence[Path]) -> str:
@@ -169,7 +180,7 @@ def load(parts: Sequence[Path]) -> str:
         return f"portable compile cache: {parts[0].name[:-2]}* did not load (another torch?); compiling cold"
     counts = {kind: len(keys) for kind, keys in info.artifacts.items()}
     where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default cache folder")
-    isa = _restore_vec_isa(parts[0].parent / VEC_ISA)
+    isa = _restore(parts[0].parent)
     return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}{isa}"
 
 

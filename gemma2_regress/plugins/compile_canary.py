@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import compile_check
+from gemma2_regress import compile_check, records
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.plugins import vec_isa
 
@@ -45,7 +45,7 @@ _TO_RECORD = pytest.StashKey[tuple[Path, dict]]()  # where a pass of the running
 _FOUND = pytest.StashKey[Path]()  # the record of an earlier pass, when the canary is not run
 FLAG = "--no-compile-canary"
 OFF_ENV = "GEMMA2_REGRESS_NO_COMPILE_CANARY"
-FOLDER = "gemma2-regress-canary"
+FOLDER = records.CANARY
 # Settings that reach torch, Inductor, Triton, the C++ compiler, the BLAS/OpenMP libraries or the GPU.
 KEY_ENV = (
     "ATEN_",
@@ -122,7 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         key = canary_key()
-        path = vec_isa.record_path(vec_isa.cache_folder(), key, FOLDER)
+        path = records.path(records.cache_folder(), FOLDER, key)
     except ImportError:  # no torch here: nothing is compiled, and the child says so
         config.stash[_CHILD] = compile_check.start()
         return

@@ -52,13 +52,13 @@ from typing import Any
 
 import pytest
 
-from gemma2_regress import gpu_check, suite
+from gemma2_regress import gpu_check, records, suite
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.plugins import report
 
 SWITCH_ENV = "GEMMA2_REGRESS_GPU_BUDGET"  # 1 always, 0 never, unset where the workers need it
 LEDGER_ENV = "GEMMA2_REGRESS_GPU_LEDGER"  # the run's ledger folder, set by the controller for its workers
-FOLDER = "gemma2-regress-gpu-peaks"
+FOLDER = records.GPU_PEAKS
 SPOOL_STREAM = "gpu-budget"  # one line per claim, read back by the controller
 
 CONTEXT_GIB = 1.0  # a CUDA context and its handles outside torch's allocator: 0.68 GiB measured on an H200
@@ -299,9 +299,7 @@ class _Worker:
             name = hashlib.sha256(ident.encode()).hexdigest()[:16]
             self.ledger = Ledger(self.folder / f"{name}.json", capacity=total - SLACK_GIB)
             self.key = self.cuda.key()
-            from gemma2_regress.plugins.vec_isa import cache_folder, record_path
-
-            self.peaks = Peaks(record_path(cache_folder(), self.key, kind=FOLDER))
+            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, self.key))
         return self.ledger
 
     @pytest.hookimpl(wrapper=True)

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import pytest
 
+from gemma2_regress import records
 from gemma2_regress.atomic import write_json_atomic
 
 USER_ENV = "TORCHINDUCTOR_VEC_ISA_OK"
-FOLDER = "gemma2-regress-vec-isa"
+FOLDER = records.VEC_ISA
 
 Probe = Callable[[], tuple[list[str], list[str]]]
 
@@ -106,54 +107,12 @@ def inductor_probe() -> tuple[list[str], list[str]]:
     return passed, candidates
 
 
-def cache_folder() -> Path:
-    """Inductor's cache folder in this process (``TORCHINDUCTOR_CACHE_DIR`` or torch's default): where the
-    records live."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    return Path(cache_dir())
-
-
-def record_path(folder: Path, key: dict[str, str], kind: str = FOLDER) -> Path:
-    """Where the record of ``key`` lives in the compile cache ``folder``, under the subfolder ``kind`` (this
-    plugin's, or ``plugins.compile_canary``'s): one file per key, named by its digest."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return folder / kind / f"{digest}.json"
-
-
-def export_records(folder: Path) -> list[dict]:
-    """Every readable record in the compile cache ``folder``: what a packed cache carries to the next runner,
-    where the same image (same key) then skips the probe; a runner with another key probes as before."""
-    records = []
-    for path in sorted((folder / FOLDER).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("key"), dict):
-            records.append({k: record[k] for k in ("key", "passed", "candidates") if k in record})
-    return records
-
-
-def import_records(folder: Path, records: list[dict]) -> int:
-    """Write each of ``records`` into the compile cache ``folder`` where it has none for that key (a record
-    made here wins); how many were written."""
-    written = 0
-    for record in records:
-        path = record_path(folder, record["key"])
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, record)
-            written += 1
-    return written
-
-
 def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -> dict:
     """The record for ``key`` in ``folder``, probing (``probe``) and writing it first where there is none.
     Processes that start together wait on one lock, and all but the first then read what it wrote."""
     from filelock import FileLock  # torch's own dependency
 
-    path = record_path(folder, key)
+    path = records.path(folder, FOLDER, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
         try:
@@ -179,7 +138,7 @@ def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) 
         import torch._inductor.config as inductor_config
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
-        folder = cache_folder()
+        folder = records.cache_folder()
     except ImportError as exc:
         return f"vec ISA: Inductor probes per process ({exc})"
     if not hasattr(valid_vec_isa_list, "__wrapped__") or inductor_config.cpp.vec_isa_ok is not None:

@@ -152,19 +152,21 @@ def test_compress_slices_side_by_side_and_decompresses_whole(monkeypatch) -> Non
     assert lzma.decompress(portable_cache.compress(b"")) == b""
 
 
-def test_pack_carries_the_vec_isa_records_and_load_puts_them_back(tmp_path: Path, monkeypatch) -> None:
-    from gemma2_regress.plugins import vec_isa
+def test_pack_carries_the_records_and_load_puts_them_back(tmp_path: Path, monkeypatch) -> None:
+    from gemma2_regress import records
 
-    key = {"torch": "t", "python": "p", "machine": "m", "cpu_flags": "f", "compiler": "c"}
-    record = {"key": key, "passed": ["avx2"], "candidates": ["avx2"]}
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "here"))
-    vec_isa.import_records(tmp_path / "here", [record])
-    assert portable_cache._carry_vec_isa(tmp_path / portable_cache.VEC_ISA).endswith(
-        "1 vec-ISA record(s) in compile-cache.vec-isa.json"
+    isa = {"key": {"torch": "t", "compiler": "c"}, "passed": ["avx2"], "candidates": ["avx2"]}
+    peaks = {"key": {"gpu": "g", "torch": "t"}, "tests": {"t.py::a": {"gib": 3.0, "source": "s"}}}
+    here, there, beside = tmp_path / "here", tmp_path / "there", tmp_path / "beside"
+    records.import_(here, records.VEC_ISA, [isa])
+    records.import_(here, records.GPU_PEAKS, [peaks])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(here))
+    assert portable_cache._carry(beside) == (
+        ", 1 vec-ISA record(s) in compile-cache.vec-isa.json, 1 GPU-peak record(s) in compile-cache.gpu-peaks.json"
     )
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "there"))
-    assert (
-        portable_cache._restore_vec_isa(tmp_path / portable_cache.VEC_ISA) == ", 1 of 1 vec-ISA record(s) new"
-    )
-    assert vec_isa.export_records(tmp_path / "there") == [record]
-    assert portable_cache._restore_vec_isa(tmp_path / "absent.json") == ""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(there))
+    assert portable_cache._restore(beside) == ", 1 of 1 vec-ISA record(s) new, 1 of 1 GPU-peak record(s) new"
+    assert records.export(there, records.VEC_ISA) == [isa]
+    assert records.export(there, records.GPU_PEAKS) == [peaks]
+    assert portable_cache._restore(beside) == ", 0 of 1 vec-ISA record(s) new, 0 of 1 GPU-peak record(s) new"
+    assert portable_cache._restore(tmp_path / "absent") == ""

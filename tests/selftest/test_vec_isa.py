@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch._inductor.config as inductor_config  # noqa: E402
 
+from gemma2_regress import records  # noqa: E402
 from gemma2_regress.plugins import vec_isa  # noqa: E402
 
 KEY = {"torch": "t", "python": "p", "machine": "m", "cpu_flags": "f", "compiler": "c"}
@@ -116,8 +117,11 @@ def test_records_travel_to_another_cache_and_a_local_one_wins(tmp_path: Path) ->
     (here / vec_isa.FOLDER / "cut.json").write_text("{cut")  # skipped, not carried
     other = {**KEY, "cpu_flags": "g"}
     vec_isa.recorded(there, other, Probe([], ["avx2"]))
-    records = [*vec_isa.export_records(here), {"key": other, "passed": ["avx2"], "candidates": ["avx2"]}]
-    assert vec_isa.import_records(there, records) == 1
+    carried = [
+        *records.export(here, vec_isa.FOLDER),
+        {"key": other, "passed": ["avx2"], "candidates": ["avx2"]},
+    ]
+    assert records.import_(there, vec_isa.FOLDER, carried) == 1
     probe = Probe(["x"], ["x"])
     assert vec_isa.recorded(there, KEY, probe)["passed"] == ["avx2"] and probe.calls == 0
     assert vec_isa.recorded(there, other, probe)["passed"] == []  # the record made there was kept

@@ -1,0 +1,60 @@
+"""Records kept in the compile cache folder: facts about this machine and stack, each keyed by what decides it.
+
+A record is a JSON object with a ``key`` (a dict of strings: the torch build, the compiler, the GPU, ...)
+and whatever it records. Each kind lives in its own subfolder of Inductor's cache folder, one file per
+key, named by the key's digest: ``plugins.vec_isa``'s probe outcome, ``plugins.compile_canary``'s pass,
+``plugins.gpu_budget``'s test peaks. A record whose key differs from this machine's is never used, so
+records can travel with a packed compile cache (``builds.portable_cache``) to a runner of the same image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from gemma2_regress.atomic import write_json_atomic
+
+# The kinds, each a subfolder of the compile cache folder.
+VEC_ISA = "gemma2-regress-vec-isa"  # plugins.vec_isa: which CPU vector ISAs Inductor may use
+CANARY = "gemma2-regress-canary"  # plugins.compile_canary: a passed canary
+GPU_PEAKS = "gemma2-regress-gpu-peaks"  # plugins.gpu_budget: each GPU test's peak memory
+
+
+def cache_folder() -> Path:
+    """Inductor's cache folder in this process (``TORCHINDUCTOR_CACHE_DIR`` or torch's default): where the
+    records live. Imports torch."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir())
+
+
+def path(folder: Path, kind: str, key: dict[str, str]) -> Path:
+    """Where the record of ``key`` lives in the compile cache ``folder``, under the subfolder ``kind``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return folder / kind / f"{digest}.json"
+
+
+def export(folder: Path, kind: str) -> list[dict]:
+    """Every readable record of ``kind`` in the compile cache ``folder`` (a cut or foreign file is skipped)."""
+    records = []
+    for file in sorted((folder / kind).glob("*.json")):
+        try:
+            record = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), dict):
+            records.append(record)
+    return records
+
+
+def import_(folder: Path, kind: str, records: list[dict]) -> int:
+    """Write each of ``records`` into the compile cache ``folder`` where it has none of ``kind`` for that key
+    (a record made here wins); how many were written."""
+    written = 0
+    for record in records:
+        target = path(folder, kind, record["key"])
+        if not target.exists():
+            write_json_atomic(target, record)
+            written += 1
+    return written
