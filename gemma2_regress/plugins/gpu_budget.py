@@ -23,10 +23,12 @@ makes at configure and hands down in ``LEDGER_ENV``), changed under a file lock:
 A test's peak is ``torch.cuda.max_memory_reserved()`` over its set-up, call and teardown, and no less than
 what the allocator holds at its end: the suite never empties the cache inside a test, so what it reserved
 stays reserved until this plugin empties it (and a per-example ``reset_peak_memory_stats()`` does not hide
-an earlier example's peak). The peaks are recorded in the compile cache folder
-(``<cache>/gemma2-regress-gpu-peaks/<digest>.json``), keyed by the GPU, torch, CUDA and Unsloth; a test's
-entry holds a digest of its module's source and is used only while that source is unchanged. A record is
-a fact about this machine: a fresh runner claims ``UNKNOWN_GIB`` per test, as before the budget.
+an earlier example's peak). It is recorded only where every phase passed (a test cut short, failed,
+skipped or xfailed may not have reached its peak), and never lower than before. The records live in the
+compile cache folder (``records.GPU_PEAKS``), keyed by the GPU, torch, CUDA and Unsloth; a test's entry
+holds a digest of its module's source and is used only while that source is unchanged. A fresh runner
+claims ``UNKNOWN_GIB`` per test, unless a packed compile cache brought the records
+(``builds.portable_cache``).
 
 At the end the controller prints one line: claims made, how many from a record, the time the tests waited
 for memory, and the largest peak. Outside xdist (one process per GPU) nothing of this runs.
@@ -199,12 +201,16 @@ class Peaks:
         return None
 
     def put(self, nodeid: str, source: str, gib: float, key: dict[str, str]) -> None:
-        """Record ``nodeid``'s peak (read, change, write under a lock; the file whole or not at all)."""
+        """Record ``nodeid``'s peak, the largest seen while its source is ``source`` (read, change, write
+        under a lock; the file whole or not at all)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(str(self.path) + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 entries = self._read()
+                before = entries.get(nodeid)
+                if isinstance(before, dict) and before.get("source") == source:
+                    gib = max(gib, float(before.get("gib", 0.0)))  # a peak is never recorded lower
                 entries[nodeid] = {"gib": round(gib, 3), "source": source}
                 write_json_atomic(self.path, {"key": key, "tests": entries})
             finally:
@@ -286,6 +292,7 @@ class _Worker:
         self.ledger: Ledger | None = None
         self.peaks: Peaks | None = None
         self.key: dict[str, str] = {}
+        self.passed = True  # every phase of the running test passed so far
 
     def _usable(self) -> bool:
         if self.cuda is None:  # looked up at the first test: after every plugin's and conftest's configure
@@ -312,12 +319,17 @@ class _Worker:
         recorded = self.peaks.get(item.nodeid, source)
         base = CONTEXT_GIB + self.cuda.start()
         granted, waited = ledger.claim(os.getpid(), claim_for(recorded), base)
+        self.passed = True  # until a phase reports otherwise (pytest_runtest_logreport)
+        finished = False
         try:
-            return (yield)
+            result = yield
+            finished = True
+            return result
         finally:
             peak = self.cuda.peak()
             ledger.release(os.getpid(), CONTEXT_GIB + self.cuda.finish())
-            self.peaks.put(item.nodeid, source, peak, self.key)
+            if finished and self.passed:  # a test cut short, failed or skipped may not have reached its peak
+                self.peaks.put(item.nodeid, source, peak, self.key)
             report.spool(
                 {
                     "test": item.nodeid,
@@ -328,6 +340,10 @@ class _Worker:
                 },
                 SPOOL_STREAM,
             )
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.outcome != "passed" or hasattr(report, "wasxfail"):
+            self.passed = False
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.ledger is not None:

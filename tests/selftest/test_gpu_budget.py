@@ -93,13 +93,17 @@ def test_claims_from_records_have_headroom_and_unknown_tests_claim_a_workers_sha
     assert gpu_budget.claim_for(30.0) == pytest.approx(33.0)  # 10 % more
 
 
-def test_a_recorded_peak_holds_only_while_its_module_is_unchanged(tmp_path: Path) -> None:
+def test_a_recorded_peak_holds_only_while_its_module_is_unchanged_and_never_drops(tmp_path: Path) -> None:
     peaks = Peaks(tmp_path / "peaks.json")
     assert peaks.get("t.py::a", "src1") is None
     peaks.put("t.py::a", "src1", 12.3456, {"gpu": "x"})
     peaks.put("t.py::b", "src1", 2.0, {"gpu": "x"})
     assert peaks.get("t.py::a", "src1") == 12.346 and peaks.get("t.py::b", "src1") == 2.0
     assert peaks.get("t.py::a", "src2") is None
+    peaks.put("t.py::a", "src1", 5.0, {"gpu": "x"})
+    assert peaks.get("t.py::a", "src1") == 12.346
+    peaks.put("t.py::a", "src2", 5.0, {"gpu": "x"})  # the module changed: its new peak
+    assert peaks.get("t.py::a", "src2") == 5.0
 
 
 FAKE_GPU = """
@@ -133,6 +137,14 @@ def test_holds_memory(i):
 
 def test_needs_no_gpu():
     pass
+
+@pytest.mark.gpu
+def test_fails_before_its_peak():
+    assert False
+
+@pytest.mark.gpu
+def test_skips():
+    pytest.skip("no peak to learn from")
 """
 
 
@@ -151,16 +163,18 @@ def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the run's ledger folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     first = pytester.runpytest_subprocess(*args, timeout=120)
-    first.assert_outcomes(passed=3)
+    first.assert_outcomes(passed=3, failed=1, skipped=1)
     first.stdout.fnmatch_lines(
-        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 2 claim(s), 0 from this*"]
+        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 4 claim(s), 0 from this*"]
     )
     (record,) = (cache / gpu_budget.FOLDER).glob("*.json")
-    assert {e["gib"] for e in json.loads(record.read_text())["tests"].values()} == {50.0}
+    recorded = json.loads(record.read_text())["tests"]
+    assert sorted(recorded) == [f"test_budget.py::test_holds_memory[{i}]" for i in range(2)]  # passed only
+    assert {e["gib"] for e in recorded.values()} == {50.0}
 
     second = pytester.runpytest_subprocess(*args, timeout=120)
-    second.assert_outcomes(passed=3)
-    second.stdout.fnmatch_lines(["GPU memory budget: 2 claim(s), 2 from this machine's records*"])
+    second.assert_outcomes(passed=3, failed=1, skipped=1)
+    second.stdout.fnmatch_lines(["GPU memory budget: 4 claim(s), 2 from this machine's records*"])
     (a_start, a_end), (b_start, b_end) = (
         map(float, (pytester.path / f"span_{i}").read_text().split()) for i in range(2)
     )
