@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gemma2_regress import records
 from gemma2_regress.plugins import gpu_budget
 from gemma2_regress.plugins.gpu_budget import Ledger, Peaks
 
@@ -108,10 +109,11 @@ def test_a_recorded_peak_holds_only_while_its_module_is_unchanged_and_never_drop
 
 FAKE_GPU = """
 import pytest
+from gemma2_regress import records
 from gemma2_regress.plugins import gpu_budget
 
 class FakeCuda(gpu_budget.Cuda):
-    # 100 GiB for claims; each test peaks at 50 GiB, so once recorded (claim 55) two cannot run at once
+    # 100 GiB for claims; each test peaks at 50 GiB
     def usable(self): return True
     def device(self): return "fake-gpu", 100.0 + gpu_budget.SLACK_GIB
     def key(self): return {"gpu": "fake"}
@@ -124,13 +126,12 @@ def pytest_configure(config):
 """
 
 TESTS = """
-import pathlib, time
+import os, pathlib, time
 import pytest
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("i", range(2))
-def test_holds_memory(i):
-    out = pathlib.Path(__file__).parent / f"span_{i}"
+def test_holds_memory():
+    out = pathlib.Path(__file__).parent / f"span_{os.environ['PYTEST_XDIST_WORKER']}"
     start = time.time()
     time.sleep(1.0)
     out.write_text(f"{start} {time.time()}")
@@ -151,32 +152,30 @@ def test_skips():
 def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers, two tests of 50 GiB on a 100 GiB budget: the first run records the peaks (claiming the
-    unknown-test share), the second claims from the records and runs the tests one after the other."""
+    """Two workers run the same tests at once (``--dist each``). The GPU test is recorded at 45 GiB (a claim
+    of 49.5) on a 100 GiB budget: with the workers' bases, two cannot run at once. It peaks at 50 GiB,
+    which is recorded; the failed and the skipped test are not."""
     pytester.makeconftest(FAKE_GPU)
-    pytester.makepyfile(test_budget=TESTS)
-    args = ["-n", "2", "-p", "no:cacheprovider", "-p", "gemma2_regress.plugins.markers"]
+    module = pytester.makepyfile(test_budget=TESTS)
+    args = ["-n", "2", "--dist", "each", "-p", "no:cacheprovider", "-p", "gemma2_regress.plugins.markers"]
     args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
     cache, tmp = pytester.path / "inductor", pytester.mkdir("tmp")
+    peaks = Peaks(records.path(cache, records.GPU_PEAKS, {"gpu": "fake"}))
+    holds = "test_budget.py::test_holds_memory"
+    peaks.put(holds, gpu_budget.source_digest(module), 45.0, {"gpu": "fake"})
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
     monkeypatch.setenv(gpu_budget.SWITCH_ENV, "1")
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the run's ledger folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    first = pytester.runpytest_subprocess(*args, timeout=120)
-    first.assert_outcomes(passed=3, failed=1, skipped=1)
-    first.stdout.fnmatch_lines(
-        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 4 claim(s), 0 from this*"]
+    result = pytester.runpytest_subprocess(*args, timeout=120)
+    result.assert_outcomes(passed=4, failed=2, skipped=2)
+    result.stdout.fnmatch_lines(
+        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 6 claim(s), 2 from this*"]
     )
-    (record,) = (cache / gpu_budget.FOLDER).glob("*.json")
-    recorded = json.loads(record.read_text())["tests"]
-    assert sorted(recorded) == [f"test_budget.py::test_holds_memory[{i}]" for i in range(2)]  # passed only
-    assert {e["gib"] for e in recorded.values()} == {50.0}
-
-    second = pytester.runpytest_subprocess(*args, timeout=120)
-    second.assert_outcomes(passed=3, failed=1, skipped=1)
-    second.stdout.fnmatch_lines(["GPU memory budget: 4 claim(s), 2 from this machine's records*"])
     (a_start, a_end), (b_start, b_end) = (
-        map(float, (pytester.path / f"span_{i}").read_text().split()) for i in range(2)
+        map(float, (pytester.path / f"span_gw{i}").read_text().split()) for i in range(2)
     )
-    assert a_end <= b_start or b_end <= a_start, "two 55 GiB claims ran at once on a 100 GiB budget"
+    assert a_end <= b_start or b_end <= a_start, "two 49.5 GiB claims ran at once on a 100 GiB budget"
+    recorded = json.loads(peaks.path.read_text())["tests"]
+    assert {k: e["gib"] for k, e in recorded.items()} == {holds: 50.0}
     assert not list(tmp.glob("gemma2-gpu-ledger-*")), "the run's ledger folder was left behind"
