@@ -407,7 +407,8 @@ def pytest_configure(config: pytest.Config) -> None:
         gib = None if switch else gpu_check.gpu_memory_gib()  # nvidia-smi only where it decides
         gpus_set = os.environ.get("GEMMA2_REGRESS_GPUS", "").strip()  # set by the gpu tier (suite.tier_env)
         gpus = int(gpus_set) if gpus_set.isdigit() else 1
-        on, why = wanted(int(config.option.numprocesses), gpus, gib, os.environ)
+        workers = config.option.numprocesses  # a number by now: xdist resolves "auto" at cmdline_main
+        on, why = wanted(workers if isinstance(workers, int) else 1, gpus, gib, os.environ)
         if not on:
             return
         before = os.environ.get(LEDGER_ENV)
