@@ -136,10 +136,10 @@ def pack(folder: Path, prefix: Path) -> str:
         for part in sink.paths:
             os.replace(part, prefix.parent / part.name)
     total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
-    isa = _carry(prefix.parent)
+    carried = _carry(prefix.parent)
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
-        f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{isa}"
+        f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{carried}"
     )
 
 
@@ -180,8 +180,8 @@ def load(parts: Sequence[Path]) -> str:
         return f"portable compile cache: {parts[0].name[:-2]}* did not load (another torch?); compiling cold"
     counts = {kind: len(keys) for kind, keys in info.artifacts.items()}
     where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default cache folder")
-    isa = _restore(parts[0].parent)
-    return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}{isa}"
+    carried = _restore(parts[0].parent)
+    return f"portable compile cache: loaded {_counts(counts)} from {len(parts)} part(s) into {where}{carried}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
