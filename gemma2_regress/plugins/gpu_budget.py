@@ -355,13 +355,14 @@ def summary_line(lines: list[dict]) -> str | None:
     if not lines:
         return None
     top = max(lines, key=lambda r: r["peak_gib"])
+    longest = max(lines, key=lambda r: r["waited_s"])
     recorded = sum(1 for r in lines if r["recorded"])
     waited = sum(r["waited_s"] for r in lines)
     over = sum(1 for r in lines if r["recorded"] and r["peak_gib"] > r["claim_gib"])
     line = (
-        f"GPU memory budget: {len(lines)} claim(s), {recorded} from this machine's records, the rest "
-        f"{UNKNOWN_GIB:g} GiB; {waited:.1f} s waited for memory in all; largest peak {top['peak_gib']:.1f} GiB "
-        f"({top['test']})"
+        f"GPU memory budget: {len(lines)} claim(s), {recorded} from recorded peaks, the rest {UNKNOWN_GIB:g} GiB; "
+        f"{waited:.1f} s waited for memory in all, at most {longest['waited_s']:.1f} s ({longest['test']}); "
+        f"largest peak {top['peak_gib']:.1f} GiB ({top['test']})"
     )
     return line + (f"; {over} recorded test(s) went over their claim" if over else "")
 

@@ -107,6 +107,18 @@ def test_a_recorded_peak_holds_only_while_its_module_is_unchanged_and_never_drop
     assert peaks.get("t.py::a", "src2") == 5.0
 
 
+def test_the_last_line_says_what_was_claimed_waited_and_exceeded() -> None:
+    assert gpu_budget.summary_line([]) is None
+    lines = [
+        {"test": "a", "claim_gib": 5.0, "recorded": True, "peak_gib": 6.0, "waited_s": 0.5},
+        {"test": "b", "claim_gib": 33.0, "recorded": False, "peak_gib": 20.0, "waited_s": 2.0},
+    ]
+    assert gpu_budget.summary_line(lines) == (
+        "GPU memory budget: 2 claim(s), 1 from recorded peaks, the rest 33 GiB; 2.5 s waited for memory in all, "
+        "at most 2.0 s (b); largest peak 20.0 GiB (b); 1 recorded test(s) went over their claim"
+    )
+
+
 FAKE_GPU = """
 import pytest
 from gemma2_regress import records
@@ -170,7 +182,10 @@ def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     result = pytester.runpytest_subprocess(*args, timeout=120)
     result.assert_outcomes(passed=4, failed=2, skipped=2)
     result.stdout.fnmatch_lines(
-        ["GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)", "GPU memory budget: 6 claim(s), 2 from this*"]
+        [
+            "GPU memory budget: on (GEMMA2_REGRESS_GPU_BUDGET=1)",
+            "GPU memory budget: 6 claim(s), 2 from recorded peaks, the rest 33 GiB; * waited for memory in all*",
+        ]
     )
     (a_start, a_end), (b_start, b_end) = (
         map(float, (pytester.path / f"span_gw{i}").read_text().split()) for i in range(2)
