@@ -88,6 +88,11 @@ GPU_GIB_PER_WORKER = 34
 CORES_PER_WORKER = 4
 
 
+def workers_by_memory(gpu_gib: float) -> int:
+    """How many workers a GPU of ``gpu_gib`` GiB holds at ``GPU_GIB_PER_WORKER`` each, each at its largest."""
+    return int(gpu_gib // GPU_GIB_PER_WORKER)
+
+
 def workers_per_gpu(
     gpus: int, gpu_gib: float | None, cores: int | None, environ: Mapping[str, str] | None = None
 ) -> tuple[int, str]:
@@ -101,7 +106,7 @@ def workers_per_gpu(
         return n, f"GEMMA2_REGRESS_WORKERS_PER_GPU={n}"
     if not gpu_gib or not cores:
         return 1, "GPU memory or CPU cores unknown; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
-    by_memory = int(gpu_gib // GPU_GIB_PER_WORKER)
+    by_memory = workers_by_memory(gpu_gib)
     by_cores = cores // (CORES_PER_WORKER * max(1, gpus))
     n = max(1, min(by_memory, by_cores))
     return n, (

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -88,7 +89,7 @@ def wanted(workers: int, gpus: int, gpu_gib: float | None, environ: Mapping[str,
         )
     if gpu_gib is None:
         return False, "no GPU memory known (nvidia-smi)"
-    per_gpu, fit = -(-workers // max(1, gpus)), int(gpu_gib // suite.GPU_GIB_PER_WORKER)
+    per_gpu, fit = -(-workers // max(1, gpus)), suite.workers_by_memory(gpu_gib)
     return per_gpu > fit, (
         f"{per_gpu} worker(s) per GPU, {fit} fit in {gpu_gib:.0f} GiB at {suite.GPU_GIB_PER_WORKER} GiB each"
     )
@@ -181,17 +182,15 @@ def claim_for(peak: float | None) -> float:
 
 
 class Peaks:
-    """The tests' recorded peaks on this machine and stack: ``{node id: {"gib": peak, "source": digest}}`` in
-    ``path``, an entry used only while its test module's source digest is unchanged."""
+    """The tests' recorded peaks for ``key`` (the machine and stack): a record (``records``) in ``path`` whose
+    ``tests`` are ``{node id: {"gib": peak, "source": digest}}``, an entry used only while its test module's
+    source digest is unchanged."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, key: dict[str, str]) -> None:
+        self.path, self.key = path, key
 
     def _read(self) -> dict[str, dict]:
-        try:
-            entries = json.loads(self.path.read_text()).get("tests", {})
-        except (OSError, ValueError, AttributeError):
-            return {}
+        entries = (records.read(self.path, self.key) or {}).get("tests", {})
         return entries if isinstance(entries, dict) else {}
 
     def get(self, nodeid: str, source: str) -> float | None:
@@ -200,7 +199,7 @@ class Peaks:
             return entry["gib"]
         return None
 
-    def put(self, nodeid: str, source: str, gib: float, key: dict[str, str]) -> None:
+    def put(self, nodeid: str, source: str, gib: float) -> None:
         """Record ``nodeid``'s peak, the largest seen while its source is ``source`` (read, change, write
         under a lock; the file whole or not at all)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,13 +211,15 @@ class Peaks:
                 if isinstance(before, dict) and before.get("source") == source:
                     gib = max(gib, float(before.get("gib", 0.0)))  # a peak is never recorded lower
                 entries[nodeid] = {"gib": round(gib, 3), "source": source}
-                write_json_atomic(self.path, {"key": key, "tests": entries})
+                write_json_atomic(self.path, {"key": self.key, "tests": entries})
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@functools.cache
 def source_digest(path: Path) -> str:
-    """A digest of a test module's source: a recorded peak is used only while it is unchanged."""
+    """A digest of a test module's source: a recorded peak is used only while it is unchanged (read once per
+    module and process)."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError:
@@ -306,7 +307,7 @@ class _Worker:
             name = hashlib.sha256(ident.encode()).hexdigest()[:16]
             self.ledger = Ledger(self.folder / f"{name}.json", capacity=total - SLACK_GIB)
             self.key = self.cuda.key()
-            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, self.key))
+            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, self.key), self.key)
         return self.ledger
 
     @pytest.hookimpl(wrapper=True)
@@ -329,7 +330,7 @@ class _Worker:
             peak = self.cuda.peak()
             ledger.release(os.getpid(), CONTEXT_GIB + self.cuda.finish())
             if finished and self.passed:  # a test cut short, failed or skipped may not have reached its peak
-                self.peaks.put(item.nodeid, source, peak, self.key)
+                self.peaks.put(item.nodeid, source, peak)
             report.spool(
                 {
                     "test": item.nodeid,

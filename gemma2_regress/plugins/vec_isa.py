@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -115,12 +114,9 @@ def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -
     path = records.path(folder, FOLDER, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
-        try:
-            record = json.loads(path.read_text())
-            if record.get("key") == key:
-                return {**record, "source": "recorded"}
-        except (OSError, ValueError):
-            pass
+        record = records.read(path, key)
+        if record is not None:
+            return {**record, "source": "recorded"}
         start = time.perf_counter()
         passed, candidates = probe()
         record = {"key": key, "passed": passed, "candidates": candidates}

@@ -95,16 +95,17 @@ def test_claims_from_records_have_headroom_and_unknown_tests_claim_a_workers_sha
 
 
 def test_a_recorded_peak_holds_only_while_its_module_is_unchanged_and_never_drops(tmp_path: Path) -> None:
-    peaks = Peaks(tmp_path / "peaks.json")
+    peaks = Peaks(tmp_path / "peaks.json", {"gpu": "x"})
     assert peaks.get("t.py::a", "src1") is None
-    peaks.put("t.py::a", "src1", 12.3456, {"gpu": "x"})
-    peaks.put("t.py::b", "src1", 2.0, {"gpu": "x"})
+    peaks.put("t.py::a", "src1", 12.3456)
+    peaks.put("t.py::b", "src1", 2.0)
     assert peaks.get("t.py::a", "src1") == 12.346 and peaks.get("t.py::b", "src1") == 2.0
     assert peaks.get("t.py::a", "src2") is None
-    peaks.put("t.py::a", "src1", 5.0, {"gpu": "x"})
+    peaks.put("t.py::a", "src1", 5.0)
     assert peaks.get("t.py::a", "src1") == 12.346
-    peaks.put("t.py::a", "src2", 5.0, {"gpu": "x"})  # the module changed: its new peak
+    peaks.put("t.py::a", "src2", 5.0)  # the module changed: its new peak
     assert peaks.get("t.py::a", "src2") == 5.0
+    assert Peaks(peaks.path, {"gpu": "y"}).get("t.py::a", "src2") is None  # another machine's record
 
 
 def test_the_last_line_says_what_was_claimed_waited_and_exceeded() -> None:
@@ -172,9 +173,9 @@ def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     args = ["-n", "2", "--dist", "each", "-p", "no:cacheprovider", "-p", "gemma2_regress.plugins.markers"]
     args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
     cache, tmp = pytester.path / "inductor", pytester.mkdir("tmp")
-    peaks = Peaks(records.path(cache, records.GPU_PEAKS, {"gpu": "fake"}))
+    peaks = Peaks(records.path(cache, records.GPU_PEAKS, {"gpu": "fake"}), {"gpu": "fake"})
     holds = "test_budget.py::test_holds_memory"
-    peaks.put(holds, gpu_budget.source_digest(module), 45.0, {"gpu": "fake"})
+    peaks.put(holds, gpu_budget.source_digest(module), 45.0)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
     monkeypatch.setenv(gpu_budget.SWITCH_ENV, "1")
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the run's ledger folder
