@@ -31,11 +31,13 @@ claims ``UNKNOWN_GIB`` per test, unless a packed compile cache brought the recor
 (``builds.portable_cache``).
 
 At the end the controller prints one line: claims made, how many from a record, the time the tests waited
-for memory, and the largest peak. Outside xdist (one process per GPU) nothing of this runs.
+for memory, and the largest peak.
 
-When: where more xdist workers share a GPU than its memory holds at ``suite.GPU_GIB_PER_WORKER`` each (the
-GPU tier's own choice never does; ``GEMMA2_REGRESS_WORKERS_PER_GPU=8`` on an H200 does), and always or
-never with ``GEMMA2_REGRESS_GPU_BUDGET=1`` or ``0``. The header says which and why.
+When: the claims, where more xdist workers share a GPU than its memory holds at ``suite.GPU_GIB_PER_WORKER``
+each (``GEMMA2_REGRESS_WORKERS_PER_GPU=8`` on an H200), and always or never with
+``GEMMA2_REGRESS_GPU_BUDGET=1`` or ``0``; the header says which and why. The peaks are recorded in every run
+that runs ``gpu`` tests on a GPU, with or without claims and xdist, so that a later run on the same machine
+and stack claims what its tests need.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ SPOOL_STREAM = "gpu-budget"  # one line per claim, read back by the controller
 CONTEXT_GIB = 1.0  # a CUDA context and its handles outside torch's allocator: 0.68 GiB measured on an H200
 SLACK_GIB = 2.0  # kept free: contexts of workers that have not claimed yet, and the driver's own
 # A claim without a record: GPU_GIB_PER_WORKER (suite.py) less the context, what each of the workers that
-# memory alone allows could hold at once; the largest peak measured on an H200 is 33.7 GiB.
+# memory alone allows could hold at once (the largest test peak recorded on an H200 so far: 30.2 GiB).
 UNKNOWN_GIB = 33.0
 # Over a recorded peak: the allocator rounds blocks and splits them by the order of earlier frees, so the same
 # test's peak moves a little between runs; a claim is a schedule, not a bound on a result.
@@ -285,14 +287,14 @@ class Cuda:
 
 
 class _Worker:
-    """The plugin in an xdist worker: claims around each ``gpu``-marked test (set-up to teardown)."""
+    """The plugin in a process that runs tests: records each ``gpu``-marked test's peak (set-up to teardown)
+    and, where the run shares its GPUs through a ledger in ``folder``, claims the memory around it."""
 
-    def __init__(self, folder: Path, config: pytest.Config) -> None:
+    def __init__(self, folder: Path | None, config: pytest.Config) -> None:
         self.folder, self.config = folder, config
         self.cuda: Cuda | None = None
         self.ledger: Ledger | None = None
         self.peaks: Peaks | None = None
-        self.key: dict[str, str] = {}
         self.passed = True  # every phase of the running test passed so far
 
     def _usable(self) -> bool:
@@ -300,26 +302,27 @@ class _Worker:
             self.cuda = self.config.stash.get(CUDA, None) or Cuda()
         return self.cuda.usable()
 
-    def _open(self) -> Ledger:
+    def _open(self) -> tuple[Peaks, Ledger | None]:
         assert self.cuda is not None
-        if self.ledger is None:
-            ident, total = self.cuda.device()
-            name = hashlib.sha256(ident.encode()).hexdigest()[:16]
-            self.ledger = Ledger(self.folder / f"{name}.json", capacity=total - SLACK_GIB)
-            self.key = self.cuda.key()
-            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, self.key), self.key)
-        return self.ledger
+        if self.peaks is None:
+            key = self.cuda.key()
+            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, key), key)
+            if self.folder is not None:
+                ident, total = self.cuda.device()
+                name = hashlib.sha256(ident.encode()).hexdigest()[:16]
+                self.ledger = Ledger(self.folder / f"{name}.json", capacity=total - SLACK_GIB)
+        return self.peaks, self.ledger
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
         if not item.get_closest_marker("gpu") or not self._usable():
             return (yield)
-        ledger = self._open()
-        assert self.peaks is not None and self.cuda is not None
+        peaks, ledger = self._open()
+        assert self.cuda is not None
         source = source_digest(item.path)
-        recorded = self.peaks.get(item.nodeid, source)
+        recorded = peaks.get(item.nodeid, source)
         base = CONTEXT_GIB + self.cuda.start()
-        granted, waited = ledger.claim(os.getpid(), claim_for(recorded), base)
+        granted, waited = ledger.claim(os.getpid(), claim_for(recorded), base) if ledger else (0.0, 0.0)
         self.passed = True  # until a phase reports otherwise (pytest_runtest_logreport)
         finished = False
         try:
@@ -328,19 +331,21 @@ class _Worker:
             return result
         finally:
             peak = self.cuda.peak()
-            ledger.release(os.getpid(), CONTEXT_GIB + self.cuda.finish())
+            after = CONTEXT_GIB + self.cuda.finish()
             if finished and self.passed:  # a test cut short, failed or skipped may not have reached its peak
-                self.peaks.put(item.nodeid, source, peak)
-            report.spool(
-                {
-                    "test": item.nodeid,
-                    "claim_gib": round(granted, 3),
-                    "recorded": recorded is not None,
-                    "peak_gib": round(peak, 3),
-                    "waited_s": round(waited, 3),
-                },
-                SPOOL_STREAM,
-            )
+                peaks.put(item.nodeid, source, peak)
+            if ledger is not None:
+                ledger.release(os.getpid(), after)
+                report.spool(
+                    {
+                        "test": item.nodeid,
+                        "claim_gib": round(granted, 3),
+                        "recorded": recorded is not None,
+                        "peak_gib": round(peak, 3),
+                        "waited_s": round(waited, 3),
+                    },
+                    SPOOL_STREAM,
+                )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.outcome != "passed" or hasattr(report, "wasxfail"):
@@ -400,10 +405,9 @@ CUDA = pytest.StashKey[Cuda]()  # where a self-test's conftest puts a fake
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):  # an xdist worker: claims where the controller made a ledger
         folder = os.environ.get(LEDGER_ENV)
-        if folder:
-            config.pluginmanager.register(_Worker(Path(folder), config), "gemma2-gpu-budget")
+        config.pluginmanager.register(_Worker(Path(folder) if folder else None, config), "gemma2-gpu-budget")
     elif config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
         switch = os.environ.get(SWITCH_ENV, "").strip()
         gib = None if switch else gpu_check.gpu_memory_gib()  # nvidia-smi only where it decides
@@ -417,3 +421,5 @@ def pytest_configure(config: pytest.Config) -> None:
         folder = Path(tempfile.mkdtemp(prefix="gemma2-gpu-ledger-"))
         os.environ[LEDGER_ENV] = str(folder)  # the workers start after this and inherit it
         config.pluginmanager.register(_Controller(folder, before, why), "gemma2-gpu-budget")
+    else:  # one process runs the tests: it records peaks, and has no one to share its GPU with
+        config.pluginmanager.register(_Worker(None, config), "gemma2-gpu-budget")

@@ -144,7 +144,7 @@ import pytest
 
 @pytest.mark.gpu
 def test_holds_memory():
-    out = pathlib.Path(__file__).parent / f"span_{os.environ['PYTEST_XDIST_WORKER']}"
+    out = pathlib.Path(__file__).parent / f"span_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     start = time.time()
     time.sleep(1.0)
     out.write_text(f"{start} {time.time()}")
@@ -195,3 +195,32 @@ def test_xdist_workers_sharing_a_gpu_never_hold_more_than_it_has(
     recorded = json.loads(peaks.path.read_text())["tests"]
     assert {k: e["gib"] for k, e in recorded.items()} == {holds: 50.0}
     assert not list(tmp.glob("gemma2-gpu-ledger-*")), "the run's ledger folder was left behind"
+
+
+@pytest.mark.parametrize("xdist", [["-n", "2", "--dist", "each"], ["-p", "no:xdist"]], ids=["workers", "one"])
+def test_without_the_budget_peaks_are_still_recorded(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
+) -> None:
+    """A run whose workers fit the GPU (or one process) claims nothing, and still records what its passed
+    GPU tests peaked at, for a later run that shares the GPU among more workers."""
+    pytester.makeconftest(FAKE_GPU)
+    pytester.makepyfile(test_budget=TESTS)
+    args = [*xdist, "-p", "no:cacheprovider", "-p", "gemma2_regress.plugins.markers"]
+    args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
+    cache = pytester.path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv(gpu_budget.SWITCH_ENV, "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(*args, timeout=120)
+    result.assert_outcomes(
+        **(
+            {"passed": 4, "failed": 2, "skipped": 2}
+            if "-n" in xdist
+            else {"passed": 2, "failed": 1, "skipped": 1}
+        )
+    )
+    assert "GPU memory budget" not in result.stdout.str()
+    peaks = records.path(cache, records.GPU_PEAKS, {"gpu": "fake"})
+    assert {k: e["gib"] for k, e in json.loads(peaks.read_text())["tests"].items()} == {
+        "test_budget.py::test_holds_memory": 50.0
+    }
