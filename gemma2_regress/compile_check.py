@@ -20,6 +20,13 @@ import sys
 _WRONG = 7  # the child's exit status for a wrong answer (its stdout: "<device> <error>")
 
 _CANARY = f"""
+import os
+if os.environ.get("GEMMA2_REGRESS_VEC_ISA_RECORD"):  # replay the run's CPU ISA probe (plugins.vec_isa)
+    try:
+        from gemma2_regress.plugins.vec_isa import replay_file
+        replay_file(os.environ["GEMMA2_REGRESS_VEC_ISA_RECORD"])
+    except ImportError:
+        pass
 import torch
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 for dev in devices:

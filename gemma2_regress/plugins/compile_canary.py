@@ -8,8 +8,8 @@ compiled kernels for it. ``--no-compile-canary`` or ``GEMMA2_REGRESS_NO_COMPILE_
 check (``nox -s portability`` checked each setting already); ``--collect-only`` runs and xdist workers
 never start it.
 
-The child inherits the vector-ISA decision of ``plugins.vec_isa`` (``child_env``), so it does not run
-Inductor's CPU probe on its own, and the run's last lines say how long the first test waited for it.
+The child replays the CPU vector-ISA probe recorded by ``plugins.vec_isa`` (``child_env``), so it does not
+run Inductor's probe on its own, and the run's last lines say how long the first test waited for it.
 
 A canary that passed leaves a record in the compile cache folder (``<cache>/gemma2-regress-canary/``),
 keyed by everything its answer depends on: ``vec_isa.probe_key`` (torch's build and path, Python, the
@@ -122,7 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if records.read(path, key) is not None:  # passed here before
         config.stash[_FOUND] = path
         return
-    config.stash[_CHILD] = compile_check.start(vec_isa.child_env())
+    config.stash[_CHILD] = compile_check.start(vec_isa.child_env(config))
     config.stash[_TO_RECORD] = (path, key)
 
 

@@ -1,37 +1,42 @@
 """Inductor's CPU vector-ISA probe, run once per compile cache folder and its outcome recorded there.
 
 A pytest plugin (registered from conftest with ``pytest_plugins``). Before Inductor builds C++ it asks which
-SIMD instruction sets (``avx512``, ``avx2``, ...) it may use: each candidate that the CPU's flags allow is
-tried by compiling a small library with that ISA's flags and loading it in a child Python
-(``torch._inductor.cpu_vec_isa.valid_vec_isa_list``). Every process asks again, and under torch 2.11 each
-child imports torch, so every xdist worker waited on it, queueing on one lock (docs/gpu.md has the figures).
+SIMD instruction sets (``avx512``, ``avx2``, ...) it may use (``torch._inductor.cpu_vec_isa``,
+``valid_vec_isa_list``): for each ISA that the CPU's flags allow it compiles a small library with that ISA's
+flags and loads it in a child Python, and the AVX-512 ISAs add checks of their own (bf16, VNNI, AMX) the
+same way. Every process asks again, and under torch 2.11 each child imports torch, under one lock that all
+processes share: an xdist worker's first C++ kernel (a training step's backward graph, on a GPU runner)
+waited 25 to 56 s for it (docs/gpu.md has the figures).
 
 At ``pytest_configure`` this plugin looks for a record of that probe in the compile cache folder, keyed by
 what decides its outcome (torch's build, Python, the C++ compiler and its version, the CPU's flags). With
-none, it runs Inductor's own probe once, under a file lock, and writes the record (atomically). Where the
-record says that every candidate passed, it sets ``torch._inductor.config.cpp.vec_isa_ok = True``:
-Inductor's switch for "use every ISA the CPU's flags allow, without testing", which is then exactly the set
-the probe found, so the generated code is the same. Where a candidate failed, nothing is set and Inductor
-probes as before. A ``TORCHINDUCTOR_VEC_ISA_OK`` set by the user is left alone, and so is a torch
-without the functions used here.
+none, it runs Inductor's own probe once, under a file lock, noting the outcome of every build check
+(``checks``: each check named by its ISA class, compiler flags and source), and writes the record
+(atomically). With one, it replays it: Inductor's own probe runs with its build check answering from the
+record, which fills Inductor's per-process caches with the same ISAs the real checks gave, without a
+compiler or a child Python (a check missing from the record is built for real). Inductor's settings are not
+changed, so its cache keys are those of any process on this machine. A ``TORCHINDUCTOR_VEC_ISA_OK`` set by
+the user is left alone, and so is a torch without the functions used here.
+
+The run's own child Pythons that compile (``plugins.compile_canary``) replay the same record
+(``child_env``, ``replay_file``).
 
 A packed compile cache carries the records (``builds.portable_cache``): a fresh runner of the same image
 then skips the probe too.
-
-The setting is part of Inductor's cache keys; every process of the suite on one machine sets it the same
-way, so they keep sharing entries (a cache written before this plugin existed is not hit once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -40,9 +45,10 @@ from gemma2_regress import records
 from gemma2_regress.atomic import write_json_atomic
 
 USER_ENV = "TORCHINDUCTOR_VEC_ISA_OK"
+RECORD_ENV = "GEMMA2_REGRESS_VEC_ISA_RECORD"  # a child Python replays this record (``replay_file``)
 FOLDER = records.VEC_ISA
 
-Probe = Callable[[], tuple[list[str], list[str]]]
+Probe = Callable[[], tuple[list[str], dict[str, bool]]]
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
@@ -94,71 +100,119 @@ def _probe_key() -> dict[str, str]:
     }
 
 
-def inductor_probe() -> tuple[list[str], list[str]]:
-    """``(passed, candidates)``: the ISAs Inductor's probe accepts here, and those it would accept untested
-    (the CPU's flags allow them). The probe's result stays cached in this process, as Inductor keeps it."""
-    import torch._inductor.config as inductor_config
+def check_id(isa: object, code: str) -> str:
+    """The name of one of Inductor's build checks: the ISA's class, its compiler flags at the time of the check
+    (the bf16 and AMX-fp16 checks add a flag for their duration) and the source it builds."""
+    text = f"{type(isa).__name__}\n{getattr(isa, '_arch_flags', '')}\n{code}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _check_build(replace: Callable[[Callable[[object, str], bool], object, str], bool]) -> Iterator[None]:
+    """Inductor's build check (``VecISA.check_build``, which every ISA class inherits) routed through
+    ``replace(real, isa, code)`` for the duration."""
+    from torch._inductor.cpu_vec_isa import VecISA
+
+    real = VecISA.check_build
+    VecISA.check_build = lambda isa, code: replace(real, isa, code)
+    try:
+        yield
+    finally:
+        VecISA.check_build = real
+
+
+def inductor_probe() -> tuple[list[str], dict[str, bool]]:
+    """``(passed, checks)``: Inductor's probe run for real in this process (its result stays in Inductor's
+    caches here), and the outcome of every build check it made."""
     from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
-    passed = [str(isa) for isa in valid_vec_isa_list()]
-    with inductor_config.patch({"cpp.vec_isa_ok": True}):
-        candidates = [str(isa) for isa in valid_vec_isa_list.__wrapped__()]  # uncached: untested
-    return passed, candidates
+    checks: dict[str, bool] = {}
+
+    def noted(real: Callable[[object, str], bool], isa: object, code: str) -> bool:
+        checks[check_id(isa, code)] = ok = bool(real(isa, code))
+        return ok
+
+    with _check_build(noted):
+        passed = [str(isa) for isa in valid_vec_isa_list()]
+    return passed, checks
+
+
+def replay(checks: dict[str, bool]) -> list[str]:
+    """Inductor's probe run in this process with its build checks answered from ``checks`` (one not there
+    is built for real); the ISAs it then allows, kept in Inductor's caches for this process."""
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    def answered(real: Callable[[object, str], bool], isa: object, code: str) -> bool:
+        found = checks.get(check_id(isa, code))
+        return bool(real(isa, code)) if found is None else found
+
+    with _check_build(answered):
+        return [str(isa) for isa in valid_vec_isa_list()]
+
+
+def replay_file(path: str) -> list[str]:
+    """``replay`` from the record in ``path`` (a child Python handed it by ``child_env``: its parent read it
+    under this machine's key); nothing is replayed where the file is unreadable."""
+    try:
+        checks = json.loads(Path(path).read_text()).get("checks")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return replay(checks) if isinstance(checks, dict) else []
 
 
 def recorded(folder: Path, key: dict[str, str], probe: Probe = inductor_probe) -> dict:
-    """The record for ``key`` in ``folder``, probing (``probe``) and writing it first where there is none.
-    Processes that start together wait on one lock, and all but the first then read what it wrote."""
+    """The record for ``key`` in ``folder``, probing (``probe``) and writing it first where there is none (or
+    only one from before build checks were noted). Processes that start together wait on one lock, and all
+    but the first then read what it wrote."""
     from filelock import FileLock  # torch's own dependency
 
     path = records.path(folder, FOLDER, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=600):
         record = records.read(path, key)
-        if record is not None:
-            return {**record, "source": "recorded"}
+        if record is not None and isinstance(record.get("checks"), dict):
+            return {**record, "source": "recorded", "path": str(path)}
         start = time.perf_counter()
-        passed, candidates = probe()
-        record = {"key": key, "passed": passed, "candidates": candidates}
+        passed, checks = probe()
+        record = {"key": key, "passed": passed, "checks": checks}
         write_json_atomic(path, record)
-        return {**record, "source": f"probed in {time.perf_counter() - start:.1f} s"}
+        return {**record, "source": f"probed in {time.perf_counter() - start:.1f} s", "path": str(path)}
 
 
-def apply(environ: dict[str, str] | None = None, probe: Probe = inductor_probe) -> str:
-    """Set ``cpp.vec_isa_ok`` from this compile cache's record (see the module docstring); one line that says
-    what was done. Where it is set, ``child_env`` hands the setting down to the run's own child processes."""
+def apply(environ: Mapping[str, str] | None = None, probe: Probe = inductor_probe) -> tuple[str, str | None]:
+    """Probe or replay (module docstring): ``(one line that says what was done, the record's path where this
+    process's probe came from it or wrote it, else None)``."""
     environ = os.environ if environ is None else environ
     if environ.get(USER_ENV) is not None:
-        return f"vec ISA: {USER_ENV}={environ[USER_ENV]} (set outside the suite)"
+        return f"vec ISA: {USER_ENV}={environ[USER_ENV]} (set outside the suite)", None
     try:
-        import torch._inductor.config as inductor_config
-        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+        from torch._inductor.cpu_vec_isa import VecISA, valid_vec_isa_list
 
         folder = records.cache_folder()
     except ImportError as exc:
-        return f"vec ISA: Inductor probes per process ({exc})"
-    if not hasattr(valid_vec_isa_list, "__wrapped__") or inductor_config.cpp.vec_isa_ok is not None:
-        return "vec ISA: Inductor probes per process"
+        return f"vec ISA: Inductor probes per process ({exc})", None
+    if not hasattr(VecISA, "check_build") or not hasattr(valid_vec_isa_list, "cache_info"):
+        return "vec ISA: Inductor probes per process", None
+    if valid_vec_isa_list.cache_info().currsize:  # asked before this plugin: its answer stays
+        return "vec ISA: probed in this process before the suite's set-up", None
     record = recorded(folder, probe_key(), probe)
-    passed, candidates = record["passed"], record["candidates"]
-    if passed != candidates:
-        return f"vec ISA: {', '.join(passed) or 'none'} of {', '.join(candidates)} passed; Inductor probes per process"
-    inductor_config.cpp.vec_isa_ok = True
-    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)"
+    passed = replay(record["checks"]) if record["source"] == "recorded" else record["passed"]
+    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)", record[
+        "path"
+    ]
 
 
-def child_env() -> dict[str, str]:
-    """What a child Python that this process starts to compile (``compile_check``'s canary) needs in its
-    environment to skip the probe as this process does: ``{TORCHINDUCTOR_VEC_ISA_OK: "1"}`` where the switch
-    is on here (``apply`` set it), else nothing (the child probes, or inherits the user's setting). Without
-    it the canary's child probed on its own, on a GPU runner for as long as the probe takes there, and the
-    first test waited for the canary."""
-    config = sys.modules.get("torch._inductor.config")
-    return {USER_ENV: "1"} if config is not None and config.cpp.vec_isa_ok is True else {}
+def child_env(config: pytest.Config) -> dict[str, str]:
+    """What a child Python that this run starts to compile (``compile_check``'s canary) needs in its
+    environment to replay this process's probe: ``{RECORD_ENV: <the record>}``, else nothing (the child
+    probes, or inherits the user's setting). Without it the canary's child probed on its own, and the first
+    test waited for the canary (docs/gpu.md)."""
+    path = config.stash.get(RECORD, None)
+    return {RECORD_ENV: path} if path else {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[LINE] = apply()
+    config.stash[LINE], config.stash[RECORD] = apply()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -166,3 +220,4 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 LINE = pytest.StashKey[str]()
+RECORD = pytest.StashKey["str | None"]()

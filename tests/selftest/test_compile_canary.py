@@ -73,13 +73,13 @@ def test_another_setting_runs_it_again(suite, monkeypatch, setting):
     assert len(started) == 2 and len(_records(suite)) == 2
 
 
-def test_the_child_inherits_the_vec_isa_decision(suite, monkeypatch):
-    """The canary's child is started with plugins.vec_isa's ``child_env`` (so it skips Inductor's CPU
+def test_the_child_is_handed_the_vec_isa_record(suite, monkeypatch):
+    """The canary's child is started with plugins.vec_isa's ``child_env`` (so it replays Inductor's CPU
     probe where the run's process skips it), after that plugin's configure."""
     from gemma2_regress.plugins import vec_isa
 
     started = []
-    monkeypatch.setattr(vec_isa, "child_env", lambda: {"CHILD_ENV_MARK": "1"})
+    monkeypatch.setattr(vec_isa, "child_env", lambda config: {"CHILD_ENV_MARK": "1"})
     monkeypatch.setattr(compile_check, "start", lambda env=None: started.append(env) or _Done())
     result = suite.runpytest_inprocess(*PLUGIN)
     result.assert_outcomes(passed=1)

@@ -155,7 +155,7 @@ def test_compress_slices_side_by_side_and_decompresses_whole(monkeypatch) -> Non
 def test_pack_carries_the_records_and_load_puts_them_back(tmp_path: Path, monkeypatch) -> None:
     from gemma2_regress import records
 
-    isa = {"key": {"torch": "t", "compiler": "c"}, "passed": ["avx2"], "candidates": ["avx2"]}
+    isa = {"key": {"torch": "t", "compiler": "c"}, "passed": ["avx2"], "checks": {"a1": True}}
     peaks = {"key": {"gpu": "g", "torch": "t"}, "tests": {"t.py::a": {"gib": 3.0, "source": "s"}}}
     here, there, beside = tmp_path / "here", tmp_path / "there", tmp_path / "beside"
     records.import_(here, records.VEC_ISA, [isa])
