@@ -12,9 +12,9 @@ The suite is ``conftest.py``, ``tests/`` and ``fixtures/`` plus pytest's setting
     cpu   ``-m "not gpu"``: the oracle, Unsloth's kernels on CPU, the fixture model (and, in a checkout,
           the self-tests); HYPOTHESIS_PROFILE ``ci``; GEMMA2_REGRESS_WORKERS xdist workers (default 2)
     gpu   ``-m gpu``: Unsloth's model, trainer and kernels on CUDA; HYPOTHESIS_PROFILE ``gpu``; xdist
-          workers per GPU as ``workers_per_gpu`` chooses them from the machine and the peaks recorded in
-          the compile cache (GEMMA2_REGRESS_WORKERS_PER_GPU overrides), each pinned to its GPU
-          (conftest.py); ``--require-gpu``: without a GPU the tier fails instead of skipping
+          workers per GPU as ``workers_per_gpu`` chooses them from the machine (GEMMA2_REGRESS_WORKERS_PER_GPU
+          overrides), each pinned to its GPU (conftest.py); ``--require-gpu``: without a GPU the tier fails
+          instead of skipping
 
 Standard library only: the noxfile imports it before any environment exists.
 """

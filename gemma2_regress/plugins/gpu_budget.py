@@ -3,8 +3,7 @@
 A pytest plugin (registered from conftest with ``pytest_plugins``). Several workers share a GPU (the GPU
 tier's ``suite.workers_per_gpu``). Without a budget, what keeps them from running out of memory together
 is a worker count small enough for the largest test on every worker at once (4 on an H200). More workers
-overlap more of a warm run's compiles, and without a budget ran out of memory (docs/gpu.md); with this
-one, the GPU tier takes more once a run has recorded the tests' peaks here.
+overlap more of a warm run's compiles, and without a budget ran out of memory (docs/gpu.md).
 
 The budget, per GPU, is a ledger file that the workers of one run share (a folder the xdist controller
 makes at configure and hands down in ``LEDGER_ENV``), changed under a file lock:
