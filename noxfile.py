@@ -123,17 +123,12 @@ def _compile_cache(session: nox.Session) -> Path:
 
 
 def _tier_args(
-    session: nox.Session,
-    tier: str,
-    gpus: int = 0,
-    gpu_gib: float | None = None,
-    cores: int | None = None,
-    peaks_recorded: bool = False,
+    session: nox.Session, tier: str, gpus: int = 0, gpu_gib: float | None = None, cores: int | None = None
 ) -> list[str]:
     """The tier's pytest arguments, its variables set in the session (gemma2_regress/suite.py: the tier
     means what it means in `gemma2-regress test`)."""
     try:
-        args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores, peaks_recorded=peaks_recorded)
+        args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
     except suite.SuiteError as exc:
         session.error(str(exc))
     session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
@@ -209,11 +204,9 @@ def gpu(session: nox.Session) -> None:
     # Workers per GPU from its memory and the CPU cores (suite.workers_per_gpu), each pinned to its own
     # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound (docs/gpu.md).
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
-    cache = Path(os.environ.get(suite.COMPILE_CACHE_ENV) or _compile_cache(session))
-    warm = suite.gpu_peaks_recorded(cache, gpu_check.gpu_name())
-    per_gpu, why = suite.workers_per_gpu(n, gib, cores, peaks_recorded=warm)
+    per_gpu, why = suite.workers_per_gpu(n, gib, cores)
     session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
-    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores, peaks_recorded=warm))
+    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores))
 
 
 @nox.session(python=PYTHON)

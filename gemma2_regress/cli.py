@@ -293,12 +293,10 @@ def cmd_test(argv: list[str]) -> int:
             gpus = gpu_check.cuda_device_count(sys.executable)
             pytest_args = ["--require-gpu", *pytest_args]
             gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
-            cache = Path(os.environ.get(suite.COMPILE_CACHE_ENV) or reports / "compile-cache")
-            warm = suite.gpu_peaks_recorded(cache, gpu_check.gpu_name())
-            per_gpu, why = suite.workers_per_gpu(gpus, gib, cores, peaks_recorded=warm)
+            per_gpu, why = suite.workers_per_gpu(gpus, gib, cores)
             print(f"{prog}: {per_gpu} xdist worker(s) per GPU x {gpus} GPU(s) ({why})", flush=True)
         else:
-            gib, cores, warm = None, gpu_check.cpu_cores(), False
+            gib, cores = None, gpu_check.cpu_cores()
         argv_, defaults = suite.pytest_command(
             args.tier,
             pytest_args,
@@ -308,7 +306,6 @@ def cmd_test(argv: list[str]) -> int:
             gpus=gpus,
             gpu_gib=gib,
             cores=cores,
-            peaks_recorded=warm,
         )
     except (suite.SuiteError, bisect.BisectError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

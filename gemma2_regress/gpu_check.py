@@ -232,25 +232,6 @@ def gpu_memory_gib(timeout_s: float = 60.0) -> float | None:
     return min(mib.values()) / 1024 if done.returncode == 0 and mib else None
 
 
-def gpu_name(timeout_s: float = 60.0) -> str | None:
-    """The first visible GPU's name as nvidia-smi gives it (``NVIDIA H200``; the first of
-    CUDA_VISIBLE_DEVICES when it lists indices); None when nvidia-smi is absent or does not answer."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    argv = [smi, "--query-gpu=index,name", "--format=csv,noheader"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    names = dict(
-        tuple(part.strip() for part in line.split(",", 1)) for line in done.stdout.splitlines() if "," in line
-    )
-    chosen = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    first = chosen[0] if chosen and chosen[0] in names else next(iter(names), None)
-    return names[first] if done.returncode == 0 and first is not None else None
-
-
 def cpu_cores() -> int:
     """CPU cores this process may run on (its affinity, where the OS tells it; else ``os.cpu_count()``)."""
     try:

@@ -86,10 +86,6 @@ GPU_GIB_PER_WORKER = 34
 # Cold compiles are CPU-bound (Dynamo, Inductor's codegen and its compile worker pool): with fewer cores
 # than this per worker they queue behind each other and more workers stop paying.
 CORES_PER_WORKER = 4
-# Where this GPU has run the tier from this compile cache before (its tests' peaks recorded there), the
-# compiles are mostly cache hits and Dynamo's tracing, one core each: 2 cores a worker, and the memory
-# shared through plugins.gpu_budget, whose claims are those recorded peaks.
-CORES_PER_WORKER_WARM = 2
 
 
 def workers_by_memory(gpu_gib: float) -> int:
@@ -98,19 +94,11 @@ def workers_by_memory(gpu_gib: float) -> int:
 
 
 def workers_per_gpu(
-    gpus: int,
-    gpu_gib: float | None,
-    cores: int | None,
-    environ: Mapping[str, str] | None = None,
-    *,
-    peaks_recorded: bool = False,
+    gpus: int, gpu_gib: float | None, cores: int | None, environ: Mapping[str, str] | None = None
 ) -> tuple[int, str]:
-    """``(workers per GPU, why)`` for the gpu tier: ``$GEMMA2_REGRESS_WORKERS_PER_GPU`` if set; else, where
-    ``peaks_recorded`` (this GPU ran the tier from this compile cache before: ``gpu_peaks_recorded``), as many
-    as the CPU cores shared by every GPU's workers allow at ``CORES_PER_WORKER_WARM`` each, the memory then
-    shared through ``plugins.gpu_budget``; else as many as both the smallest GPU's memory (``gpu_gib``,
-    ``GPU_GIB_PER_WORKER`` each) and the cores at ``CORES_PER_WORKER`` each allow. At least 1; 1 where the
-    memory or the cores are unknown."""
+    """``(workers per GPU, why)`` for the gpu tier: ``$GEMMA2_REGRESS_WORKERS_PER_GPU`` if set, else as many
+    as both the smallest GPU's memory (``gpu_gib``, ``GPU_GIB_PER_WORKER`` each) and the CPU cores shared
+    by every GPU's workers (``CORES_PER_WORKER`` each) allow, at least 1; 1 where either is unknown."""
     environ = os.environ if environ is None else environ
     chosen = environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "")
     if chosen.strip():
@@ -119,32 +107,12 @@ def workers_per_gpu(
     if not gpu_gib or not cores:
         return 1, "GPU memory or CPU cores unknown; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
     by_memory = workers_by_memory(gpu_gib)
-    if peaks_recorded:
-        n = max(1, by_memory, cores // (CORES_PER_WORKER_WARM * max(1, gpus)))
-        return n, (
-            f"peaks recorded for this GPU in the compile cache: {cores} cores / ({CORES_PER_WORKER_WARM} per "
-            f"worker x {max(1, gpus)} GPU(s)), memory shared by recorded peaks; "
-            "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
-        )
     by_cores = cores // (CORES_PER_WORKER * max(1, gpus))
     n = max(1, min(by_memory, by_cores))
     return n, (
         f"{gpu_gib:.0f} GiB per GPU / {GPU_GIB_PER_WORKER} GiB per worker = {by_memory}, {cores} cores / "
         f"({CORES_PER_WORKER} per worker x {max(1, gpus)} GPU(s)) = {by_cores}; "
         "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
-    )
-
-
-def gpu_peaks_recorded(compile_cache: Path, gpu_name: str | None) -> bool:
-    """Whether the compile cache folder holds test peaks recorded on a GPU named ``gpu_name`` (as nvidia-smi
-    names it; ``plugins.gpu_budget`` writes them in every GPU run): this GPU ran the tier from this cache."""
-    if not gpu_name:
-        return False
-    from gemma2_regress import records  # standard library only, as this module
-
-    return any(
-        str(r["key"].get("gpu", "")).rpartition(" ")[0] == gpu_name and r.get("tests")  # "<name> <bytes>"
-        for r in records.export(compile_cache, records.GPU_PEAKS)
     )
 
 
@@ -161,7 +129,6 @@ def tier_args(
     *,
     gpu_gib: float | None = None,
     cores: int | None = None,
-    peaks_recorded: bool = False,
 ) -> list[str]:
     """pytest's arguments for ``tier`` (module doc), with ``gpus`` CUDA devices of ``gpu_gib`` GiB each (the
     smallest) and ``cores`` CPU cores (gpu tier: ``workers_per_gpu``).
@@ -173,9 +140,7 @@ def tier_args(
         workers = cpu_workers(environ)
         selection = ["-m", "not gpu"]
     elif tier == "gpu":
-        workers = (
-            max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ, peaks_recorded=peaks_recorded)[0]
-        )
+        workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
         selection = ["-m", "gpu"]
     else:
         raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
@@ -244,7 +209,6 @@ def pytest_command(
     gpus: int = 0,
     gpu_gib: float | None = None,
     cores: int | None = None,
-    peaks_recorded: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """``(argv, environment defaults)`` that run ``tier`` of ``suite`` with ``python``'s Unsloth, started
     in ``suite`` (pytest's rootdir and settings are the suite's, whatever the caller's folder: nodeids read
@@ -253,13 +217,13 @@ def pytest_command(
     ``args`` are pytest's; test paths in them are the suite's (``tests/kernel -k window``). The run's
     reports (summary JSON, costs, JUnit) go to ``<reports>/<tier>/``, Unsloth's compiled code to
     ``<reports>/unsloth_compiled_cache``, Inductor's caches to ``<reports>/compile-cache``: nothing is
-    written into the suite. ``peaks_recorded``: as in ``workers_per_gpu``."""
+    written into the suite."""
     out = reports / tier
     argv = [python, "-m", "pytest", "-c", str(config_file(suite)), "--rootdir", str(suite)]
     argv += [
         "-p",
         "no:cacheprovider",
-        *tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores, peaks_recorded=peaks_recorded),
+        *tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores),
         f"--junitxml={out / 'junit.xml'}",
         *args,
     ]

@@ -60,58 +60,6 @@ def test_workers_per_gpu_follow_memory_and_cores(gpus, gib, cores, environ, want
     assert ("GEMMA2_REGRESS_WORKERS_PER_GPU" in why) and (why.startswith("GEMMA2") == bool(environ))
 
 
-@pytest.mark.parametrize(
-    ("gpus", "gib", "cores", "environ", "want"),
-    [
-        (1, 139.8, 16, {}, 8),  # one H200 that ran the tier here before: 16 cores / 2, the budget shares it
-        (2, 139.8, 32, {}, 8),  # 2 x H200 with 32 cores: 8 per GPU
-        (1, 139.8, 4, {}, 4),  # few cores: never fewer than the memory alone allows
-        (1, None, 16, {}, 1),  # memory unknown: one, as cold
-        (1, 139.8, 16, {"GEMMA2_REGRESS_WORKERS_PER_GPU": "3"}, 3),  # the override wins
-    ],
-)
-def test_with_recorded_peaks_the_cores_choose_and_the_budget_shares_the_memory(
-    gpus, gib, cores, environ, want
-) -> None:
-    n, why = suite.workers_per_gpu(gpus, gib, cores, environ, peaks_recorded=True)
-    assert n == want, why
-    args = suite.tier_args("gpu", gpus, environ=environ, gpu_gib=gib, cores=cores, peaks_recorded=True)
-    assert args[2:4] == (["-n", str(n * gpus)] if n * gpus > 1 else ["-p", "no:xdist"])
-
-
-def test_peaks_recorded_means_a_record_for_a_gpu_of_that_name(tmp_path) -> None:
-    from gemma2_regress import records
-
-    assert not suite.gpu_peaks_recorded(tmp_path, "NVIDIA H200")  # no records folder
-    tests = {"tests/model/test_x.py::test_y": {"gib": 3.0, "source": "ab"}}
-    key = {"gpu": "NVIDIA H200 150754820096", "torch": "2.11.0", "cuda": "13.0", "unsloth": "2026.10.9"}
-    records.import_(
-        tmp_path, records.GPU_PEAKS, [{"key": {**key, "gpu": "NVIDIA H100 80GB HBM3 1"}, "tests": tests}]
-    )
-    assert not suite.gpu_peaks_recorded(tmp_path, "NVIDIA H200")  # another GPU's
-    assert not suite.gpu_peaks_recorded(tmp_path, "NVIDIA H100")  # a name is matched whole
-    records.import_(tmp_path, records.GPU_PEAKS, [{"key": key, "tests": {}}])
-    assert not suite.gpu_peaks_recorded(tmp_path, "NVIDIA H200")  # a record with no test in it
-    (tmp_path / records.GPU_PEAKS / "cut.json").write_text('{"key": {"gpu": "NVIDIA H200 1"}, "tes')
-    assert not suite.gpu_peaks_recorded(tmp_path, "NVIDIA H200")  # a cut file is no record
-    records.import_(tmp_path, records.GPU_PEAKS, [{"key": {**key, "torch": "2.12.0"}, "tests": tests}])
-    assert suite.gpu_peaks_recorded(tmp_path, "NVIDIA H200")
-    assert not suite.gpu_peaks_recorded(tmp_path, None)  # no nvidia-smi
-
-
-def test_gpu_name_is_the_first_visible_card(tmp_path, monkeypatch) -> None:
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\nprintf '0, NVIDIA H200\\n1, NVIDIA H100 80GB HBM3\\n'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert gpu_check.gpu_name() == "NVIDIA H200"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert gpu_check.gpu_name() == "NVIDIA H100 80GB HBM3"
-    monkeypatch.setenv("PATH", str(tmp_path / "none"))
-    assert gpu_check.gpu_name() is None
-
-
 def test_gpu_memory_is_the_smallest_visible_card(tmp_path, monkeypatch) -> None:
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\nprintf '0, 143771\\n1, 81559\\n'\n")
