@@ -14,8 +14,10 @@ makes at configure and hands down in ``LEDGER_ENV``), changed under a file lock:
   this machine and stack (below) plus ``HEADROOM``, or ``UNKNOWN_GIB`` for a test without a record (what
   every worker could hold at once before the budget). It waits until the bases of all workers, the other
   claims and its own fit in the GPU's memory less ``SLACK_GIB``, and until no worker asked before it
-  (first come, first served: a large claim is not passed over for ever). A claim larger than what the bases
-  leave is cut to it: the test then runs while the other workers are between tests.
+  (first come, first served: a large claim is not passed over for ever), except that a small claim
+  (``SMALL_GIB``) waits only for room while the first in line has waited less than ``HOLD_S``. A claim
+  larger than what the bases leave is cut to it: the test then runs while the other workers are between
+  tests.
 - After the test's teardown its worker empties its allocator's cache, so that the memory goes back to the
   GPU, and its claim is dropped. A worker that dies loses its entries (its process is gone).
 
@@ -68,8 +70,12 @@ SPOOL_STREAM = "gpu-budget"  # one line per claim, read back by the controller
 CONTEXT_GIB = 1.0  # a CUDA context and its handles outside torch's allocator: 0.68 GiB measured on an H200
 SLACK_GIB = 2.0  # kept free: contexts of workers that have not claimed yet, and the driver's own
 # A claim without a record: GPU_GIB_PER_WORKER (suite.py) less the context, what each of the workers that
-# memory alone allows could hold at once (the largest test peak recorded on an H200 so far: 30.2 GiB).
+# memory alone allows could hold at once. Peaks are reserved memory, which the allocator gives back before it
+# fails: the largest recorded on an H200 is 35.4 GiB reserved (docs/gpu.md), 30.2 GiB allocated.
 UNKNOWN_GIB = 33.0
+# A claim this small may pass larger ones waiting in line (``Ledger.claim``), until the first has waited HOLD_S.
+SMALL_GIB = 1.0
+HOLD_S = 30.0
 # Over a recorded peak: the allocator rounds blocks and splits them by the order of earlier frees, so the same
 # test's peak moves a little between runs; a claim is a schedule, not a bound on a result.
 HEADROOM = (1.10, 1.0)  # x 1.10, and at least 1 GiB more
@@ -109,13 +115,15 @@ def alive(pid: int) -> bool:
 
 @dataclasses.dataclass
 class Ledger:
-    """One GPU's ledger: a JSON file ``path`` (``{"base": {pid: GiB}, "claim": {pid: GiB}, "queue": [pid]}``)
-    changed under an ``fcntl`` lock on ``path`` + ``.lock``, for ``capacity`` GiB in all."""
+    """One GPU's ledger: a JSON file ``path`` (``{"base": {pid: GiB}, "claim": {pid: GiB}, "queue": [pid],
+    "asked": {pid: time}}``) changed under an ``fcntl`` lock on ``path`` + ``.lock``, for ``capacity`` GiB in
+    all."""
 
     path: Path
     capacity: float
     alive: Alive = alive
     poll_s: float = 0.2
+    clock: Callable[[], float] = time.time  # when a process asked: shared by the processes, so wall time
 
     @contextlib.contextmanager
     def _state(self) -> Iterator[dict[str, Any]]:
@@ -132,6 +140,7 @@ class Ledger:
                     "base": {p: g for p, g in state.get("base", {}).items() if self.alive(int(p))},
                     "claim": {p: g for p, g in state.get("claim", {}).items() if self.alive(int(p))},
                     "queue": [p for p in state.get("queue", []) if self.alive(int(p))],
+                    "asked": {p: t for p, t in state.get("asked", {}).items() if self.alive(int(p))},
                 }
                 yield state
                 write_json_atomic(self.path, state)
@@ -141,17 +150,24 @@ class Ledger:
     def claim(self, pid: int, gib: float, base: float) -> tuple[float, float]:
         """Wait until ``gib`` more fits for ``pid`` (holding ``base`` meanwhile) and every earlier asker has
         had its turn, then hold it; ``(GiB granted, seconds waited)``. The grant is ``gib`` cut to what the
-        bases leave, so that a claim always fits once the others are between tests."""
+        bases leave, so that a claim always fits once the others are between tests. A small claim (at most
+        ``SMALL_GIB``) waits only for room while the first in line has waited less than ``HOLD_S``: it
+        holds that one back by little, and the many small tests (a kernel group on one worker) do not wait
+        behind a large one; past ``HOLD_S`` they queue too, so that the large one is not starved."""
         me, start = str(pid), time.monotonic()
         while True:
             with self._state() as state:
                 state["base"][me] = base
                 if me not in state["queue"]:
                     state["queue"].append(me)
+                    state["asked"][me] = self.clock()
                 grant = min(gib, self.capacity - sum(state["base"].values()))
                 used = sum(state["base"].values()) + sum(g for p, g in state["claim"].items() if p != me)
-                if state["queue"][0] == me and used + grant <= self.capacity:
-                    state["queue"].pop(0)
+                first = state["queue"][0]
+                passes = gib <= SMALL_GIB and self.clock() - state["asked"].get(first, self.clock()) < HOLD_S
+                if (first == me or passes) and used + grant <= self.capacity:
+                    state["queue"].remove(me)
+                    state["asked"].pop(me, None)
                     state["claim"][me] = grant
                     return grant, time.monotonic() - start
             time.sleep(self.poll_s)
@@ -163,6 +179,7 @@ class Ledger:
             state["claim"].pop(me, None)
             if me in state["queue"]:
                 state["queue"].remove(me)
+            state["asked"].pop(me, None)
             if base is None:
                 state["base"].pop(me, None)
             else:

@@ -46,6 +46,27 @@ def test_a_claim_waits_until_it_fits_and_comes_in_turn(tmp_path: Path) -> None:
     assert ledger.held() == {"1": 1.0, "2": 61.0, "3": 11.0}
 
 
+def test_a_small_claim_passes_a_waiting_large_one_until_that_has_waited_long(tmp_path: Path) -> None:
+    now = [1000.0]
+    ledger = Ledger(tmp_path / "gpu.json", 100.0, alive=lambda pid: True, poll_s=0.01, clock=lambda: now[0])
+    ledger.claim(1, 60.0, base=1.0)
+    done: list = []
+    big = _claim_in_thread(ledger, 2, 60.0, done)  # waits for process 1
+    time.sleep(0.2)
+    _claim_in_thread(ledger, 3, gpu_budget.SMALL_GIB, done).join(5)  # passes it: there is room
+    assert [pid for pid, _ in done] == [3], "a small claim waited behind a large one that had just asked"
+    done.clear()
+    ledger.release(3, base=1.0)
+    now[0] += gpu_budget.HOLD_S  # the large claim has now waited HOLD_S
+    small = _claim_in_thread(ledger, 3, gpu_budget.SMALL_GIB, done)
+    time.sleep(0.2)
+    assert done == [], "a small claim passed a large one that had waited HOLD_S"
+    ledger.release(1, base=1.0)
+    big.join(5)
+    small.join(5)
+    assert [pid for pid, _ in done] == [2, 3]
+
+
 def test_a_dead_process_claim_is_dropped(tmp_path: Path) -> None:
     dead: set[int] = set()
     ledger = _ledger(tmp_path, capacity=100.0, dead=dead)
