@@ -9,8 +9,9 @@ folder), into ``profiles/``:
 - ``<node id>.prof``: the raw statistics (``python -m pstats FILE``, snakeviz, ...);
 - ``<node id>.txt``: the 60 functions with the most cumulative time, then the 40 with the most own time.
 
-The node id is made a file name by replacing every character other than letters, digits, ``.``, ``-``,
-``_``, ``[`` and ``]`` with ``_``. Both files are written atomically. The run's last lines say how many
+The node id is made a file name by replacing every character other than letters, digits, ``.``, ``-`` and
+``_`` with ``_`` (no glob characters: ``[`` and ``]`` become ``_`` too), then ``-`` and 8 hex digits of
+its digest, so that two node ids never share a file. Both files are written atomically. The run's last lines say how many
 calls were profiled and where. Cost: none unless the option is given; a profiled call
 runs slower (cProfile's hooks on every Python call), so its duration is not comparable with others.
 """
@@ -18,6 +19,7 @@ runs slower (cProfile's hooks on every Python call), so its duration is not comp
 from __future__ import annotations
 
 import cProfile
+import hashlib
 import io
 import marshal
 import os
@@ -38,7 +40,8 @@ TOP_CUMULATIVE, TOP_OWN = 60, 40
 
 def file_stem(nodeid: str) -> str:
     """``nodeid`` as a file name (module doc)."""
-    return re.sub(r"[^A-Za-z0-9.\-_\[\]]", "_", nodeid)
+    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:8]  # two node ids never share a file
+    return re.sub(r"[^A-Za-z0-9.\-_]", "_", nodeid) + "-" + digest
 
 
 def folder() -> Path:
