@@ -197,9 +197,8 @@ def apply(environ: Mapping[str, str] | None = None, probe: Probe = inductor_prob
         return "vec ISA: probed in this process before the suite's set-up", None
     record = recorded(folder, probe_key(), probe)
     passed = replay(record["checks"]) if record["source"] == "recorded" else record["passed"]
-    return f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)", record[
-        "path"
-    ]
+    line = f"vec ISA: {', '.join(passed) or 'none'} ({record['source']}, once per cache folder)"
+    return line, record["path"]
 
 
 def child_env(config: pytest.Config) -> dict[str, str]:
