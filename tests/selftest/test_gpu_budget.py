@@ -30,14 +30,29 @@ def _claim_in_thread(ledger: Ledger, pid: int, gib: float, done: list) -> thread
     return thread
 
 
+def _queued(ledger: Ledger, pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until ``pid`` waits in the ledger's line: a thread's first look at the ledger may come late on a
+    busy machine, and the order of asking is what these tests are about."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if str(pid) in json.loads(ledger.path.read_text()).get("queue", []):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never joined the line")
+
+
 def test_a_claim_waits_until_it_fits_and_comes_in_turn(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, capacity=100.0)
     assert ledger.claim(1, 60.0, base=1.0)[0] == 60.0
     done: list = []
     big = _claim_in_thread(ledger, 2, 60.0, done)  # 1 + 60 + 1 + 60 > 100: waits for process 1
-    time.sleep(0.2)
+    _queued(ledger, 2)
     small = _claim_in_thread(ledger, 3, 10.0, done)  # would fit now, but asked after process 2
-    time.sleep(0.2)
+    _queued(ledger, 3)
+    time.sleep(0.1)  # it keeps looking: still in line
     assert done == [] and ledger.held() == {"1": 61.0, "2": 1.0, "3": 1.0}
     ledger.release(1, base=1.0)
     big.join(5)
@@ -52,14 +67,15 @@ def test_a_small_claim_passes_a_waiting_large_one_until_that_has_waited_long(tmp
     ledger.claim(1, 60.0, base=1.0)
     done: list = []
     big = _claim_in_thread(ledger, 2, 60.0, done)  # waits for process 1
-    time.sleep(0.2)
+    _queued(ledger, 2)
     _claim_in_thread(ledger, 3, gpu_budget.SMALL_GIB, done).join(5)  # passes it: there is room
     assert [pid for pid, _ in done] == [3], "a small claim waited behind a large one that had just asked"
     done.clear()
     ledger.release(3, base=1.0)
     now[0] += gpu_budget.HOLD_S  # the large claim has now waited HOLD_S
     small = _claim_in_thread(ledger, 3, gpu_budget.SMALL_GIB, done)
-    time.sleep(0.2)
+    _queued(ledger, 3)
+    time.sleep(0.1)  # it keeps looking: still in line
     assert done == [], "a small claim passed a large one that had waited HOLD_S"
     ledger.release(1, base=1.0)
     big.join(5)
@@ -73,7 +89,7 @@ def test_a_dead_process_claim_is_dropped(tmp_path: Path) -> None:
     ledger.claim(1, 90.0, base=1.0)
     done: list = []
     waiting = _claim_in_thread(ledger, 2, 50.0, done)
-    time.sleep(0.2)
+    _queued(ledger, 2)
     assert done == []
     dead.add(1)  # process 1 crashed holding its claim
     waiting.join(5)
