@@ -69,12 +69,12 @@ def forget() -> None:
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, bool], Path]:
-    """Inductor's real probe on this machine, once for the module (it builds a small library per check):
-    ``(passed, checks, the cache folder that holds the libraries)``."""
-    folder = tmp_path_factory.mktemp("inductor")
+def probed() -> tuple[list[str], dict[str, bool], Path]:
+    """Inductor's real probe on this machine, once for the module: ``(passed, checks, the cache folder that
+    holds the check libraries)``. In the run's own compile cache, where the plugin's probe built them before
+    (a fresh folder costs a compile per check)."""
+    folder = records.cache_folder()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
         patch.setattr(inductor_config.cpp, "vec_isa_ok", None)
         forget()
         try:
