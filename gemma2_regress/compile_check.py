@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 
 _WRONG = 7  # the child's exit status for a wrong answer (its stdout: "<device> <error>")
 
@@ -44,11 +45,12 @@ for dev in devices:
 TIMEOUT_S = 600.0
 
 
-def start(env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The canary's child, running in the background under this environment plus ``env``."""
+def start(env: dict[str, str] | None = None, base: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """The canary's child, running in the background under ``base`` (default: this process's environment)
+    plus ``env``."""
     return subprocess.Popen(
         [sys.executable, "-c", _CANARY],
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if base is None else base), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -14,7 +14,8 @@ run Inductor's probe on its own, and the run's last lines say how long the first
 A canary that passed leaves a record in the compile cache folder (``<cache>/gemma2-regress-canary/``),
 keyed by everything its answer depends on: ``vec_isa.probe_key`` (torch's build and path, Python, the
 CPU's flags, the C++ compiler and its version), Python's build, torch's git revision, Triton's version,
-the NVIDIA driver and GPUs the kernel lists, and every setting in the environment that reaches torch,
+the NVIDIA driver and GPUs the kernel lists, and every setting in the environment the run started with
+(before any conftest's configure: ``pytest_cmdline_main``) that reaches torch,
 its compilers or its math libraries (``KEY_ENV``: ``ATEN_CPU_CAPABILITY``, ``TORCHINDUCTOR_*``,
 ``OMP_*``, ``MKL_*``, ...). A later run with the same key does not start the child: the same compiler
 on the same inputs gives the same answer. Any change in the key runs it again, and a canary that
@@ -43,6 +44,7 @@ _CHILD = pytest.StashKey[subprocess.Popen]()
 _WAITED = pytest.StashKey[float]()
 _TO_RECORD = pytest.StashKey[tuple[Path, dict]]()  # where a pass of the running canary goes, and its key
 _FOUND = pytest.StashKey[Path]()  # the record of an earlier pass, when the canary is not run
+_ENV = pytest.StashKey[dict]()  # the environment as the run started (pytest_cmdline_main)
 FLAG = "--no-compile-canary"
 OFF_ENV = "GEMMA2_REGRESS_NO_COMPILE_CANARY"
 FOLDER = records.CANARY
@@ -108,21 +110,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    # The environment as the run started, before any configure hook: a test folder's conftest named on the
+    # command line configures before this plugin, and tests/model's imports Unsloth, which sets
+    # TORCHINDUCTOR_*, TRITON_* and PYTORCH_ALLOC_CONF. The canary is keyed by, and its child runs in,
+    # this environment, so a run of a chosen folder shares the record of a whole run.
+    config.stash[_ENV] = dict(os.environ)
+
+
 @pytest.hookimpl(trylast=True)  # after plugins.vec_isa has set what the child inherits
 def pytest_configure(config: pytest.Config) -> None:
     off = config.getoption("no_compile_canary") or os.environ.get(OFF_ENV) == "1"
     if off or hasattr(config, "workerinput") or config.option.collectonly:
         return
+    environ = config.stash.get(_ENV, None) or dict(os.environ)
     try:
-        key = canary_key()
+        key = canary_key(environ)
         path = records.path(records.cache_folder(), FOLDER, key)
     except ImportError:  # no torch here: nothing is compiled, and the child says so
-        config.stash[_CHILD] = compile_check.start()
+        config.stash[_CHILD] = compile_check.start(base=environ)
         return
     if records.read(path, key) is not None:  # passed here before
         config.stash[_FOUND] = path
         return
-    config.stash[_CHILD] = compile_check.start(vec_isa.child_env(config))
+    config.stash[_CHILD] = compile_check.start(vec_isa.child_env(config), base=environ)
     config.stash[_TO_RECORD] = (path, key)
 
 

@@ -4,6 +4,7 @@ its first test, red, in one line that names torch; a right one lets the run go o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,41 @@ def test_a_pass_is_recorded_and_not_run_again_under_the_same_key(suite, monkeypa
     ]
 
 
+def test_a_conftest_that_sets_torch_variables_at_configure_shares_the_record(suite, monkeypatch):
+    """Naming tests/model on the command line configures its conftest before this plugin, and that imports
+    Unsloth, which sets TORCHINDUCTOR_* and others (on the H200 the canary then ran again, 42.3 s). The key
+    and the child's environment are those the run started with: the record of a run without that conftest
+    is found."""
+    monkeypatch.delenv("TORCHINDUCTOR_FREEZING", raising=False)
+    suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    (record,) = _records(suite)
+    suite.makeconftest(
+        "import os\n\ndef pytest_configure(config):\n    os.environ['TORCHINDUCTOR_FREEZING'] = '1'\n"
+    )
+    monkeypatch.setattr(compile_check, "start", _refuse)
+    try:
+        again = suite.runpytest_inprocess(*PLUGIN)
+    finally:
+        os.environ.pop("TORCHINDUCTOR_FREEZING", None)
+    again.assert_outcomes(passed=1)
+    assert f"compile canary: passed here before with the same key, not run again ({record})" in again.outlines
+    # A new cache folder: the child starts, in the environment the run started with.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(suite.path / "another-cache"))
+    bases = []
+    monkeypatch.setattr(
+        compile_check, "start", lambda env=None, base=None: bases.append(dict(base)) or _Done()
+    )
+    try:
+        suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
+    finally:
+        os.environ.pop("TORCHINDUCTOR_FREEZING", None)
+    assert len(bases) == 1 and "TORCHINDUCTOR_FREEZING" not in bases[0]
+
+
 @pytest.mark.parametrize("setting", ["ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_FREEZING", "OMP_NUM_THREADS"])
 def test_another_setting_runs_it_again(suite, monkeypatch, setting):
     started = []
-    monkeypatch.setattr(compile_check, "start", lambda env=None: started.append(env) or _Done())
+    monkeypatch.setattr(compile_check, "start", lambda env=None, base=None: started.append(env) or _Done())
     monkeypatch.delenv(setting, raising=False)
     for _ in range(2):
         suite.runpytest_inprocess(*PLUGIN).assert_outcomes(passed=1)
@@ -80,7 +112,7 @@ def test_the_child_is_handed_the_vec_isa_record(suite, monkeypatch):
 
     started = []
     monkeypatch.setattr(vec_isa, "child_env", lambda config: {"CHILD_ENV_MARK": "1"})
-    monkeypatch.setattr(compile_check, "start", lambda env=None: started.append(env) or _Done())
+    monkeypatch.setattr(compile_check, "start", lambda env=None, base=None: started.append(env) or _Done())
     result = suite.runpytest_inprocess(*PLUGIN)
     result.assert_outcomes(passed=1)
     assert started == [{"CHILD_ENV_MARK": "1"}]
