@@ -18,14 +18,16 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+# A record of Inductor's CPU ISA probe for the child to replay (plugins.vec_isa sets it through child_env).
+VEC_ISA_RECORD_ENV = "GEMMA2_REGRESS_VEC_ISA_RECORD"
 _WRONG = 7  # the child's exit status for a wrong answer (its stdout: "<device> <error>")
 
 _CANARY = f"""
 import os
-if os.environ.get("GEMMA2_REGRESS_VEC_ISA_RECORD"):  # replay the run's CPU ISA probe (plugins.vec_isa)
+if os.environ.get("{VEC_ISA_RECORD_ENV}"):  # replay the run's CPU ISA probe (plugins.vec_isa)
     try:
         from gemma2_regress.plugins.vec_isa import replay_file
-        replay_file(os.environ["GEMMA2_REGRESS_VEC_ISA_RECORD"])
+        replay_file(os.environ["{VEC_ISA_RECORD_ENV}"])
     except ImportError:
         pass
 import torch

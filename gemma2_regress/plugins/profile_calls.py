@@ -11,8 +11,8 @@ folder), into ``profiles/``:
 
 The node id is made a file name by replacing every character other than letters, digits, ``.``, ``-`` and
 ``_`` with ``_`` (no glob characters: ``[`` and ``]`` become ``_`` too), then ``-`` and 8 hex digits of
-its digest, so that two node ids never share a file. Both files are written atomically. The run's last lines say how many
-calls were profiled and where. Cost: none unless the option is given; a profiled call
+its digest, so that two node ids never share a file. Both files are written atomically. The run's last
+lines say how many calls were profiled and where. Cost: none unless the option is given; a profiled call
 runs slower (cProfile's hooks on every Python call), so its duration is not comparable with others.
 """
 

@@ -41,11 +41,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import records
+from gemma2_regress import compile_check, records
 from gemma2_regress.atomic import write_json_atomic
 
 USER_ENV = "TORCHINDUCTOR_VEC_ISA_OK"
-RECORD_ENV = "GEMMA2_REGRESS_VEC_ISA_RECORD"  # a child Python replays this record (``replay_file``)
+RECORD_ENV = compile_check.VEC_ISA_RECORD_ENV  # a child Python replays this record (``replay_file``)
 FOLDER = records.VEC_ISA
 
 Probe = Callable[[], tuple[list[str], dict[str, bool]]]
