@@ -240,7 +240,7 @@ class _Plugin:
         if not run.controller:
             return
         records = read_spool(run.spool) if run.spool else []
-        run.rows = worst_by_property(records, run.tests)
+        run.rows = worst_by_property(records, run.tests, interrupted=status == pytest.ExitCode.INTERRUPTED)
         if not run.rows and not run.tests:
             return
         out = report_path("summary.json", "GEMMA2_REGRESS_REPORT")

@@ -40,10 +40,18 @@ def load(path: str | Path) -> dict:
     return data
 
 
+INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED (Ctrl-C, a time bound's SIGINT); this module imports no pytest
+
+
+def _interrupted(summary: dict) -> bool:
+    return int(summary.get("exit_status", 0)) == INTERRUPTED
+
+
 def merge(summaries: list[dict]) -> dict:
     """Shards of one run as one summary: tests (a test in two shards keeps the failing outcome), records
     concatenated, ``properties`` made again from all records, ``exit_status`` the largest, ``wall_s`` the
-    longest shard's, ``versions`` the first's."""
+    longest shard's, ``versions`` the first's. Where a shard was interrupted, an example of a test with no
+    outcome in any shard counts as interrupted (``worst_by_property``)."""
     if not summaries:
         raise SummaryError("no summary to merge")
     tests: dict[str, dict] = {}
@@ -57,7 +65,7 @@ def merge(summaries: list[dict]) -> dict:
         "exit_status": max(int(s.get("exit_status", 0)) for s in summaries),
         "wall_s": max(float(s.get("wall_s", 0.0)) for s in summaries),
         "tests": tests,
-        "properties": worst_by_property(records, tests),
+        "properties": worst_by_property(records, tests, interrupted=any(_interrupted(s) for s in summaries)),
         "records": records,
         "shards": len(summaries),
     }
@@ -77,7 +85,9 @@ def markdown_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None) -> list[dict]:
+def worst_by_property(
+    records: list[dict], tests: dict[str, dict] | None = None, *, interrupted: bool = False
+) -> list[dict]:
     """One row per (property, target): examples run, failures (``bad``), the worst ratio and its case,
     and where the records have them (model level) the peak GPU memory of any example (``peak_gib``)
     and the seconds spent compiling, running and in the reference, summed over the examples.
@@ -85,7 +95,9 @@ def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None)
     An example of a test that xfailed as a recorded upstream bug (``tests``: ``Run.tests``) counts as
     ``known``, not ``bad``, and stays out of the worst ratio: its failure is the record, not news. An
     example cut short by an interrupt (a time bound's SIGINT, Ctrl-C: verdict ``interrupted``) was never
-    judged: it counts as ``interrupted``, not ``bad``.
+    judged: it counts as ``interrupted``, not ``bad``. So does, in an ``interrupted`` run, any example of a
+    test with no outcome in ``tests``: its worker wrote the record, but the run stopped before the test's
+    report reached the controller, so whether it xfailed as a recorded bug is unknown.
     """
     tests = tests or {}
     rows: dict[tuple[str, str], dict] = {}
@@ -110,10 +122,11 @@ def worst_by_property(records: list[dict], tests: dict[str, dict] | None = None)
         for k in ("compile_s", "run_s", "reference_s"):
             if k in r:
                 row[k] = round(row.get(k, 0.0) + r[k], 3)
-        if r["verdict"] == "interrupted":
+        outcome = tests.get(r.get("test", ""), {}).get("outcome")
+        if r["verdict"] == "interrupted" or (interrupted and outcome is None):
             row["interrupted"] += 1
             continue
-        if tests.get(r.get("test", ""), {}).get("outcome") == "xfailed":
+        if outcome == "xfailed":
             row["known"] += r["verdict"] != "ok"
             continue
         row["bad"] += r["verdict"] != "ok"

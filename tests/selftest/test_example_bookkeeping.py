@@ -76,6 +76,32 @@ def test_examples_of_a_recorded_upstream_bug_count_as_known(
     assert (row["bad"], row["known"], row["worst_ratio"]) == (1, 0, float("inf"))
 
 
+def test_a_crash_whose_test_never_reported_in_an_interrupted_run_is_not_bad() -> None:
+    """A warm H200 run cut by its time bound showed ``bad 1, worst inf``: the worker had recorded the crash
+    of an example of a strict-xfail test, and the run stopped before that test's outcome reached the
+    controller. Unjudged, so interrupted; the same record in a run that was not interrupted stays bad."""
+    crash = {"property": "p", "target": "t", "verdict": "crash:RuntimeError", "ratio": math.inf, "case": "c"}
+    ok = {
+        "property": "p",
+        "target": "t",
+        "verdict": "ok",
+        "ratio": 0.25,
+        "case": "d",
+        "test": "tests/k.py::test_ok",
+    }
+    crash["test"] = "tests/k.py::test_bug"
+    tests = {"tests/k.py::test_ok": {"outcome": "passed"}}
+    (row,) = report.worst_by_property([crash, ok], tests, interrupted=True)
+    assert (row["bad"], row["interrupted"], row["worst_ratio"]) == (0, 1, 0.25)
+    (row,) = report.worst_by_property([crash, ok], tests)
+    assert (row["bad"], row["interrupted"], row["worst_ratio"]) == (1, 0, math.inf)
+    # a test that did report (failed) is judged in an interrupted run too
+    (row,) = report.worst_by_property(
+        [crash, ok], {**tests, "tests/k.py::test_bug": {"outcome": "failed"}}, interrupted=True
+    )
+    assert (row["bad"], row["interrupted"]) == (1, 0)
+
+
 def test_table_shows_peak_memory_and_time_split_from_the_records() -> None:
     records = [
         {"property": "k", "target": "t", "verdict": "ok", "ratio": 0.2, "case": "c"},

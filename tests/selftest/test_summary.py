@@ -50,6 +50,20 @@ def test_shards_merge_into_one_report(tmp_path, capsys: pytest.CaptureFixture[st
     assert cli.main(["report", a]) == 0
 
 
+def test_merged_shards_leave_an_unreported_test_of_an_interrupted_shard_unjudged(tmp_path) -> None:
+    a = summary.load(shard(tmp_path, "a", "passed", 0.2))
+    b = summary.load(shard(tmp_path, "b", "passed", 0.7))
+    a["records"][0]["test"] = "tests/kernel/test_k.py::test_a"  # reported (passed) in shard a
+    b["records"][0].update(
+        verdict="crash:RuntimeError", ratio=float("inf"), test="tests/kernel/test_k.py::test_c"
+    )
+    (row,) = summary.merge([a, b])["properties"]
+    assert (row["bad"], row["interrupted"]) == (1, 0)  # neither shard interrupted: the crash is bad
+    b["exit_status"] = summary.INTERRUPTED
+    (row,) = summary.merge([a, b])["properties"]
+    assert (row["bad"], row["interrupted"], row["worst_ratio"]) == (0, 1, 0.2)
+
+
 def test_a_wrong_file_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x.json").write_text('{"hello": 1}')
     assert cli.main(["report", str(tmp_path / "x.json")]) == 2
