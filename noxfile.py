@@ -24,7 +24,7 @@ import nox
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT))
-from gemma2_regress import gpu_check, suite, toolslock  # noqa: E402
+from gemma2_regress import gpu_check, records, suite, toolslock  # noqa: E402
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from gemma2_regress.builds import envs, install  # noqa: E402
 
@@ -197,8 +197,15 @@ def gpu(session: nox.Session) -> None:
         _no_gpu(session, problem, required)
     install_unsloth(session)
     python = _venv_python(session) or sys.executable
-    n, problem = gpu_check.torch_problem(python)
-    problem = problem or gpu_check.unsloth_problem(python)
+    n, problem, stack = gpu_check.torch_stack(python)
+    # A pass of `import unsloth` (seconds) is recorded in the tier's compile cache under the stack the torch
+    # probe saw, so a warm run does not import it once more before pytest imports it in every worker.
+    cache = Path(session.env.get(suite.COMPILE_CACHE_ENV) or os.environ[suite.COMPILE_CACHE_ENV])
+    record = records.path(cache, records.UNSLOTH_IMPORT, stack)
+    if not problem and gpu_check.unsloth_recorded(record, stack):
+        session.log(f"Unsloth: imported in this stack before, not asked again ({record})")
+    else:
+        problem = problem or gpu_check.unsloth_problem(python, record=record, stack=stack)
     if problem:
         _no_gpu(session, problem, required)
     # Workers per GPU from its memory and the CPU cores (suite.workers_per_gpu), each pinned to its own

@@ -6,12 +6,14 @@ The GPU tier needs, checked cheapest first:
    ``CUDA_VISIBLE_DEVICES`` is set, step 2 decides: some containers mount the driver's libraries only);
 2. torch, in the interpreter that will run the tests, sees a CUDA device (asked in a subprocess: that
    interpreter is often not this one, and nox should not import torch);
-3. that interpreter imports Unsloth.
+3. that interpreter imports Unsloth (an import of 7 to 10 s on a 2-core CPU; a pass can be recorded under
+   the stack the torch probe saw, ``unsloth_problem``'s ``record``, so a warm run does not import it again).
 
 Each check gives ``None`` or a one-line reason. Whether a reason fails the run or skips the tier is the
 caller's choice: a GPU is *required* where ``GEMMA2_REGRESS_REQUIRE_GPU=1`` is set or ``--require-gpu``
 is passed (``required_by``); then a missing GPU is a failure, otherwise a skip with the reason.
-Standard library only: the noxfile and tox import it before any environment is built.
+Standard library only (and the suite's own ``records``, ``atomic``): the noxfile and tox import it before
+any environment is built.
 
 As a command (tox's ``gpu`` environment)::
 
@@ -30,6 +32,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gemma2_regress import records
+from gemma2_regress.atomic import write_json_atomic
 
 REQUIRE_ENV = "GEMMA2_REGRESS_REQUIRE_GPU"
 REQUIRE_FLAG = "--require-gpu"
@@ -45,13 +51,22 @@ except Exception as exc:
     print("GEMMA2_GPU_CHECK " + json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
     raise SystemExit(0)
 n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+from importlib import metadata
+def version(dist):
+    try:
+        return metadata.version(dist)
+    except Exception:
+        return ""
+stack = {d: version(d) for d in ("torch", "triton", "transformers", "trl", "unsloth", "unsloth_zoo")}
+if n:
+    stack["gpu"] = torch.cuda.get_device_name(0)
 why = ""
 if n == 0:
     try:  # torch's own reason: a CPU build, a driver too old, no device
         torch.cuda.init()
     except Exception as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-print("GEMMA2_GPU_CHECK " + json.dumps({"devices": n, "torch": torch.__version__, "cuda": torch.version.cuda, "why": why}))
+print("GEMMA2_GPU_CHECK " + json.dumps({"devices": n, "torch": torch.__version__, "cuda": torch.version.cuda, "why": why, "stack": stack}))
 """
 
 _UNSLOTH_PROBE = """
@@ -137,30 +152,59 @@ def torch_problem(
 ) -> tuple[int, str | None]:
     """``(devices, None)`` when torch in ``python`` (default: this interpreter) sees CUDA devices, else
     ``(0, why)``: torch not importable, or no device (with torch's own reason, e.g. a CPU build)."""
+    n, why, _ = torch_stack(python, env, timeout_s)
+    return n, why
+
+
+def torch_stack(
+    python: str | None = None, env: Mapping[str, str] | None = None, timeout_s: float = 300.0
+) -> tuple[int, str | None, dict[str, str]]:
+    """``torch_problem``'s answer and the stack that probe saw: ``python`` and the installed versions of
+    torch, triton, transformers, trl, unsloth and unsloth_zoo ("" where absent), and the first GPU's name
+    where there is one. Empty where torch does not import."""
     python = python or sys.executable
     answer, failed = _probe(_TORCH_PROBE, python, env, timeout_s)
     if failed:
-        return 0, f"asking torch for CUDA devices failed: {failed}"
+        return 0, f"asking torch for CUDA devices failed: {failed}", {}
     if "error" in answer:
-        return 0, f"torch is not importable by {python}: {_short(answer['error'])}"
+        return 0, f"torch is not importable by {python}: {_short(answer['error'])}", {}
+    stack = {"python": python, **answer.get("stack", {})}
     if answer["devices"] > 0:
-        return int(answer["devices"]), None
+        return int(answer["devices"]), None, stack
     build = f"torch {answer['torch']}, " + (f"CUDA {answer['cuda']}" if answer["cuda"] else "a CPU build")
     why = f": {_short(answer['why'])}" if answer["why"] else ""
-    return 0, f"torch sees no CUDA device ({build}){why}"
+    return 0, f"torch sees no CUDA device ({build}){why}", stack
 
 
 def unsloth_problem(
-    python: str | None = None, env: Mapping[str, str] | None = None, timeout_s: float = 300.0
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 300.0,
+    *,
+    record: Path | None = None,
+    stack: Mapping[str, str] | None = None,
 ) -> str | None:
-    """Why ``python`` (default: this interpreter) cannot import Unsloth, or None."""
+    """Why ``python`` (default: this interpreter) cannot import Unsloth, or None. With ``record`` (a file:
+    ``records.path`` in the compile cache) and ``stack`` (``torch_stack``'s), a pass is recorded there under
+    ``stack`` (``unsloth_recorded``); a failure never is, so it is asked again each run."""
     python = python or sys.executable
+    key = dict(stack or {})
     answer, failed = _probe(_UNSLOTH_PROBE, python, env, timeout_s)
     if failed:
         return f"Unsloth is not importable: `import unsloth` in {failed}"
     if "error" in answer:
         return f"Unsloth is not importable by {python}: {_short(answer['error'])}"
+    if record is not None and key:
+        write_json_atomic(record, {"key": key, "unsloth": str(answer.get("version", "?"))})
     return None
+
+
+def unsloth_recorded(record: Path, stack: Mapping[str, str]) -> bool:
+    """Whether ``record`` holds a pass of ``unsloth_problem`` under ``stack`` (never for an empty stack): then
+    the caller need not import Unsloth to ask again. Where the record is wrong (something the stack does not
+    name broke the import), the run still goes red: each test that needs Unsloth fails with the import's
+    reason (``unsloth_adapter``), only later than ``unsloth_problem``'s one line."""
+    return bool(stack) and records.read(record, dict(stack)) is not None
 
 
 def gpu_tier_problem(

@@ -40,7 +40,8 @@ def _init():
     if {init_error!r}:
         raise AssertionError({init_error!r})
 cuda = types.SimpleNamespace(
-    device_count=lambda: {devices}, is_available=lambda: {devices} > 0, init=_init
+    device_count=lambda: {devices}, is_available=lambda: {devices} > 0, init=_init,
+    get_device_name=lambda index=0: "Stand-in GPU",
 )
 """,
     )
@@ -180,6 +181,32 @@ def test_unsloth_import_crash(tmp_path):
         problem
         == f"Unsloth is not importable: `import unsloth` in {sys.executable} exited 139: Segmentation fault"
     )
+
+
+def test_torch_stack_names_the_interpreter_the_versions_and_the_gpu(tmp_path):
+    n, problem, stack = gpu_check.torch_stack(sys.executable, _fake_torch(tmp_path, devices=1))
+    assert (n, problem) == (1, None)
+    assert stack["python"] == sys.executable and stack["gpu"] == "Stand-in GPU"
+    assert {"torch", "triton", "transformers", "trl", "unsloth", "unsloth_zoo"} <= set(stack)
+    assert "gpu" not in gpu_check.torch_stack(sys.executable, _fake_torch(tmp_path / "cpu", devices=0))[2]
+
+
+def test_a_recorded_unsloth_import_is_not_asked_again_under_the_same_stack(tmp_path):
+    imports = tmp_path / "imports"
+    env = _fake_module(
+        tmp_path / "ok", "unsloth", f"open({str(imports)!r}, 'a').write('x')\n__version__ = '1'\n"
+    )
+    record, stack = tmp_path / "cache" / "record.json", {"python": sys.executable, "unsloth": "1"}
+    assert not gpu_check.unsloth_recorded(record, stack)
+    assert gpu_check.unsloth_problem(sys.executable, env, record=record, stack=stack) is None
+    assert imports.read_text() == "x"  # imported once, and the pass recorded
+    assert gpu_check.unsloth_recorded(record, stack)
+    assert not gpu_check.unsloth_recorded(record, {**stack, "unsloth": "2"})  # another stack asks again
+    assert not gpu_check.unsloth_recorded(record, {})  # a stack the probe could not see never matches
+    broken = _fake_module(tmp_path / "broken", "unsloth", "raise ImportError('no GPU')\n")
+    other = tmp_path / "cache" / "other.json"
+    assert gpu_check.unsloth_problem(sys.executable, broken, record=other, stack=stack) is not None
+    assert not other.exists()  # a failure is never recorded
 
 
 def test_checks_run_cheapest_first_and_stop_at_the_first_reason(monkeypatch):
