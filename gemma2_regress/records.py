@@ -4,7 +4,8 @@ A record is a JSON object with a ``key`` (a dict of strings: the torch build, th
 and whatever it records. Each kind lives in its own subfolder of Inductor's cache folder, one file per
 key, named by the key's digest: ``plugins.vec_isa``'s probe outcome, ``plugins.compile_canary``'s pass,
 ``plugins.gpu_budget``'s test peaks, ``gpu_check``'s Unsloth import that passed. A record whose key differs
-from this machine's is never used, so records can travel with a packed compile cache (``builds.portable_cache``) to a runner of the same image.
+from this machine's is never used, so records can travel with a packed compile cache
+(``builds.portable_cache``) to a runner of the same image.
 """
 
 from __future__ import annotations
