@@ -155,6 +155,10 @@ COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX g
 # into every AOTAutograd cache key: a run under CI=true (.ci/run) and one without (the README's commands)
 # never shared an entry. Pinned to the default users get; it only decides error or warning on a violation.
 ALIASING_ENV = "TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING"
+# pytest keeps its assertion rewrites (of the test modules, and of every package that ships a pytest plugin:
+# 73 modules of Hypothesis) only where Python may write bytecode. Where a runner sets this (this project's CI
+# does), every pytest process, each child pytest of the self-tests too, rewrote them all again.
+BYTECODE_ENV = "PYTHONDONTWRITEBYTECODE"
 
 
 def tier_env(
@@ -182,7 +186,10 @@ def tier_env(
     against 256.8 s (docs/gpu.md).
 
     And ``ALIASING_ENV`` = 0 unless ``environ`` sets it, so that the compile cache's AOTAutograd keys are
-    the same with and without ``CI`` set."""
+    the same with and without ``CI`` set; and ``BYTECODE_ENV`` empty (Python and pytest write their
+    caches, into ``__pycache__`` folders that git ignores, of the checkout, the environment and the unpacked
+    GPU bundle, which is unpacked anew, whole, when it changes; the warm cpu tier with and without it: the
+    README's results)."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
     if tier == "cpu" and cores:
@@ -194,6 +201,7 @@ def tier_env(
         env[COMPILE_CACHE_ENV] = str(compile_cache)
     if ALIASING_ENV not in environ:
         env[ALIASING_ENV] = "0"
+    env[BYTECODE_ENV] = ""  # Python reads an empty value as unset
     if tier == "gpu":
         env["GEMMA2_REGRESS_GPUS"] = str(gpus)
     return env

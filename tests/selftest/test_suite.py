@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import configparser
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_bad_tier_settings_name_the_fix(tier: str, environ: dict, fragment: str)
 
 
 def test_tier_env_keeps_a_chosen_profile() -> None:
-    pinned = {suite.ALIASING_ENV: "0"}
+    pinned = {suite.ALIASING_ENV: "0", suite.BYTECODE_ENV: ""}
     assert suite.tier_env("cpu", environ={}) == {
         "GEMMA2_REGRESS_TIER": "cpu",
         "HYPOTHESIS_PROFILE": "ci",
@@ -95,6 +96,15 @@ def test_tier_env_keeps_a_chosen_profile() -> None:
     }
     chosen = suite.tier_env("gpu", 2, environ={"HYPOTHESIS_PROFILE": "nightly"})
     assert chosen == {"GEMMA2_REGRESS_TIER": "gpu", "GEMMA2_REGRESS_GPUS": "2", **pinned}
+
+
+def test_the_tier_writes_bytecode_where_the_runner_says_not_to() -> None:
+    """An empty PYTHONDONTWRITEBYTECODE is unset for Python, so pytest can keep its assertion rewrites."""
+    environ = {**os.environ, suite.BYTECODE_ENV: "1"}
+    env = {**environ, **suite.tier_env("cpu", environ=environ)}
+    probe = [sys.executable, "-c", "import sys; print(sys.dont_write_bytecode)"]
+    assert subprocess.run(probe, env=environ, capture_output=True, text=True).stdout.strip() == "True"
+    assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_torch_reads_the_tier_settings_and_its_cache_keys_match_with_and_without_ci() -> None:
