@@ -47,6 +47,22 @@ def test_unpack_reuses_a_current_bundle_and_replaces_a_stale_one(tmp_path: Path)
     assert sorted(p.name for p in root.iterdir()) == [".gpusite.lock", "gpusite"]  # nothing half-made left
 
 
+def test_an_unpack_holds_its_bytecode_naming_the_final_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+    import marshal
+
+    site = bundles.unpack(bundle(tmp_path / "site.tgz", "x"), tmp_path / "root")
+    pyc = Path(importlib.util.cache_from_source(str(site / "unsloth" / "__init__.py")))
+    assert pyc.is_file(), "the unpack did not compile the bundle's modules"
+    code = marshal.loads(pyc.read_bytes()[16:])  # after the 16-byte header (magic, flags, mtime, size)
+    assert code.co_filename == str(site / "unsloth" / "__init__.py")  # not the temporary folder's
+    assert "bytecode compiled in" in capsys.readouterr().err
+    bundles.unpack(tmp_path / "site.tgz", tmp_path / "root")
+    assert capsys.readouterr().err == ""  # reused: nothing unpacked, nothing said
+
+
 def test_a_broken_or_missing_bundle_is_never_used(tmp_path: Path) -> None:
     root = tmp_path / "root"
     tgz = bundle(tmp_path / "site.tgz", "good")
