@@ -37,7 +37,7 @@ def path(folder: Path, kind: str, key: dict[str, str]) -> Path:
     return folder / kind / f"{digest}.json"
 
 
-def _load(file: Path) -> dict | None:
+def load(file: Path) -> dict | None:
     """The record in ``file``, or None where it is missing, cut short or not a record (no ``key`` dict)."""
     try:
         record = json.loads(file.read_text())
@@ -48,13 +48,13 @@ def _load(file: Path) -> dict | None:
 
 def read(file: Path, key: dict[str, str]) -> dict | None:
     """The record in ``file`` where it is one for ``key``, else None (missing, cut short, another key)."""
-    record = _load(file)
+    record = load(file)
     return record if record is not None and record["key"] == key else None
 
 
 def export(folder: Path, kind: str) -> list[dict]:
     """Every readable record of ``kind`` in the compile cache ``folder`` (a cut or foreign file is skipped)."""
-    return [r for r in map(_load, sorted((folder / kind).glob("*.json"))) if r is not None]
+    return [r for r in map(load, sorted((folder / kind).glob("*.json"))) if r is not None]
 
 
 def import_(folder: Path, kind: str, records: list[dict]) -> int:

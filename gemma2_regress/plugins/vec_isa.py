@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -153,10 +152,8 @@ def replay(checks: dict[str, bool]) -> list[str]:
 def replay_file(path: str) -> list[str]:
     """``replay`` from the record in ``path`` (a child Python handed it by ``child_env``: its parent read it
     under this machine's key); nothing is replayed where the file is unreadable."""
-    try:
-        checks = json.loads(Path(path).read_text()).get("checks")
-    except (OSError, ValueError, AttributeError):
-        return []
+    record = records.load(Path(path))
+    checks = record.get("checks") if record is not None else None
     return replay(checks) if isinstance(checks, dict) else []
 
 
