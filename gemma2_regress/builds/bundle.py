@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 BUNDLE = Path(".gpu/site.tgz")
@@ -72,7 +73,9 @@ def unpack(bundle: Path, root: Path) -> Path:
             # Every process of a run imports from here: compile each module once (all cores), not in each
             # process again. ddir: the code objects name the final folder. A module this Python cannot
             # compile is left to fail where it is imported, as without this.
-            compileall.compile_dir(tmp / "gpusite", ddir=site, quiet=2, workers=0)
+            with warnings.catch_warnings():  # upstream modules' SyntaxWarnings: theirs, not this run's news
+                warnings.simplefilter("ignore", SyntaxWarning)
+                compileall.compile_dir(tmp / "gpusite", ddir=site, quiet=2, workers=0)
             compiled = time.monotonic()
             (tmp / "gpusite" / STAMP).write_text(digest + "\n")
             if site.exists():
