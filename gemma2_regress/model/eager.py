@@ -4,12 +4,23 @@ In float64 it is the golden reference, in the target's dtype the baseline of the
 it also stands in for Unsloth when the properties themselves are validated. Loaded models are cached
 per (checkpoint, dtype, device) within a process.
 
-The twin must run genuine transformers code even after Unsloth patched transformers' Gemma-2 module
-(``FastGemma2Model.pre_patch`` replaces class methods, ``Gemma2Attention.__init__`` and the module
-global ``Gemma2RotaryEmbedding``). Unsloth records what it replaced in
-``modeling_gemma2._unsloth_pre_patch_originals``; ``pristine_transformers`` puts those originals back
-while the twin is built and run, and ``EagerTarget`` checks that none of its modules is marked for
-Unsloth's fast path.
+The twin must run genuine transformers code even after Unsloth patched transformers, or the golden
+reference would share code with the target. Two kinds of patch reach it:
+
+- ``FastGemma2Model.pre_patch`` replaces class methods of transformers' Gemma-2 module,
+  ``Gemma2Attention.__init__`` and the module global ``Gemma2RotaryEmbedding``; Unsloth records what it
+  replaced in ``modeling_gemma2._unsloth_pre_patch_originals``.
+- ``import unsloth`` replaces transformers' mask builders (``transformers.masking_utils``):
+  ``create_causal_mask`` and ``create_sliding_window_causal_mask`` by ``torch.compile``d wrappers, the
+  padding / packing / offset mask functions and ``create_masks_for_generate`` by wrappers, each original
+  kept as ``masking_utils._unsloth_original_<name>``; and ``sdpa_mask`` (which ``eager_mask`` calls) by a
+  wrapper marked ``_unsloth_patched_sdpa_mask`` whose ``__wrapped__`` is the original. Modules that
+  imported a builder by name (``modeling_gemma2``, ``generation.utils``) hold the wrapper too.
+
+``pristine_transformers`` puts every such original back while the twin is built and run (and Unsloth's
+versions back after), and ``EagerTarget`` checks that none of its modules is marked for Unsloth's fast
+path. The twin then also compiles nothing (Unsloth's compiled mask builders made each of its first calls
+at a new batch shape wait on Dynamo: docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -28,13 +39,84 @@ from gemma2_regress.model import tiny
 from gemma2_regress.model.session import ModelSession
 from gemma2_regress.model.targets import Forward, TargetBase
 
+ORIGINAL_PREFIX = "_unsloth_original_"  # unsloth_zoo's name for a mask builder it replaced
+PATCH_MARK_PREFIX = "_unsloth_patched"  # Unsloth's mark on a wrapper whose __wrapped__ is the original
+
+
+def mask_patches() -> list[tuple[dict[str, Any], str, Any, Any]]:
+    """``(namespace, key, Unsloth's object, transformers' original)`` for every place that holds one of
+    Unsloth's replacements of transformers' mask builders (module docstring): the globals of each loaded
+    ``transformers`` module and the mask registry's mappings. Empty where Unsloth patched none."""
+    mu = sys.modules.get("transformers.masking_utils")
+    if mu is None:
+        return []
+    originals: dict[int, tuple[Any, Any]] = {}  # id(Unsloth's object) -> (it, the original)
+    for name, value in list(vars(mu).items()):
+        patched = (
+            vars(mu).get(name.removeprefix(ORIGINAL_PREFIX)) if name.startswith(ORIGINAL_PREFIX) else None
+        )
+        if patched is not None and patched is not value:
+            originals[id(patched)] = (patched, value)
+        marked = any(k.startswith(PATCH_MARK_PREFIX) for k in getattr(value, "__dict__", {}))
+        if marked and callable(value) and getattr(value, "__wrapped__", None) is not None:
+            originals[id(value)] = (value, value.__wrapped__)
+    if not originals:
+        return []
+    home = os.path.dirname(vars(mu)["__file__"]) + os.sep  # transformers' own folder
+    originals = {
+        k: (patched, _transformers_own(original, home)) for k, (patched, original) in originals.items()
+    }
+    spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "transformers" and m]
+    spaces += _registry_mappings(vars(mu).get("ALL_MASK_ATTENTION_FUNCTIONS"))
+    return [
+        (space, key, value, originals[id(value)][1])
+        for space in spaces
+        for key, value in list(space.items())
+        if id(value) in originals and originals[id(value)][0] is value
+    ]
+
+
+def _transformers_own(fn: Any, home: str) -> Any:
+    """``fn``, or the first function down its ``__wrapped__`` chain whose code lives under ``home``: an
+    original Unsloth kept can itself be an earlier Unsloth wrapper (``unsloth.import_fixes``)."""
+    found = fn
+    while not getattr(getattr(found, "__code__", None), "co_filename", "").startswith(home):
+        found = getattr(found, "__wrapped__", None)
+        if found is None:
+            return fn
+    return found
+
+
+def _registry_mappings(registry: Any) -> list[dict[str, Any]]:
+    """The dicts behind transformers' mask registry (``register`` writes the class-wide one)."""
+    if registry is None:
+        return []
+    found = (vars(type(registry)).get("_global_mapping"), vars(registry).get("_local_mapping"))
+    return [d for d in found if isinstance(d, dict)]
+
 
 @contextlib.contextmanager
 def pristine_transformers() -> Iterator[None]:
-    """Within the block, transformers' Gemma-2 module holds its own code, not Unsloth's patches.
+    """Within the block, transformers holds its own code where Unsloth patched it: the Gemma-2 module
+    (``_unsloth_pre_patch_originals``) and the mask builders (``mask_patches``). Unsloth's versions are
+    put back after.
 
-    A no-op where Unsloth never patched it (not imported, or no model loaded yet).
+    A no-op where Unsloth never patched them (not imported, or no model loaded yet).
     """
+    masks = mask_patches()
+    for space, key, _, original in masks:
+        space[key] = original
+    try:
+        with _pristine_gemma2():
+            yield
+    finally:
+        for space, key, patched, _ in masks:
+            space[key] = patched
+
+
+@contextlib.contextmanager
+def _pristine_gemma2() -> Iterator[None]:
+    """Within the block, transformers' Gemma-2 module holds what ``FastGemma2Model.pre_patch`` replaced."""
     mod = sys.modules.get("transformers.models.gemma2.modeling_gemma2")
     record = vars(mod).get("_unsloth_pre_patch_originals") if mod is not None else None
     if record is None:
