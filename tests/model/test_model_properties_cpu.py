@@ -213,6 +213,25 @@ def test_unsloth_target_skips_without_gpu(model_session: ModelSession) -> None:
         UnslothTarget(small(), torch.float32, session=model_session)
 
 
+def _child(script: str) -> dict:
+    """Run ``script`` in a child Python with this checkout importable and Unsloth allowed on CPU; the
+    JSON object its last line prints."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 _PATCH_THEN_TWIN = """
 import json, sys, torch
 from gemma2_regress.model import eager, tiny
@@ -242,20 +261,7 @@ def test_eager_twin_stays_plain_transformers_after_unsloth_patches(tmp_path) -> 
     """Apply exactly what FastLanguageModel.from_pretrained does to transformers' Gemma-2 module
     (snapshot, pre_patch, record, gate); the twin built afterwards still runs transformers' code.
     In a subprocess: the patches are process-wide and would leak into other tests."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _PATCH_THEN_TWIN], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _child(_PATCH_THEN_TWIN)
     assert got["rotary"].startswith("transformers."), got
     assert got["equal"], "the twin's logits changed after Unsloth patched transformers' Gemma-2 module"
 
@@ -318,20 +324,7 @@ def test_eager_twin_builds_its_masks_with_transformers_own_code() -> None:
     puts the originals back. Unsloth's other process-wide wrappers (generation config, caches, the
     decoder layer's ``__call__`` for gradient checkpointing) pass through and are not checked here.
     In a subprocess: the patches are process-wide."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _UNSLOTH_THEN_TWIN], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _child(_UNSLOTH_THEN_TWIN)
     assert "transformers.masking_utils.create_causal_mask" in got["patched_outside"], got  # the premise
     assert got["patched_inside"] == [], f"Unsloth's mask builders left in place: {got['patched_inside']}"
     assert got["called_from_masks"] == [], f"transformers' mask code called Unsloth's: {got}"

@@ -1,7 +1,8 @@
 """Where the eager reference's seconds go on a GPU: transformers' eager tiny Gemma-2 (``EagerTarget``, the
 golden float64 model and a same-dtype baseline) at the GPU tier's lengths, each call timed, then one call
-of each dtype under torch.profiler. Run from the checkout root (needs torch and transformers only):
-    python3 docs/results/h200-2026-12-03/reference_timing.py [cuda|cpu] [SCALE] [unsloth]
+of each dtype under torch.profiler. Run from the checkout root (torch and transformers; Unsloth for
+``unsloth``):
+    PYTHONPATH=. python3 docs/results/h200-2026-12-03/reference_timing.py [cuda|cpu] [SCALE] [unsloth]
 SCALE divides the lengths (a quick check on CPU: ``cpu 16``); ``unsloth``: import Unsloth first, as every
 GPU tier worker does (it patches transformers and torch on import).
 """
