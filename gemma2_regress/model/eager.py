@@ -13,8 +13,9 @@ reference would share code with the target. Two kinds of patch reach it:
 - ``import unsloth`` replaces transformers' mask builders (``transformers.masking_utils``):
   ``create_causal_mask`` and ``create_sliding_window_causal_mask`` by ``torch.compile``d wrappers, the
   padding / packing / offset mask functions and ``create_masks_for_generate`` by wrappers, each original
-  kept as ``masking_utils._unsloth_original_<name>``; and ``sdpa_mask`` (which ``eager_mask`` calls) by a
-  wrapper marked ``_unsloth_patched_sdpa_mask`` whose ``__wrapped__`` is the original. Modules that
+  kept as ``masking_utils._unsloth_original_<name>``; and, where its probe finds that transformers' own
+  leaves a query that sees no key fully masked, ``sdpa_mask`` (which ``eager_mask`` calls) by a wrapper
+  marked ``_unsloth_patched_sdpa_mask`` whose ``__wrapped__`` is the original. Modules that
   imported a builder by name (``modeling_gemma2``, ``generation.utils``) hold the wrapper too.
 
 ``pristine_transformers`` puts every such original back while the twin is built and run (and Unsloth's
