@@ -306,6 +306,8 @@ for dtype in (torch.float64, torch.float32):
     twin.forward(ids, mask, labels=ids)
     twin.forward(ids, None, labels=ids)
     twin.generate(ids, mask, 3)
+    twin.forward_cached(ids, mask, 30)
+    twin.attention_grads(ids, None, ids)
     sys.setprofile(None)
 with eager.pristine_transformers():
     inside = builders()
@@ -317,9 +319,9 @@ print(json.dumps({"patched_outside": builders(), "patched_inside": inside,
 @pytest.mark.unsloth
 def test_eager_twin_builds_its_masks_with_transformers_own_code() -> None:
     """With Unsloth imported first and its Gemma-2 pre-patch applied (as in a GPU tier worker), the
-    twin's forward (padded and not, with labels) and greedy generation build their masks (which keys
-    each query sees) with transformers' own functions and compile nothing: the golden reference shares
-    no mask code with the target. Unsloth replaces transformers' mask builders with torch.compile'd
+    twin's forward (padded and not, with labels), greedy generation, KV-cache continuation and training
+    step build their masks (which keys each query sees) with transformers' own functions and compile
+    nothing: the golden reference shares no mask code with the target. Unsloth replaces transformers' mask builders with torch.compile'd
     wrappers on import (checked: it still does, or this test proves nothing); ``pristine_transformers``
     puts the originals back. Unsloth's other process-wide wrappers (generation config, caches, the
     decoder layer's ``__call__`` for gradient checkpointing) pass through and are not checked here.
