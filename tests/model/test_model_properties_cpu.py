@@ -18,6 +18,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fixtures import child
 from fixtures.model import bound_session
 from gemma2_regress.model import tiny
 from gemma2_regress.model.cases import ModelCase, PackedBatch, labels_for, model_cases
@@ -213,25 +214,6 @@ def test_unsloth_target_skips_without_gpu(model_session: ModelSession) -> None:
         UnslothTarget(small(), torch.float32, session=model_session)
 
 
-def _child(script: str) -> dict:
-    """Run ``script`` in a child Python with this checkout importable and Unsloth allowed on CPU; the
-    JSON object its last line prints."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    env.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 _PATCH_THEN_TWIN = """
 import json, sys, torch
 from gemma2_regress.model import eager, tiny
@@ -261,13 +243,13 @@ def test_eager_twin_stays_plain_transformers_after_unsloth_patches(tmp_path) -> 
     """Apply exactly what FastLanguageModel.from_pretrained does to transformers' Gemma-2 module
     (snapshot, pre_patch, record, gate); the twin built afterwards still runs transformers' code.
     In a subprocess: the patches are process-wide and would leak into other tests."""
-    got = _child(_PATCH_THEN_TWIN)
+    got = child.run_json(_PATCH_THEN_TWIN)
     assert got["rotary"].startswith("transformers."), got
     assert got["equal"], "the twin's logits changed after Unsloth patched transformers' Gemma-2 module"
 
 
 _UNSLOTH_THEN_TWIN = """
-import json, os, sys, torch
+import json, torch
 from gemma2_regress import unsloth_adapter
 u = unsloth_adapter.load()  # first, as the GPU tier's workers do: Unsloth patches transformers on import
 from gemma2_regress.model import eager, tiny
@@ -277,42 +259,29 @@ snap = llama._snapshot_transformers_modules(fast.pre_patch)  # what from_pretrai
 fast.pre_patch()
 llama._record_pre_patch_changes(snap)
 llama._gate_pre_patch_to_unsloth_models(snap)
-import unsloth, unsloth_zoo
+from fixtures.child import unsloth_calls, unsloth_code
 from transformers import masking_utils
 from transformers.models.gemma2 import modeling_gemma2
-homes = tuple(os.path.dirname(m.__file__) + os.sep for m in (unsloth, unsloth_zoo))
-def where(fn):
-    code = getattr(fn, "__code__", None)
-    return code.co_filename if code is not None else ""
 def builders():
     named = [(m.__name__, n, v) for m in (masking_utils, modeling_gemma2) for n, v in vars(m).items()
              if "mask" in n and callable(v) and not isinstance(v, type)]
-    return sorted(f"{m}.{n}" for m, n, v in named if where(v).startswith(homes) or "torch/_dynamo/" in where(v))
+    return sorted(f"{m}.{n}" for m, n, v in named if unsloth_code(v))
 cfg = tiny.tiny_config(sliding_window=16)
 path = tiny.checkpoint(cfg, init="large")
 ids, mask = tiny.token_batch(cfg, 2, 40, pads=(3, 0), side="left")
-from_masks, dynamo = set(), set()
-def note(frame, event, arg):
-    if event != "call":
-        return
-    f, caller = frame.f_code.co_filename, frame.f_back.f_code.co_filename if frame.f_back else ""
-    if "torch/_dynamo/" in f:
-        dynamo.add(f)
-    elif f.startswith(homes) and caller.endswith("masking_utils.py"):
-        from_masks.add(os.path.basename(f) + ":" + frame.f_code.co_name)
-for dtype in (torch.float64, torch.float32):
-    twin = eager.EagerTarget(path, dtype, session=ModelSession())
-    sys.setprofile(note)
-    twin.forward(ids, mask, labels=ids)
-    twin.forward(ids, None, labels=ids)
-    twin.generate(ids, mask, 3)
-    twin.forward_cached(ids, mask, 30)
-    twin.attention_grads(ids, None, ids)
-    sys.setprofile(None)
+twins = [eager.EagerTarget(path, dtype, session=ModelSession()) for dtype in (torch.float64, torch.float32)]
+with unsloth_calls() as seen:
+    for twin in twins:
+        twin.forward(ids, mask, labels=ids)
+        twin.forward(ids, None, labels=ids)
+        twin.generate(ids, mask, 3)
+        twin.forward_cached(ids, mask, 30)
+        twin.attention_grads(ids, None, ids)
+from_masks = sorted(name for name, caller in seen["unsloth"] if caller.endswith("masking_utils.py"))
 with eager.pristine_transformers():
     inside = builders()
 print(json.dumps({"patched_outside": builders(), "patched_inside": inside,
-                  "called_from_masks": sorted(from_masks), "dynamo_files": len(dynamo)}))
+                  "called_from_masks": from_masks, "dynamo_files": len(seen["dynamo"])}))
 """
 
 
@@ -324,9 +293,11 @@ def test_eager_twin_builds_its_masks_with_transformers_own_code() -> None:
     nothing: the golden reference shares no mask code with the target. Unsloth replaces transformers' mask builders with torch.compile'd
     wrappers on import (checked: it still does, or this test proves nothing); ``pristine_transformers``
     puts the originals back. Unsloth's other process-wide wrappers (generation config, caches, the
-    decoder layer's ``__call__`` for gradient checkpointing) pass through and are not checked here.
+    decoder layer's ``__call__`` for gradient checkpointing) pass through and are not checked here; nor
+    is building the twin (its weights load through Unsloth's safetensors opener, and the test above
+    compares its logits with a twin's built before Unsloth was imported).
     In a subprocess: the patches are process-wide."""
-    got = _child(_UNSLOTH_THEN_TWIN)
+    got = child.run_json(_UNSLOTH_THEN_TWIN)
     assert "transformers.masking_utils.create_causal_mask" in got["patched_outside"], got  # the premise
     assert got["patched_inside"] == [], f"Unsloth's mask builders left in place: {got['patched_inside']}"
     assert got["called_from_masks"] == [], f"transformers' mask code called Unsloth's: {got}"

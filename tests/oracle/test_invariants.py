@@ -22,6 +22,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fixtures import child
 from gemma2_regress.kernel import properties
 from gemma2_regress.kernel.cases import GEMMA2_WINDOW, Case, Inputs, make_inputs
 from gemma2_regress.kernel.strategies import small_window_cases
@@ -251,3 +252,28 @@ def test_uncapped_oracle_does_not_cap() -> None:
     x = make_inputs(case)
     _, scores = oracle.attention(x.q, x.k, x.v, scalar=16.0, softcap=None, window=None, return_scores=True)
     assert float(scores.abs().max()) > 50.0
+
+
+_ORACLE_AFTER_UNSLOTH = """
+import json
+from gemma2_regress import unsloth_adapter
+unsloth_adapter.load()  # Unsloth patches torch and transformers on import, as in every GPU tier worker
+from fixtures.child import unsloth_calls
+from gemma2_regress.kernel import properties
+from gemma2_regress.kernel.cases import Case, make_inputs
+case = Case(bsz=2, q_len=40, kv_len=40, window=16, pad_side="left", pads=(3, 0), dtype="bfloat16")
+inputs = make_inputs(case, "cpu")
+with unsloth_calls() as seen:
+    properties.reference(case, inputs)
+print(json.dumps({"unsloth": sorted(name for name, _ in seen["unsloth"]), "dynamo_files": len(seen["dynamo"])}))
+"""
+
+
+@pytest.mark.unsloth
+def test_the_oracle_runs_no_unsloth_code_after_unsloth_is_imported() -> None:
+    """The kernel tier's reference (float64 golden, same-dtype baseline and the rule's floor, for a
+    left-padded windowed case) calls no function of Unsloth's and nothing ``torch.compile``d, though
+    the process imported Unsloth, which patches torch and transformers on import: the oracle shares
+    no code with the kernels it judges. In a subprocess: the patches are process-wide."""
+    got = child.run_json(_ORACLE_AFTER_UNSLOTH)
+    assert got == {"unsloth": [], "dynamo_files": 0}, got
