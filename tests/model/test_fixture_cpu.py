@@ -1,6 +1,8 @@
 """The tiny Gemma-2 fixture, and the oracle layer by layer inside transformers' eager Gemma-2, on CPU.
 
-transformers only (no Unsloth): this validates the two things the model-level GPU tests stand on.
+transformers only (no Unsloth; where an xdist worker imported Unsloth for other tests, the model runs
+inside ``pristine_transformers``, so its masks are still transformers' own): this validates the two
+things the model-level GPU tests stand on.
 (1) ``gemma2_regress.model.tiny`` builds a loadable, cached, deterministic checkpoint offline.
 (2) At lengths that cross Gemma-2's real 4096 window (4095, 4097, 4200 with left padding), every
 attention layer of transformers' eager Gemma-2 equals the oracle run on the post-RoPE q/k/v it
@@ -21,6 +23,7 @@ import pytest
 import torch
 
 from gemma2_regress.model import tiny
+from gemma2_regress.model.eager import pristine_transformers
 from gemma2_regress.reference import masks, oracle, tolerance
 
 g2 = pytest.importorskip("transformers.models.gemma2.modeling_gemma2")
@@ -220,7 +223,7 @@ def test_each_layer_matches_oracle(init, bsz, seq_len, pads, side, monkeypatch, 
     cfg = tiny.tiny_config()
     model = tiny.load_transformers(tiny.checkpoint(cfg, init=init))
     ids, mask = tiny.token_batch(cfg, bsz, seq_len, pads=pads, side=side)
-    with captured_attention(monkeypatch) as records, torch.no_grad():
+    with captured_attention(monkeypatch) as records, pristine_transformers(), torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask if side != "none" else None).logits
     assert bool(torch.isfinite(logits).all()) and float(logits.abs().max()) <= cfg.final_logit_softcapping
     assert [r["layer"] for r in records] == list(range(cfg.num_hidden_layers))
@@ -274,7 +277,7 @@ def test_window_boundary_at_model_level(window: int, pad: int, capsys) -> None:
     kwargs = {"attention_mask": mask} if pad else {}
 
     def last_logits(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with pristine_transformers(), torch.no_grad():
             return model(input_ids=x, **kwargs).logits[0, -1].double()
 
     base = last_logits(ids)

@@ -6,7 +6,8 @@ scale (``Gemma2Attention.scaling = query_pre_attn_scalar**-0.5``), the cap
 (``attn_logit_softcapping``), GQA (``repeat_kv``) and padding. The attention module is a real
 ``Gemma2Attention`` built from ``tiny.tiny_config``; the masks come from
 ``create_sliding_window_causal_mask`` / ``create_causal_mask`` (the calls ``Gemma2Model.forward``
-makes) and, for q_len < kv_len, from ``eager_mask`` with the query offset a KV cache would give.
+makes) and, for q_len < kv_len, from ``eager_mask`` with the query offset a KV cache would give;
+all inside ``pristine_transformers``, so they stay transformers' own where the process imported Unsloth.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hypothesis import example, given
 from gemma2_regress.kernel.cases import Case, make_inputs
 from gemma2_regress.kernel.strategies import small_window_cases
 from gemma2_regress.model import tiny
+from gemma2_regress.model.eager import pristine_transformers
 from gemma2_regress.reference import masks, oracle, tolerance
 
 mu = pytest.importorskip("transformers.masking_utils")
@@ -46,7 +48,13 @@ def attention_layer(n_heads: int, n_kv: int, head_dim: int, scalar: float, windo
 
 
 def transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """The additive ``(bsz, 1, q, kv)`` mask transformers builds for this layer and case."""
+    """The additive ``(bsz, 1, q, kv)`` mask transformers builds for this layer and case, with its own
+    code even where this process imported Unsloth (which replaces transformers' mask builders)."""
+    with pristine_transformers():
+        return _transformers_mask(layer, case, key_valid, dtype)
+
+
+def _transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     cfg = layer.config
     if case.q_len == case.kv_len:
         create = mu.create_sliding_window_causal_mask if case.window is not None else mu.create_causal_mask
@@ -71,7 +79,7 @@ def transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype: 
 def transformers_attention(case: Case, x, dtype: torch.dtype) -> torch.Tensor:
     layer = attention_layer(case.n_heads, case.n_kv_heads, case.head_dim, case.scalar, case.window)
     mask = transformers_mask(layer, case, x.key_valid, dtype)
-    with torch.no_grad():
+    with pristine_transformers(), torch.no_grad():
         out, _ = g2.eager_attention_forward(
             layer,
             x.q.to(dtype),
