@@ -218,17 +218,12 @@ _PATCH_THEN_TWIN = """
 import json, sys, torch
 from gemma2_regress.model import eager, tiny
 from gemma2_regress.model.session import ModelSession
-from gemma2_regress import unsloth_adapter
+from fixtures.child import pre_patch_gemma2  # imports Unsloth only when called
 session = ModelSession()
 path = tiny.checkpoint(tiny.tiny_config(sliding_window=16), init="large")
 ids, mask = tiny.token_batch(tiny.tiny_config(sliding_window=16), 2, 40, pads=(3, 0), side="left")
 before = eager.EagerTarget(path, torch.float32, session=session).forward(ids, mask).logits
-u = unsloth_adapter.load()
-llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
-snap = llama._snapshot_transformers_modules(fast.pre_patch)
-fast.pre_patch()
-llama._record_pre_patch_changes(snap)
-llama._gate_pre_patch_to_unsloth_models(snap)
+pre_patch_gemma2()
 eager._EAGER.clear()
 twin = eager.EagerTarget(path, torch.float32, session=session)
 after = twin.forward(ids, mask).logits
@@ -254,12 +249,8 @@ from gemma2_regress import unsloth_adapter
 u = unsloth_adapter.load()  # first, as the GPU tier's workers do: Unsloth patches transformers on import
 from gemma2_regress.model import eager, tiny
 from gemma2_regress.model.session import ModelSession
-llama, fast = u.llama_module, u.gemma2_module.FastGemma2Model
-snap = llama._snapshot_transformers_modules(fast.pre_patch)  # what from_pretrained does
-fast.pre_patch()
-llama._record_pre_patch_changes(snap)
-llama._gate_pre_patch_to_unsloth_models(snap)
-from fixtures.child import unsloth_calls, unsloth_code
+from fixtures.child import pre_patch_gemma2, unsloth_calls, unsloth_code
+pre_patch_gemma2()  # what from_pretrained does
 from transformers import masking_utils
 from transformers.models.gemma2 import modeling_gemma2
 def builders():

@@ -78,8 +78,8 @@ def _transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype:
 
 def transformers_attention(case: Case, x, dtype: torch.dtype) -> torch.Tensor:
     layer = attention_layer(case.n_heads, case.n_kv_heads, case.head_dim, case.scalar, case.window)
-    mask = transformers_mask(layer, case, x.key_valid, dtype)
-    with pristine_transformers(), torch.no_grad():
+    with pristine_transformers(), torch.no_grad():  # one scope for the mask and the attention
+        mask = _transformers_mask(layer, case, x.key_valid, dtype)
         out, _ = g2.eager_attention_forward(
             layer,
             x.q.to(dtype),
