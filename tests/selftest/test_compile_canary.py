@@ -44,7 +44,7 @@ def test_a_wrong_compiler_stops_the_run_before_any_test(suite, monkeypatch):
 
 def test_a_right_compiler_lets_the_run_go_on(suite, monkeypatch, request):
     # The real child, a cold Inductor compile of its own, handed this run's vec-ISA record as the tier's
-    # canary is (plugins.vec_isa): it then skips the probe (about 10 of 21 s on 2 cores).
+    # canary is (plugins.vec_isa), so it does not probe the CPU's ISAs again.
     record = request.config.stash.get(vec_isa.RECORD, None)
     if record:
         monkeypatch.setattr(vec_isa, "child_env", lambda config: {vec_isa.RECORD_ENV: record})
