@@ -150,12 +150,11 @@ class Unsloth:
         slices. Releases without the Gemma-2 converter keep their static masks where the first conversion
         finds no mask needed (an all-ones mask within the window): then those are returned.
         """
-        base, sliding = self._converters()
+        _, sliding = self._converters()
         kv_len = attention_mask.shape[-1]
         if sliding is not None:
-            swa = sliding(is_causal=True, sliding_window=window).to_4d(attention_mask, q_len, dtype, kv_len)
-            ga = base(is_causal=True).to_4d(attention_mask, q_len, dtype, kv_len)
-            return swa, ga
+            swa = self.eval_mask(attention_mask, q_len, window, dtype, sliding=True)
+            return swa, self.eval_mask(attention_mask, q_len, window, dtype, sliding=False)
         prep = self.llama_module._prepare_4d_causal_attention_mask_for_sdpa
         embeds = torch.empty(attention_mask.shape[0], q_len, 1, dtype=dtype, device=attention_mask.device)
         past = kv_len - q_len
@@ -174,6 +173,24 @@ class Unsloth:
             return swa[0][0], ga[0][0]
         ga = prep(attention_mask, shape, embeds, past)
         return first, ga
+
+    def eval_mask(
+        self,
+        attention_mask: torch.Tensor,
+        q_len: int,
+        window: int,
+        dtype: torch.dtype,
+        *,
+        sliding: bool,
+    ) -> torch.Tensor:
+        """The one mask of ``eval_masks`` that a sliding (``sliding=True``) or a global layer gets. Where the
+        release has the Gemma-2 converter, only that one is built (each is a ``(bsz, 1, q_len, kv_len)``
+        float tensor: at 8k tokens, building the other one doubles the mask's cost)."""
+        base, converter = self._converters()
+        if converter is None:
+            return self.eval_masks(attention_mask, q_len, window, dtype)[0 if sliding else 1]
+        conv = converter(is_causal=True, sliding_window=window) if sliding else base(is_causal=True)
+        return conv.to_4d(attention_mask, q_len, dtype, attention_mask.shape[-1])
 
 
 def attention_module_stub(

@@ -74,8 +74,7 @@ class KernelTarget:
             am = inputs.key_valid
             if am is None:
                 am = torch.ones(case.bsz, case.kv_len, dtype=torch.long, device=dev)
-            swa, ga = u.eval_masks(am, case.q_len, window, dt)
-            return swa if case.window is not None else ga
+            return u.eval_mask(am, case.q_len, window, dt, sliding=case.window is not None)
         raise KeyError(self.mask_source)
 
     def run(self, case: Case, inputs: Inputs) -> torch.Tensor:
