@@ -38,7 +38,7 @@ def gemma2_attention(
     Called with what ``LlamaModel_fast_forward``'s layer loop hands a layer (``unsloth/models/llama.py``,
     through ``Gemma2DecoderLayer_fast_forward``): ``use_sliding_window = sliding``; ``causal_mask``
     (None: the flash sentinels that loop sets for a batch without a mask when flash-attn has softcapping,
-    ``True`` on sliding layers and ``False`` on global ones; else Unsloth's 4-D masks, ``Unsloth.eval_masks``);
+    ``True`` on sliding layers and ``False`` on global ones; else Unsloth's 4-D mask, ``Unsloth.eval_mask``);
     ``attention_mask`` (None after that loop dropped an all-ones mask; the 2-D padding mask of a padded
     evaluation batch); ``packed_seq_lengths`` (a packed / padding-free batch, as a collator passes it).
     Everything from there on is Unsloth's: the flash / slow choice, the flash-attn window, scale and cap,

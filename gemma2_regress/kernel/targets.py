@@ -157,8 +157,8 @@ class Gemma2LayerTarget:
             am = inputs.key_valid
             if am is None:
                 am = torch.ones(case.bsz, case.kv_len, dtype=torch.long, device=inputs.q.device)
-            swa, ga = u.eval_masks(am, case.q_len, self.config.sliding_window, case.torch_dtype)
-            return layer(inputs.q, inputs.k, inputs.v, causal_mask=swa if sliding else ga, attention_mask=am)
+            mask = u.eval_mask(am, case.q_len, self.config.sliding_window, case.torch_dtype, sliding=sliding)
+            return layer(inputs.q, inputs.k, inputs.v, causal_mask=mask, attention_mask=am)
         return self._packed(layer, case, inputs)
 
     def _packed(self, layer: Callable[..., torch.Tensor], case: Case, inputs: Inputs) -> torch.Tensor:

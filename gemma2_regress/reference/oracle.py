@@ -20,9 +20,10 @@ import torch
 
 from gemma2_regress.reference import masks
 
-# Queries a block: an 8k-token float64 layer is then blocks of a few hundred MB instead of score matrices
-# of several GB each, and the keys outside the causal window (over half of them at 8193) are not computed.
-QUERY_BLOCK = 512
+# Queries a block: at 8k tokens and two heads a block's float64 temporaries are a few MB, which the
+# allocator reuses, where larger blocks are mapped and page-faulted in anew each time (docs/perf.md); and
+# the keys outside a block's window are not computed.
+QUERY_BLOCK = 128
 
 
 def attention(

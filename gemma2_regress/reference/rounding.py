@@ -53,6 +53,12 @@ def _seen_span(hidden: torch.Tensor) -> slice:
     return slice(int(seen[0]), int(seen[-1]) + 1)
 
 
+# float64 entries of a part of the query rows (rounding_bound's chunks, half_rounding_bound's elementwise
+# steps): 16 MB temporaries that the allocator reuses and the caches hold, where larger ones are mapped and
+# page-faulted in anew each time (docs/perf.md).
+PART_ENTRIES = 2**21
+
+
 def rounding_bound(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -93,8 +99,7 @@ def rounding_bound(
     hidden_all = ~masks.allowed(q_len, kv_len, window, key_valid, device=q.device)
     hidden_all = hidden_all[:, None] if hidden_all.dim() == 3 else hidden_all[None, None]
     cap = (lambda x: x) if softcap is None else (lambda x: softcap * torch.tanh(x / softcap))
-    # Query rows per chunk: the float64 score matrices stay bounded at 8k tokens.
-    rows = max(1, 2**24 // max(1, bsz * n_heads * kv_len))
+    rows = max(1, PART_ENTRIES // max(1, bsz * n_heads * kv_len))  # query rows per chunk
     parts = []
     for lo in range(0, q_len, rows):
         qc = q[:, :, lo : lo + rows].double()
@@ -121,9 +126,6 @@ def rounding_bound(
 
 
 EXACT_SPREAD = 2**26  # (batch x heads x queries x keys x features) up to which half_rounding_bound is exact
-# half_rounding_bound's elementwise steps take query rows in parts of about this many float64 entries (a
-# multiple of 64 rows): temporaries that the allocator reuses and the caches hold.
-PART_ENTRIES = 2**21
 
 
 def half_rounding_bound(
