@@ -174,7 +174,9 @@ def cpu(session: nox.Session) -> None:
     args = _tier_args(session, "cpu", cores=gpu_check.cpu_cores())
     version = install_unsloth(session)
     settings = [
-        f"{k}={session.env[k]}" for k in (suite.THREADS_ENV, suite.COMPILE_THREADS_ENV) if k in session.env
+        f"{k}={session.env[k]}"
+        for k in (suite.THREADS_ENV, suite.COMPILE_THREADS_ENV, suite.MALLOC_ENV)
+        if k in session.env
     ]
     if settings:
         session.log(f"cpu tier: {suite.cpu_workers()} worker(s), {', '.join(settings)} each")

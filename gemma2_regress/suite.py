@@ -159,6 +159,12 @@ ALIASING_ENV = "TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING"
 # 73 modules of Hypothesis) only where Python may write bytecode. Where a runner sets this (this project's CI
 # does), every pytest process, each child pytest of the self-tests too, rewrote them all again.
 BYTECODE_ENV = "PYTHONDONTWRITEBYTECODE"
+# glibc maps each allocation above its mmap threshold (32 MiB at most by default) afresh and Linux zero-fills
+# its pages at first touch: at 8k tokens every (q, kv) temporary of Unsloth's, transformers' and the oracle's
+# code paid that again on each call. The cpu tier keeps them in the heap, reused (docs/perf.md); a process
+# then holds on to up to its peak. C libraries other than glibc ignore the variable.
+MALLOC_ENV = "GLIBC_TUNABLES"
+CPU_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
 
 def tier_env(
@@ -189,9 +195,11 @@ def tier_env(
     the same with and without ``CI`` set; and ``BYTECODE_ENV`` empty (Python and pytest write their
     caches, into ``__pycache__`` folders that git ignores, of the checkout, the environment and the unpacked
     GPU bundle, which is unpacked anew, whole, when it changes; the warm cpu tier with and without it: the
-    README's results)."""
+    README's results). For the cpu tier, ``MALLOC_ENV`` = ``CPU_MALLOC`` unless ``environ`` sets it."""
     environ = os.environ if environ is None else environ
     env = {TIER_ENV: tier}
+    if tier == "cpu" and MALLOC_ENV not in environ:
+        env[MALLOC_ENV] = CPU_MALLOC
     if tier == "cpu" and cores:
         share = str(max(1, cores // cpu_workers(environ)))
         env.update({k: share for k in (THREADS_ENV, COMPILE_THREADS_ENV) if k not in environ})

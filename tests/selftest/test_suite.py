@@ -92,6 +92,7 @@ def test_tier_env_keeps_a_chosen_profile() -> None:
     assert suite.tier_env("cpu", environ={}) == {
         "GEMMA2_REGRESS_TIER": "cpu",
         "HYPOTHESIS_PROFILE": "ci",
+        suite.MALLOC_ENV: suite.CPU_MALLOC,
         **pinned,
     }
     chosen = suite.tier_env("gpu", 2, environ={"HYPOTHESIS_PROFILE": "nightly"})
@@ -105,6 +106,38 @@ def test_the_tier_writes_bytecode_where_the_runner_says_not_to() -> None:
     probe = [sys.executable, "-c", "import sys; print(sys.dont_write_bytecode)"]
     assert subprocess.run(probe, env=environ, capture_output=True, text=True).stdout.strip() == "True"
     assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "False"
+
+
+_HEAP_PROBE = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+p = libc.malloc(64 << 20)
+lo = hi = 0
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        lo, hi = (int(a, 16) for a in line.split()[0].split("-"))
+print(lo <= p < hi)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
+)
+def test_the_cpu_tier_keeps_large_blocks_in_the_heap() -> None:
+    """glibc ignores a misspelled tunable silently: a 64 MiB malloc in a child under the cpu tier's
+    variables lies in the heap, and without them in a mapping of its own."""
+    environ = {k: v for k, v in os.environ.items() if k != suite.MALLOC_ENV}
+
+    def in_heap(env: dict[str, str]) -> bool:
+        run = subprocess.run([sys.executable, "-c", _HEAP_PROBE], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip() == "True"
+
+    assert in_heap({**environ, **suite.tier_env("cpu", environ=environ)})
+    assert not in_heap(environ)
+    chosen = {suite.MALLOC_ENV: "glibc.malloc.arena_max=1"}
+    assert suite.MALLOC_ENV not in suite.tier_env("cpu", environ=chosen)
 
 
 def test_torch_reads_the_tier_settings_and_its_cache_keys_match_with_and_without_ci() -> None:
