@@ -21,7 +21,8 @@ nox and tox; ``GEMMA2_REGRESS_COSTS`` overrides the path), so later changes can 
 Each record also carries what ``torch.compile`` did during the call (``compile_counters``: seconds in
 Dynamo's compile, graphs compiled, FX-graph and AOTAutograd cache hits and misses), so the run ends with
 the compile / run split of the test calls over every worker and the compile cache's hit rate
-(``compile_split``), also in costs.json under ``"compile"``; a call that compiled keeps its largest
+(``compile_split``), also in costs.json under ``"compile"``, then the tests that missed the FX-graph
+cache, costliest first (``misses_line``); a call that compiled keeps its largest
 Dynamo timers too (``compile_timers``, by Dynamo's names: what a cache hit still costs). And when its
 call began (``start_s``, from the plugin's configure in that process): the run's last line says how long
 each process took to reach its first test (``start_line``), the start a time bound cuts into before any
@@ -146,6 +147,26 @@ def split_line(split: dict[str, float]) -> str:
         f"compile cache: FX graph {rate(split['fxgraph_hit'], split['fxgraph_miss'])}, "
         f"AOTAutograd {rate(split['aot_hit'], split['aot_miss'])}"
     )
+
+
+MISSES_SHOWN = 5  # the costliest tests that missed the FX-graph cache (``misses_line``)
+
+
+def misses_line(records: list[dict], n: int = MISSES_SHOWN) -> str | None:
+    """The tests whose calls missed the FX-graph cache, the ``n`` with the most Inductor seconds first, and
+    how many missed in all; None where none did. On a warm cache a miss means the test compiled another
+    graph than the run that filled it (another shape, or a setting in the cache key), the place to look."""
+    missed = [r for r in records if r.get("compile", {}).get("fxgraph_miss", 0) > 0]
+    if not missed:
+        return None
+    missed.sort(key=lambda r: -r["compile"].get("inductor_s", 0.0))
+    shown = ", ".join(
+        f"{r.get('test', '?').rsplit('/', 1)[-1]} ({r['compile']['fxgraph_miss']:.0f}, "
+        f"Inductor {r['compile'].get('inductor_s', 0.0):.1f} s)"
+        for r in missed[:n]
+    )
+    more = f", and {len(missed) - n} more" if len(missed) > n else ""
+    return f"FX-graph cache misses in {len(missed)} test(s): {shown}{more}"
 
 
 def start_line(records: list[dict]) -> str | None:
@@ -314,9 +335,9 @@ class _Plugin:
         tr.write_line(
             "compile / run split over every worker: " + split_line(compile_split(self.costs.records))
         )
-        start = start_line(self.costs.records)
-        if start:
-            tr.write_line(start)
+        for line in (misses_line(self.costs.records), start_line(self.costs.records)):
+            if line:
+                tr.write_line(line)
         if self.costs.path:
             tr.write_line(f"suite cost JSON: {self.costs.path}")
         elif self.costs.error:

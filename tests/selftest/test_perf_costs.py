@@ -38,6 +38,24 @@ def test_start_line_takes_each_process_first_call():
     assert costs.start_line([{"worker": "gw0"}]) is None
 
 
+def test_misses_line_names_the_costliest_misses_first():
+    def rec(test, miss, inductor):
+        return {"test": test, "compile": {"fxgraph_miss": miss, "inductor_s": inductor}}
+
+    recs = [
+        rec("tests/a.py::test_hit", 0, 9.0),  # a hit, however slow, is not a miss
+        rec("tests/trainer/test_evaluate.py::test_e[SFT-1]", 1, 12.6),
+        rec("tests/b.py::test_b", 2, 18.3),
+        {"test": "tests/c.py::test_old"},  # an older record without compile counters
+    ]
+    assert costs.misses_line(recs) == (
+        "FX-graph cache misses in 2 test(s): b.py::test_b (2, Inductor 18.3 s), "
+        "test_evaluate.py::test_e[SFT-1] (1, Inductor 12.6 s)"
+    )
+    assert costs.misses_line(recs, n=1).endswith("b.py::test_b (2, Inductor 18.3 s), and 1 more")
+    assert costs.misses_line(recs[:1]) is None
+
+
 def test_plugin_times_each_hypothesis_example(pytester, monkeypatch):
     pytester.makepyfile(
         """
