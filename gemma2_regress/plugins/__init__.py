@@ -9,7 +9,8 @@ the records themselves live in ``fixtures/known_issues.py``), ``require_gpu`` (`
 ``fresh_dynamo`` (``torch._dynamo.reset()`` at each xdist group and each test outside one: what a test
 compiles does not depend on the schedule), ``compile_artifacts`` (torch's cache artifacts, for a cache to carry),
 ``profile_calls`` (``--profile-calls``: cProfile of chosen test calls) and ``cache_keys`` (``--cache-keys``:
-the compile-cache keys of chosen test calls, with what each hashed, to diff a hit against a miss),
+the compile-cache keys of chosen test calls, with what each hashed, to diff a hit against a miss; both
+built on ``chosen_calls``),
 ``markers`` (the suite's markers, declared once; also the wheel's ``pytest11`` entry point).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the

@@ -7,7 +7,7 @@ first, from Dynamo's graph) and, where that one missed or is off, Inductor's FX-
 with the details it was hashed from (the graph's code, its inputs' shapes, strides and dtypes, the
 configs, the global settings in the key), as torch logs them at DEBUG (``LOGGERS``). They go, beside the
 run's ``summary.json`` (``report.report_path``), to ``cache-keys/<node id>.txt``
-(``profile_calls.file_stem``; written atomically), in the order they were looked up. Each detail line
+(``chosen_calls.file_stem``; written atomically), in the order they were looked up. Each detail line
 reads ``[<its hash>] <name>: <value>``.
 
 Use: the same test in two runs, one that hit and one that missed (the run's ``FX-graph cache misses``
@@ -21,27 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gemma2_regress.atomic import write_text_atomic
-from gemma2_regress.plugins import report
-from gemma2_regress.plugins.profile_calls import file_stem
+from gemma2_regress.plugins import chosen_calls
 
-FOLDER = "cache-keys"
 # The logger of each cache, and how its DEBUG record of one key begins.
 LOGGERS = {
     "torch._functorch._aot_autograd.autograd_cache": "Autograd graph cache hash details for key ",
     "torch._inductor.codecache": "FX graph cache hash details for key ",
 }
-
-
-def folder() -> Path:
-    """Where this run writes the keys: ``cache-keys/`` beside its ``summary.json``."""
-    return Path(report.report_path("summary.json", "GEMMA2_REGRESS_REPORT")).parent / FOLDER
 
 
 class _Keys(logging.Handler):
@@ -58,14 +49,12 @@ class _Keys(logging.Handler):
             self.messages.append(message)
 
 
-class _Recorder:
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-        self.since = time.time()
+class _Recorder(chosen_calls.ChosenCalls):
+    OPTION, FOLDER, PATTERN, WHAT = "--cache-keys", "cache-keys", "*.txt", "compile-cache keys of test calls"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        if not any(text in item.nodeid for text in self.texts):
+        if not self.chosen(item):
             return (yield)
         keys = _Keys()
         saved = []
@@ -82,36 +71,22 @@ class _Recorder:
                 logger.removeHandler(keys)
                 logger.setLevel(level)
                 logger.propagate = propagate
-            where = folder()
-            where.mkdir(parents=True, exist_ok=True)
             body = "".join(f"\n{m}\n" for m in keys.messages)
             write_text_atomic(
-                where / f"{file_stem(item.nodeid)}.txt",
+                self.path(item, ".txt"),
                 f"{item.nodeid} (pid {os.getpid()}): {len(keys.messages)} key(s)\n{body}",
             )
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        # Counted from the folder: under xdist the workers wrote, and only this process prints.
-        where = folder()
-        made = [p for p in where.glob("*.txt") if p.stat().st_mtime >= self.since] if where.is_dir() else []
-        terminalreporter.write_line(
-            f"compile-cache keys: {len(made)} test call(s) written to {where}/ (--cache-keys {' '.join(self.texts)})"
-        )
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("gemma2-regress").addoption(
-        "--cache-keys",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="record the compile-cache keys (AOTAutograd's, Inductor's FX-graph keys), each with what it hashed, "
+    chosen_calls.add_option(
+        parser,
+        _Recorder.OPTION,
+        "record the compile-cache keys (AOTAutograd's, Inductor's FX-graph keys), each with what it hashed, "
         "of every test whose node id contains TEXT, into cache-keys/ beside summary.json: diff a hit's file "
         "against a miss's (repeatable)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    texts = [t for t in config.getoption("cache_keys") if t]
-    if texts:
-        config.pluginmanager.register(_Recorder(texts), "gemma2-regress-cache-keys")
+    chosen_calls.register(config, _Recorder, "gemma2-regress-cache-keys")

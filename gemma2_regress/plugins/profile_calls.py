@@ -9,9 +9,7 @@ folder), into ``profiles/``:
 - ``<node id>.prof``: the raw statistics (``python -m pstats FILE``, snakeviz, ...);
 - ``<node id>.txt``: the 60 functions with the most cumulative time, then the 40 with the most own time.
 
-The node id is made a file name by replacing every character other than letters, digits, ``.``, ``-`` and
-``_`` with ``_`` (no glob characters: ``[`` and ``]`` become ``_`` too), then ``-`` and 8 hex digits of
-its digest, so that two node ids never share a file. Both files are written atomically. The run's last
+The node id is made a file name by ``chosen_calls.file_stem``. Both files are written atomically. The run's last
 lines say how many calls were profiled and where. Cost: none unless the option is given; a profiled call
 runs slower (cProfile's hooks on every Python call), so its duration is not comparable with others.
 """
@@ -19,34 +17,18 @@ runs slower (cProfile's hooks on every Python call), so its duration is not comp
 from __future__ import annotations
 
 import cProfile
-import hashlib
 import io
 import marshal
 import os
 import pstats
-import re
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gemma2_regress.atomic import write_bytes_atomic, write_text_atomic
-from gemma2_regress.plugins import report
+from gemma2_regress.plugins import chosen_calls
 
-FOLDER = "profiles"
 TOP_CUMULATIVE, TOP_OWN = 60, 40
-
-
-def file_stem(nodeid: str) -> str:
-    """``nodeid`` as a file name (module doc)."""
-    digest = hashlib.sha256(nodeid.encode()).hexdigest()[:8]  # two node ids never share a file
-    return re.sub(r"[^A-Za-z0-9.\-_]", "_", nodeid) + "-" + digest
-
-
-def folder() -> Path:
-    """Where this run writes its profiles: ``profiles/`` beside its ``summary.json``."""
-    return Path(report.report_path("summary.json", "GEMMA2_REGRESS_REPORT")).parent / FOLDER
 
 
 def summary_text(profile: cProfile.Profile) -> str:
@@ -58,14 +40,12 @@ def summary_text(profile: cProfile.Profile) -> str:
     return out.getvalue()
 
 
-class _Profiler:
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-        self.since = time.time()
+class _Profiler(chosen_calls.ChosenCalls):
+    OPTION, FOLDER, PATTERN, WHAT = "--profile-calls", "profiles", "*.prof", "profiled test calls"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        if not any(text in item.nodeid for text in self.texts):
+        if not self.chosen(item):
             return (yield)
         profile = cProfile.Profile()
         profile.enable()
@@ -73,36 +53,21 @@ class _Profiler:
             return (yield)
         finally:
             profile.disable()
-            where = folder()
-            where.mkdir(parents=True, exist_ok=True)
-            stem = file_stem(item.nodeid)
             profile.create_stats()  # what Profile.dump_stats writes, written here atomically
-            write_bytes_atomic(where / f"{stem}.prof", marshal.dumps(profile.stats))
+            write_bytes_atomic(self.path(item, ".prof"), marshal.dumps(profile.stats))
             write_text_atomic(
-                where / f"{stem}.txt", f"{item.nodeid} (pid {os.getpid()})\n{summary_text(profile)}"
+                self.path(item, ".txt"), f"{item.nodeid} (pid {os.getpid()})\n{summary_text(profile)}"
             )
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        # Counted from the folder: under xdist the workers profiled, and only this process prints.
-        where = folder()
-        made = [p for p in where.glob("*.prof") if p.stat().st_mtime >= self.since] if where.is_dir() else []
-        terminalreporter.write_line(
-            f"profiled test calls: {len(made)} written to {where}/ (--profile-calls {' '.join(self.texts)})"
-        )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("gemma2-regress").addoption(
-        "--profile-calls",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="run the call of every test whose node id contains TEXT under cProfile; the statistics go to "
+    chosen_calls.add_option(
+        parser,
+        _Profiler.OPTION,
+        "run the call of every test whose node id contains TEXT under cProfile; the statistics go to "
         "profiles/ beside summary.json (repeatable)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    texts = [t for t in config.getoption("profile_calls") if t]
-    if texts:
-        config.pluginmanager.register(_Profiler(texts), "gemma2-regress-profile-calls")
+    chosen_calls.register(config, _Profiler, "gemma2-regress-profile-calls")

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from gemma2_regress.plugins import cache_keys
-from gemma2_regress.plugins.profile_calls import file_stem
+from gemma2_regress.plugins.chosen_calls import file_stem
 
 PLUGIN = ("-p", "gemma2_regress.plugins.cache_keys", "-p", "no:cacheprovider")
 
@@ -50,7 +50,7 @@ def test_the_chosen_calls_keys_are_written_with_their_details(suite):
     # miss and both keys are written; warm, AOTAutograd's cache answers and only its key is looked up.
     result = suite.runpytest_subprocess(*PLUGIN, "--cache-keys", "test_picked")
     result.assert_outcomes(passed=3)
-    folder = suite.path / "out" / cache_keys.FOLDER
+    folder = suite.path / "out" / "cache-keys"
     two, three = (file_stem(f"test_inner.py::test_picked[{n}]") for n in (2, 3))
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"{two}.txt", f"{three}.txt"])
     texts = {n: (folder / f"{file_stem(f'test_inner.py::test_picked[{n}]')}.txt").read_text() for n in (2, 3)}
@@ -63,7 +63,7 @@ def test_the_chosen_calls_keys_are_written_with_their_details(suite):
     # Another constant is another graph: the keys and some of their details differ, which is what a diff shows.
     assert texts[2].split("\n", 1)[1] != texts[3].split("\n", 1)[1]
     result.stdout.fnmatch_lines(
-        [f"compile-cache keys: 2 test call(s) written to {folder}/ (--cache-keys test_picked)"]
+        [f"compile-cache keys of test calls: 2 written to {folder}/ (--cache-keys test_picked)"]
     )
 
 

@@ -7,7 +7,7 @@ import pstats
 
 import pytest
 
-from gemma2_regress.plugins import profile_calls
+from gemma2_regress.plugins.chosen_calls import file_stem
 
 PLUGIN = ("-p", "gemma2_regress.plugins.profile_calls", "-p", "no:cacheprovider")
 
@@ -34,12 +34,12 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 
 
 def test_file_stem_keeps_the_node_id_readable():
-    stem = profile_calls.file_stem("tests/a.py::test_x[b1-L4096/left]")
+    stem = file_stem("tests/a.py::test_x[b1-L4096/left]")
     assert (
         stem.startswith("tests_a.py__test_x_b1-L4096_left_-")
         and len(stem) == len("tests_a.py__test_x_b1-L4096_left_-") + 8
     )
-    assert profile_calls.file_stem("t.py::x[a/b]") != profile_calls.file_stem("t.py::x[a_b]")
+    assert file_stem("t.py::x[a/b]") != file_stem("t.py::x[a_b]")
 
 
 @pytest.mark.parametrize("workers", [None, "2"])
@@ -50,7 +50,7 @@ def test_only_the_chosen_calls_are_profiled(suite, workers):
     result = suite.runpytest_subprocess(*args)
     result.assert_outcomes(passed=3)
     folder = suite.path / "out" / "profiles"
-    one, two = (profile_calls.file_stem(f"test_inner.py::test_picked[{n}]") for n in (1, 2))
+    one, two = (file_stem(f"test_inner.py::test_picked[{n}]") for n in (1, 2))
     made = sorted(p.name for p in folder.iterdir())
     assert made == sorted([f"{one}.prof", f"{one}.txt", f"{two}.prof", f"{two}.txt"])
     # The raw statistics load, and hold the test's own function.
