@@ -1,6 +1,6 @@
 """gemma2_regress.plugins.cache_keys: ``--cache-keys TEXT`` records the compile-cache keys of the calls of the
-tests whose node id contains TEXT, with what each key hashed, and only those, on a cold cache and a warm one
-alike; without the option nothing is written."""
+tests whose node id contains TEXT, with what each key hashed, and only those, on whichever state the run's
+compile cache is in (cold in a fresh clone, warm after); without the option nothing is written."""
 
 from __future__ import annotations
 
