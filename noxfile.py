@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from gemma2_regress import gpu_check, records, suite, toolslock  # noqa: E402
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from gemma2_regress.builds import envs, install  # noqa: E402
+from gemma2_regress.plugins.summary import whole_tier_passed  # noqa: E402
 
 nox.options.sessions = ["cpu"]
 # uv where nox finds it installed (environments in seconds, files hard-linked from uv's cache), else venv.
@@ -123,12 +124,17 @@ def _compile_cache(session: nox.Session) -> Path:
 
 
 def _tier_args(
-    session: nox.Session, tier: str, gpus: int = 0, gpu_gib: float | None = None, cores: int | None = None
+    session: nox.Session,
+    tier: str,
+    gpus: int = 0,
+    gpu_gib: float | None = None,
+    cores: int | None = None,
+    warm: bool = False,
 ) -> list[str]:
     """The tier's pytest arguments, its variables set in the session (gemma2_regress/suite.py: the tier
     means what it means in `gemma2-regress test`)."""
     try:
-        args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores)
+        args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores, warm=warm)
     except suite.SuiteError as exc:
         session.error(str(exc))
     session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
@@ -211,11 +217,16 @@ def gpu(session: nox.Session) -> None:
     if problem:
         _no_gpu(session, problem, required)
     # Workers per GPU from its memory and the CPU cores (suite.workers_per_gpu), each pinned to its own
-    # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound (docs/gpu.md).
+    # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound, and more of them
+    # a warm run's tracing: warm where a whole tier passed before on this stack and cache (docs/gpu.md).
+    passed = records.path(cache, records.GPU_TIER_PASSED, stack)
+    warm = bool(stack) and records.read(passed, stack) is not None
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
-    per_gpu, why = suite.workers_per_gpu(n, gib, cores)
+    per_gpu, why = suite.workers_per_gpu(n, gib, cores, warm=warm)
     session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
-    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores))
+    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores, warm=warm))
+    if stack and whole_tier_passed(suite.report_path("summary.json", "GEMMA2_REGRESS_REPORT", "gpu")):
+        write_json_atomic(passed, {"key": stack})  # every graph compiled and every peak recorded
 
 
 @nox.session(python=PYTHON)

@@ -31,6 +31,7 @@ INSTALLED = PACKAGE / "suite_root"  # the wheel's copy (setup.py writes it)
 ROOT_ENV = "GEMMA2_REGRESS_ROOT"  # a suite root chosen by hand: another checkout of this repository
 TIERS = ("cpu", "gpu")
 PROFILES = {"cpu": "ci", "gpu": "gpu"}
+TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}  # each tier's ``-m``
 TIER_ENV = (
     "GEMMA2_REGRESS_TIER"  # which tier this run is: set by the nox sessions, tox and `gemma2-regress test`
 )
@@ -86,6 +87,13 @@ GPU_GIB_PER_WORKER = 34
 # Cold compiles are CPU-bound (Dynamo, Inductor's codegen and its compile worker pool): with fewer cores
 # than this per worker they queue behind each other and more workers stop paying.
 CORES_PER_WORKER = 4
+# A warm run (a whole tier passed before on this stack and compile cache: ``warm`` below) compiles almost
+# nothing: each worker traces with Dynamo on one core and waits on its GPU, and the memory budget
+# (plugins.gpu_budget) shares the GPU by the peaks that run recorded. So more workers pay, up to where they
+# wait for memory and cores: on one H200 (140 GiB, 16 cores) warm, 4 workers took 117.6 s, 6 took 85.2
+# and 86.4 s, 8 took 90.7 s; cold, 6 reached 58 tests where 4 reached 135 in the same time (docs/gpu.md).
+WARM_CORES_PER_WORKER = 2.5
+WARM_OVER_MEMORY = 1.5  # warm: at most this many times the workers that memory alone holds
 
 
 def workers_by_memory(gpu_gib: float) -> int:
@@ -94,11 +102,20 @@ def workers_by_memory(gpu_gib: float) -> int:
 
 
 def workers_per_gpu(
-    gpus: int, gpu_gib: float | None, cores: int | None, environ: Mapping[str, str] | None = None
+    gpus: int,
+    gpu_gib: float | None,
+    cores: int | None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    warm: bool = False,
 ) -> tuple[int, str]:
     """``(workers per GPU, why)`` for the gpu tier: ``$GEMMA2_REGRESS_WORKERS_PER_GPU`` if set, else as many
     as both the smallest GPU's memory (``gpu_gib``, ``GPU_GIB_PER_WORKER`` each) and the CPU cores shared
-    by every GPU's workers (``CORES_PER_WORKER`` each) allow, at least 1; 1 where either is unknown."""
+    by every GPU's workers (``CORES_PER_WORKER`` each) allow, at least 1; 1 where either is unknown.
+
+    ``warm``: a whole tier passed before on this stack with this compile cache (its graphs cached, its
+    tests' peaks recorded); then ``WARM_OVER_MEMORY`` times what memory alone holds and
+    ``WARM_CORES_PER_WORKER`` cores each, the GPU shared through the memory budget."""
     environ = os.environ if environ is None else environ
     chosen = environ.get("GEMMA2_REGRESS_WORKERS_PER_GPU", "")
     if chosen.strip():
@@ -106,12 +123,23 @@ def workers_per_gpu(
         return n, f"GEMMA2_REGRESS_WORKERS_PER_GPU={n}"
     if not gpu_gib or not cores:
         return 1, "GPU memory or CPU cores unknown; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
+    gpus = max(1, gpus)
     by_memory = workers_by_memory(gpu_gib)
-    by_cores = cores // (CORES_PER_WORKER * max(1, gpus))
+    if warm:
+        by_memory_warm = int(by_memory * WARM_OVER_MEMORY)
+        by_cores = int(cores / (WARM_CORES_PER_WORKER * gpus))
+        n = max(1, min(by_memory_warm, by_cores))
+        return n, (
+            f"warm: a whole tier passed before on this stack; {gpu_gib:.0f} GiB per GPU / "
+            f"{GPU_GIB_PER_WORKER} GiB per worker x {WARM_OVER_MEMORY} = {by_memory_warm}, {cores} cores / "
+            f"({WARM_CORES_PER_WORKER} per worker x {gpus} GPU(s)) = {by_cores}; "
+            "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
+        )
+    by_cores = cores // (CORES_PER_WORKER * gpus)
     n = max(1, min(by_memory, by_cores))
     return n, (
         f"{gpu_gib:.0f} GiB per GPU / {GPU_GIB_PER_WORKER} GiB per worker = {by_memory}, {cores} cores / "
-        f"({CORES_PER_WORKER} per worker x {max(1, gpus)} GPU(s)) = {by_cores}; "
+        f"({CORES_PER_WORKER} per worker x {gpus} GPU(s)) = {by_cores}; "
         "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
     )
 
@@ -129,19 +157,20 @@ def tier_args(
     *,
     gpu_gib: float | None = None,
     cores: int | None = None,
+    warm: bool = False,
 ) -> list[str]:
     """pytest's arguments for ``tier`` (module doc), with ``gpus`` CUDA devices of ``gpu_gib`` GiB each (the
-    smallest) and ``cores`` CPU cores (gpu tier: ``workers_per_gpu``).
+    smallest) and ``cores`` CPU cores (gpu tier: ``workers_per_gpu``, ``warm`` as there).
 
     xdist is asked for only with more than one worker; ``-p no:xdist`` otherwise, so that one worker
     runs in the main process (a GPU stays initialised once)."""
     environ = os.environ if environ is None else environ
     if tier == "cpu":
         workers = cpu_workers(environ)
-        selection = ["-m", "not gpu"]
+        selection = ["-m", TIER_MARKS[tier]]
     elif tier == "gpu":
-        workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ)[0]
-        selection = ["-m", "gpu"]
+        workers = max(1, gpus) * workers_per_gpu(gpus, gpu_gib, cores, environ, warm=warm)[0]
+        selection = ["-m", TIER_MARKS[tier]]
     else:
         raise SuiteError(f"unknown tier {tier!r}: use one of {', '.join(TIERS)}")
     xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers > 1 else ["-p", "no:xdist"]
@@ -260,3 +289,16 @@ def report_path(name: str, override_env: str, tier: str | None = None) -> str:
     given: that tier's path (as its run will see it)."""
     tier = tier or os.environ.get(TIER_ENV) or "pytest"
     return os.environ.get(override_env, f"reports/{{tier}}/{name}").replace("{tier}", tier)
+
+
+def narrowed(paths_given: bool, markexpr: str, keyword: str, deselect: list[str], tier: str) -> list[str]:
+    """What made a pytest run of ``tier`` run less than the whole tier (empty: nothing did): test paths or
+    node ids on the command line, another ``-m`` than the tier's (``TIER_MARKS``), ``-k``, ``--deselect``."""
+    why = ["test paths given"] if paths_given else []
+    if markexpr != TIER_MARKS.get(tier, markexpr):
+        why.append(f"-m {markexpr!r}")
+    if keyword:
+        why.append(f"-k {keyword!r}")
+    if deselect:
+        why.append("--deselect")
+    return why

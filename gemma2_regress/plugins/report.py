@@ -27,6 +27,7 @@ The summary JSON, written at the end of the session (also an interrupted one: Ct
       "versions": {<package>: <version>, ...},     # gemma2_regress.versions.versions()
       "exit_status": int,                          # pytest's (1 where --require-gpu's rule tripped)
       "wall_s": float,                             # configure to the end of the session
+      "narrowed": [str, ...],                      # what ran less than the whole tier (suite.narrowed)
       "tests": {
         <pytest node id>: {                        # "tests/kernel/test_slow_kernel.py::test_x[cpu]"
           "outcome": "passed" | "failed" | "error" | "skipped" | "xfailed" | "xpassed",
@@ -68,7 +69,7 @@ from gemma2_regress.atomic import json_default, write_json_atomic
 from gemma2_regress.plugins.summary import table_lines, worst_by_property
 from gemma2_regress.progress import PROGRESS_ENV
 from gemma2_regress.reference import verdicts
-from gemma2_regress.suite import report_path  # where a tier's reports go (stdlib only: nox reads it)
+from gemma2_regress.suite import TIER_ENV, narrowed, report_path  # stdlib only: nox reads it
 
 SPOOL_ENV = "GEMMA2_REGRESS_SPOOL"
 VERDICTS_ATTR = "gemma2_verdicts"  # on a failed TestReport: its verdicts, as summary-JSON dicts
@@ -250,6 +251,7 @@ class _Plugin:
                 "versions": versions.versions(),
                 "exit_status": int(status),
                 "wall_s": round(time.time() - run.started, 1),
+                "narrowed": selection(session.config),
                 "tests": run.tests,
                 "properties": run.rows,
                 "records": records,
@@ -266,6 +268,17 @@ class _Plugin:
                 terminalreporter.write_line(line)
         if self.run.summary_path:
             terminalreporter.write_line(f"summary JSON: {self.run.summary_path}")
+
+
+def selection(config: pytest.Config) -> list[str]:
+    """What made this run less than its whole tier (``suite.narrowed``; the tier from ``GEMMA2_REGRESS_TIER``)."""
+    return narrowed(
+        config.args_source == pytest.Config.ArgsSource.ARGS,
+        config.getoption("markexpr", "") or "",
+        config.getoption("keyword", "") or "",
+        config.getoption("deselect", None) or [],
+        os.environ.get(TIER_ENV, ""),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,7 @@ their table, and shards merged into one report.
 plain table, ``markdown_lines`` the same as a Markdown table (a CI job summary). ``load`` reads one
 summary JSON (a one-line ``SummaryError`` for a missing or malformed file) and ``merge`` folds the
 summaries of several shards of one run into one: tests and records side by side, the worst-ratio rows
-made again from all records, the exit status the worst. ``gemma2-regress report`` prints them.
+made again from all records, the exit status the worst. ``whole_tier_passed``: the noxfile's warm rule. ``gemma2-regress report`` prints them.
 Pure: imports nothing of pytest, so a CI step can run it with any interpreter.
 """
 
@@ -45,6 +45,16 @@ INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED (Ctrl-C, a time bound's SIGINT); 
 
 def _interrupted(summary: dict) -> bool:
     return int(summary.get("exit_status", 0)) == INTERRUPTED
+
+
+def whole_tier_passed(path: str | Path) -> bool:
+    """Whether the run that wrote the summary JSON at ``path`` ran its whole tier (nothing ``narrowed`` it:
+    ``suite.narrowed``) and passed (exit status 0). False for a missing or foreign file."""
+    try:
+        data = load(path)
+    except SummaryError:
+        return False
+    return data.get("exit_status") == 0 and data.get("narrowed") == []
 
 
 def merge(summaries: list[dict]) -> dict:

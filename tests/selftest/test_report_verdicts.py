@@ -222,9 +222,19 @@ def test_verdicts_in_one_process(suite: pytest.Pytester) -> None:
     )  # teardown_error passed its call
     summary = _summary(suite)
     _check(summary)
+    assert summary["narrowed"] == []  # no test paths, -m, -k or --deselect: everything collected ran
     result.stdout.fnmatch_lines([f"summary JSON: {suite.path / 'summary.json'}"])
     # the inner run handed the outer run's spool folder back
     assert os.environ.get(report.SPOOL_ENV) == spool_before
+
+
+def test_summary_says_what_narrowed_the_run(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of less than its tier says so (the noxfile then records no whole tier as passed)."""
+    monkeypatch.setenv("GEMMA2_REGRESS_TIER", "gpu")
+    suite.runpytest_inprocess(
+        *PLUGIN, "-p", "no:xdist", "test_inner_suite.py", "-m", "not gpu", "-k", "passes"
+    )
+    assert _summary(suite)["narrowed"] == ["test paths given", "-m 'not gpu'", "-k 'passes'"]
 
 
 def test_verdicts_under_xdist_survive_a_crashed_worker(suite: pytest.Pytester) -> None:

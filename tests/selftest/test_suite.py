@@ -62,6 +62,37 @@ def test_workers_per_gpu_follow_memory_and_cores(gpus, gib, cores, environ, want
     assert ("GEMMA2_REGRESS_WORKERS_PER_GPU" in why) and (why.startswith("GEMMA2") == bool(environ))
 
 
+@pytest.mark.parametrize(
+    ("gpus", "gib", "cores", "want"),
+    [
+        (1, 139.8, 16, 6),  # one H200 warm: 4 x 1.5 by memory, 16 / 2.5 by cores
+        (2, 139.8, 32, 6),  # 2 x H200 with 32 cores: 6 per GPU
+        (1, 139.8, 8, 3),  # the cores bind: 8 / 2.5
+        (1, 79.6, 64, 3),  # an 80 GB card: 2 x 1.5
+        (1, 22.0, 16, 1),  # a card below one worker's share still runs one
+    ],
+)
+def test_a_warm_run_takes_more_workers(gpus, gib, cores, want) -> None:
+    """After a whole tier passed on this stack and cache (``warm``), more workers than a cold run's."""
+    n, why = suite.workers_per_gpu(gpus, gib, cores, {}, warm=True)
+    assert n == want and why.startswith("warm: "), why
+    assert suite.workers_per_gpu(gpus, gib, cores, {"GEMMA2_REGRESS_WORKERS_PER_GPU": "2"}, warm=True)[0] == 2
+    xdist = ["-n", str(want * gpus), "--dist", "loadgroup"] if want * gpus > 1 else ["-p", "no:xdist"]
+    assert suite.tier_args("gpu", gpus, {}, gpu_gib=gib, cores=cores, warm=True) == ["-m", "gpu", *xdist]
+
+
+def test_narrowed_names_what_ran_less_than_the_tier() -> None:
+    assert suite.narrowed(False, "gpu", "", [], "gpu") == []
+    assert suite.narrowed(False, "not gpu", "", [], "cpu") == []
+    assert suite.narrowed(False, "", "", [], "") == []  # outside a tier, no -m is none
+    assert suite.narrowed(True, "gpu and unsloth", "window", ["x::y"], "gpu") == [
+        "test paths given",
+        "-m 'gpu and unsloth'",
+        "-k 'window'",
+        "--deselect",
+    ]
+
+
 def test_gpu_memory_is_the_smallest_visible_card(tmp_path, monkeypatch) -> None:
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\nprintf '0, 143771\\n1, 81559\\n'\n")

@@ -84,3 +84,20 @@ def test_an_interrupted_example_is_not_a_failure() -> None:
     assert any(
         line.startswith("interrupted (cut short") and "p t 1" in line for line in summary.table_lines([row])
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "want"),
+    [
+        ({"exit_status": 0, "narrowed": []}, True),
+        ({"exit_status": 1, "narrowed": []}, False),  # a red run: the next run is not called warm
+        ({"exit_status": 2, "narrowed": []}, False),  # cut by a time bound
+        ({"exit_status": 0, "narrowed": ["-k 'window'"]}, False),  # part of the tier
+        ({"exit_status": 0}, False),  # written before the field existed: not known to be whole
+    ],
+)
+def test_whole_tier_passed_only_for_a_whole_green_run(tmp_path, fields: dict, want: bool) -> None:
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"tests": {}, "records": [], **fields}))
+    assert summary.whole_tier_passed(path) is want
+    assert summary.whole_tier_passed(tmp_path / "missing.json") is False
