@@ -32,14 +32,12 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from gemma2_regress import suite
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, runner
 from gemma2_regress.builds.runner import Outcome, Selection
 from gemma2_regress.builds.sources import BisectError, check_spec, environment
 from gemma2_regress.perf.stats import BARE_THRESHOLD, MIN_EFFECT
-
-TIER_MARKS = {"cpu": "not gpu", "gpu": "gpu"}
-TIER_PROFILE = {"cpu": "ci", "gpu": "gpu"}
 
 
 @dataclasses.dataclass
@@ -156,7 +154,7 @@ def gate(
     """Run the gate; return the result (also written to ``out/gate.json`` and ``out/gate-junit.xml``)."""
     t0 = time.time()
     # Both sides are checked before either is built: a typo in the candidate must not cost a baseline build.
-    unknown = [t for t in tiers or () if t not in TIER_MARKS]
+    unknown = [t for t in tiers or () if t not in suite.TIER_MARKS]
     if unknown or tiers == []:
         raise BisectError(
             f"unknown tier(s) {', '.join(unknown) or '(none given)'}; use --tiers cpu, gpu or cpu,gpu"
@@ -185,8 +183,10 @@ def gate(
     for tier in tiers:
         outs = {}
         for s in sides:
-            sel = Selection([*pytest_args, "-m", TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False)
-            extra = {"HYPOTHESIS_PROFILE": TIER_PROFILE[tier]}
+            sel = Selection(
+                [*pytest_args, "-m", suite.TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False
+            )
+            extra = {"HYPOTHESIS_PROFILE": suite.PROFILES[tier]}
             if tier == "gpu":
                 extra["GEMMA2_REGRESS_GPUS"] = str(cuda_devices(s.env))
             res = runner.run(s.env, sel, out / s.name / tier, cwd=cwd, extra_env=extra)
@@ -265,12 +265,12 @@ def render(result: dict) -> str:
 
 def write_junit(result: dict, path: Path) -> None:
     """One testcase per (tier, test); a regression is a failure (atomic write)."""
-    suite = ET.Element("testsuite", name="gemma2-regress-gate", tests="0", failures="0")
+    junit = ET.Element("testsuite", name="gemma2-regress-gate", tests="0", failures="0")
     n = fails = 0
     for tier, t in result["tiers"].items():
         for r in t["rows"]:
             n += 1
-            tc = ET.SubElement(suite, "testcase", classname=f"gate.{tier}", name=r["test"])
+            tc = ET.SubElement(junit, "testcase", classname=f"gate.{tier}", name=r["test"])
             if r["call"] in ("regression", "new-fail"):
                 fails += 1
                 f = ET.SubElement(tc, "failure", message=f"{r['baseline']} -> {r['candidate']}")
@@ -279,10 +279,10 @@ def write_junit(result: dict, path: Path) -> None:
                 ET.SubElement(tc, "skipped", message=r["call"])
     if result["perf"].get("status") in ("pass", "fail", "error"):
         n += 1
-        tc = ET.SubElement(suite, "testcase", classname="gate.perf", name="perf_compare")
+        tc = ET.SubElement(junit, "testcase", classname="gate.perf", name="perf_compare")
         if result["perf"].get("ok") is False:
             fails += 1
             ET.SubElement(tc, "failure", message=result["perf"].get("why", "perf regression"))
-    suite.set("tests", str(n))
-    suite.set("failures", str(fails))
-    write_text_atomic(path, ET.tostring(suite, encoding="unicode", xml_declaration=True))
+    junit.set("tests", str(n))
+    junit.set("failures", str(fails))
+    write_text_atomic(path, ET.tostring(junit, encoding="unicode", xml_declaration=True))

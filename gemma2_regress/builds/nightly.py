@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from gemma2_regress import suite
 from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, gate, runner
 from gemma2_regress.builds.sources import check_spec, environment
@@ -100,9 +101,9 @@ def nightly(
         fails = {n: 0 for n in nodes}
         for k in range(reruns):
             sel = runner.Selection(
-                [*nodes, "-m", gate.TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False
+                [*nodes, "-m", suite.TIER_MARKS[tier]], timeout_s=timeout_s, known_issues=False
             )
-            extra = {"HYPOTHESIS_PROFILE": gate.TIER_PROFILE[tier]}
+            extra = {"HYPOTHESIS_PROFILE": suite.PROFILES[tier]}
             if tier == "gpu":  # as the gate ran it: every visible GPU
                 extra["GEMMA2_REGRESS_GPUS"] = str(gate.cuda_devices(c_env))
             res = run_fn(c_env, sel, out / "reruns" / tier / f"run{k + 1}", cwd=cwd, extra_env=extra)
