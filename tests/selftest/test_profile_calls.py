@@ -33,15 +33,6 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     return pytester
 
 
-def test_file_stem_keeps_the_node_id_readable():
-    stem = file_stem("tests/a.py::test_x[b1-L4096/left]")
-    assert (
-        stem.startswith("tests_a.py__test_x_b1-L4096_left_-")
-        and len(stem) == len("tests_a.py__test_x_b1-L4096_left_-") + 8
-    )
-    assert file_stem("t.py::x[a/b]") != file_stem("t.py::x[a_b]")
-
-
 @pytest.mark.parametrize("workers", [None, "2"])
 def test_only_the_chosen_calls_are_profiled(suite, workers):
     args = [*PLUGIN, "--profile-calls", "test_picked"]
