@@ -220,7 +220,7 @@ def gpu(session: nox.Session) -> None:
     # device (conftest.py): several per GPU overlap the cold compiles, which are CPU-bound, and more of them
     # a warm run's tracing: warm where a whole tier passed before on this stack and cache (docs/gpu.md).
     passed = records.path(cache, records.GPU_TIER_PASSED, stack)
-    warm = bool(stack) and records.read(passed, stack) is not None
+    warm = records.holds(passed, stack)
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
     per_gpu, why = suite.workers_per_gpu(n, gib, cores, warm=warm)
     session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")

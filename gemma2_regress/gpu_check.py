@@ -204,7 +204,7 @@ def unsloth_recorded(record: Path, stack: Mapping[str, str]) -> bool:
     the caller need not import Unsloth to ask again. Where the record is wrong (something the stack does not
     name broke the import), the run still goes red: each test that needs Unsloth fails with the import's
     reason (``unsloth_adapter``), only later than ``unsloth_problem``'s one line."""
-    return bool(stack) and records.read(record, dict(stack)) is not None
+    return records.holds(record, stack)
 
 
 def gpu_tier_problem(

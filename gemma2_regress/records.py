@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from gemma2_regress.atomic import write_json_atomic
@@ -52,6 +53,11 @@ def read(file: Path, key: dict[str, str]) -> dict | None:
     """The record in ``file`` where it is one for ``key``, else None (missing, cut short, another key)."""
     record = load(file)
     return record if record is not None and record["key"] == key else None
+
+
+def holds(file: Path, key: Mapping[str, str]) -> bool:
+    """Whether ``file`` holds a record for ``key``; never for an empty key (a probe that saw nothing)."""
+    return bool(key) and read(file, dict(key)) is not None
 
 
 def export(folder: Path, kind: str) -> list[dict]:

@@ -5,7 +5,8 @@ their table, and shards merged into one report.
 plain table, ``markdown_lines`` the same as a Markdown table (a CI job summary). ``load`` reads one
 summary JSON (a one-line ``SummaryError`` for a missing or malformed file) and ``merge`` folds the
 summaries of several shards of one run into one: tests and records side by side, the worst-ratio rows
-made again from all records, the exit status the worst. ``whole_tier_passed``: the noxfile's warm rule. ``gemma2-regress report`` prints them.
+made again from all records, the exit status the worst. ``gemma2-regress report`` prints them.
+``whole_tier_passed`` says whether a run was its whole tier and green (the noxfile's warm rule).
 Pure: imports nothing of pytest, so a CI step can run it with any interpreter.
 """
 
