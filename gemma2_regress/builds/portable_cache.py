@@ -19,7 +19,11 @@ Beside the parts, ``compile-cache.vec-isa.json`` carries ``plugins.vec_isa``'s r
 ISAs Inductor may use, keyed by torch, Python, compiler and CPU flags), so a runner of the same image
 skips that probe too, and ``compile-cache.gpu-peaks.json`` ``plugins.gpu_budget``'s (each GPU test's
 peak memory, keyed by the GPU, torch, CUDA and Unsloth), so that its tests claim what they need there
-rather than a worker's share. Both are ``records``; one made on the loading machine wins.
+rather than a worker's share; ``compile-cache.unsloth-import.json`` ``gpu_check``'s pass of ``import unsloth``,
+and ``compile-cache.tier-passed.json`` the noxfile's record of a whole GPU tier that passed on the packing
+stack (both keyed by that stack: Python, torch, Triton, transformers, TRL, Unsloth, unsloth_zoo, the GPU),
+so that the next runner's tier starts as a warm one does (``suite.workers_per_gpu``) when the pack holds a
+whole tier's graphs and peaks. All are ``records``; one made on the loading machine wins.
 
 ``pack`` and ``load`` import torch, so the tier driver runs them as child processes
 (``python -m gemma2_regress.builds.portable_cache pack|load``) in the tier's environment, whose
@@ -47,6 +51,8 @@ PREFIX = "compile-cache.xz."
 CARRIED = (
     (records.VEC_ISA, "compile-cache.vec-isa.json", "vec-ISA"),
     (records.GPU_PEAKS, "compile-cache.gpu-peaks.json", "GPU-peak"),
+    (records.UNSLOTH_IMPORT, "compile-cache.unsloth-import.json", "Unsloth-import"),
+    (records.GPU_TIER_PASSED, "compile-cache.tier-passed.json", "tier-passed"),
 )
 # xz compresses one stream on one core: 490 MiB of an H200 run took minutes. Slices of this size are
 # compressed side by side (lzma releases the GIL) into concatenated streams, which lzma.decompress reads
