@@ -38,6 +38,7 @@ from gemma2_regress.builds import old_releases, portable_cache, runner
 from gemma2_regress.builds.bundle import BUNDLE, PINS, OfflineError, build, extract, unpack
 from gemma2_regress.builds.parts import Parts, joined
 from gemma2_regress.kernel.selections import KERNEL_TESTS, UNSLOTH_MASKS
+from gemma2_regress.plugins.summary import whole_tier_passed
 
 
 def restore_cache(cache: Path, parts: Sequence[Path]) -> str:
@@ -71,6 +72,14 @@ def portable(verb: str, args: Sequence[str], env: dict[str, str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     lines = (done.stdout + done.stderr).strip().splitlines()
     return lines[-1] if lines else f"portable compile cache: {verb} printed nothing (exit {done.returncode})"
+
+
+def pack_args(artifacts: Path, out: Path) -> list[str]:
+    """``portable_cache pack``'s arguments for the artifacts of a run whose reports are under ``out``:
+    ``--partial`` unless its ``summary.json`` says it ran a whole tier and passed, so that only the pack of
+    such a run carries the record that makes the loading runner's tier start warm."""
+    partial = [] if whole_tier_passed(out / "summary.json") else ["--partial"]
+    return [str(artifacts), str(out / portable_cache.PREFIX), *partial]
 
 
 def _size(path: Path) -> str:
@@ -144,7 +153,7 @@ def tier(args: argparse.Namespace) -> int:
     if args.pack_cache == "full" and cache.exists():
         print(pack_cache(cache, out))
     elif args.pack_cache == "portable":
-        print(portable("pack", [str(artifacts), str(out / portable_cache.PREFIX)], env))
+        print(portable("pack", pack_args(artifacts, out), env))
     return rc
 
 

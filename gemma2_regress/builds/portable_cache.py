@@ -126,8 +126,12 @@ def compress(blob: bytes, threads: int | None = None) -> bytes:
         return b"".join(pool.map(lambda s: lzma.compress(s, preset=6), slices))
 
 
-def pack(folder: Path, prefix: Path) -> str:
-    """Merge ``folder/*.bin`` into ``<prefix>aa, ab, ...`` (xz, at most ``parts.PART`` bytes each); one line saying what."""
+def pack(folder: Path, prefix: Path, *, whole: bool = True) -> str:
+    """Merge ``folder/*.bin`` into ``<prefix>aa, ab, ...`` (xz, at most ``parts.PART`` bytes each); one line saying what.
+
+    ``whole``: the run that wrote them was a whole GPU tier that passed. Otherwise the cache's record of an
+    earlier whole pass stays behind: these artifacts may hold only part of the tier's graphs, and a runner
+    that loaded them as warm would take the warm worker count for a cold run."""
     files = sorted(folder.glob("*.bin"))
     if not files:
         return f"portable compile cache: nothing to pack ({folder} holds no artifact file)"
@@ -142,17 +146,22 @@ def pack(folder: Path, prefix: Path) -> str:
         for part in sink.paths:
             os.replace(part, prefix.parent / part.name)
     total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
-    carried = _carry(prefix.parent)
+    carried = _carry(prefix.parent, skip=() if whole else (records.GPU_TIER_PASSED,))
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
         f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{carried}"
     )
 
 
-def _carry(beside: Path) -> str:
-    """Write this machine's records (``CARRIED``) into the folder ``beside`` the parts; what to add to pack's line."""
+def _carry(beside: Path, skip: Sequence[str] = ()) -> str:
+    """Write this machine's records (``CARRIED``, less the kinds in ``skip``) into the folder ``beside`` the
+    parts; what to add to pack's line."""
     said = ""
     for kind, name, label in CARRIED:
+        (beside / name).unlink(missing_ok=True)  # an older pack's record never rides with these parts
+        if kind in skip:
+            said += f", no {label} record (the run was not a whole tier that passed)"
+            continue
         found = records.export(records.cache_folder(), kind)
         if found:
             write_json_atomic(beside / name, found)
@@ -199,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("pack", help="merge FOLDER/*.bin into PREFIXaa, PREFIXab, ...")
     p.add_argument("folder", type=Path)
     p.add_argument("prefix", type=Path)
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="the run was not a whole GPU tier that passed: leave the record of an earlier whole pass behind",
+    )
     ld = sub.add_parser("load", help="load packed parts (in order) into the local compile caches")
     ld.add_argument("parts", type=Path, nargs="+")
     args = parser.parse_args(argv)
@@ -211,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        print(pack(args.folder, args.prefix) if args.cmd == "pack" else load(args.parts), flush=True)
+        said = (
+            pack(args.folder, args.prefix, whole=not args.partial) if args.cmd == "pack" else load(args.parts)
+        )
+        print(said, flush=True)
     except (OSError, ValueError, KeyError, TypeError, lzma.LZMAError) as exc:
         print(f"portable compile cache: {args.cmd} failed: {exc}", file=sys.stderr)
         return 1

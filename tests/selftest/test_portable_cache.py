@@ -182,3 +182,33 @@ def test_pack_carries_the_records_and_load_puts_them_back(tmp_path: Path, monkey
         ", 0 of 1 vec-ISA record(s) new, 0 of 1 GPU-peak record(s) new, 0 of 1 tier-passed record(s) new"
     )
     assert portable_cache._restore(tmp_path / "absent") == ""
+
+
+def test_only_a_whole_green_run_packs_the_tier_passed_record(tmp_path: Path, monkeypatch) -> None:
+    """A pack of part of the tier (cut at its bound, narrowed, red) leaves the cache's record of an earlier
+    whole pass behind, and a pack never leaves an older pack's record beside its parts."""
+    import json
+
+    from gemma2_regress import records
+    from gemma2_regress.builds import offline
+
+    here, beside = tmp_path / "here", tmp_path / "beside"
+    records.import_(here, records.GPU_TIER_PASSED, [{"key": {"gpu": "g"}}])
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(here))
+    assert portable_cache._carry(beside) == ", 1 tier-passed record(s) in compile-cache.tier-passed.json"
+    said = portable_cache._carry(beside, skip=(records.GPU_TIER_PASSED,))
+    assert said == ", no tier-passed record (the run was not a whole tier that passed)"
+    assert not (beside / "compile-cache.tier-passed.json").exists()
+
+    out, artifacts = tmp_path / "out", tmp_path / "artifacts"
+    out.mkdir()
+    prefix = str(out / portable_cache.PREFIX)
+    assert offline.pack_args(artifacts, out) == [str(artifacts), prefix, "--partial"]  # no summary: cut short
+    for status, narrowed, partial in (
+        (0, [], []),
+        (0, ["-k evaluate"], ["--partial"]),
+        (1, [], ["--partial"]),
+    ):
+        summary = {"exit_status": status, "narrowed": narrowed, "tests": {}, "records": []}
+        (out / "summary.json").write_text(json.dumps(summary))
+        assert offline.pack_args(artifacts, out) == [str(artifacts), prefix, *partial], (status, narrowed)
