@@ -271,6 +271,10 @@ def test_summary_written_when_interrupted(pytester: pytest.Pytester, workers: li
     """Ctrl-C (SIGINT to the process group) mid-run: the summary and the cost JSON still hold the
     finished tests, also those of a worker still busy when the run ends."""
     pytester.makepyfile(test_slow=SLOW)
+    if workers:  # xdist gives a worker that ignores the interrupt 10 s (EXIT_TIMEOUT) before it kills it
+        pytester.makeconftest(
+            "import xdist.workermanage\n\nxdist.workermanage.NodeManager.EXIT_TIMEOUT = 1\n"
+        )
     out = pytester.path / "summary.json"
     costs = pytester.path / "costs.json"
     env = {
