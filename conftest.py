@@ -33,6 +33,7 @@ pytest_plugins = [
     "gemma2_regress.plugins.compile_canary",  # a wrong torch.compile stops the run before it blames Unsloth
     "gemma2_regress.plugins.profile_calls",  # --profile-calls TEXT: cProfile of those test calls
     "gemma2_regress.plugins.cache_keys",  # --cache-keys TEXT: the compile-cache keys of those calls, to diff
+    "gemma2_regress.plugins.gc_freeze",  # what a process holds for good, frozen: full collections skip it
 ]
 
 _COMMON = dict(

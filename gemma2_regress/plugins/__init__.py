@@ -11,6 +11,7 @@ compiles does not depend on the schedule), ``compile_artifacts`` (torch's cache 
 ``profile_calls`` (``--profile-calls``: cProfile of chosen test calls) and ``cache_keys`` (``--cache-keys``:
 the compile-cache keys of chosen test calls, with what each hashed, to diff a hit against a miss; both
 built on ``chosen_calls``),
+``gc_freeze`` (what a test process holds for good frozen out of the cyclic collector's full collections),
 ``markers`` (the suite's markers, declared once; also the wheel's ``pytest11`` entry point).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the

@@ -1,0 +1,48 @@
+"""Long-lived objects out of the cyclic garbage collector's way: a test process freezes what it holds once
+its tests are collected, and again after the first test that imported Unsloth.
+
+A pytest plugin (registered from conftest with ``pytest_plugins``). After collection, and after the
+teardown of the first test that left ``unsloth`` in ``sys.modules`` (Unsloth, transformers' trainers and
+TRL imported), it runs a full collection and then ``gc.freeze()``: every object the collector tracks at
+that moment moves to its permanent generation, which later collections do not scan. What is frozen is
+what the process holds from then on: modules, classes, functions, strategies, test items, the models it
+caches. Reference counting still frees a frozen object whose count drops to zero; only a reference cycle
+made wholly before a freeze is never collected. What later tests make (models, tensors, Hypothesis data)
+is collected as before.
+
+Why: each full collection scans every tracked object, about a million in a worker that has imported torch,
+transformers and Unsloth, and full collections come both from the collector's own thresholds and from the
+``gc.collect()`` calls in Unsloth's code and in ``perf.timing`` (docs/perf.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+import pytest
+
+
+def freeze() -> None:
+    """Collect what is garbage now, then freeze every object still tracked (``gc.freeze``)."""
+    gc.collect()
+    gc.freeze()
+
+
+class _Freezer:
+    def __init__(self) -> None:
+        self.after_unsloth = False  # frozen since Unsloth was imported
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        freeze()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        if not self.after_unsloth and "unsloth" in sys.modules:
+            self.after_unsloth = True
+            freeze()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_Freezer(), "gemma2-gc-freeze")

@@ -1,0 +1,70 @@
+"""gemma2_regress.plugins.gc_freeze: a test process freezes what it holds after collection and after the
+first test that imported Unsloth; garbage that tests make later is still collected."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TESTS = """
+import gc
+import sys
+import types
+import weakref
+
+
+class Node:
+    pass
+
+
+made = {"at_import": [Node()]}  # containers: the collector tracks them
+
+
+def frozen(name):  # frozen objects sit in the permanent generation, which gc.get_objects() leaves out
+    return not any(o is made[name] for o in gc.get_objects())
+
+
+def test_frozen_after_collection():
+    assert frozen("at_import")
+
+
+def test_imports_unsloth():
+    made["before_unsloth"] = [Node()]
+    assert not frozen("before_unsloth")  # nothing is frozen between tests before Unsloth
+    sys.modules["unsloth"] = types.ModuleType("unsloth")
+
+
+def test_frozen_again_after_the_test_that_imported_unsloth():
+    made["after_unsloth"] = [Node()]
+    assert frozen("before_unsloth")
+
+
+def test_once_and_later_cycles_are_still_collected():
+    assert not frozen("after_unsloth")  # once after Unsloth, not after every test
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    dead = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert dead() is None
+"""
+
+
+@pytest.mark.parametrize("plugin", [True, False], ids=["with-plugin", "without"])
+def test_a_process_freezes_what_it_holds_for_good(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin: bool
+) -> None:
+    pytester.makepyfile(test_inner_freezes=TESTS)
+    args = ["-p", "no:cacheprovider", "-p", "no:xdist"]
+    args += ["-p", "gemma2_regress.plugins.gc_freeze"] if plugin else []
+    env = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", env)
+    result = pytester.runpytest_subprocess(*args)  # a child: gc.freeze is for the whole process
+    if plugin:
+        result.assert_outcomes(passed=4)
+    else:  # nothing frozen: the checks that want a freeze fail
+        result.assert_outcomes(passed=2, failed=2)
