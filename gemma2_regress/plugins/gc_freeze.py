@@ -8,7 +8,9 @@ that moment moves to its permanent generation, which later collections do not sc
 what the process holds from then on: modules, classes, functions, strategies, test items, the models it
 caches. Reference counting still frees a frozen object whose count drops to zero; only a reference cycle
 made wholly before a freeze is never collected. What later tests make (models, tensors, Hypothesis data)
-is collected as before.
+is collected as before. At the end (``pytest_unconfigure``) everything is unfrozen, so that the
+interpreter's last collection frees what it would have freed: frozen, Triton's nanobind objects outlived it
+and every process printed "nanobind: leaked ... instances!".
 
 Why: each full collection scans every tracked object, about a million in a worker that has imported torch,
 transformers and Unsloth, and full collections come both from the collector's own thresholds and from the
@@ -42,6 +44,9 @@ class _Freezer:
         if not self.after_unsloth and "unsloth" in sys.modules:
             self.after_unsloth = True
             freeze()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        gc.unfreeze()
 
 
 def pytest_configure(config: pytest.Config) -> None:
