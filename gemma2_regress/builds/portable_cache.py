@@ -15,15 +15,22 @@ The flow, for ``builds.offline tier --pack-cache portable``:
   ``compile-cache.xz.aa, .ab, ...`` of at most ``parts.PART`` bytes (a runner's upload limit per file);
 - ``load``, before the next run's test processes start, puts the parts' artifacts into the local caches.
 
-Beside the parts, ``compile-cache.vec-isa.json`` carries ``plugins.vec_isa``'s records (which CPU vector
-ISAs Inductor may use, keyed by torch, Python, compiler and CPU flags), so a runner of the same image
-skips that probe too, and ``compile-cache.gpu-peaks.json`` ``plugins.gpu_budget``'s (each GPU test's
-peak memory, keyed by the GPU, torch, CUDA and Unsloth), so that its tests claim what they need there
-rather than a worker's share; ``compile-cache.unsloth-import.json`` ``gpu_check``'s pass of ``import unsloth``,
-and ``compile-cache.tier-passed.json`` the noxfile's record of a whole GPU tier that passed on the packing
-stack (both keyed by that stack: Python, torch, Triton, transformers, TRL, Unsloth, unsloth_zoo, the GPU),
-so that the next runner's tier starts as a warm one does (``suite.workers_per_gpu``) when the pack holds a
-whole tier's graphs and peaks. All are ``records``; one made on the loading machine wins.
+Beside the parts travel the packing machine's ``records`` (``CARRIED``), each keyed by what decides it, so
+that a runner of the same image skips what they record:
+
+- ``compile-cache.vec-isa.json``: ``plugins.vec_isa``'s probe (which CPU vector ISAs Inductor may use;
+  torch, Python, compiler, CPU flags);
+- ``compile-cache.canary.json``: ``plugins.compile_canary``'s pass (torch.compile computed right; that
+  probe's key, Triton, the driver and GPUs, the settings that reach the compilers);
+- ``compile-cache.gpu-peaks.json``: ``plugins.gpu_budget``'s peaks (each GPU test's peak memory; the GPU,
+  torch, CUDA, Unsloth), so that its tests claim what they need rather than a worker's share;
+- ``compile-cache.unsloth-import.json``: ``gpu_check``'s pass of ``import unsloth``, and
+  ``compile-cache.tier-passed.json``: the noxfile's record of a whole GPU tier that passed, only where the
+  packed run was one (``pack(whole=...)``), so that the next runner's tier starts as a warm one does
+  (``suite.workers_per_gpu``); both keyed by the stack (Python, torch, Triton, transformers, TRL, Unsloth,
+  unsloth_zoo, the GPU).
+
+A record whose key differs from the loading machine's is never used; one made there wins.
 
 ``pack`` and ``load`` import torch, so the tier driver runs them as child processes
 (``python -m gemma2_regress.builds.portable_cache pack|load``) in the tier's environment, whose
@@ -50,6 +57,7 @@ PREFIX = "compile-cache.xz."
 # Records of the packing machine carried beside the parts: (kind, file beside the parts, what a line calls them).
 CARRIED = (
     (records.VEC_ISA, "compile-cache.vec-isa.json", "vec-ISA"),
+    (records.CANARY, "compile-cache.canary.json", "canary"),
     (records.GPU_PEAKS, "compile-cache.gpu-peaks.json", "GPU-peak"),
     (records.UNSLOTH_IMPORT, "compile-cache.unsloth-import.json", "Unsloth-import"),
     (records.GPU_TIER_PASSED, "compile-cache.tier-passed.json", "tier-passed"),

@@ -160,26 +160,31 @@ def test_pack_carries_the_records_and_load_puts_them_back(tmp_path: Path, monkey
     here, there, beside = tmp_path / "here", tmp_path / "there", tmp_path / "beside"
     records.import_(here, records.VEC_ISA, [isa])
     records.import_(here, records.GPU_PEAKS, [peaks])
+    canary = {"key": {"torch": "t", "driver": "d", "env": "{}"}, "passed": "ok"}
+    records.import_(here, records.CANARY, [canary])
     stack = {"python": "p", "torch": "t", "unsloth": "u", "gpu": "g"}
     passed = {"key": stack}
     records.import_(here, records.GPU_TIER_PASSED, [passed])
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(here))
     assert portable_cache._carry(beside) == (
-        ", 1 vec-ISA record(s) in compile-cache.vec-isa.json, 1 GPU-peak record(s) in compile-cache.gpu-peaks.json"
-        ", 1 tier-passed record(s) in compile-cache.tier-passed.json"
+        ", 1 vec-ISA record(s) in compile-cache.vec-isa.json, 1 canary record(s) in compile-cache.canary.json"
+        ", 1 GPU-peak record(s) in compile-cache.gpu-peaks.json, 1 tier-passed record(s) in compile-cache.tier-passed.json"
     )  # no Unsloth-import record here: none written beside
     assert not (beside / "compile-cache.unsloth-import.json").exists()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(there))
     assert portable_cache._restore(beside) == (
-        ", 1 of 1 vec-ISA record(s) new, 1 of 1 GPU-peak record(s) new, 1 of 1 tier-passed record(s) new"
+        ", 1 of 1 vec-ISA record(s) new, 1 of 1 canary record(s) new, 1 of 1 GPU-peak record(s) new"
+        ", 1 of 1 tier-passed record(s) new"
     )
     assert records.export(there, records.VEC_ISA) == [isa]
     assert records.export(there, records.GPU_PEAKS) == [peaks]
+    assert records.export(there, records.CANARY) == [canary]
     # the loading runner's tier reads it as the noxfile does: warm on that stack, on no other
     assert records.holds(records.path(there, records.GPU_TIER_PASSED, stack), stack)
     assert not records.holds(records.path(there, records.GPU_TIER_PASSED, stack), {**stack, "unsloth": "v"})
     assert portable_cache._restore(beside) == (
-        ", 0 of 1 vec-ISA record(s) new, 0 of 1 GPU-peak record(s) new, 0 of 1 tier-passed record(s) new"
+        ", 0 of 1 vec-ISA record(s) new, 0 of 1 canary record(s) new, 0 of 1 GPU-peak record(s) new"
+        ", 0 of 1 tier-passed record(s) new"
     )
     assert portable_cache._restore(tmp_path / "absent") == ""
 
