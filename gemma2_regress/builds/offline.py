@@ -320,8 +320,10 @@ def _parser() -> OneLineParser:
         choices=("no", "full", "portable"),
         default="no",
         help="afterwards pack the compile cache to carry to the next runner: full, the inductor folder as "
-        "OUT/inductor.tgz.*; portable, torch's cache artifacts of this run's compiles as OUT/compile-cache.xz.* "
-        "(builds.portable_cache); a runner finds either beside the bundle (default no)",
+        "OUT/inductor.tgz.*; portable, torch's cache artifacts that this run's compiles made or hit as "
+        "OUT/compile-cache.xz.*, with the records that spare the next runner its probes (the one that makes it "
+        "start warm only after a whole tier passed; builds.portable_cache); a runner finds either beside the "
+        "bundle (default no)",
     )
     g.add_argument(
         "--baseline", type=Path, required=True, help="the baseline's bundle, e.g. .gpu/base-2026.10.1.tgz"
