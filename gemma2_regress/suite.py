@@ -124,23 +124,15 @@ def workers_per_gpu(
     if not gpu_gib or not cores:
         return 1, "GPU memory or CPU cores unknown; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
     gpus = max(1, gpus)
-    by_memory = workers_by_memory(gpu_gib)
-    if warm:
-        by_memory_warm = int(by_memory * WARM_OVER_MEMORY)
-        by_cores = int(cores / (WARM_CORES_PER_WORKER * gpus))
-        n = max(1, min(by_memory_warm, by_cores))
-        return n, (
-            f"warm: a whole tier passed before on this stack; {gpu_gib:.0f} GiB per GPU / "
-            f"{GPU_GIB_PER_WORKER} GiB per worker x {WARM_OVER_MEMORY} = {by_memory_warm}, {cores} cores / "
-            f"({WARM_CORES_PER_WORKER} per worker x {gpus} GPU(s)) = {by_cores}; "
-            "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
-        )
-    by_cores = cores // (CORES_PER_WORKER * gpus)
+    over, per_worker = (WARM_OVER_MEMORY, WARM_CORES_PER_WORKER) if warm else (1, CORES_PER_WORKER)
+    by_memory = int(workers_by_memory(gpu_gib) * over)
+    by_cores = int(cores / (per_worker * gpus))
     n = max(1, min(by_memory, by_cores))
+    why = "warm: a whole tier passed before on this stack; " if warm else ""
+    times = f" x {over}" if warm else ""
     return n, (
-        f"{gpu_gib:.0f} GiB per GPU / {GPU_GIB_PER_WORKER} GiB per worker = {by_memory}, {cores} cores / "
-        f"({CORES_PER_WORKER} per worker x {gpus} GPU(s)) = {by_cores}; "
-        "GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
+        f"{why}{gpu_gib:.0f} GiB per GPU / {GPU_GIB_PER_WORKER} GiB per worker{times} = {by_memory}, {cores} "
+        f"cores / ({per_worker} per worker x {gpus} GPU(s)) = {by_cores}; GEMMA2_REGRESS_WORKERS_PER_GPU=N overrides"
     )
 
 

@@ -154,20 +154,20 @@ def pack(folder: Path, prefix: Path, *, whole: bool = True) -> str:
         for part in sink.paths:
             os.replace(part, prefix.parent / part.name)
     total = sum((prefix.parent / p.name).stat().st_size for p in sink.paths)
-    carried = _carry(prefix.parent, skip=() if whole else (records.GPU_TIER_PASSED,))
+    carried = _carry(prefix.parent, whole=whole)
     return (
         f"portable compile cache: {len(files)} process(es), {raw / 2**20:.1f} MiB -> merged {len(blob) / 2**20:.1f} MiB "
         f"({_counts(counts)}) -> {total / 2**20:.1f} MiB xz in {len(sink.paths)} part(s) {prefix}*{carried}"
     )
 
 
-def _carry(beside: Path, skip: Sequence[str] = ()) -> str:
-    """Write this machine's records (``CARRIED``, less the kinds in ``skip``) into the folder ``beside`` the
-    parts; what to add to pack's line."""
+def _carry(beside: Path, *, whole: bool = True) -> str:
+    """Write this machine's records (``CARRIED``; the tier-passed one only for a ``whole`` run, as ``pack``
+    says) into the folder ``beside`` the parts; what to add to pack's line."""
     said = ""
     for kind, name, label in CARRIED:
         (beside / name).unlink(missing_ok=True)  # an older pack's record never rides with these parts
-        if kind in skip:
+        if kind == records.GPU_TIER_PASSED and not whole:
             said += f", no {label} record (the run was not a whole tier that passed)"
             continue
         found = records.export(records.cache_folder(), kind)
