@@ -137,7 +137,9 @@ def _tier_args(
         args = suite.tier_args(tier, gpus, gpu_gib=gpu_gib, cores=cores, warm=warm)
     except suite.SuiteError as exc:
         session.error(str(exc))
-    session.env.update(suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores))
+    session.env.update(
+        suite.tier_env(tier, gpus, compile_cache=_compile_cache(session), cores=cores, warm=warm)
+    )
     return args
 
 
@@ -223,8 +225,14 @@ def gpu(session: nox.Session) -> None:
     warm = records.holds(passed, stack)
     gib, cores = gpu_check.gpu_memory_gib(), gpu_check.cpu_cores()
     per_gpu, why = suite.workers_per_gpu(n, gib, cores, warm=warm)
+    args = _tier_args(session, "gpu", n, gpu_gib=gib, cores=cores, warm=warm)
     session.log(f"gpu tier: {per_gpu} xdist worker(s) per GPU x {n} GPU(s) ({why})")
-    _run_tier(session, "gpu", *_tier_args(session, "gpu", n, gpu_gib=gib, cores=cores, warm=warm))
+    threads = session.env.get(suite.COMPILE_THREADS_ENV) or os.environ.get(suite.COMPILE_THREADS_ENV)
+    if warm and threads:  # suite.tier_env sets 1 when warm, unless the caller chose
+        session.log(
+            f"gpu tier: Inductor's compile workers {suite.COMPILE_THREADS_ENV}={threads} in each worker"
+        )
+    _run_tier(session, "gpu", *args)
     if stack and whole_tier_passed(suite.report_path("summary.json", "GEMMA2_REGRESS_REPORT", "gpu")):
         write_json_atomic(passed, {"key": stack})  # every graph compiled and every peak recorded
 

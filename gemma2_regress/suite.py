@@ -195,6 +195,7 @@ def tier_env(
     *,
     compile_cache: Path | None = None,
     cores: int | None = None,
+    warm: bool = False,
 ) -> dict[str, str]:
     """The variables to set in ``tier``'s test process: its Hypothesis profile (unless ``environ`` picks
     one), where its reports go (``reports/<tier>/``), for the gpu tier how many GPUs it spreads over, and
@@ -208,9 +209,12 @@ def tier_env(
     the thread count (``nox -s portability``, setting threads-1). Likewise Inductor's compile workers
     (``TORCHINDUCTOR_COMPILE_THREADS``, unless ``environ`` sets it; not part of its cache keys): torch's
     default is a pool of one Python per core in every process, each importing torch, so 2 workers on 2
-    cores started 4 more (and a sidecar each); 1 compiles in the test process. The GPU tier keeps torch's default: with
-    4 compile workers each instead of 16, a cold H200 run spent 505.5 s autotuning matmul templates
-    against 256.8 s (docs/gpu.md).
+    cores started 4 more (and a sidecar each); 1 compiles in the test process. The GPU tier keeps torch's
+    default when cold: with 4 compile workers each instead of 16, a cold H200 run spent 505.5 s autotuning
+    matmul templates against 256.8 s (docs/gpu.md). When ``warm`` (``workers_per_gpu``) it sets 1 too,
+    unless ``environ`` sets it: a warm run hits the cache for all but a few graphs, and each worker's pool
+    (a sidecar Python that imports torch, and its forks) only took cores from the workers' own start and
+    tracing (docs/gpu.md: 105.66 s against 116.41 s on one H200).
 
     And ``ALIASING_ENV`` = 0 unless ``environ`` sets it, so that the compile cache's AOTAutograd keys are
     the same with and without ``CI`` set; and ``BYTECODE_ENV`` empty (Python and pytest write their
@@ -224,6 +228,8 @@ def tier_env(
     if tier == "cpu" and cores:
         share = str(max(1, cores // cpu_workers(environ)))
         env.update({k: share for k in (THREADS_ENV, COMPILE_THREADS_ENV) if k not in environ})
+    if tier == "gpu" and warm and COMPILE_THREADS_ENV not in environ:
+        env[COMPILE_THREADS_ENV] = "1"
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if compile_cache is not None and COMPILE_CACHE_ENV not in environ:

@@ -219,6 +219,16 @@ def test_cpu_tier_shares_the_cores_among_its_workers(cores, environ, threads) ->
     assert not set(THREAD_SETTINGS) & set(gpu)  # torch's defaults (docs/gpu.md: fewer compile threads cost)
 
 
+@pytest.mark.parametrize(
+    ("environ", "threads"),
+    [({}, "1"), ({"TORCHINDUCTOR_COMPILE_THREADS": "4"}, None)],  # the caller's choice stays
+)
+def test_warm_gpu_tier_compiles_in_each_worker(environ: dict[str, str], threads: str | None) -> None:
+    env = suite.tier_env("gpu", 1, environ=environ, cores=16, warm=True)
+    assert env.get("TORCHINDUCTOR_COMPILE_THREADS") == threads and "OMP_NUM_THREADS" not in env
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in suite.tier_env("gpu", 1, environ=environ, cores=16)  # cold
+
+
 def test_root_is_this_checkout_or_the_chosen_one(tmp_path: Path) -> None:
     assert suite.root(environ={}) == ROOT
     assert suite.root(environ={suite.ROOT_ENV: str(ROOT)}) == ROOT
