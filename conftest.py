@@ -34,6 +34,7 @@ pytest_plugins = [
     "gemma2_regress.plugins.profile_calls",  # --profile-calls TEXT: cProfile of those test calls
     "gemma2_regress.plugins.cache_keys",  # --cache-keys TEXT: the compile-cache keys of those calls, to diff
     "gemma2_regress.plugins.gc_freeze",  # what a process holds for good, frozen: full collections skip it
+    "gemma2_regress.plugins.worker_exit",  # an xdist worker ends without Python's finalization
 ]
 
 _COMMON = dict(

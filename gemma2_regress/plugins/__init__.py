@@ -12,6 +12,7 @@ compiles does not depend on the schedule), ``compile_artifacts`` (torch's cache 
 the compile-cache keys of chosen test calls, with what each hashed, to diff a hit against a miss; both
 built on ``chosen_calls``),
 ``gc_freeze`` (what a test process holds for good frozen out of the cyclic collector's full collections),
+``worker_exit`` (an xdist worker ends with ``os._exit`` once its results are in: no finalization to wait for),
 ``markers`` (the suite's markers, declared once; also the wheel's ``pytest11`` entry point).
 A session's state lives in objects made for that session (on ``config.stash``, or a plugin object
 registered in ``pytest_configure``), never in module globals. May import ``reference`` and the
