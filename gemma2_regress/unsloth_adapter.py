@@ -314,6 +314,26 @@ def undo_for_inference(model: torch.nn.Module) -> None:
             del m._flag_for_generation
 
 
+# LlamaModel_fast_forward's per-model static masks (or the flash path's sentinels), built on the first
+# forward that needs them and kept on the model for every later one.
+STATIC_MASKS = ("SWA_mask", "GA_mask")
+
+
+def forget_static_masks(model: torch.nn.Module) -> None:
+    """Drop the static masks (``STATIC_MASKS``) a loaded model holds, so that its next forward that needs
+    them builds them again, with Unsloth's own code, as in a model just loaded.
+
+    Why: Unsloth builds them once, in whatever mode that first forward runs. Under ``generate`` that is
+    ``torch.inference_mode()``, and a tensor made there is not a view (no ``_base``), while one made
+    outside is (``.squeeze(0).squeeze(0)`` of a 4-D mask). Dynamo names a view's size symbols after its
+    base, so the compiled kernel's graph, and its cache keys, depended on which earlier test of the same
+    worker had run the cached model first (docs/gpu.md)."""
+    for m in model.modules():
+        for name in STATIC_MASKS:
+            if name in vars(m):
+                delattr(m, name)
+
+
 def pre_patch_sentinels() -> tuple[object, ...]:
     """The value(s) Unsloth's record of pre-patched transformers attributes uses for "was absent"
     (``unsloth.models.llama._MISSING``); empty if Unsloth is not imported (never imports it)."""

@@ -29,12 +29,11 @@ import torch
 from packaging.version import Version
 
 from gemma2_regress import standins
-from gemma2_regress.unsloth_adapter import Unsloth, UnslothUnavailable
+from gemma2_regress.unsloth_adapter import STATIC_MASKS, Unsloth, UnslothUnavailable
 
 FLASH_FLAGS = ("HAS_FLASH_ATTENTION", "HAS_FLASH_ATTENTION_SOFTCAPPING")
 FLASH_FUNCTIONS = ("flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache")
 SOFTCAP_FLOOR = "2.6.3"  # unsloth/models/_utils.py: HAS_FLASH_ATTENTION_SOFTCAPPING = version >= 2.6.3
-_MODEL_MASKS = ("SWA_mask", "GA_mask")  # LlamaModel_fast_forward's per-model static masks (or sentinels)
 _ABSENT = object()
 
 
@@ -175,7 +174,7 @@ def flash_path(u: Unsloth, device: str | torch.device, models: tuple[Any, ...] =
         (m, name, vars(m).get(name, _ABSENT))
         for model in models
         for m in model.modules()
-        for name in _MODEL_MASKS
+        for name in STATIC_MASKS
     ]
     saved: list[tuple[types.ModuleType, str, Any]] = []
     try:

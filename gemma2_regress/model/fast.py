@@ -52,7 +52,10 @@ def load_unsloth(
     path: str | os.PathLike[str], dtype: torch.dtype, max_seq_length: int, timings: Timings
 ) -> Any:
     """``(model, tokenizer)`` from ``FastLanguageModel.from_pretrained``, cached per key in this process;
-    a load (not the import of Unsloth) adds its seconds to ``timings.load_s``."""
+    a load (not the import of Unsloth) adds its seconds to ``timings.load_s``. A cached model is handed out
+    without the static masks an earlier caller's forwards left on it (``unsloth_adapter.forget_static_masks``):
+    Unsloth builds them again, as for a model just loaded, so what a test compiles does not depend on the
+    tests its worker ran before."""
     key = (str(Path(path)), dtype, max_seq_length)
     if key not in _UNSLOTH:
         _set_unsloth_env()
@@ -62,7 +65,9 @@ def load_unsloth(
         took = time.perf_counter() - t0
         timings.load_s += took
         _UNSLOTH[key] = (model, tok, took)
-    return _UNSLOTH[key][:2]
+    model, tok, _ = _UNSLOTH[key]
+    unsloth_adapter.forget_static_masks(model)
+    return model, tok
 
 
 class UnslothTarget(TargetBase):
