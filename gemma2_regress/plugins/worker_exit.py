@@ -33,7 +33,7 @@ def _coverage_running() -> bool:
 
 
 def _end_now() -> None:
-    if _coverage_running():  # coverage.py started after the handler was registered
+    if _coverage_running():  # asked at exit: coverage.py may have started after the handler was registered
         return
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -45,5 +45,5 @@ def _end_now() -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput") and not _coverage_running():
+    if hasattr(config, "workerinput"):
         atexit.register(_end_now)
