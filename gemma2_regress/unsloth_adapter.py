@@ -68,18 +68,45 @@ class Unsloth:
         return isinstance(getattr(self.kernels_module, "_SOFTCAP_EAGER", None), dict)
 
     def softcapping_compiles(self, device: str | torch.device) -> bool:
-        """Whether ``slow_attention_softcapping`` runs compiled on ``device`` in this process: one tiny
-        float32 call settles Unsloth's choice (cached), then its fallback flag is read. A release without
-        the fallback is taken as compiled (there, a failed compile raises in the test itself)."""
+        """Whether ``slow_attention_softcapping`` runs compiled on ``device`` in this process: Unsloth has
+        not fallen back to eager there (its flag, read now), and Inductor compiles the kernel's function
+        there (``_compiles_apart``, settled once per device type by one tiny float32 call). A release
+        without the fallback is taken as compiled (there, a failed compile raises in the test itself)."""
         kind = torch.device(device).type
+        if not self.has_eager_fallback():
+            return True
+        if self.kernels_module._SOFTCAP_EAGER.get(kind, False):
+            return False
         if kind not in self._compiles:
-            if self.has_eager_fallback():
-                q = torch.zeros(2, 2, 2, 16, device=device)
-                mask = torch.zeros(2, 2, device=device)
-                stub = attention_module_stub(2, 2, 16, 16.0, 50.0)
-                self.kernel("slow_attention_softcapping")(q, q, q, mask, stub, 2, 2)
-            self._compiles[kind] = not self.kernels_module.__dict__.get("_SOFTCAP_EAGER", {}).get(kind, False)
+            self._compiles[kind] = self._compiles_apart(device)
         return self._compiles[kind]
+
+    def _compiles_apart(self, device: str | torch.device) -> bool:
+        """Compile and call a copy of Unsloth's compiled softcapping function, under another name.
+
+        Why a copy: Dynamo keeps, per function, what its earlier compiles saw, and a compile after them
+        traces another graph (other cache keys) than a first one. A probe through Unsloth's own function
+        would change the graphs of whichever test first asks, so a warm cache missed where the schedule
+        moved that test. The copy has Unsloth's code and globals, is compiled as Unsloth's decorator
+        compiles it (``fullgraph=True, dynamic=True``, the module's ``torch_compile_options``) and keeps
+        its own Dynamo state; a compile error is "no", as Unsloth's fallback takes it."""
+        compiled = self.kernels_module._compiled_slow_attention_softcapping
+        fn = compiled._torchdynamo_orig_callable
+        name = f"gemma2_regress_probe_of_{fn.__name__}"
+        names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
+        code = fn.__code__.replace(**names)
+        copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+        options = self.kernels_module.torch_compile_options
+        probe = torch.compile(copy, fullgraph=True, dynamic=True, options=options)
+        q = torch.zeros(2, 2, 2, 16, device=device)
+        mask = torch.zeros(2, 2, device=device)
+        try:
+            probe(q, q, q, mask, attention_module_stub(2, 2, 16, 16.0, 50.0), 2, 2)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # Unsloth's fallback catches every other error alike
+            return False
+        return True
 
     @contextlib.contextmanager
     def eager_fallback(self, device: str | torch.device) -> Iterator[None]:
