@@ -26,10 +26,10 @@ what the allocator holds at its end: the suite never empties the cache inside a 
 stays reserved until this plugin empties it (and a per-example ``reset_peak_memory_stats()`` does not hide
 an earlier example's peak). It is recorded only where every phase passed or the test failed as a strict
 xfail (a known bug, which fails at the same point in every run of the same Unsloth: the records' key; a
-test cut short, failed or skipped may not have reached its peak), and never lower than before. The records live in the
-compile cache folder (``records.GPU_PEAKS``), keyed by the GPU, torch, CUDA and Unsloth; a test's entry
-holds a digest of its module's source and is used only while that source is unchanged. A fresh runner
-claims ``UNKNOWN_GIB`` per test, unless a packed compile cache brought the records
+test cut short, failed or skipped may not have reached its peak), and never lower than before. The
+records live in the compile cache folder (``records.GPU_PEAKS``), keyed by the GPU, torch, CUDA and
+Unsloth; a test's entry holds a digest of its module's source and is used only while that source is
+unchanged. A fresh runner claims ``UNKNOWN_GIB`` per test, unless a packed compile cache brought the records
 (``builds.portable_cache``).
 
 At the end the controller prints one line: claims made, how many from a record, the time the tests waited
@@ -354,9 +354,8 @@ class _Worker:
         finally:
             peak = self.cuda.peak()
             after = CONTEXT_GIB + self.cuda.finish()
-            if (
-                finished and self.passed
-            ):  # a test cut short, failed or skipped may not have reached its peak (doc)
+            # A test cut short, failed or skipped may not have reached its peak (module doc).
+            if finished and self.passed:
                 peaks.put(item.nodeid, source, peak)
             if ledger is not None:
                 ledger.release(os.getpid(), after)
