@@ -3,7 +3,7 @@
 A record is a JSON object with a ``key`` (a dict of strings: the torch build, the compiler, the GPU, ...)
 and whatever it records. Each kind lives in its own subfolder of Inductor's cache folder, one file per
 key, named by the key's digest: ``plugins.vec_isa``'s probe outcome, ``plugins.compile_canary``'s pass,
-``plugins.gpu_budget``'s test peaks, ``gpu_check``'s Unsloth import that passed, the noxfile's whole GPU
+``plugins.gpu_budget``'s test peaks and seconds, ``gpu_check``'s Unsloth import that passed, the noxfile's whole GPU
 tier that passed (the next run is warm: ``suite.workers_per_gpu``). A record whose key differs from this
 machine's is never used, so records can travel with a packed compile cache (``builds.portable_cache``) to
 a runner of the same image.
@@ -21,7 +21,7 @@ from gemma2_regress.atomic import write_json_atomic
 # The kinds, each a subfolder of the compile cache folder.
 VEC_ISA = "gemma2-regress-vec-isa"  # plugins.vec_isa: which CPU vector ISAs Inductor may use
 CANARY = "gemma2-regress-canary"  # plugins.compile_canary: a passed canary
-GPU_PEAKS = "gemma2-regress-gpu-peaks"  # plugins.gpu_budget: each GPU test's peak memory
+GPU_PEAKS = "gemma2-regress-gpu-peaks"  # plugins.gpu_budget: each GPU test's peak memory and seconds
 UNSLOTH_IMPORT = "gemma2-regress-unsloth-import"  # gpu_check: this stack imported Unsloth
 GPU_TIER_PASSED = "gemma2-regress-gpu-tier-passed"  # noxfile: a whole gpu tier passed on this stack (warm)
 

@@ -22,8 +22,9 @@ that a runner of the same image skips what they record:
   torch, Python, compiler, CPU flags);
 - ``compile-cache.canary.json``: ``plugins.compile_canary``'s pass (torch.compile computed right; that
   probe's key, Triton, the driver and GPUs, the settings that reach the compilers);
-- ``compile-cache.gpu-peaks.json``: ``plugins.gpu_budget``'s peaks (each GPU test's peak memory; the GPU,
-  torch, CUDA, Unsloth), so that its tests claim what they need rather than a worker's share;
+- ``compile-cache.gpu-peaks.json``: ``plugins.gpu_budget``'s peaks (each GPU test's peak memory and its
+  seconds; the GPU, torch, CUDA, Unsloth), so that its tests claim what they need rather than a worker's
+  share, and ``plugins.schedule`` hands out the longest first by what they took;
 - ``compile-cache.unsloth-import.json``: ``gpu_check``'s pass of ``import unsloth``, and
   ``compile-cache.tier-passed.json``: the noxfile's record of a whole GPU tier that passed, only where the
   packed run was one (``pack(whole=...)``), so that the next runner's tier starts as a warm one does

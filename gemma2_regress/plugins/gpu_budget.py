@@ -26,11 +26,12 @@ what the allocator holds at its end: the suite never empties the cache inside a 
 stays reserved until this plugin empties it (and a per-example ``reset_peak_memory_stats()`` does not hide
 an earlier example's peak). It is recorded only where every phase passed or the test failed as a strict
 xfail (a known bug, which fails at the same point in every run of the same Unsloth: the records' key; a
-test cut short, failed or skipped may not have reached its peak), and never lower than before. The
-records live in the compile cache folder (``records.GPU_PEAKS``), keyed by the GPU, torch, CUDA and
-Unsloth; a test's entry holds a digest of its module's source and is used only while that source is
-unchanged. A fresh runner claims ``UNKNOWN_GIB`` per test, unless a packed compile cache brought the records
-(``builds.portable_cache``).
+test cut short, failed or skipped may not have reached its peak), and never lower than before. Beside it,
+the seconds from the claim's grant to the end of the teardown, as last measured (``plugins.schedule``
+hands out the longest tests first by them). The records live in the compile cache folder
+(``records.GPU_PEAKS``), keyed by the GPU, torch, CUDA and Unsloth; a test's entry holds a digest of its
+module's source and is used only while that source is unchanged. A fresh runner claims ``UNKNOWN_GIB`` per
+test, unless a packed compile cache brought the records (``builds.portable_cache``).
 
 At the end the controller prints one line: claims made, how many from a record, the time the tests waited
 for memory, and the largest peak.
@@ -53,7 +54,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +202,9 @@ def claim_for(peak: float | None) -> float:
 
 
 class Peaks:
-    """The tests' recorded peaks for ``key`` (the machine and stack): a record (``records``) in ``path`` whose
-    ``tests`` are ``{node id: {"gib": peak, "source": digest}}``, an entry used only while its test module's
-    source digest is unchanged."""
+    """The tests' records for ``key`` (the machine and stack): a record (``records``) in ``path`` whose
+    ``tests`` are ``{node id: {"gib": peak, "seconds": last time, "source": digest}}``, an entry used only
+    while its test module's source digest is unchanged."""
 
     def __init__(self, path: Path, key: dict[str, str]) -> None:
         self.path, self.key = path, key
@@ -213,23 +214,41 @@ class Peaks:
         return entries if isinstance(entries, dict) else {}
 
     def get(self, nodeid: str, source: str) -> float | None:
+        """``nodeid``'s recorded peak in GiB while its source is ``source``; None without one."""
         entry = self._read().get(nodeid)
         if isinstance(entry, dict) and entry.get("source") == source and isinstance(entry.get("gib"), float):
             return entry["gib"]
         return None
 
-    def put(self, nodeid: str, source: str, gib: float) -> None:
-        """Record ``nodeid``'s peak, the largest seen while its source is ``source`` (read, change, write
-        under a lock; the file whole or not at all)."""
+    def seconds(self, sources: Mapping[str, str]) -> dict[str, float]:
+        """The recorded seconds of each node id in ``sources`` (node id -> its module's digest) whose entry has
+        them under that digest, read once."""
+        entries, found = self._read(), {}
+        for nodeid, source in sources.items():
+            entry = entries.get(nodeid)
+            if isinstance(entry, dict) and entry.get("source") == source:
+                value = entry.get("seconds")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                    found[nodeid] = float(value)
+        return found
+
+    def put(self, nodeid: str, source: str, gib: float, seconds: float | None = None) -> None:
+        """Record ``nodeid``'s peak, the largest seen while its source is ``source``, and its ``seconds``, the
+        latest (read, change, write under a lock; the file whole or not at all)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(str(self.path) + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 entries = self._read()
                 before = entries.get(nodeid)
+                entry: dict[str, Any] = {}
                 if isinstance(before, dict) and before.get("source") == source:
                     gib = max(gib, float(before.get("gib", 0.0)))  # a peak is never recorded lower
-                entries[nodeid] = {"gib": round(gib, 3), "source": source}
+                    entry = {k: v for k, v in before.items() if k == "seconds"}
+                entry.update(gib=round(gib, 3), source=source)
+                if seconds is not None:
+                    entry["seconds"] = round(seconds, 3)
+                entries[nodeid] = entry
                 write_json_atomic(self.path, {"key": self.key, "tests": entries})
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -303,6 +322,21 @@ class Cuda:
         return torch.cuda.memory_reserved() / 2**30
 
 
+def peaks_of(cuda: Cuda) -> Peaks:
+    """The records of this machine and stack, in this process's compile cache folder."""
+    key = cuda.key()
+    return Peaks(records.path(records.cache_folder(), FOLDER, key), key)
+
+
+def recorded_seconds(config: pytest.Config, items: Sequence[pytest.Item]) -> dict[str, float]:
+    """The recorded seconds of those of ``items`` that have them on this machine and stack (``Peaks.seconds``);
+    none where this process has no CUDA GPU."""
+    cuda = config.stash.get(CUDA, None) or Cuda()
+    if not cuda.usable():
+        return {}
+    return peaks_of(cuda).seconds({it.nodeid: source_digest(it.path) for it in items})
+
+
 class _Worker:
     """The plugin in a process that runs tests: records each ``gpu``-marked test's peak (set-up to teardown)
     and, where the run shares its GPUs through a ledger in ``folder``, claims the memory around it."""
@@ -323,8 +357,7 @@ class _Worker:
     def _open(self) -> tuple[Peaks, Ledger | None]:
         assert self.cuda is not None
         if self.peaks is None:
-            key = self.cuda.key()
-            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, key), key)
+            self.peaks = peaks_of(self.cuda)
             if self.folder is not None:
                 ident, total = self.cuda.device()
                 name = hashlib.sha256(ident.encode()).hexdigest()[:16]
@@ -341,6 +374,7 @@ class _Worker:
         recorded = peaks.get(item.nodeid, source)
         base = CONTEXT_GIB + self.cuda.start()
         granted, waited = ledger.claim(os.getpid(), claim_for(recorded), base) if ledger else (0.0, 0.0)
+        began = time.monotonic()
         self.passed = True  # until a phase reports otherwise (pytest_runtest_logreport)
         xfail = item.get_closest_marker("xfail")
         self.strict_xfail = xfail is not None and bool(
@@ -356,7 +390,7 @@ class _Worker:
             after = CONTEXT_GIB + self.cuda.finish()
             # A test cut short, failed or skipped may not have reached its peak (module doc).
             if finished and self.passed:
-                peaks.put(item.nodeid, source, peak)
+                peaks.put(item.nodeid, source, peak, time.monotonic() - began)
             if ledger is not None:
                 ledger.release(os.getpid(), after)
                 report.spool(

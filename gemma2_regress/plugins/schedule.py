@@ -1,14 +1,21 @@
 """The GPU tier's test order: the costliest first, so that xdist workers finish together.
 
-A pytest plugin (registered from conftest with ``pytest_plugins``). On a cold machine the GPU tier's
-time is compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to 150 s per new
-graph on an H200). With several workers, the run ends when the worker holding the last long test
-ends; handing out the longest tests first (the classic longest-processing-time rule) keeps that tail
-short. ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
+A pytest plugin (registered from conftest with ``pytest_plugins``). With several workers, the run ends
+when the worker holding the last long test ends; handing out the longest tests first (the classic
+longest-processing-time rule) keeps that tail short. A test's cost is the seconds it took when it last
+passed on this machine and stack (recorded beside its peak memory by ``plugins.gpu_budget``, and carried
+with a packed compile cache), else an estimate of its cold time: on a cold machine the tier's time is
+compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to 150 s per new graph on an
+H200), and ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
 (docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it counts
-``DEFAULT_SECONDS``. xdist groups (``@pytest.mark.xdist_group``) move as one unit, at the summed
-cost of their members. The order only matters to the scheduler: results do not depend on it (a group runs in collection order
-and, with ``fresh_dynamo``, compiles from a fresh Dynamo wherever it lands).
+``DEFAULT_SECONDS``. So a new or changed test, which may compile, goes before recorded warm ones. xdist
+groups (``@pytest.mark.xdist_group``) move as one unit, at the summed cost of their members. The order
+only matters to the scheduler: results do not depend on it (a group runs in collection order and, with
+``fresh_dynamo``, compiles from a fresh Dynamo wherever it lands).
+
+Every worker must collect the same order (xdist aborts the run otherwise, "Different tests collected"):
+each reads the same records at collection, before any test of the run has started (xdist hands out tests
+once every worker has collected), so a record changes only under a second run sharing the cache folder.
 
 It applies where every selected test is ``gpu``-marked, in xdist workers only (they collect what
 the controller hands out): in a single process the selection's own order stands (the kill matrix
@@ -22,10 +29,11 @@ crashed its worker reported as failed ("worker 'gw1' crashed while running ...")
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
+from gemma2_regress.plugins.gpu_budget import recorded_seconds
 from gemma2_regress.plugins.markers import group_of
 
 DEFAULT_SECONDS = 10.0
@@ -49,9 +57,19 @@ def _function(item: pytest.Item) -> str:
     return getattr(item, "originalname", None) or item.name.split("[", 1)[0]
 
 
-def heaviest_first(items: Sequence[pytest.Item]) -> list[pytest.Item]:
-    """``items`` reordered by estimated cold cost, descending (stable: ties keep collection order)."""
-    cost = {id(it): COLD_SECONDS.get(_function(it), DEFAULT_SECONDS) for it in items}
+def heaviest_first(
+    items: Sequence[pytest.Item], recorded: Mapping[str, float] | None = None
+) -> list[pytest.Item]:
+    """``items`` reordered by cost, descending (stable: ties keep collection order): ``recorded`` seconds by
+    node id, else the estimated cold cost."""
+    recorded = recorded or {}
+
+    def estimate(it: pytest.Item) -> float:
+        return (
+            recorded[it.nodeid] if it.nodeid in recorded else COLD_SECONDS.get(_function(it), DEFAULT_SECONDS)
+        )
+
+    cost = {id(it): estimate(it) for it in items}
     group_cost: dict[str, float] = {}
     for it in items:
         g = group_of(it)
@@ -75,4 +93,4 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after `-m` / `-k` have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if hasattr(config, "workerinput") and items and all(it.get_closest_marker("gpu") for it in items):
-        items[:] = heaviest_first(items)
+        items[:] = heaviest_first(items, recorded_seconds(config, items))

@@ -151,6 +151,20 @@ def test_a_recorded_peak_holds_only_while_its_module_is_unchanged_and_never_drop
     assert Peaks(peaks.path, {"gpu": "y"}).get("t.py::a", "src2") is None  # another machine's record
 
 
+def test_recorded_seconds_are_the_latest_and_go_with_their_modules_source(tmp_path: Path) -> None:
+    peaks = Peaks(tmp_path / "peaks.json", {"gpu": "x"})
+    peaks.put("t.py::a", "src1", 12.0, 40.0)  # a cold run
+    peaks.put("t.py::a", "src1", 11.0, 3.25)  # then warm: faster, and its peak stays the largest
+    peaks.put("t.py::b", "src1", 2.0)  # no time given
+    assert peaks.seconds({"t.py::a": "src1", "t.py::b": "src1", "t.py::c": "src1"}) == {"t.py::a": 3.25}
+    assert peaks.get("t.py::a", "src1") == 12.0
+    peaks.put("t.py::a", "src1", 1.0)  # a put without a time keeps the last one
+    assert peaks.seconds({"t.py::a": "src1"}) == {"t.py::a": 3.25}
+    assert peaks.seconds({"t.py::a": "src2"}) == {}  # the module changed since
+    peaks.put("t.py::a", "src2", 1.0)
+    assert peaks.seconds({"t.py::a": "src2"}) == {}  # and its old time went with the old source
+
+
 def test_the_last_line_says_what_was_claimed_waited_and_exceeded() -> None:
     assert gpu_budget.summary_line([]) is None
     lines = [
@@ -275,7 +289,9 @@ def test_without_the_budget_peaks_are_still_recorded(
     )
     assert "GPU memory budget" not in result.stdout.str()
     peaks = records.path(cache, records.GPU_PEAKS, {"gpu": "fake"})
-    assert {k: e["gib"] for k, e in json.loads(peaks.read_text())["tests"].items()} == {
+    entries = json.loads(peaks.read_text())["tests"]
+    assert {k: e["gib"] for k, e in entries.items()} == {
         "test_budget.py::test_holds_memory": 50.0,
         "test_budget.py::test_known_bug": 50.0,
     }
+    assert entries["test_budget.py::test_holds_memory"]["seconds"] >= 1.0  # it sleeps 1 s

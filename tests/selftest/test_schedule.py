@@ -1,15 +1,22 @@
-"""The GPU tier's order: longest estimated cold time first, xdist groups kept together."""
+"""The GPU tier's order: longest recorded (else estimated cold) time first, xdist groups kept together."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from gemma2_regress.plugins import schedule
+from gemma2_regress import records
+from gemma2_regress.plugins import gpu_budget, schedule
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeItem:
     def __init__(self, name: str, group: str | None = None) -> None:
         self.name, self.originalname = name, name.split("[", 1)[0]
+        self.nodeid = f"t.py::{name}"
         self._group = group
 
     def get_closest_marker(self, name: str):
@@ -30,6 +37,65 @@ def test_longest_first_groups_move_together_ties_keep_order(monkeypatch: pytest.
     ]
     order = [it.name for it in schedule.heaviest_first(items)]
     assert order == ["slow[x]", "member[1]", "member[2]", "mid", "unknown_a", "unknown_b"]
+
+
+def test_recorded_seconds_come_before_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm run's times reorder what the cold estimates put first; a test without a record keeps its
+    estimate, and a group moves at the sum of its members' costs, recorded or not."""
+    monkeypatch.setattr(schedule, "COLD_SECONDS", {"slow": 100.0, "member": 30.0, "mid": 50.0})
+    items = [FakeItem("member[1]", "g"), FakeItem("mid"), FakeItem("slow[x]"), FakeItem("member[2]", "g")]
+    recorded = {"t.py::slow[x]": 2.0, "t.py::member[1]": 5.0, "t.py::mid": 8.0}
+    order = [it.name for it in schedule.heaviest_first(items, recorded)]
+    assert order == ["member[1]", "member[2]", "mid", "slow[x]"]  # the group: 5 + 30 (no record)
+
+
+FAKE_GPU = """
+from gemma2_regress.plugins import gpu_budget
+
+class FakeCuda(gpu_budget.Cuda):
+    def usable(self): return True
+    def device(self): return "fake-gpu", 100.0
+    def key(self): return {"gpu": "fake"}
+    def start(self): return 0.0
+    def peak(self): return 1.0
+    def finish(self): return 0.0
+
+def pytest_configure(config):
+    config.stash[gpu_budget.CUDA] = FakeCuda()
+"""
+
+ORDERED = """
+import os, pathlib
+import pytest
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+def test_one(name):
+    with open(pathlib.Path(__file__).parent / "ran.txt", "a") as out:
+        out.write(name + "\\n")
+"""
+
+
+def test_a_worker_runs_the_longest_recorded_test_first(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In an xdist worker the plugin reads this stack's records (a fake GPU here) at collection; one worker
+    then runs the tests in that order."""
+    pytester.makeconftest(FAKE_GPU)
+    module = pytester.makepyfile(test_ordered=ORDERED)
+    cache = pytester.path / "inductor"
+    peaks = gpu_budget.Peaks(records.path(cache, records.GPU_PEAKS, {"gpu": "fake"}), {"gpu": "fake"})
+    for name, seconds in {"a": 1.0, "b": 3.0, "c": 2.0}.items():  # d has no record: its estimate, 10 s
+        peaks.put(f"test_ordered.py::test_one[{name}]", gpu_budget.source_digest(module), 1.0, seconds)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv(gpu_budget.SWITCH_ENV, "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = ["-n", "1", "--dist", "loadgroup", "-p", "no:cacheprovider"]
+    args += ["-p", "gemma2_regress.plugins.markers"]
+    args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
+    result = pytester.runpytest_subprocess(*args, "-p", "gemma2_regress.plugins.schedule", timeout=120)
+    result.assert_outcomes(passed=4)
+    assert (pytester.path / "ran.txt").read_text().split() == ["d", "b", "c", "a"]
 
 
 CRASHING = """
