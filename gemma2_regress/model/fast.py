@@ -14,6 +14,7 @@ contains "unsloth" as Unsloth's own, ``reference.verdicts.signature``.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -39,7 +40,18 @@ def unsloth_skip_reason() -> str | None:
     return None
 
 
-_UNSLOTH: dict[tuple[str, torch.dtype, int], tuple[Any, Any, float]] = {}
+_NO_FORWARD = object()  # the model had no instance-level ``forward`` when it was loaded
+
+
+@dataclasses.dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    forward: object  # its instance-level ``forward`` after the load, or ``_NO_FORWARD``
+    environ: dict[str, str]  # the variables ``from_pretrained`` set or changed (Unsloth's, process-wide)
+
+
+_UNSLOTH: dict[tuple[str, torch.dtype, int], _Loaded] = {}
 
 
 def _set_unsloth_env() -> None:
@@ -53,21 +65,43 @@ def load_unsloth(
 ) -> Any:
     """``(model, tokenizer)`` from ``FastLanguageModel.from_pretrained``, cached per key in this process;
     a load (not the import of Unsloth) adds its seconds to ``timings.load_s``. A cached model is handed out
-    without the static masks an earlier caller's forwards left on it (``unsloth_adapter.forget_static_masks``):
-    Unsloth builds them again, as for a model just loaded, so what a test compiles does not depend on the
-    tests its worker ran before."""
+    as it was loaded, so that neither what a test compiles nor what it computes depends on the tests its
+    worker ran before:
+
+    - without the static masks an earlier caller's forwards left on it (``unsloth_adapter.forget_static_masks``):
+      Unsloth builds them again, as for a model just loaded;
+    - with its ``forward`` as loaded: a ``Trainer`` under mixed precision (Unsloth's trainer patch picks bf16
+      for a float32 model) has accelerate's ``prepare_model`` replace it with a bf16 autocast of itself, for
+      good, and a later float32 test would have run in bf16 (``as_loaded``);
+    - with the environment variables its load set, set again: ``from_pretrained`` records the model's
+      precision for the whole process (``UNSLOTH_MIXED_PRECISION``, read by Unsloth's trainer patch among
+      others), so a later load of another dtype would otherwise answer for this model."""
     key = (str(Path(path)), dtype, max_seq_length)
     if key not in _UNSLOTH:
         _set_unsloth_env()
         unsloth_adapter.load()  # imports unsloth (before it is asked for anything), or says why not
+        before = dict(os.environ)
         t0 = time.perf_counter()
         model, tok = unsloth_adapter.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype)
-        took = time.perf_counter() - t0
-        timings.load_s += took
-        _UNSLOTH[key] = (model, tok, took)
-    model, tok, _ = _UNSLOTH[key]
-    unsloth_adapter.forget_static_masks(model)
-    return model, tok
+        timings.load_s += time.perf_counter() - t0
+        environ = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        _UNSLOTH[key] = _Loaded(model, tok, vars(model).get("forward", _NO_FORWARD), environ)
+    loaded = _UNSLOTH[key]
+    unsloth_adapter.forget_static_masks(loaded.model)
+    as_loaded(loaded.model, loaded.forward)
+    os.environ.update(loaded.environ)
+    return loaded.model, loaded.tokenizer
+
+
+def as_loaded(model: torch.nn.Module, forward: object = _NO_FORWARD) -> None:
+    """Put back the instance-level ``forward`` the model had when loaded (``forward``; ``_NO_FORWARD``: none,
+    the class's) and drop accelerate's ``_original_forward``, the mark of its mixed-precision wrapper."""
+    attrs = vars(model)
+    attrs.pop("_original_forward", None)
+    if forward is _NO_FORWARD:
+        attrs.pop("forward", None)
+    else:
+        attrs["forward"] = forward
 
 
 class UnslothTarget(TargetBase):
