@@ -48,7 +48,7 @@ class _Loaded:
     model: Any
     tokenizer: Any
     forward: object  # its instance-level ``forward`` after the load, or ``_NO_FORWARD``
-    environ: dict[str, str]  # the variables ``from_pretrained`` set or changed (Unsloth's, process-wide)
+    environ: dict[str, str]  # Unsloth's variables after the load, and any other the load changed
 
 
 _UNSLOTH: dict[tuple[str, torch.dtype, int], _Loaded] = {}
@@ -73,9 +73,11 @@ def load_unsloth(
     - with its ``forward`` as loaded: a ``Trainer`` under mixed precision (Unsloth's trainer patch picks bf16
       for a float32 model) has accelerate's ``prepare_model`` replace it with a bf16 autocast of itself, for
       good, and a later float32 test would have run in bf16 (``as_loaded``);
-    - with the environment variables its load set, set again: ``from_pretrained`` records the model's
-      precision for the whole process (``UNSLOTH_MIXED_PRECISION``, read by Unsloth's trainer patch among
-      others), so a later load of another dtype would otherwise answer for this model."""
+    - with Unsloth's environment variables (``UNSLOTH_*``) as they were right after its load, and any other
+      variable its load changed, set again: ``from_pretrained`` records the model's precision for the whole
+      process (``UNSLOTH_MIXED_PRECISION``, which Unsloth's trainer patch reads to choose between bf16
+      autocast and none), so a later load of another dtype would otherwise answer for this model. Only set,
+      never removed: a variable Unsloth sets later (once it has patched something) stays."""
     key = (str(Path(path)), dtype, max_seq_length)
     if key not in _UNSLOTH:
         _set_unsloth_env()
@@ -84,7 +86,7 @@ def load_unsloth(
         t0 = time.perf_counter()
         model, tok = unsloth_adapter.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype)
         timings.load_s += time.perf_counter() - t0
-        environ = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        environ = {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") or before.get(k) != v}
         _UNSLOTH[key] = _Loaded(model, tok, vars(model).get("forward", _NO_FORWARD), environ)
     loaded = _UNSLOTH[key]
     unsloth_adapter.forget_static_masks(loaded.model)

@@ -26,7 +26,8 @@ def cache(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     def from_pretrained(path: Any, dtype: torch.dtype, **kw: Any) -> tuple[torch.nn.Module, str]:
         loads.append(dtype)
-        os.environ["UNSLOTH_MIXED_PRECISION"] = str(dtype).removeprefix("torch.")
+        # as unsloth_zoo's prepare_model_for_training: float16 and float32 models train in float32
+        os.environ["UNSLOTH_MIXED_PRECISION"] = "bfloat16" if dtype == torch.bfloat16 else "float32"
         return torch.nn.Linear(64, 64), "tokenizer"
 
     monkeypatch.setattr(unsloth_adapter, "load", lambda: None)
@@ -53,12 +54,15 @@ def test_a_trainers_bf16_autocast_does_not_stay_on_the_cached_model(cache: list[
         assert torch.equal(again(x), exact)
 
 
-def test_a_cached_model_comes_back_with_the_variables_its_load_set(cache: list[Any], tmp_path: Path) -> None:
-    fast.load_unsloth(tmp_path / "a", torch.float32, 64, Timings())
-    fast.load_unsloth(tmp_path / "b", torch.bfloat16, 64, Timings())  # a later load, process-wide
+def test_a_cached_model_comes_back_with_unsloths_variables_as_after_its_load(
+    cache: list[Any], tmp_path: Path
+) -> None:
+    fast.load_unsloth(tmp_path / "half", torch.float16, 64, Timings())
+    fast.load_unsloth(tmp_path / "full", torch.float32, 64, Timings())  # sets the same value again
+    fast.load_unsloth(tmp_path / "brain", torch.bfloat16, 64, Timings())  # a later load, process-wide
     assert os.environ["UNSLOTH_MIXED_PRECISION"] == "bfloat16"
-    fast.load_unsloth(tmp_path / "a", torch.float32, 64, Timings())
-    assert os.environ["UNSLOTH_MIXED_PRECISION"] == "float32" and len(cache) == 2
+    fast.load_unsloth(tmp_path / "full", torch.float32, 64, Timings())
+    assert os.environ["UNSLOTH_MIXED_PRECISION"] == "float32" and len(cache) == 3
 
 
 LEAKY = """
