@@ -223,14 +223,7 @@ class Peaks:
     def seconds(self, sources: Mapping[str, str]) -> dict[str, float]:
         """The recorded seconds of each node id in ``sources`` (node id -> its module's digest) whose entry has
         them under that digest, read once."""
-        entries, found = self._read(), {}
-        for nodeid, source in sources.items():
-            entry = entries.get(nodeid)
-            if isinstance(entry, dict) and entry.get("source") == source:
-                value = entry.get("seconds")
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                    found[nodeid] = float(value)
-        return found
+        return _seconds_in(self._read(), sources)
 
     def put(self, nodeid: str, source: str, gib: float, seconds: float | None = None) -> None:
         """Record ``nodeid``'s peak, the largest seen while its source is ``source``, and its ``seconds``, the
@@ -252,6 +245,18 @@ class Peaks:
                 write_json_atomic(self.path, {"key": self.key, "tests": entries})
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _seconds_in(entries: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, float]:
+    """``Peaks.seconds`` over a record's ``tests``."""
+    found = {}
+    for nodeid, source in sources.items():
+        entry = entries.get(nodeid)
+        if isinstance(entry, dict) and entry.get("source") == source:
+            value = entry.get("seconds")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                found[nodeid] = float(value)
+    return found
 
 
 @functools.cache
@@ -283,7 +288,14 @@ class Cuda:
         return str(getattr(props, "uuid", props.name)), props.total_memory / 2**30
 
     def key(self) -> dict[str, str]:
-        """What a recorded peak depends on beyond the test: the GPU, torch, CUDA and Unsloth."""
+        """What a recorded peak depends on beyond the test: the GPU (``"gpu"``) and the stack (``stack``)."""
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return {"gpu": f"{props.name} {props.total_memory}", **self.stack()}
+
+    def stack(self) -> dict[str, str]:
+        """The key less the GPU: torch, CUDA and Unsloth, the same in every process of a run."""
         import importlib.metadata
 
         import torch
@@ -292,13 +304,7 @@ class Cuda:
             unsloth = importlib.metadata.version("unsloth")
         except importlib.metadata.PackageNotFoundError:
             unsloth = "none"
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return {
-            "gpu": f"{props.name} {props.total_memory}",
-            "torch": torch.__version__,
-            "cuda": str(torch.version.cuda),
-            "unsloth": unsloth,
-        }
+        return {"torch": torch.__version__, "cuda": str(torch.version.cuda), "unsloth": unsloth}
 
     def start(self) -> float:
         """Empty the allocator's cache and reset its peak; GiB still reserved (held by wider fixtures)."""
@@ -329,12 +335,20 @@ def peaks_of(cuda: Cuda) -> Peaks:
 
 
 def recorded_seconds(config: pytest.Config, items: Sequence[pytest.Item]) -> dict[str, float]:
-    """The recorded seconds of those of ``items`` that have them on this machine and stack (``Peaks.seconds``);
-    none where this process has no CUDA GPU."""
+    """The recorded seconds of those of ``items`` that have them on this stack (``Peaks.seconds``), from the
+    records of every GPU in the compile cache folder, the longest where several hold a test: the same in
+    every worker of a run, whichever GPU it is pinned to (xdist needs one order); none where this process
+    has no CUDA GPU."""
     cuda = config.stash.get(CUDA, None) or Cuda()
     if not cuda.usable():
         return {}
-    return peaks_of(cuda).seconds({it.nodeid: source_digest(it.path) for it in items})
+    stack, sources = cuda.stack(), {it.nodeid: source_digest(it.path) for it in items}
+    found: dict[str, float] = {}
+    for record in records.export(records.cache_folder(), FOLDER):
+        if {k: v for k, v in record["key"].items() if k != "gpu"} == stack:
+            for nodeid, seconds in _seconds_in(record.get("tests") or {}, sources).items():
+                found[nodeid] = max(seconds, found.get(nodeid, 0.0))
+    return found
 
 
 class _Worker:

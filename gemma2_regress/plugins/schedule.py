@@ -3,8 +3,8 @@
 A pytest plugin (registered from conftest with ``pytest_plugins``). With several workers, the run ends
 when the worker holding the last long test ends; handing out the longest tests first (the classic
 longest-processing-time rule) keeps that tail short. A test's cost is the seconds it took when it last
-passed on this machine and stack (recorded beside its peak memory by ``plugins.gpu_budget``, and carried
-with a packed compile cache), else an estimate of its cold time: on a cold machine the tier's time is
+passed on this stack (recorded beside its peak memory by ``plugins.gpu_budget``, per GPU, the longest of
+the GPUs' records; carried with a packed compile cache), else an estimate of its cold time: on a cold machine the tier's time is
 compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to 150 s per new graph on an
 H200), and ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
 (docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it counts
@@ -14,8 +14,9 @@ only matters to the scheduler: results do not depend on it (a group runs in coll
 ``fresh_dynamo``, compiles from a fresh Dynamo wherever it lands).
 
 Every worker must collect the same order (xdist aborts the run otherwise, "Different tests collected"):
-each reads the same records at collection, before any test of the run has started (xdist hands out tests
-once every worker has collected), so a record changes only under a second run sharing the cache folder.
+each reads the same records, of every GPU, at collection, before any test of the run has started (xdist
+hands out tests once every worker has collected), so a record changes only under a second run sharing the
+cache folder.
 
 It applies where every selected test is ``gpu``-marked, in xdist workers only (they collect what
 the controller hands out): in a single process the selection's own order stands (the kill matrix

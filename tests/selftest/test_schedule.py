@@ -50,12 +50,14 @@ def test_recorded_seconds_come_before_estimates(monkeypatch: pytest.MonkeyPatch)
 
 
 FAKE_GPU = """
+import os
 from gemma2_regress.plugins import gpu_budget
 
 class FakeCuda(gpu_budget.Cuda):
     def usable(self): return True
     def device(self): return "fake-gpu", 100.0
-    def key(self): return {"gpu": "fake"}
+    def key(self): return {"gpu": os.environ.get("FAKE_GPU", "fake"), **self.stack()}
+    def stack(self): return {"unsloth": "fake"}
     def start(self): return 0.0
     def peak(self): return 1.0
     def finish(self): return 0.0
@@ -76,17 +78,25 @@ def test_one(name):
 """
 
 
+@pytest.mark.parametrize("gpu", ["fake", "other"])
 def test_a_worker_runs_the_longest_recorded_test_first(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gpu: str
 ) -> None:
     """In an xdist worker the plugin reads this stack's records (a fake GPU here) at collection; one worker
-    then runs the tests in that order."""
+    then runs the tests in that order. The records of every GPU of the stack count, the longest time where
+    two hold a test, so that workers pinned to different GPUs order alike (xdist aborts otherwise)."""
     pytester.makeconftest(FAKE_GPU)
     module = pytester.makepyfile(test_ordered=ORDERED)
     cache = pytester.path / "inductor"
-    peaks = gpu_budget.Peaks(records.path(cache, records.GPU_PEAKS, {"gpu": "fake"}), {"gpu": "fake"})
-    for name, seconds in {"a": 1.0, "b": 3.0, "c": 2.0}.items():  # d has no record: its estimate, 10 s
-        peaks.put(f"test_ordered.py::test_one[{name}]", gpu_budget.source_digest(module), 1.0, seconds)
+    for key, times in [
+        ({"gpu": "fake", "unsloth": "fake"}, {"a": 1.0, "b": 3.0, "c": 2.0}),
+        ({"gpu": "other", "unsloth": "fake"}, {"a": 4.0}),
+        ({"gpu": "fake", "unsloth": "another release"}, {"c": 99.0}),  # another stack: not used
+    ]:
+        peaks = gpu_budget.Peaks(records.path(cache, records.GPU_PEAKS, key), key)
+        for name, seconds in times.items():
+            peaks.put(f"test_ordered.py::test_one[{name}]", gpu_budget.source_digest(module), 1.0, seconds)
+    monkeypatch.setenv("FAKE_GPU", gpu)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
     monkeypatch.setenv(gpu_budget.SWITCH_ENV, "0")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -95,7 +105,8 @@ def test_a_worker_runs_the_longest_recorded_test_first(
     args += ["-p", "gemma2_regress.plugins.report", "-p", "gemma2_regress.plugins.gpu_budget"]
     result = pytester.runpytest_subprocess(*args, "-p", "gemma2_regress.plugins.schedule", timeout=120)
     result.assert_outcomes(passed=4)
-    assert (pytester.path / "ran.txt").read_text().split() == ["d", "b", "c", "a"]
+    # d has no record: its estimate, 10 s; a: 4 s on the other GPU
+    assert (pytester.path / "ran.txt").read_text().split() == ["d", "a", "b", "c"]
 
 
 CRASHING = """
