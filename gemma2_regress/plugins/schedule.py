@@ -4,11 +4,11 @@ A pytest plugin (registered from conftest with ``pytest_plugins``). With several
 when the worker holding the last long test ends; handing out the longest tests first (the classic
 longest-processing-time rule) keeps that tail short. A test's cost is the seconds it took when it last
 passed on this stack (recorded beside its peak memory by ``plugins.gpu_budget``, per GPU, the longest of
-the GPUs' records; carried with a packed compile cache), else an estimate of its cold time: on a cold machine the tier's time is
-compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to 150 s per new graph on an
-H200), and ``COLD_SECONDS`` holds, per test function, the cold time of one of its items on an H200
-(docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it counts
-``DEFAULT_SECONDS``. So a new or changed test, which may compile, goes before recorded warm ones. xdist
+the GPUs' records; carried with a packed compile cache), else an estimate of its cold time: on a cold
+machine the tier's time is compiling (Unsloth's kernels are ``torch.compile``d with max-autotune: 20 to
+150 s per new graph on an H200), and ``COLD_SECONDS`` holds, per test function, the cold time of one of
+its items on an H200 (docs/gpu.md; a test split per dtype has one item per dtype); a test missing from it
+counts ``DEFAULT_SECONDS``. So a new or changed test, which may compile, goes before recorded warm ones. xdist
 groups (``@pytest.mark.xdist_group``) move as one unit, at the summed cost of their members. The order
 only matters to the scheduler: results do not depend on it (a group runs in collection order and, with
 ``fresh_dynamo``, compiles from a fresh Dynamo wherever it lands).
@@ -64,13 +64,7 @@ def heaviest_first(
     """``items`` reordered by cost, descending (stable: ties keep collection order): ``recorded`` seconds by
     node id, else the estimated cold cost."""
     recorded = recorded or {}
-
-    def estimate(it: pytest.Item) -> float:
-        return (
-            recorded[it.nodeid] if it.nodeid in recorded else COLD_SECONDS.get(_function(it), DEFAULT_SECONDS)
-        )
-
-    cost = {id(it): estimate(it) for it in items}
+    cost = {id(it): recorded.get(it.nodeid, COLD_SECONDS.get(_function(it), DEFAULT_SECONDS)) for it in items}
     group_cost: dict[str, float] = {}
     for it in items:
         g = group_of(it)
