@@ -177,23 +177,7 @@ def test_the_last_line_says_what_was_claimed_waited_and_exceeded() -> None:
     )
 
 
-FAKE_GPU = """
-import pytest
-from gemma2_regress import records
-from gemma2_regress.plugins import gpu_budget
-
-class FakeCuda(gpu_budget.Cuda):
-    # 100 GiB for claims; each test peaks at 50 GiB
-    def usable(self): return True
-    def device(self): return "fake-gpu", 100.0 + gpu_budget.SLACK_GIB
-    def key(self): return {"gpu": "fake"}
-    def start(self): return 0.0
-    def peak(self): return 50.0
-    def finish(self): return 0.0
-
-def pytest_configure(config):
-    config.stash[gpu_budget.CUDA] = FakeCuda()
-"""
+FAKE_GPU = "from fixtures.fake_gpu import pytest_configure\n"  # 100 GiB for claims; each test peaks at 50
 
 TESTS = """
 import os, pathlib, time
