@@ -3,10 +3,10 @@
 A record is a JSON object with a ``key`` (a dict of strings: the torch build, the compiler, the GPU, ...)
 and whatever it records. Each kind lives in its own subfolder of Inductor's cache folder, one file per
 key, named by the key's digest: ``plugins.vec_isa``'s probe outcome, ``plugins.compile_canary``'s pass,
-``plugins.gpu_budget``'s test peaks and seconds, ``gpu_check``'s Unsloth import that passed, the noxfile's whole GPU
-tier that passed (the next run is warm: ``suite.workers_per_gpu``). A record whose key differs from this
-machine's is never used, so records can travel with a packed compile cache (``builds.portable_cache``) to
-a runner of the same image.
+``plugins.gpu_budget``'s test peaks and seconds, ``gpu_check``'s Unsloth import that passed, the noxfile's
+whole GPU tier that passed (the next run is warm: ``suite.workers_per_gpu``). A record whose key differs
+from this machine's is never used, so records can travel with a packed compile cache
+(``builds.portable_cache``) to a runner of the same image.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def load_unsloth(
       Unsloth builds them again, as for a model just loaded;
     - with its ``forward`` as loaded: a ``Trainer`` under mixed precision (Unsloth's trainer patch picks bf16
       for a float32 model) has accelerate's ``prepare_model`` replace it with a bf16 autocast of itself, for
-      good, and a later float32 test would have run in bf16 (``as_loaded``);
+      good, and a later float32 test would have run in bf16 (``_as_loaded``);
     - with Unsloth's environment variables (``UNSLOTH_*``) as they were right after its load, and any other
       variable its load changed, set again: ``from_pretrained`` records the model's precision for the whole
       process (``UNSLOTH_MIXED_PRECISION``, which Unsloth's trainer patch reads to choose between bf16
@@ -90,12 +90,12 @@ def load_unsloth(
         _UNSLOTH[key] = _Loaded(model, tok, vars(model).get("forward", _NO_FORWARD), environ)
     loaded = _UNSLOTH[key]
     unsloth_adapter.forget_static_masks(loaded.model)
-    as_loaded(loaded.model, loaded.forward)
+    _as_loaded(loaded.model, loaded.forward)
     os.environ.update(loaded.environ)
     return loaded.model, loaded.tokenizer
 
 
-def as_loaded(model: torch.nn.Module, forward: object = _NO_FORWARD) -> None:
+def _as_loaded(model: torch.nn.Module, forward: object) -> None:
     """Put back the instance-level ``forward`` the model had when loaded (``forward``; ``_NO_FORWARD``: none,
     the class's) and drop accelerate's ``_original_forward``, the mark of its mixed-precision wrapper."""
     attrs = vars(model)

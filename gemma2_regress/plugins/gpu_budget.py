@@ -220,11 +220,6 @@ class Peaks:
             return entry["gib"]
         return None
 
-    def seconds(self, sources: Mapping[str, str]) -> dict[str, float]:
-        """The recorded seconds of each node id in ``sources`` (node id -> its module's digest) whose entry has
-        them under that digest, read once."""
-        return _seconds_in(self._read(), sources)
-
     def put(self, nodeid: str, source: str, gib: float, seconds: float | None = None) -> None:
         """Record ``nodeid``'s peak, the largest seen while its source is ``source``, and its ``seconds``, the
         latest (read, change, write under a lock; the file whole or not at all)."""
@@ -234,11 +229,10 @@ class Peaks:
             try:
                 entries = self._read()
                 before = entries.get(nodeid)
-                entry: dict[str, Any] = {}
                 if isinstance(before, dict) and before.get("source") == source:
                     gib = max(gib, float(before.get("gib", 0.0)))  # a peak is never recorded lower
-                    entry = {k: v for k, v in before.items() if k == "seconds"}
-                entry.update(gib=round(gib, 3), source=source)
+                    seconds = before.get("seconds") if seconds is None else seconds
+                entry: dict[str, Any] = {"gib": round(gib, 3), "source": source}
                 if seconds is not None:
                     entry["seconds"] = round(seconds, 3)
                 entries[nodeid] = entry
@@ -247,8 +241,9 @@ class Peaks:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _seconds_in(entries: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, float]:
-    """``Peaks.seconds`` over a record's ``tests``."""
+def seconds_in(entries: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, float]:
+    """The seconds in a record's ``tests`` (``Peaks``) of each node id in ``sources`` (node id -> its
+    module's digest) whose entry has them under that digest."""
     found = {}
     for nodeid, source in sources.items():
         entry = entries.get(nodeid)
@@ -328,14 +323,8 @@ class Cuda:
         return torch.cuda.memory_reserved() / 2**30
 
 
-def peaks_of(cuda: Cuda) -> Peaks:
-    """The records of this machine and stack, in this process's compile cache folder."""
-    key = cuda.key()
-    return Peaks(records.path(records.cache_folder(), FOLDER, key), key)
-
-
 def recorded_seconds(config: pytest.Config, items: Sequence[pytest.Item]) -> dict[str, float]:
-    """The recorded seconds of those of ``items`` that have them on this stack (``Peaks.seconds``), from the
+    """The recorded seconds of those of ``items`` that have them on this stack (``seconds_in``), from the
     records of every GPU in the compile cache folder, the longest where several hold a test: the same in
     every worker of a run, whichever GPU it is pinned to (xdist needs one order); none where this process
     has no CUDA GPU."""
@@ -346,7 +335,7 @@ def recorded_seconds(config: pytest.Config, items: Sequence[pytest.Item]) -> dic
     found: dict[str, float] = {}
     for record in records.export(records.cache_folder(), FOLDER):
         if {k: v for k, v in record["key"].items() if k != "gpu"} == stack:
-            for nodeid, seconds in _seconds_in(record.get("tests") or {}, sources).items():
+            for nodeid, seconds in seconds_in(record.get("tests") or {}, sources).items():
                 found[nodeid] = max(seconds, found.get(nodeid, 0.0))
     return found
 
@@ -371,7 +360,8 @@ class _Worker:
     def _open(self) -> tuple[Peaks, Ledger | None]:
         assert self.cuda is not None
         if self.peaks is None:
-            self.peaks = peaks_of(self.cuda)
+            key = self.cuda.key()
+            self.peaks = Peaks(records.path(records.cache_folder(), FOLDER, key), key)
             if self.folder is not None:
                 ident, total = self.cuda.device()
                 name = hashlib.sha256(ident.encode()).hexdigest()[:16]

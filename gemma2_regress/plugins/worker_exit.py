@@ -12,8 +12,9 @@ finalizes as always, and its exit status is pytest's.
 Why: xdist's controller waits for each worker process to end before it finishes the session, and
 finalizing a worker that holds torch, transformers and Unsloth (about a million objects the collector
 tracks) took seconds: the controller's end of a 6-worker H200 run, from its last test report, took 5.5 to
-5.9 s with it and 2.7 to 2.9 s without (docs/perf.md). Nothing in the suite writes at exit: the reports and records are written during the
-session (``plugins.report``, ``plugins.costs``, ``plugins.gpu_budget``, ``plugins.compile_artifacts``).
+5.9 s with it and 2.7 to 2.9 s without (docs/perf.md). Nothing in the suite writes at exit: the reports
+and records are written during the session (``plugins.report``, ``plugins.costs``, ``plugins.gpu_budget``,
+``plugins.compile_artifacts``).
 """
 
 from __future__ import annotations

@@ -156,13 +156,17 @@ def test_recorded_seconds_are_the_latest_and_go_with_their_modules_source(tmp_pa
     peaks.put("t.py::a", "src1", 12.0, 40.0)  # a cold run
     peaks.put("t.py::a", "src1", 11.0, 3.25)  # then warm: faster, and its peak stays the largest
     peaks.put("t.py::b", "src1", 2.0)  # no time given
-    assert peaks.seconds({"t.py::a": "src1", "t.py::b": "src1", "t.py::c": "src1"}) == {"t.py::a": 3.25}
+
+    def seconds(sources: dict[str, str]) -> dict[str, float]:
+        return gpu_budget.seconds_in(json.loads(peaks.path.read_text())["tests"], sources)
+
+    assert seconds({"t.py::a": "src1", "t.py::b": "src1", "t.py::c": "src1"}) == {"t.py::a": 3.25}
     assert peaks.get("t.py::a", "src1") == 12.0
     peaks.put("t.py::a", "src1", 1.0)  # a put without a time keeps the last one
-    assert peaks.seconds({"t.py::a": "src1"}) == {"t.py::a": 3.25}
-    assert peaks.seconds({"t.py::a": "src2"}) == {}  # the module changed since
+    assert seconds({"t.py::a": "src1"}) == {"t.py::a": 3.25}
+    assert seconds({"t.py::a": "src2"}) == {}  # the module changed since
     peaks.put("t.py::a", "src2", 1.0)
-    assert peaks.seconds({"t.py::a": "src2"}) == {}  # and its old time went with the old source
+    assert seconds({"t.py::a": "src2"}) == {}  # and its old time went with the old source
 
 
 def test_the_last_line_says_what_was_claimed_waited_and_exceeded() -> None:
