@@ -5,12 +5,12 @@ each model-level or trainer test ends with the ``ACCELERATE_*`` variables it beg
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from accelerate import Accelerator
 
 from gemma2_regress import unsloth_adapter
 from gemma2_regress.model import fast
@@ -37,10 +37,31 @@ def cache(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return loads
 
 
+@pytest.fixture
+def own_accelerator_state() -> Iterator[None]:
+    """accelerate's process-wide state emptied for the test and put back after it: an ``Accelerator`` of another
+    mixed precision than one made earlier in the worker (by a Trainer test) raises ("AcceleratorState has
+    already been initialized"), so the test failed or passed by what ran before it in its worker."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    saved = [(cls, dict(cls._shared_state)) for cls in (AcceleratorState, PartialState)]
+    for cls, _ in saved:
+        cls._shared_state.clear()
+    try:
+        yield
+    finally:
+        for cls, state in saved:
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
+
+
+@pytest.mark.usefixtures("own_accelerator_state")
 def test_a_trainers_bf16_autocast_does_not_stay_on_the_cached_model(cache: list[Any], tmp_path: Path) -> None:
     """accelerate's ``prepare_model`` under bf16 (what a Trainer does when Unsloth picks mixed precision for a
     float32 model) replaces the model's ``forward`` with a bf16 autocast of it; the next test must get the
     float32 model back."""
+    from accelerate import Accelerator
+
     model, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
     x = torch.randn(8, 64)
     with torch.no_grad():
