@@ -1,9 +1,10 @@
 """Long-lived objects out of the cyclic garbage collector's way: a test process freezes what it holds once
-its tests are collected, and again after the first test that imported Unsloth.
+its tests are collected, and again once Unsloth is imported.
 
-A pytest plugin (registered from conftest with ``pytest_plugins``). After collection, and after the
-teardown of the first test that left ``unsloth`` in ``sys.modules`` (Unsloth, transformers' trainers and
-TRL imported), it runs a full collection and then ``gc.freeze()``: every object the collector tracks at
+A pytest plugin (registered from conftest with ``pytest_plugins``). After collection, and once ``unsloth`` is
+in ``sys.modules`` (Unsloth, transformers' trainers and TRL imported): before the first test where the
+model-level conftests imported it after collection (``fixtures/model.py``), else after the teardown of the
+first test that did, it runs a full collection and then ``gc.freeze()``: every object the collector tracks at
 that moment moves to its permanent generation, which later collections do not scan. What is frozen is
 what the process holds from then on: modules, classes, functions, strategies, test items, the models it
 caches. Reference counting still frees a frozen object whose count drops to zero; only a reference cycle
@@ -39,11 +40,18 @@ class _Freezer:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         freeze()
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+    def _once_unsloth_is_imported(self) -> None:
         if not self.after_unsloth and "unsloth" in sys.modules:
             self.after_unsloth = True
             freeze()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple) -> None:
+        self._once_unsloth_is_imported()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple) -> None:
+        self._once_unsloth_is_imported()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         gc.unfreeze()

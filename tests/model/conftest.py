@@ -16,8 +16,9 @@ from fixtures.model import (
 __all__ = ["_accelerate_environment", "_bind_session", "model_session", "unsloth_ready"]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    import_unsloth_first(config)
+@pytest.hookimpl(tryfirst=True)  # after collection (xdist has every worker's), before the first test
+def pytest_runtestloop(session: pytest.Session) -> None:
+    import_unsloth_first(session.config)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

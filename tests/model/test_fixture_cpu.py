@@ -26,9 +26,6 @@ from gemma2_regress.model import tiny
 from gemma2_regress.model.eager import pristine_transformers
 from gemma2_regress.reference import masks, oracle, tolerance
 
-g2 = pytest.importorskip("transformers.models.gemma2.modeling_gemma2")
-transformers = pytest.importorskip("transformers")
-
 # --- the fixture itself --------------------------------------------------------------------------
 
 
@@ -82,14 +79,16 @@ def test_checkpoint_loads_and_is_keyed_by_config() -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
         p.name for p in path.iterdir()
     }
-    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path)
     assert type(model).__name__ == "Gemma2ForCausalLM" and model.config.layer_types == cfg.layer_types
     a = tiny.load_transformers(path).state_dict()
     b = tiny.load_transformers(path).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     q = a["model.layers.0.self_attn.q_proj.weight"]
     assert abs(float(q.std()) - 0.02) < 0.002, float(q.std())
-    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
     assert len(tok) == cfg.vocab_size
     assert (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) == (0, 1, 2)
     ids = tok("Gemma-2 wörks offline").input_ids
@@ -150,6 +149,8 @@ def test_concurrent_builders_do_not_corrupt(tmp_path: pathlib.Path) -> None:
 @contextlib.contextmanager
 def captured_attention(monkeypatch: pytest.MonkeyPatch):
     """Record each eager attention call's layer, post-RoPE q/k/v, kwargs and output."""
+    from transformers.models.gemma2 import modeling_gemma2 as g2
+
     records: list[dict] = []
     original = g2.eager_attention_forward
 

@@ -44,11 +44,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.unsloth]
 W = GEMMA2_WINDOW
 # The tiny Gemma-2 with query_pre_attn_scalar 24 != head_dim 16 (Gemma-2 27B: 144 != 128), so that a
 # flash-attn softmax_scale taken from head_dim shows.
-FLASH_CONFIG = tiny.tiny_config(query_pre_attn_scalar=24)
+FLASH_OVERRIDES = {"query_pre_attn_scalar": 24}
 
 
-def flash_targets(dtype: Any, session: ModelSession, init: str = "large", config: Any = FLASH_CONFIG):
-    return gpu_targets(tiny.checkpoint(config, init=init), dtype, session)
+def flash_targets(dtype: Any, session: ModelSession, init: str = "large"):
+    # The config is made here, not at import: collection must not import transformers (fixtures/model.py).
+    return gpu_targets(tiny.checkpoint(tiny.tiny_config(**FLASH_OVERRIDES), init=init), dtype, session)
 
 
 FlashBlock = Callable[..., contextlib.AbstractContextManager[list[unsloth_flash.FlashCall]]]

@@ -14,7 +14,9 @@ few shows (near the cap most keys weigh next to nothing, so an extra one can hid
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -29,9 +31,20 @@ from gemma2_regress.model import tiny
 pytestmark = [pytest.mark.unsloth, pytest.mark.xdist_group("unsloth-flash-cpu")]
 
 SMALL_W = 16
-# query_pre_attn_scalar 24 != head_dim 16 (as in Gemma-2 27B, 144 != 128): a scale taken from head_dim shows.
-SMALL = tiny.tiny_config(sliding_window=SMALL_W, query_pre_attn_scalar=24)
-REAL = tiny.tiny_config()  # the tiny Gemma-2's own window: Gemma-2's 4096
+
+
+# The configs are made at first use, not at import: collection must not import transformers (fixtures/model.py).
+@functools.cache
+def small() -> Any:
+    """A window of ``SMALL_W``; query_pre_attn_scalar 24 != head_dim 16 (as in Gemma-2 27B, 144 != 128): a scale
+    taken from head_dim shows."""
+    return tiny.tiny_config(sliding_window=SMALL_W, query_pre_attn_scalar=24)
+
+
+@functools.cache
+def real() -> Any:
+    """The tiny Gemma-2's own window: Gemma-2's 4096."""
+    return tiny.tiny_config()
 
 
 # Raw-logit standard deviation as a fraction of the cap: "cap" reaches tanh's curved range, "uniform" keeps
@@ -108,10 +121,10 @@ def test_unpadded_prefill_takes_flash_dense(
 ) -> None:
     """No mask reaches the layer: one flash_attn_func call with the layer's window, cap and scale, and
     the output is the oracle's, at and across the window."""
-    case = layer_case(SMALL, n, sliding=sliding, dtype=dtype, bsz=2, seed=n, logits=logits)
-    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case, device)
+    case = layer_case(small(), n, sliding=sliding, dtype=dtype, bsz=2, seed=n, logits=logits)
+    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", small()), case, device)
     assert [c.function for c in calls] == ["flash_attn_func"], calls
-    assert_flash_call(calls[0], case, SMALL, "flash_attn_func")
+    assert_flash_call(calls[0], case, small(), "flash_attn_func")
     assert calls[0].q_shape == (case.bsz, n, case.n_heads, case.head_dim), calls[0]
 
 
@@ -119,10 +132,10 @@ def test_unpadded_prefill_takes_flash_dense(
 @pytest.mark.parametrize("n", [4095, 4096, 4097, 8193], ids=lambda n: f"L{n}")
 def test_unpadded_prefill_at_the_real_window(n: int, device: str) -> None:
     """The same at the tiny Gemma-2's own window, Gemma-2's 4096, in bfloat16."""
-    case = layer_case(REAL, n, sliding=True, dtype="bfloat16", seed=n)
-    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", REAL), case, device)
+    case = layer_case(real(), n, sliding=True, dtype="bfloat16", seed=n)
+    calls = run_on_flash_path(Gemma2LayerTarget("no-mask", real()), case, device)
     assert [c.function for c in calls] == ["flash_attn_func"], calls
-    assert_flash_call(calls[0], case, REAL, "flash_attn_func")
+    assert_flash_call(calls[0], case, real(), "flash_attn_func")
 
 
 # --- a padded batch: the slow path ---------------------------------------------------------------------
@@ -137,8 +150,10 @@ def test_padded_batch_takes_the_slow_path(
 ) -> None:
     """A padded evaluation batch keeps its mask, so the layer must not call flash-attn (which takes no
     padding mask) and must reach the slow kernel with Unsloth's 4-D masks: no call, oracle's output."""
-    case = layer_case(SMALL, 2 * SMALL_W + 5, sliding=sliding, dtype="bfloat16", bsz=2, pads=pads, side=side)
-    calls = run_on_flash_path(Gemma2LayerTarget("padding-mask", SMALL), case, device)
+    case = layer_case(
+        small(), 2 * SMALL_W + 5, sliding=sliding, dtype="bfloat16", bsz=2, pads=pads, side=side
+    )
+    calls = run_on_flash_path(Gemma2LayerTarget("padding-mask", small()), case, device)
     assert calls == [], f"a padded batch reached flash-attn: {calls}"
 
 
@@ -154,11 +169,11 @@ def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str, device: str
     n = 2 * SMALL_W + 5
     pads = (0, n - (SMALL_W + 2), n - (SMALL_W - 1))
     case = layer_case(
-        SMALL, n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits
+        small(), n, sliding=sliding, dtype="bfloat16", bsz=3, pads=pads, side="right", logits=logits
     )
-    calls = run_on_flash_path(Gemma2LayerTarget("packed", SMALL, tail=3), case, device)
+    calls = run_on_flash_path(Gemma2LayerTarget("packed", small(), tail=3), case, device)
     assert [c.function for c in calls] == ["flash_attn_varlen_func"], calls
-    assert_flash_call(calls[0], case, SMALL, "flash_attn_varlen_func")
+    assert_flash_call(calls[0], case, small(), "flash_attn_varlen_func")
     ends = torch.tensor([n - p for p in pads]).cumsum(0).tolist()
     assert calls[0].cu_seqlens == (0, *ends, ends[-1] + 3), calls[0]
     assert calls[0].cu_seqlens_dtype == torch.int32, calls[0]
@@ -171,19 +186,19 @@ def test_packed_batch_takes_flash_varlen(sliding: bool, logits: str, device: str
 def test_float32_layer_on_the_flash_path(sliding: bool, device: str) -> None:
     """A float32 model's layer on the flash path returns float32 attention as accurate as float32 allows.
     (Unsloth 2026.10.9: a known issue, fixtures/known_issues.py.)"""
-    case = layer_case(SMALL, 2 * SMALL_W + 1, sliding=sliding, dtype="float32", bsz=2)
-    run_on_flash_path(Gemma2LayerTarget("no-mask", SMALL), case, device)
+    case = layer_case(small(), 2 * SMALL_W + 1, sliding=sliding, dtype="float32", bsz=2)
+    run_on_flash_path(Gemma2LayerTarget("no-mask", small()), case, device)
 
 
 # --- the target's own input checks ------------------------------------------------------------------------
 
 
 def test_layer_target_refuses_a_case_the_config_does_not_have() -> None:
-    case = layer_case(SMALL, 8, sliding=True, dtype="bfloat16")
+    case = layer_case(small(), 8, sliding=True, dtype="bfloat16")
     other = Case(**{**case.__dict__, "window": SMALL_W + 1})
-    padded = layer_case(SMALL, 8, sliding=True, dtype="bfloat16", bsz=2, pads=(2, 0), side="left")
+    padded = layer_case(small(), 8, sliding=True, dtype="bfloat16", bsz=2, pads=(2, 0), side="left")
     with pytest.raises(ValueError, match="neither global nor the config's 16"):
-        Gemma2LayerTarget("no-mask", SMALL).run(other, None)  # type: ignore[arg-type]
+        Gemma2LayerTarget("no-mask", small()).run(other, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs inputs 'padding-mask' or 'packed'"):
-        Gemma2LayerTarget("no-mask", SMALL).run(padded, None)  # type: ignore[arg-type]
-    assert Gemma2LayerTarget("packed", SMALL).supports(padded)
+        Gemma2LayerTarget("no-mask", small()).run(padded, None)  # type: ignore[arg-type]
+    assert Gemma2LayerTarget("packed", small()).supports(padded)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 from hypothesis import example, given
 
@@ -24,13 +23,12 @@ from gemma2_regress.model import tiny
 from gemma2_regress.model.eager import pristine_transformers
 from gemma2_regress.reference import masks, oracle, tolerance
 
-mu = pytest.importorskip("transformers.masking_utils")
-g2 = pytest.importorskip("transformers.models.gemma2.modeling_gemma2")
-
 
 @functools.lru_cache(maxsize=64)
 def attention_layer(n_heads: int, n_kv: int, head_dim: int, scalar: float, window: int | None):
     """A real Gemma2Attention: layer 0 (sliding) for a window, layer 1 (global) for None."""
+    from transformers.models.gemma2 import modeling_gemma2 as g2
+
     cfg = tiny.tiny_config(
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv,
@@ -55,6 +53,8 @@ def transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype: 
 
 
 def _transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    from transformers import masking_utils as mu
+
     cfg = layer.config
     if case.q_len == case.kv_len:
         create = mu.create_sliding_window_causal_mask if case.window is not None else mu.create_causal_mask
@@ -77,6 +77,8 @@ def _transformers_mask(layer, case: Case, key_valid: torch.Tensor | None, dtype:
 
 
 def transformers_attention(case: Case, x, dtype: torch.dtype) -> torch.Tensor:
+    from transformers.models.gemma2 import modeling_gemma2 as g2
+
     layer = attention_layer(case.n_heads, case.n_kv_heads, case.head_dim, case.scalar, case.window)
     with pristine_transformers(), torch.no_grad():  # one scope for the mask and the attention
         mask = _transformers_mask(layer, case, x.key_valid, dtype)

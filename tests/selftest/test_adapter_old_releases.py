@@ -12,10 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers.modeling_attn_mask_utils import (
-    AttentionMaskConverter,
-    _prepare_4d_causal_attention_mask_for_sdpa,
-)
 
 from gemma2_regress import unsloth_adapter, unsloth_layer
 
@@ -48,6 +44,8 @@ def module_from_source(tmp_path: Path, name: str, source: str) -> types.ModuleTy
 
 
 def old_release(llama: types.ModuleType) -> unsloth_adapter.Unsloth:
+    from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask_for_sdpa
+
     llama._prepare_4d_causal_attention_mask_for_sdpa = _prepare_4d_causal_attention_mask_for_sdpa
     g = types.SimpleNamespace()
     return unsloth_adapter.Unsloth(
@@ -68,6 +66,8 @@ def test_which_releases_slice_the_eval_masks(tmp_path: Path) -> None:
 def test_attention_mask_converter_from_transformers_where_the_release_imports_it_locally(
     tmp_path: Path,
 ) -> None:
+    from transformers.modeling_attn_mask_utils import AttentionMaskConverter
+
     u = old_release(module_from_source(tmp_path, "llama_local_import", FOUR_D))
     base, sliding = u._converters()
     assert base is AttentionMaskConverter and sliding is None

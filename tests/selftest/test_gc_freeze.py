@@ -1,5 +1,6 @@
-"""gemma2_regress.plugins.gc_freeze: a test process freezes what it holds after collection and after the
-first test that imported Unsloth; garbage that tests make later is still collected; all is unfrozen at the end."""
+"""gemma2_regress.plugins.gc_freeze: a test process freezes what it holds after collection and once Unsloth is
+imported (before the first test where that came after collection, else after the first test that imported
+it); garbage that tests make later is still collected; all is unfrozen at the end."""
 
 from __future__ import annotations
 
@@ -73,3 +74,35 @@ def test_a_process_freezes_what_it_holds_for_good(
         assert "frozen at exit: 0" in result.stdout.str()
     else:  # nothing frozen: the checks that want a freeze fail
         result.assert_outcomes(passed=2, failed=2)
+
+
+IMPORTED_AFTER_COLLECTION = """
+import sys
+import types
+
+import pytest
+
+made = {}
+
+
+@pytest.hookimpl(tryfirst=True)  # as tests/model/conftest.py imports Unsloth
+def pytest_runtestloop(session):
+    made["with_unsloth"] = [object(), []]
+    sys.modules["unsloth"] = types.ModuleType("unsloth")
+"""
+
+
+@pytest.mark.parametrize("plugin", [True, False], ids=["with-plugin", "without"])
+def test_unsloth_imported_after_collection_is_frozen_before_the_first_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin: bool
+) -> None:
+    pytester.makeconftest(IMPORTED_AFTER_COLLECTION)
+    pytester.makepyfile(
+        test_first="import gc\nfrom conftest import made\n\n\ndef test_first():\n"
+        "    assert not any(o is made['with_unsloth'] for o in gc.get_objects())\n"
+    )
+    args = ["-p", "no:cacheprovider", "-p", "no:xdist"]
+    args += ["-p", "gemma2_regress.plugins.gc_freeze"] if plugin else []
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(**({"passed": 1} if plugin else {"failed": 1}))

@@ -1,0 +1,99 @@
+"""Collecting the suite imports neither Unsloth nor what Unsloth patches on import (transformers, TRL, PEFT).
+
+The model-level conftests import Unsloth after collection, before the first test (``fixtures/model.py``):
+xdist hands out tests only once every worker has collected, so an import inside collection made every GPU
+worker wait for the slowest one's import. A test module that imports transformers at module level would
+then put it before Unsloth, which is not how Unsloth's users run it (the GPU tier's model-level tests fail
+with that reason). This collects every test module, as a tier does, in a child Python.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fixtures import child
+from fixtures.model import PATCHED_BY_UNSLOTH
+
+ROOT = Path(__file__).resolve().parents[2]
+
+COLLECT = """
+import json, os, sys, traceback
+root, watched = {root!r}, {watched!r}
+first = {{}}  # module -> the suite's line that imported it first
+
+
+def audit(event, args):  # Python raises "import" for each module it imports (not for one in sys.modules)
+    top = args[0].partition(".")[0] if event == "import" else None
+    if top in watched and top not in first:
+        ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(root)]
+        first[top] = f"{{os.path.relpath(ours[-1].filename, root)}}:{{ours[-1].lineno}}" if ours else "?"
+
+
+sys.addaudithook(audit)
+import pytest
+
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", root,
+                    "-c", os.path.join(root, "pyproject.toml"), os.path.join(root, "tests")])
+print(json.dumps({{"exit": int(code), "first": first}}))
+"""
+
+
+def test_collection_imports_nothing_that_unsloth_patches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the child's reports go here
+    got = child.run_json(COLLECT.format(root=str(ROOT), watched=("unsloth", *PATCHED_BY_UNSLOTH)))
+    assert got["exit"] == 0, got
+    assert got["first"] == {}, (
+        f"collecting the tests imported {got['first']} (module: the line that imported it first): "
+        "import it inside the test functions instead (fixtures/model.py says why)"
+    )
+
+
+# A stand-in for the import: fixtures.model as on a CUDA machine, with a load that only registers the module.
+IMPORTS_UNSLOTH = """
+import sys
+import types
+
+import pytest
+
+import fixtures.model as fm
+
+fm.unsloth_skip_reason = lambda: None
+fm.unsloth_adapter = types.SimpleNamespace(
+    load=lambda: sys.modules.setdefault("unsloth", types.ModuleType("unsloth")), UnslothUnavailable=RuntimeError
+)
+from fixtures.model import unsloth_ready
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    fm.import_unsloth_first(session.config)
+
+
+def pytest_unconfigure(config):
+    print("unsloth imported:", "unsloth" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("early", ["", "peft"], ids=["nothing-first", "peft-first"])
+def test_a_model_test_fails_where_collection_imported_what_unsloth_patches(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, early: str
+) -> None:
+    pytester.makeconftest(IMPORTS_UNSLOTH)
+    first = f"sys.modules[{early!r}] = types.ModuleType({early!r})  # as an import at module level would\n"
+    pytester.makepyfile(
+        test_model=f"import sys\nimport types\n{first if early else ''}\n\ndef test_model(unsloth_ready):\n    pass\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = ["-p", "no:cacheprovider", "-p", "no:xdist"]
+    result = pytester.runpytest_subprocess(*args)
+    if early:  # an error in the fixture's set-up: red, with the reason
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*peft imported before Unsloth, while the tests were collected*"])
+    else:
+        result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["unsloth imported: True"])
+    collected = pytester.runpytest_subprocess(*args, "--collect-only")  # nothing runs: nothing imported
+    collected.stdout.fnmatch_lines(["unsloth imported: False"])
