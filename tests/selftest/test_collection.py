@@ -1,11 +1,7 @@
-"""Collecting the suite imports neither Unsloth nor what Unsloth patches on import (transformers, TRL, PEFT).
-
-The model-level conftests import Unsloth after collection, before the first test (``fixtures/model.py``):
-xdist hands out tests only once every worker has collected, so an import inside collection made every GPU
-worker wait for the slowest one's import. A test module that imports transformers at module level would
-then put it before Unsloth, which is not how Unsloth's users run it (the GPU tier's model-level tests fail
-with that reason). This collects every test module, as a tier does, in a child Python.
-"""
+"""The model-level conftests import Unsloth once the tests are collected (``fixtures/model.py`` says why), so
+collecting the suite must import neither Unsloth nor what it patches on import (transformers, TRL, PEFT): the
+whole collection runs in a child Python here, as a tier's does. Where one came first anyway, a model-level test
+errors with the reason; under ``--collect-only`` nothing is imported."""
 
 from __future__ import annotations
 
@@ -89,11 +85,11 @@ def test_a_model_test_fails_where_collection_imported_what_unsloth_patches(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     args = ["-p", "no:cacheprovider", "-p", "no:xdist"]
     result = pytester.runpytest_subprocess(*args)
+    result.stdout.fnmatch_lines(["unsloth imported: True"])
     if early:  # an error in the fixture's set-up: red, with the reason
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines(["*peft imported before Unsloth, while the tests were collected*"])
-    else:
-        result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["unsloth imported: True"])
+        return
+    result.assert_outcomes(passed=1)
     collected = pytester.runpytest_subprocess(*args, "--collect-only")  # nothing runs: nothing imported
     collected.stdout.fnmatch_lines(["unsloth imported: False"])
