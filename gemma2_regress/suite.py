@@ -172,6 +172,7 @@ def tier_args(
 THREADS_ENV = "OMP_NUM_THREADS"  # torch's intra-op threads (and the compiled CPU kernels' OpenMP threads)
 COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"  # Inductor's compile workers in each process
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's on-disk caches (FX graphs, AOTAutograd, kernels)
+ATEN_CAPABILITY_ENV = "ATEN_CPU_CAPABILITY"  # ATen's CPU kernels, and the ISA of Inductor's C++
 # torch defaults one AOTAutograd setting from $CI (error_on_custom_op_aliasing = bool($CI)) and hashes it
 # into every AOTAutograd cache key: a run under CI=true (.ci/run) and one without (the README's commands)
 # never shared an entry. Pinned to the default users get; it only decides error or warning on a violation.
@@ -233,13 +234,23 @@ def tier_env(
     if "HYPOTHESIS_PROFILE" not in environ:
         env["HYPOTHESIS_PROFILE"] = PROFILES[tier]
     if compile_cache is not None and COMPILE_CACHE_ENV not in environ:
-        env[COMPILE_CACHE_ENV] = str(compile_cache)
+        env[COMPILE_CACHE_ENV] = str(compile_cache_for(compile_cache, environ))
     if ALIASING_ENV not in environ:
         env[ALIASING_ENV] = "0"
     env[BYTECODE_ENV] = ""  # Python reads an empty value as unset
     if tier == "gpu":
         env["GEMMA2_REGRESS_GPUS"] = str(gpus)
     return env
+
+
+def compile_cache_for(folder: Path, environ: Mapping[str, str]) -> Path:
+    """Inductor's cache folder for processes run under ``environ``: ``folder``, or its subfolder
+    ``aten-<value>`` where ``ATEN_CPU_CAPABILITY`` is set. That setting picks the vector ISA Inductor writes
+    its C++ for, and torch's FX-graph cache key leaves it out: a graph cached without the setting was handed
+    to a process with it and built for the other ISA (``default``: "'at::vec' has not been declared";
+    ``avx2``: a compiled ``x * 2 + 1`` off by NaN; docs/tolerance.md)."""
+    capability = environ.get(ATEN_CAPABILITY_ENV)
+    return folder / f"aten-{capability}" if capability else folder
 
 
 def pytest_command(

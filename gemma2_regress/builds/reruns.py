@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gemma2_regress import compile_check
+from gemma2_regress import compile_check, records, suite
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds.envs import Env
@@ -90,6 +90,15 @@ def unavailable(setting: Setting, flags: set[str] | None) -> str | None:
     return f"CPU lacks {', '.join(missing)}" if missing else None
 
 
+def setting_env(setting: Setting) -> dict[str, str]:
+    """``setting``'s variables, with Inductor's cache folder for it where it sets ``ATEN_CPU_CAPABILITY``: its
+    own subfolder of this process's (``suite.compile_cache_for``), for its canary and its run alike."""
+    if suite.ATEN_CAPABILITY_ENV not in setting.env:
+        return dict(setting.env)
+    base = Path(os.environ.get(suite.COMPILE_CACHE_ENV) or records.cache_folder())
+    return {**setting.env, suite.COMPILE_CACHE_ENV: str(suite.compile_cache_for(base, setting.env))}
+
+
 def choose(names: Sequence[str]) -> list[Setting]:
     """Settings by name; ``all`` and ``quick`` stand for ``SETTINGS`` and ``QUICK``."""
     out: list[Setting] = []
@@ -137,7 +146,7 @@ def execute(
         why = unavailable(setting, flags)
         if not why:
             if setting.name not in canary:
-                canary[setting.name] = compile_check.canary(setting.env)
+                canary[setting.name] = compile_check.canary(setting_env(setting))
             why = canary[setting.name]
         if why:
             state["runs"][label] = {"": f"n/a: {why}"}
@@ -145,7 +154,7 @@ def execute(
         else:
             sel = Selection(list(plan.pytest_args), timeout_s=plan.timeout_s)
             extra = {
-                **setting.env,
+                **setting_env(setting),
                 "HYPOTHESIS_PROFILE": plan.profile,
                 compile_canary.OFF_ENV: "1",
             }  # checked above

@@ -186,3 +186,30 @@ def test_compile_canary_trusts_a_working_compiler_and_names_a_broken_one() -> No
         "torch.compile's canary died here (exit -11): Segmentation fault"
     )
     assert compile_check.canary({}) is None
+
+
+WHERE = """
+import os
+from pathlib import Path
+
+def test_where():
+    name = os.environ.get("ATEN_CPU_CAPABILITY", "as-is")
+    Path(os.environ["WHERE"], name).write_text(os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+"""
+
+
+def test_a_setting_of_atens_capability_compiles_in_a_cache_folder_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary: dict
+) -> None:
+    """Its canary and its run both: torch's FX-graph cache does not key on the setting (suite.compile_cache_for)."""
+    (tmp_path / "test_planted.py").write_text(WHERE)
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("WHERE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    argv = ["portability", "--settings", "as-is,aten-default", "--out", str(tmp_path / "out")]
+    assert reruns.main([*argv, "--", "test_planted.py", "-p", "no:xdist"]) == 0
+    own = str(cache / "aten-default")
+    assert canary["asked"] == [{}, {"ATEN_CPU_CAPABILITY": "default", "TORCHINDUCTOR_CACHE_DIR": own}]
+    assert (tmp_path / "as-is").read_text() == str(cache) and (tmp_path / "default").read_text() == own

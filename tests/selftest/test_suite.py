@@ -195,6 +195,9 @@ def test_tier_env_shares_one_compile_cache_unless_one_is_chosen(tmp_path: Path) 
         "gpu", 1, environ={"TORCHINDUCTOR_CACHE_DIR": "/runner/cache"}, compile_cache=cache
     )
     assert "TORCHINDUCTOR_CACHE_DIR" not in chosen  # the runner's own folder stays
+    # a folder of its own under a setting of ATen's CPU capability (suite.compile_cache_for says why)
+    aten = suite.tier_env("cpu", environ={"ATEN_CPU_CAPABILITY": "avx2"}, compile_cache=cache)
+    assert aten["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "aten-avx2")
 
 
 THREAD_SETTINGS = ("OMP_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")
