@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma2_regress import compile_check, records
+from gemma2_regress import compile_check, records, suite
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.plugins import vec_isa
 
@@ -153,10 +153,20 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         except OSError:
             pass  # a read-only cache: the next run asks again
     if why:
-        fix = f"fix torch or unset the setting that breaks it; {FLAG} runs anyway"
         pytest.exit(
-            f"{why}: Unsloth's compiled kernels cannot be judged on this machine ({fix})", returncode=3
+            f"{why}: Unsloth's compiled kernels cannot be judged on this machine ({_fix(os.environ)})",
+            returncode=3,
         )
+
+
+def _fix(environ: Mapping[str, str]) -> str:
+    """What to do about a canary that failed under ``environ``."""
+    if environ.get(suite.ATEN_CAPABILITY_ENV):  # seen: a cache filled without it (suite.compile_cache_for)
+        return (
+            f"{suite.ATEN_CAPABILITY_ENV} is set and torch's compile cache does not key on it: give this setting "
+            f"a {suite.COMPILE_CACHE_ENV} of its own (the nox sessions do), else fix torch; {FLAG} runs anyway"
+        )
+    return f"fix torch or unset the setting that breaks it; {FLAG} runs anyway"
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

@@ -32,13 +32,17 @@ def _refuse(*a, **k):
     raise AssertionError("the canary started")
 
 
-def test_a_wrong_compiler_stops_the_run_before_any_test(suite, monkeypatch):
+@pytest.mark.parametrize("aten", ["", "avx2"], ids=["as-is", "aten-avx2"])
+def test_a_wrong_compiler_stops_the_run_before_any_test(suite, monkeypatch, aten):
     monkeypatch.setattr(compile_check, "_CANARY", "print('cpu 1.8e+38'); raise SystemExit(7)")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", aten)
     result = suite.runpytest_inprocess(*PLUGIN)
     assert result.ret == 3
     result.assert_outcomes()  # nothing ran
     why = [s for s in result.outlines if "torch.compile computes wrong results" in s]
     assert len(why) == 1 and "x * 2 + 1 on cpu off by 1.8e+38" in why[0] and "--no-compile-canary" in why[0]
+    # under a setting of ATen's capability, the likelier cause: a cache shared with runs without it
+    assert ("a TORCHINDUCTOR_CACHE_DIR of its own" in why[0]) == bool(aten), why[0]
     assert _records(suite) == []  # and the next run asks again
 
 
