@@ -91,12 +91,14 @@ def unavailable(setting: Setting, flags: set[str] | None) -> str | None:
 
 
 def setting_env(setting: Setting) -> dict[str, str]:
-    """``setting``'s variables, with Inductor's cache folder for it where it sets ``ATEN_CPU_CAPABILITY``: its
-    own subfolder of this process's (``suite.compile_cache_for``), for its canary and its run alike."""
-    if suite.ATEN_CAPABILITY_ENV not in setting.env:
+    """``setting``'s variables, with Inductor's cache folder for it where it runs under ``ATEN_CPU_CAPABILITY``
+    (its own or this process's): a subfolder of this process's (``suite.compile_cache_for``), for its canary
+    and its run alike."""
+    environ = {**os.environ, **setting.env}
+    if not environ.get(suite.ATEN_CAPABILITY_ENV):
         return dict(setting.env)
     base = Path(os.environ.get(suite.COMPILE_CACHE_ENV) or records.cache_folder())
-    return {**setting.env, suite.COMPILE_CACHE_ENV: str(suite.compile_cache_for(base, setting.env))}
+    return {**setting.env, suite.COMPILE_CACHE_ENV: str(suite.compile_cache_for(base, environ))}
 
 
 def choose(names: Sequence[str]) -> list[Setting]:

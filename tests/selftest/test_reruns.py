@@ -35,6 +35,13 @@ def test_setting_sensitive():
 WRONG = "torch.compile computes wrong results here (canary: x * 2 + 1 on cpu off by 1.8e+38)"
 
 
+@pytest.fixture(autouse=True)
+def _own_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run here starts from the machine's own kernels, whatever ATen setting this test process has: under
+    one, every setting's environment names a cache folder of its own (``reruns.setting_env``)."""
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+
+
 @pytest.fixture
 def canary(monkeypatch: pytest.MonkeyPatch) -> dict:
     """The compile canary, faked: it records the settings' environments it is asked about and answers
@@ -213,3 +220,17 @@ def test_a_setting_of_atens_capability_compiles_in_a_cache_folder_of_its_own(
     own = str(cache / "aten-default")
     assert canary["asked"] == [{}, {"ATEN_CPU_CAPABILITY": "default", "TORCHINDUCTOR_CACHE_DIR": own}]
     assert (tmp_path / "as-is").read_text() == str(cache) and (tmp_path / "default").read_text() == own
+
+
+def test_a_setting_run_under_this_process_atens_capability_gets_its_folder_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert reruns.setting_env(reruns.BY_NAME["threads-1"]) == reruns.BY_NAME["threads-1"].env
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # inherited by the settings that do not set it
+    assert reruns.setting_env(reruns.BY_NAME["as-is"]) == {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "aten-avx2")
+    }
+    assert reruns.setting_env(reruns.BY_NAME["aten-default"])["TORCHINDUCTOR_CACHE_DIR"] == str(
+        tmp_path / "aten-default"
+    )

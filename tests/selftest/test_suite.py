@@ -259,6 +259,7 @@ def test_command_runs_in_the_suite_with_reports_outside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)  # else a subfolder of its own
     argv, env = suite.pytest_command(
         "cpu", ["tests/kernel", "-k", "window"], suite=ROOT, reports=tmp_path, python="py"
     )
