@@ -1,6 +1,6 @@
 """Two xdist workers, one of which spends 4 s before its tests: (a) in ``pytest_configure``, where the model-level
 conftests imported Unsloth, or (b) in ``pytest_runtestloop``, after collection, where they import it since
-74c1e59 (docs/gpu.md, "2026-12-04, no GPU lent"). Prints each run's pytest line and each test's start, in
+20c4729 (docs/gpu.md, "2026-12-04, no GPU lent"). Prints each run's pytest line and each test's start, in
 seconds after the first test's. Run with a Python that has pytest-xdist (the cpu session's):
 
     .nox/cpu/bin/python docs/results/cpu-2026-12-04/xdist_barrier_demo.py
