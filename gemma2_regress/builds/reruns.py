@@ -146,9 +146,10 @@ def execute(
             log(f"[{i}/{len(plan.runs)}] {label}: done earlier (resumed)")
             continue
         why = unavailable(setting, flags)
+        env_of_setting = setting_env(setting)  # its canary and its run alike
         if not why:
             if setting.name not in canary:
-                canary[setting.name] = compile_check.canary(setting_env(setting))
+                canary[setting.name] = compile_check.canary(env_of_setting)
             why = canary[setting.name]
         if why:
             state["runs"][label] = {"": f"n/a: {why}"}
@@ -156,7 +157,7 @@ def execute(
         else:
             sel = Selection(list(plan.pytest_args), timeout_s=plan.timeout_s)
             extra = {
-                **setting_env(setting),
+                **env_of_setting,
                 "HYPOTHESIS_PROFILE": plan.profile,
                 compile_canary.OFF_ENV: "1",
             }  # checked above

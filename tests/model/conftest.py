@@ -7,18 +7,13 @@ import pytest
 from fixtures.model import (
     _accelerate_environment,
     _bind_session,
-    import_unsloth_first,
     model_session,
+    pytest_runtestloop,
     time_split,
     unsloth_ready,
 )
 
-__all__ = ["_accelerate_environment", "_bind_session", "model_session", "unsloth_ready"]
-
-
-@pytest.hookimpl(tryfirst=True)  # after collection (xdist has every worker's), before the first test
-def pytest_runtestloop(session: pytest.Session) -> None:
-    import_unsloth_first(session.config)
+__all__ = ["_accelerate_environment", "_bind_session", "model_session", "pytest_runtestloop", "unsloth_ready"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

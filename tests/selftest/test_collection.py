@@ -60,12 +60,7 @@ fm.unsloth_skip_reason = lambda: None
 fm.unsloth_adapter = types.SimpleNamespace(
     load=lambda: sys.modules.setdefault("unsloth", types.ModuleType("unsloth")), UnslothUnavailable=RuntimeError
 )
-from fixtures.model import unsloth_ready
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtestloop(session):
-    fm.import_unsloth_first(session.config)
+from fixtures.model import pytest_runtestloop, unsloth_ready
 
 
 def pytest_unconfigure(config):
