@@ -42,6 +42,13 @@ class UnslothUnavailable(RuntimeError):
     """Unsloth is not installed or does not import here; the message says why and what to do."""
 
 
+# The arguments besides ``options`` of Unsloth's decorator on ``_compiled_slow_attention_softcapping``, which
+# the compile probe (``Unsloth._compiles_apart``) repeats on its copy. A release that changed them would be
+# probed under other settings than its kernel runs with: tests/selftest/test_compile_probe.py reads the
+# installed release's source and fails where they differ.
+KERNEL_COMPILE_ARGS: dict[str, bool] = {"fullgraph": True, "dynamic": True}
+
+
 @dataclasses.dataclass
 class Unsloth:
     """Handles on the installed Unsloth release's Gemma-2 attention pieces."""
@@ -88,8 +95,8 @@ class Unsloth:
         traces another graph (other cache keys) than a first one. A probe through Unsloth's own function
         would change the graphs of whichever test first asks, so a warm cache missed where the schedule
         moved that test. The copy has Unsloth's code and globals, is compiled as Unsloth's decorator
-        compiles it (``fullgraph=True, dynamic=True``, the module's ``torch_compile_options``) and keeps
-        its own Dynamo state; a compile error is "no", as Unsloth's fallback takes it."""
+        compiles it (``KERNEL_COMPILE_ARGS`` and the module's ``torch_compile_options``) and keeps its own
+        Dynamo state; a compile error is "no", as Unsloth's fallback takes it."""
         compiled = self.kernels_module._compiled_slow_attention_softcapping
         fn = compiled._torchdynamo_orig_callable
         name = f"gemma2_regress_probe_of_{fn.__name__}"
@@ -97,7 +104,7 @@ class Unsloth:
         code = fn.__code__.replace(**names)
         copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
         options = self.kernels_module.torch_compile_options
-        probe = torch.compile(copy, fullgraph=True, dynamic=True, options=options)
+        probe = torch.compile(copy, **KERNEL_COMPILE_ARGS, options=options)
         q = torch.zeros(2, 2, 2, 16, device=device)
         mask = torch.zeros(2, 2, device=device)
         try:
