@@ -43,7 +43,9 @@ def test_the_probe_compiles_as_unsloths_decorator_does() -> None:
         pytest.skip(f"unsloth {u.version} has no eager fallback: softcapping_compiles probes nothing")
     tree = ast.parse(inspect.getsource(u.kernels_module))
     name = "_compiled_slow_attention_softcapping"
-    (fn,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name]
+    defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(defs) == 1, f"unsloth {u.version} defines {name} {len(defs)} times: update the probe"
+    (fn,) = defs
     decorators = [ast.unparse(d) for d in fn.decorator_list]
     calls = [
         d for d in fn.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func) == "torch.compile"
