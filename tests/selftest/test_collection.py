@@ -88,3 +88,45 @@ def test_a_model_test_fails_where_collection_imported_what_unsloth_patches(
     result.assert_outcomes(passed=1)
     collected = pytester.runpytest_subprocess(*args, "--collect-only")  # nothing runs: nothing imported
     collected.stdout.fnmatch_lines(["unsloth imported: False"])
+
+
+# An install that does not import: the failed import leaves transformers behind, as a real one would.
+FAILS_TO_IMPORT = """
+import sys
+import types
+
+import fixtures.model as fm
+
+tries = []
+
+
+def load():
+    tries.append(1)
+    sys.modules.setdefault("transformers", types.ModuleType("transformers"))
+    raise RuntimeError("unsloth does not import here")
+
+
+fm.unsloth_skip_reason = lambda: None
+fm.unsloth_adapter = types.SimpleNamespace(load=load, UnslothUnavailable=RuntimeError)
+from fixtures.model import pytest_runtestloop, unsloth_ready
+
+
+def pytest_unconfigure(config):
+    print("imports tried:", len(tries))
+"""
+
+
+def test_a_failed_import_is_tried_once_and_not_blamed_on_collection(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two conftests register the hook, as tests/model and tests/trainer do; the failure is left to the tests
+    that need Unsloth, and ``unsloth_ready`` does not call it an import made during collection."""
+    pytester.makeconftest(FAILS_TO_IMPORT)
+    sub = pytester.mkdir("sub")
+    (sub / "conftest.py").write_text("from fixtures.model import pytest_runtestloop, unsloth_ready\n")
+    (sub / "test_model.py").write_text("def test_model(unsloth_ready):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.stdout.fnmatch_lines(["imports tried: 1"])
+    result.stdout.no_fnmatch_line("*imported before Unsloth*")
+    result.assert_outcomes(passed=1)
