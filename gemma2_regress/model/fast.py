@@ -49,6 +49,7 @@ class _Loaded:
     tokenizer: Any
     forward: object  # its instance-level ``forward`` after the load, or ``_NO_FORWARD``
     environ: dict[str, str]  # Unsloth's variables after the load, and any other the load changed
+    config: dict[str, Any] | None  # its config's attributes after the load (None: it has no config)
 
 
 _UNSLOTH: dict[tuple[str, torch.dtype, int], _Loaded] = {}
@@ -73,6 +74,12 @@ def load_unsloth(
     - with its ``forward`` as loaded: a ``Trainer`` under mixed precision (Unsloth's trainer patch picks bf16
       for a float32 model) has accelerate's ``prepare_model`` replace it with a bf16 autocast of itself, for
       good, and a later float32 test would have run in bf16 (``_as_loaded``);
+    - unmarked by accelerate: ``prepare_model`` marks the model ``_is_accelerate_prepared`` and leaves a
+      marked model as it is, so the next test's ``Trainer`` would have run it without the autocast the
+      first one's ran it under (which evaluate test came first on a worker decided its precision, and the
+      graphs it compiled);
+    - with its config's attributes as loaded: a ``Trainer`` sets ``config.use_cache = False`` on the model
+      it is given, for every later forward that does not pass ``use_cache``;
     - with Unsloth's environment variables (``UNSLOTH_*``) as they were right after its load, and any other
       variable its load changed, set again: ``from_pretrained`` records the model's precision for the whole
       process (``UNSLOTH_MIXED_PRECISION``, which Unsloth's trainer patch reads to choose between bf16
@@ -87,23 +94,37 @@ def load_unsloth(
         model, tok = unsloth_adapter.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype)
         timings.load_s += time.perf_counter() - t0
         environ = {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_") or before.get(k) != v}
-        _UNSLOTH[key] = _Loaded(model, tok, vars(model).get("forward", _NO_FORWARD), environ)
+        config = getattr(model, "config", None)
+        _UNSLOTH[key] = _Loaded(
+            model,
+            tok,
+            vars(model).get("forward", _NO_FORWARD),
+            environ,
+            None if config is None else dict(vars(config)),
+        )
     loaded = _UNSLOTH[key]
     unsloth_adapter.forget_static_masks(loaded.model)
-    _as_loaded(loaded.model, loaded.forward)
+    _as_loaded(loaded)
     os.environ.update(loaded.environ)
     return loaded.model, loaded.tokenizer
 
 
-def _as_loaded(model: torch.nn.Module, forward: object) -> None:
-    """Put back the instance-level ``forward`` the model had when loaded (``forward``; ``_NO_FORWARD``: none,
-    the class's) and drop accelerate's ``_original_forward``, the mark of its mixed-precision wrapper."""
-    attrs = vars(model)
+def _as_loaded(loaded: _Loaded) -> None:
+    """Put back on ``loaded.model`` the instance-level ``forward`` it had when loaded (none, the class's, for
+    ``_NO_FORWARD``) and its config's attributes as they were (added ones dropped; a value changed in
+    place inside one, a dict say, stays), and drop accelerate's marks: ``_original_forward`` (of its
+    mixed-precision wrapper) and ``_is_accelerate_prepared`` (with it, ``prepare_model`` skips the model)."""
+    attrs = vars(loaded.model)
     attrs.pop("_original_forward", None)
-    if forward is _NO_FORWARD:
+    attrs.pop("_is_accelerate_prepared", None)
+    if loaded.forward is _NO_FORWARD:
         attrs.pop("forward", None)
     else:
-        attrs["forward"] = forward
+        attrs["forward"] = loaded.forward
+    if loaded.config is not None:
+        config = vars(loaded.model.config)
+        config.clear()
+        config.update(loaded.config)
 
 
 class UnslothTarget(TargetBase):

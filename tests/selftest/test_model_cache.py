@@ -1,10 +1,12 @@
 """A cached Unsloth model is handed out as it was loaded (``model.fast.load_unsloth``), whatever a test before
-it did: accelerate's mixed-precision wrapper off its ``forward``, the variables its load set set again; and
-each model-level or trainer test ends with the ``ACCELERATE_*`` variables it began with."""
+it did: accelerate's mixed-precision wrapper off its ``forward`` and its mark off the model (the next
+``Trainer`` prepares it again), its config's attributes and the variables its load set set again; and each
+model-level or trainer test ends with the ``ACCELERATE_*`` variables it began with."""
 
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,9 @@ def cache(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         loads.append(dtype)
         # as unsloth_zoo's prepare_model_for_training: float16 and float32 models train in float32
         os.environ["UNSLOTH_MIXED_PRECISION"] = "bfloat16" if dtype == torch.bfloat16 else "float32"
-        return torch.nn.Linear(64, 64), "tokenizer"
+        layer = torch.nn.Linear(64, 64)
+        layer.config = types.SimpleNamespace(use_cache=True)  # what a Trainer changes on a model's config
+        return layer, "tokenizer"
 
     monkeypatch.setattr(unsloth_adapter, "load", lambda: None)
     monkeypatch.setattr(unsloth_adapter, "from_pretrained", from_pretrained)
@@ -73,6 +77,86 @@ def test_a_trainers_bf16_autocast_does_not_stay_on_the_cached_model(cache: list[
         assert again is model and len(cache) == 1  # still the cached model
         assert "forward" not in vars(again) and "_original_forward" not in vars(again)
         assert torch.equal(again(x), exact)
+
+
+@pytest.mark.usefixtures("own_accelerator_state")
+def test_the_next_trainer_prepares_the_cached_model_as_the_first_did(
+    cache: list[Any], tmp_path: Path
+) -> None:
+    """accelerate marks a model it prepared (``_is_accelerate_prepared``) and leaves a marked one as it is: with
+    the mark kept, the second test's Trainer would have run the cached float32 model without the bf16
+    autocast the first test's ran it under."""
+    from accelerate import Accelerator
+
+    model, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model, evaluation_mode=True)
+        first = model(x)
+        again, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
+        Accelerator(mixed_precision="bf16", cpu=True).prepare_model(again, evaluation_mode=True)
+        assert again is model and torch.equal(again(x), first)
+
+
+def test_a_cached_model_comes_back_with_its_config_as_loaded(cache: list[Any], tmp_path: Path) -> None:
+    """A ``Trainer`` sets ``config.use_cache = False`` on its model, for every later forward that does not pass
+    ``use_cache``; the next test gets the config as loaded, without attributes added since."""
+    model, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
+    model.config.use_cache = False
+    model.config.added = 1
+    again, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
+    assert again is model and vars(again.config) == {"use_cache": True}
+
+
+@pytest.fixture
+def own_environment() -> Iterator[None]:
+    """The process environment put back after the test: a ``Trainer`` sets ``ACCELERATE_*`` variables."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("own_accelerator_state", "own_environment")
+def test_two_trainers_evaluate_the_cached_model_in_one_precision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two evaluate tests on one cached float32 model, each with its own ``Trainer`` under bf16 mixed precision
+    (Unsloth's trainer patch picks it for a float32 model): the second must run the model under the same
+    autocast as the first and get the same eval_loss, whichever test came first on the worker."""
+    from transformers import Gemma2ForCausalLM, Trainer, TrainingArguments
+
+    from gemma2_regress.model import tiny
+    from gemma2_regress.model.trainer import RightPadCollator, eval_dataset
+
+    torch.manual_seed(0)
+    loaded = Gemma2ForCausalLM(tiny.tiny_config(num_hidden_layers=2)).eval()
+    monkeypatch.setattr(unsloth_adapter, "load", lambda: None)
+    monkeypatch.setattr(unsloth_adapter, "from_pretrained", lambda path, **kw: (loaded, None))
+    monkeypatch.setattr(fast, "_UNSLOTH", {})
+
+    def eval_loss() -> float:
+        model, _ = fast.load_unsloth(tmp_path, torch.float32, 64, Timings())
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            per_device_eval_batch_size=2,
+            report_to="none",
+            remove_unused_columns=False,
+            prediction_loss_only=True,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            bf16=True,
+        )
+        rows = eval_dataset(model.config, [40, 33, 40, 17])
+        collator = RightPadCollator(model.config.pad_token_id)
+        return Trainer(model=model, args=args, eval_dataset=rows, data_collator=collator).evaluate()[
+            "eval_loss"
+        ]
+
+    first = eval_loss()
+    assert eval_loss() == first
 
 
 def test_a_cached_model_comes_back_with_unsloths_variables_as_after_its_load(
