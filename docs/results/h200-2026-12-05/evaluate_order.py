@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
-RUNS = ["cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8"]  # in run order
+sys.path.insert(0, str(Path(__file__).parent))
+from runs_table import HERE, RUNS  # this folder and its runs, in run order
 
 
 def uses_a_trainer(test: str) -> bool:

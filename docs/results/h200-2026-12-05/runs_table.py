@@ -17,22 +17,28 @@ HERE = Path(__file__).parent
 START, FIRST = "session start (every configure done)", "first test's set-up"
 RUNS = ["cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8"]  # in run order
 
-for run in RUNS:
-    stem = f"tier-bc277e3-m11-{run}"
-    text = (HERE / f"{stem}.log").read_text(errors="replace")
-    console = (HERE / f"{stem}-console.log").read_text(errors="replace")
-    with gzip.open(HERE / f"{stem}-costs.json.gz", "rt") as f:
-        c = json.load(f)["compile"]
-    with gzip.open(HERE / f"{stem}-probe.json.gz", "rt") as f:
-        workers = [v for k, v in json.load(f)["startup"].items() if k.startswith("gw")]
-    first = [w[FIRST] - w[START] for w in workers]
-    pytest_s = re.findall(r"in ([\d.]+)s \(", text)[-1]
-    wall = re.findall(r"tier rc=\d+ wall=(\d+)s", console)[0]
-    waited = re.findall(r"([\d.]+) s waited for memory in all", text)[0]
-    outcome = re.findall(r"=+ (\d+ passed(?:, \d+ \w+)*)", text)[-1]
-    autotune = c["first_call_autotune_s"] + c["template_autotune_s"]
-    print(
-        f"{run:9s} {len(workers)} workers | {pytest_s} s ({wall} s) | {outcome} | "
-        f"{c['tests_s']:.1f} s ({c['trace_s']:.1f} / {c['inductor_s']:.1f} / {autotune:.1f} s) | "
-        f"{c['fxgraph_hit']:.0f} / {c['fxgraph_miss']:.0f} | {waited} s | {min(first):.1f} to {max(first):.1f} s"
-    )
+
+def main() -> None:
+    for run in RUNS:
+        stem = f"tier-bc277e3-m11-{run}"
+        text = (HERE / f"{stem}.log").read_text(errors="replace")
+        console = (HERE / f"{stem}-console.log").read_text(errors="replace")
+        with gzip.open(HERE / f"{stem}-costs.json.gz", "rt") as f:
+            c = json.load(f)["compile"]
+        with gzip.open(HERE / f"{stem}-probe.json.gz", "rt") as f:
+            workers = [v for k, v in json.load(f)["startup"].items() if k.startswith("gw")]
+        first = [w[FIRST] - w[START] for w in workers]
+        pytest_s = re.findall(r"in ([\d.]+)s \(", text)[-1]
+        wall = re.findall(r"tier rc=\d+ wall=(\d+)s", console)[0]
+        waited = re.findall(r"([\d.]+) s waited for memory in all", text)[0]
+        outcome = re.findall(r"=+ (\d+ passed(?:, \d+ \w+)*)", text)[-1]
+        autotune = c["first_call_autotune_s"] + c["template_autotune_s"]
+        print(
+            f"{run:9s} {len(workers)} workers | {pytest_s} s ({wall} s) | {outcome} | "
+            f"{c['tests_s']:.1f} s ({c['trace_s']:.1f} / {c['inductor_s']:.1f} / {autotune:.1f} s) | "
+            f"{c['fxgraph_hit']:.0f} / {c['fxgraph_miss']:.0f} | {waited} s | {min(first):.1f} to {max(first):.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
