@@ -24,7 +24,7 @@ def uses_a_trainer(test: str) -> bool:
 
 compiled: set[str] = set()
 for run in RUNS:
-    with gzip.open(HERE / f"tier-bc277e3-m11-{run}-costs.json.gz", "rt") as f:
+    with gzip.open(HERE / f"tier-{run}-costs.json.gz", "rt") as f:
         tests = sorted(json.load(f)["tests"], key=lambda t: t["start_s"])
     print(run)
     this_run: set[str] = set()

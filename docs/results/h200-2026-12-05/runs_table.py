@@ -15,12 +15,16 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 START, FIRST = "session start (every configure done)", "first test's set-up"
-RUNS = ["cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8"]  # in run order
+# each run as commit-machine-name, in run order
+RUNS = [
+    f"bc277e3-m11-{run}"
+    for run in ("cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8")
+]
 
 
 def main() -> None:
     for run in RUNS:
-        stem = f"tier-bc277e3-m11-{run}"
+        stem = f"tier-{run}"
         text = (HERE / f"{stem}.log").read_text(errors="replace")
         console = (HERE / f"{stem}-console.log").read_text(errors="replace")
         with gzip.open(HERE / f"{stem}-costs.json.gz", "rt") as f:
@@ -34,7 +38,7 @@ def main() -> None:
         outcome = re.findall(r"=+ (\d+ passed(?:, \d+ \w+)*)", text)[-1]
         autotune = c["first_call_autotune_s"] + c["template_autotune_s"]
         print(
-            f"{run:9s} {len(workers)} workers | {pytest_s} s ({wall} s) | {outcome} | "
+            f"{run:22s} {len(workers)} workers | {pytest_s} s ({wall} s) | {outcome} | "
             f"{c['tests_s']:.1f} s ({c['trace_s']:.1f} / {c['inductor_s']:.1f} / {autotune:.1f} s) | "
             f"{c['fxgraph_hit']:.0f} / {c['fxgraph_miss']:.0f} | {waited} s | {min(first):.1f} to {max(first):.1f} s"
         )
