@@ -28,8 +28,9 @@ pytest_plugins = [
     "gemma2_regress.plugins.vec_isa",  # Inductor's CPU ISA probe once per compile cache, not once per process
     "gemma2_regress.mutants.plugin",  # --mutant NAME: planted bugs in the installed Unsloth (docs/mutants.md)
     "gemma2_regress.plugins.require_gpu",  # --require-gpu / GEMMA2_REGRESS_REQUIRE_GPU=1: no GPU fails, not skips
-    "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first
+    # Each before any plugin that imports it: pytest rewrites the asserts only of a module it imports first.
     "gemma2_regress.plugins.gpu_budget",  # xdist workers on one GPU: each test holds its memory claim
+    "gemma2_regress.plugins.schedule",  # the GPU tier under xdist: costliest tests first
     "gemma2_regress.plugins.compile_canary",  # a wrong torch.compile stops the run before it blames Unsloth
     "gemma2_regress.plugins.profile_calls",  # --profile-calls TEXT: cProfile of those test calls
     "gemma2_regress.plugins.cache_keys",  # --cache-keys TEXT: the compile-cache keys of those calls, to diff

@@ -6,6 +6,8 @@ errors with the reason; under ``--collect-only`` nothing is imported."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,38 @@ def test_collection_imports_nothing_that_unsloth_patches(tmp_path: Path, monkeyp
     assert got["first"] == {}, (
         f"collecting the tests imported {got['first']} (module: the line that imported it first): "
         "import it inside the test functions instead (fixtures/model.py says why)"
+    )
+
+
+def test_every_plugin_of_the_suite_is_imported_by_pytest_first(tmp_path: Path) -> None:
+    """A plugin imported by another plugin listed before it in conftest's ``pytest_plugins`` is imported
+    too early for pytest to rewrite its asserts, and each process warns so. An installed project hides
+    that (its entry point has pytest rewrite the whole package), so the child runs from the tree, as the
+    GPU tier does, without entry-point plugins."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    args = [
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error::pytest.PytestAssertRewriteWarning",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, str(ROOT / "tests" / "oracle" / "test_invariants.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (
+        "collecting from the tree warned (list a plugin in conftest.py's pytest_plugins before the plugins "
+        f"that import it): {(done.stdout + done.stderr)[-1500:]}"
     )
 
 
