@@ -6,8 +6,6 @@ errors with the reason; under ``--collect-only`` nothing is imported."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -49,35 +47,30 @@ def test_collection_imports_nothing_that_unsloth_patches(tmp_path: Path, monkeyp
     )
 
 
-def test_every_plugin_of_the_suite_is_imported_by_pytest_first(tmp_path: Path) -> None:
-    """A plugin imported by another plugin listed before it in conftest's ``pytest_plugins`` is imported
-    too early for pytest to rewrite its asserts, and each process warns so. An installed project hides
-    that (its entry point has pytest rewrite the whole package), so the child runs from the tree, as the
-    GPU tier does, without entry-point plugins."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
-    args = [
-        "--collect-only",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-W",
-        "error::pytest.PytestAssertRewriteWarning",
-    ]
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", *args, str(ROOT / "tests" / "oracle" / "test_invariants.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, (
-        "collecting from the tree warned (list a plugin in conftest.py's pytest_plugins before the plugins "
-        f"that import it): {(done.stdout + done.stderr)[-1500:]}"
+# Collection from the tree, as the GPU tier runs, without entry-point plugins: an installed project hides the
+# warning, since its entry point has pytest rewrite the whole package.
+COLLECT_STRICT = """
+import json, pytest
+
+try:
+    code = int(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",
+                            "-W", "error::pytest.PytestAssertRewriteWarning", {path!r}]))
+    why = ""
+except Exception as exc:  # the warning, raised while pytest imports the plugins
+    code, why = -1, f"{{type(exc).__name__}}: {{exc}}"
+print(json.dumps({{"exit": code, "why": why}}))
+"""
+
+
+def test_every_plugin_of_the_suite_is_imported_by_pytest_first(tmp_path: Path, monkeypatch) -> None:
+    """A plugin that another plugin listed before it in conftest's ``pytest_plugins`` imports is already
+    imported when pytest comes to it, so pytest cannot rewrite its asserts, and every process warns."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    got = child.run_json(COLLECT_STRICT.format(path=str(ROOT / "tests" / "oracle" / "test_invariants.py")))
+    assert got["exit"] == 0, (
+        f"collecting from the tree failed or warned: {got['why'] or got}; list each plugin in conftest.py's "
+        "pytest_plugins before the plugins that import it"
     )
 
 

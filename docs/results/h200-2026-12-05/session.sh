@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the device calls of this folder ran, on the H200 runner from the project root (kept as the record
-# of the commands). One run of the GPU tier with the startup probe and the cache-key recorder:
+# The per-run command of the GPU calls planned in docs/gpu.md ("2026-12-05, last"), on the H200 runner from
+# the project root; kept here as the record of what they ran. One run of the GPU tier with the startup
+# probe and the cache-key recorder:
 #   bash docs/results/h200-2026-12-05/session.sh NAME SECONDS [WORKERS]
 # leaves $OUT/NAME.tgz: tier.log, console.log (this script's lines), costs.json, summary.json,
 # probe.json (the startup probe's per-process marks and first-call autotuning) and cache-keys/.
