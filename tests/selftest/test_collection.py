@@ -74,7 +74,8 @@ def test_every_plugin_of_the_suite_is_imported_by_pytest_first(tmp_path: Path, m
     )
 
 
-# A stand-in for the import: fixtures.model as on a CUDA machine, its loads counted; {load}: what a load does.
+# A stand-in for the import: fixtures.model as on a CUDA machine (or, with {skip} a reason, on a CPU), Unsloth
+# installed, its loads counted; {load}: what a load does.
 STANDIN = """
 import sys
 import types
@@ -89,19 +90,24 @@ def load():
     {load}
 
 
-fm.unsloth_skip_reason = lambda: None
-fm.unsloth_adapter = types.SimpleNamespace(load=load, UnslothUnavailable=RuntimeError)
+fm.unsloth_skip_reason = lambda: {skip}
+fm.unsloth_adapter = types.SimpleNamespace(
+    load=load, UnslothUnavailable=RuntimeError, installed_version=lambda: "2026.10.9"
+)
 from fixtures.model import pytest_runtestloop, unsloth_ready
 
 
 def pytest_unconfigure(config):
     print("unsloth imported:", "unsloth" in sys.modules, "imports tried:", len(tries))
 """
-IMPORTS_UNSLOTH = STANDIN.format(load='sys.modules.setdefault("unsloth", types.ModuleType("unsloth"))')
+IMPORTS_UNSLOTH = STANDIN.format(
+    skip=None, load='sys.modules.setdefault("unsloth", types.ModuleType("unsloth"))'
+)
 # An install that does not import: the failed import leaves transformers behind, as a real one would.
 FAILS_TO_IMPORT = STANDIN.format(
+    skip=None,
     load='sys.modules.setdefault("transformers", types.ModuleType("transformers"))\n'
-    '    raise RuntimeError("unsloth does not import here")'
+    '    raise RuntimeError("unsloth does not import here")',
 )
 
 
@@ -141,3 +147,26 @@ def test_a_failed_import_is_tried_once_and_not_blamed_on_collection(
     result.stdout.fnmatch_lines(["*imports tried: 1"])
     result.stdout.no_fnmatch_line("*imported before Unsloth*")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["unsloth-test", "no-unsloth-test"])
+def test_on_a_cpu_unsloth_is_imported_first_where_a_test_runs_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, marked: bool
+) -> None:
+    """No CUDA: Unsloth's model cannot run, but its kernels do in a test marked ``unsloth``. Where one is
+    collected, Unsloth is imported before the first test (before a test that builds a config imports
+    transformers); where none is, not at all."""
+    pytester.makeconftest(
+        STANDIN.format(
+            skip='"no CUDA GPU visible"',
+            load='sys.modules.setdefault("unsloth", types.ModuleType("unsloth"))',
+        )
+    )
+    mark = "@pytest.mark.unsloth\n" if marked else ""
+    pytester.makepyfile(test_kernel=f"import pytest\n\n\n{mark}def test_kernel():\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "gemma2_regress.plugins.markers"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"unsloth imported: {marked} imports tried: {int(marked)}"])
