@@ -3,6 +3,8 @@ and an end-to-end census over a test that flakes on purpose."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,6 +136,39 @@ def test_census_finds_the_flake_and_resumes(
     assert capsys.readouterr().out.count("done earlier (resumed)") == 4
     assert (tmp_path / "counter").read_text() == "4"
     assert canary["asked"] == [{}, reruns.BY_NAME["threads-1"].env]  # once a setting; a resumed run asks none
+
+
+@pytest.mark.parametrize("tree", ["git", "plain"])
+def test_a_changed_tree_runs_again_instead_of_resuming(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    canary: dict,
+    tree: str,
+) -> None:
+    """The same command after an edit of a test does not resume the verdicts of the code before it, in a
+    git checkout (uncommitted) or a plain folder; with no edit it resumes, whatever the runs wrote."""
+    (tmp_path / "test_planted.py").write_text("def test_a():\n    assert True\n")
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    if tree == "git":
+        if shutil.which("git") is None:
+            pytest.skip("git is not installed here; the plain-folder case covers the rest")
+        for cmd in (
+            ["init", "-q"],
+            ["add", "."],
+            ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"],
+        ):
+            subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    argv = ["portability", "--settings", "as-is", "--out", str(tmp_path / "out"), "--", "test_planted.py"]
+    argv += ["-p", "no:xdist"]
+    assert reruns.main(argv) == 0
+    assert reruns.main(argv) == 0
+    assert "as-is: done earlier (resumed)" in capsys.readouterr().out
+    (tmp_path / "test_planted.py").write_text("def test_a():\n    assert False\n")
+    assert reruns.main(argv) == 1  # the edit ran
+    out = capsys.readouterr().out
+    assert "runs of other code or packages" in out and "resumed" not in out
 
 
 def test_portability_runs_each_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, canary: dict) -> None:
