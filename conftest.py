@@ -1,5 +1,6 @@
-"""Suite-wide pytest set-up: Hypothesis profiles, the plugins, the device fixture, the header, and the
-recorded upstream bugs (``fixtures/known_issues.py``) marked as strict xfails.
+"""Suite-wide pytest set-up: Hypothesis profiles, the plugins, the device fixture, the header, the
+recorded upstream bugs (``fixtures/known_issues.py``) marked as strict xfails, and Unsloth imported once
+the tests are collected where one of them runs it (``fixtures/model.py``).
 
 Profiles (pick with ``--hypothesis-profile`` or ``HYPOTHESIS_PROFILE``; ``CI`` set picks ``ci``):
   ci       deterministic (derandomize, no database), few examples: what CI and `nox -s cpu` run
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from fixtures.model import pytest_runtestloop  # Unsloth imported before the first test, in every run
 from gemma2_regress import versions
+
+__all__ = ["pytest_runtestloop"]
 
 pytest_plugins = [
     "gemma2_regress.plugins.markers",  # gpu, unsloth, slow, xdist_group

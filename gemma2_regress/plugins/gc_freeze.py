@@ -3,7 +3,7 @@ its tests are collected, and again once Unsloth is imported.
 
 A pytest plugin (registered from conftest with ``pytest_plugins``). After collection, and once ``unsloth`` is
 in ``sys.modules`` (Unsloth, transformers' trainers and TRL imported): before the first test where the
-model-level conftests imported it after collection (``fixtures/model.py``), else after the teardown of the
+suite imported it after collection (``fixtures/model.py``), else after the teardown of the
 first test that did, it runs a full collection and then ``gc.freeze()``: every object the collector tracks at
 that moment moves to its permanent generation, which later collections do not scan. What is frozen is
 what the process holds from then on: modules, classes, functions, strategies, test items, the models it

@@ -8,12 +8,11 @@ from fixtures.model import (
     _accelerate_environment,
     _bind_session,
     model_session,
-    pytest_runtestloop,
     time_split,
     unsloth_ready,
 )
 
-__all__ = ["_accelerate_environment", "_bind_session", "model_session", "pytest_runtestloop", "unsloth_ready"]
+__all__ = ["_accelerate_environment", "_bind_session", "model_session", "unsloth_ready"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

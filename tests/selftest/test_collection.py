@@ -1,4 +1,4 @@
-"""The model-level conftests import Unsloth once the tests are collected (``fixtures/model.py`` says why), so
+"""The suite imports Unsloth once the tests are collected (``fixtures/model.py`` says why), so
 collecting the suite must import neither Unsloth nor what it patches on import (transformers, TRL, PEFT): the
 whole collection runs in a child Python here, as a tier's does. Where one came first anyway, a model-level test
 errors with the reason; under ``--collect-only`` nothing is imported."""
@@ -136,8 +136,8 @@ def test_a_model_test_fails_where_collection_imported_what_unsloth_patches(
 def test_a_failed_import_is_tried_once_and_not_blamed_on_collection(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two conftests register the hook, as tests/model and tests/trainer do; the failure is left to the tests
-    that need Unsloth, and ``unsloth_ready`` does not call it an import made during collection."""
+    """Two conftests register the hook; the failure is left to the tests that need Unsloth, and
+    ``unsloth_ready`` does not call it an import made during collection."""
     pytester.makeconftest(FAILS_TO_IMPORT)
     sub = pytester.mkdir("sub")
     (sub / "conftest.py").write_text("from fixtures.model import pytest_runtestloop, unsloth_ready\n")
@@ -170,3 +170,20 @@ def test_on_a_cpu_unsloth_is_imported_first_where_a_test_runs_it(
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"unsloth imported: {marked} imports tried: {int(marked)}"])
+
+
+def test_unsloth_is_imported_first_in_runs_of_any_folder(pytestconfig: pytest.Config) -> None:
+    """The hook is the suite's conftest.py's, not only tests/model's: a run that collects tests/oracle and
+    tests/kernel alone (portability, a bisect's selection) imports Unsloth before its first test too, and
+    Unsloth's warning about a late import, an error in this suite, never meets a kernel test."""
+    import fixtures.model
+
+    suite_conftest = [
+        p
+        for p in pytestconfig.pluginmanager.get_plugins()
+        if getattr(p, "__file__", None) == str(ROOT / "conftest.py")
+    ]
+    assert suite_conftest, "the suite's conftest.py is not among this run's plugins"
+    assert getattr(suite_conftest[0], "pytest_runtestloop", None) is fixtures.model.pytest_runtestloop, (
+        "conftest.py must import fixtures.model's pytest_runtestloop (Unsloth first in every run)"
+    )

@@ -6,8 +6,7 @@ from fixtures.model import (
     _accelerate_environment,
     _bind_session,
     model_session,
-    pytest_runtestloop,
     unsloth_ready,
 )
 
-__all__ = ["_accelerate_environment", "_bind_session", "model_session", "pytest_runtestloop", "unsloth_ready"]
+__all__ = ["_accelerate_environment", "_bind_session", "model_session", "unsloth_ready"]
