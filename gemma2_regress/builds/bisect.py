@@ -10,8 +10,8 @@ the next one nearest the middle is tried instead, and if only skips remain the a
 
 Test runs for N candidates: 2 (the ends) + ceil(log2(N - 1)) without skips, i.e. at most
 ceil(log2 N) + 2. Each step's result is saved (atomically) in ``<workdir>/state.json`` and the
-same command resumes from it. The answer is written as ``result.json`` and as a ready-to-paste
-issue text (``result.md``); ``script_exit`` maps one verdict to ``git bisect run``'s exit codes.
+same command resumes from it, unless the suite's code or packages changed since (``builds.subject``).
+The answer is written as ``result.json`` and as a ready-to-paste issue text (``result.md``); ``script_exit`` maps one verdict to ``git bisect run``'s exit codes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from gemma2_regress.atomic import write_json_atomic, write_text_atomic
 from gemma2_regress.builds import envs, runner
 from gemma2_regress.builds.runner import RunResult, Selection
 from gemma2_regress.builds.sources import BisectError, Candidate, Source
+from gemma2_regress.builds.subject import subject_digest
 from gemma2_regress.progress import Progress
 
 COMPARE = "https://github.com/unslothai/unsloth/compare/{a}...{b}"
@@ -81,6 +82,7 @@ class Bisect:
     test_runner: Callable[..., RunResult] | None = None
     _search: Progress | None = dataclasses.field(default=None, init=False, repr=False)  # steps / bound
     _resumed: int = dataclasses.field(default=0, init=False, repr=False)  # steps already done on resume
+    _subject_digest: str | None = dataclasses.field(default=None, init=False, repr=False)
 
     # -- candidates and state ------------------------------------------------------------------
     def range(self) -> list[Candidate]:
@@ -106,6 +108,12 @@ class Bisect:
     def _state_path(self) -> Path:
         return self.workdir / "state.json"
 
+    def _subject(self) -> str:
+        """What the steps' verdicts depend on besides the build (``builds.subject``), once per bisect."""
+        if self._subject_digest is None:
+            self._subject_digest = subject_digest(self.cwd, self.workdir)
+        return self._subject_digest
+
     def _load(self, cands: list[Candidate]) -> dict[str, Step]:
         p = self._state_path()
         if not p.exists():
@@ -115,6 +123,11 @@ class Bisect:
             self.selection
         ):
             raise BisectError(f"{p} belongs to another bisect; pass another --workdir or delete it")
+        if st.get("subject") != self._subject():
+            raise BisectError(
+                f"{p} holds steps tested with other code or packages (the suite's tree or the stack changed "
+                "since): pass --fresh to test every step again, or --workdir to keep those steps apart"
+            )
         steps = {k: Step(**v) for k, v in st.get("steps", {}).items()}
         if steps:
             self.log(f"resuming from {p}: {len(steps)} step(s) already done")
@@ -126,6 +139,7 @@ class Bisect:
             {
                 "candidates": [c.ref for c in cands],
                 "selection": dataclasses.asdict(self.selection),
+                "subject": self._subject(),
                 "find_fix": self.find_fix,
                 "steps": {k: dataclasses.asdict(v) for k, v in steps.items()},
             },

@@ -19,7 +19,7 @@ Both run pytest through ``builds.runner.run`` (the suite's one pytest runner, wh
 outcome from the run's summary JSON) in this interpreter, under the deterministic ``ci`` Hypothesis
 profile by default, so every run draws the same examples. State is kept per finished run in
 ``<out>/state.json`` (written atomically): the same command again resumes, ``--fresh`` starts over, and so
-does a command whose code or packages changed since (``subject_digest``: a resumed verdict is one of this code). ``python -m gemma2_regress.builds.reruns portability|flakes --help``.
+does a command whose code or packages changed since (``builds.subject``: a resumed verdict is one of this code). ``python -m gemma2_regress.builds.reruns portability|flakes --help``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gemma2_regress import compile_check, records, suite, versions
+from gemma2_regress import compile_check, records, suite
 from gemma2_regress.argcheck import OneLineParser, bounded, unwritable
 from gemma2_regress.atomic import write_json_atomic
 from gemma2_regress.builds.envs import Env
 from gemma2_regress.builds.runner import Selection, run
+from gemma2_regress.builds.subject import subject_digest
 from gemma2_regress.plugins import compile_canary
 from gemma2_regress.plugins.vec_isa import cpu_flags
 
@@ -122,85 +122,11 @@ class Plan:
     pytest_args: list[str]
     profile: str
     timeout_s: float
-    subject: str = ""  # what the verdicts depend on besides the plan (``subject_digest``)
+    subject: str = ""  # what the verdicts depend on besides the plan (``builds.subject``)
 
     def key(self) -> str:
         text = json.dumps([[lbl, s.env] for lbl, s in self.runs] + [self.pytest_args, self.profile])
         return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-# Never part of the tree's digest: what runs write beside the sources (caches, outputs, pytest's cache).
-_NOT_SOURCE = {"__pycache__", "unsloth_compiled_cache", "reports", "node_modules"}
-_SOURCE_SUFFIXES = (".py", ".toml", ".ini", ".cfg")
-
-
-def subject_digest(tree: Path, out: Path | None = None) -> str:
-    """What a run's verdicts depend on besides its plan, as a digest: this interpreter, the installed stack
-    (``versions.versions()`` less the GPU line), the CPU's flags, the suite's own package, and the tree the
-    tests run from. The tree counts with its Python and config files, hidden folders, caches and ``out``
-    aside; in git, with its commit, its uncommitted changes and such files untracked (ignored ones aside)."""
-    stack = {k: v for k, v in versions.versions().items() if k != "gpu"}
-    h = hashlib.sha256(json.dumps([sys.executable, stack, sorted(cpu_flags() or ())]).encode())
-    package = Path(__file__).resolve().parents[1]
-    h.update(_files_digest(package, sorted(package.rglob("*.py"))))
-    tree = tree.resolve()
-    skip = out.resolve() if out is not None else None
-    git = _git_state(tree)
-    if git is None:
-        h.update(_files_digest(tree, _source_files(tree, skip)))
-    else:
-        head, changes, untracked = git
-        h.update(head + changes)
-        h.update(_files_digest(tree, [f for f in untracked if _is_source(tree, f, skip)]))
-    return h.hexdigest()[:16]
-
-
-def _is_source(tree: Path, f: Path, skip: Path | None) -> bool:
-    parts = f.relative_to(tree).parts
-    return (
-        f.suffix in _SOURCE_SUFFIXES
-        and not any(p.startswith(".") or p in _NOT_SOURCE for p in parts[:-1])
-        and (skip is None or skip not in f.parents)
-    )
-
-
-def _source_files(tree: Path, skip: Path | None) -> list[Path]:
-    """The Python and config files under ``tree`` (``_is_source``), without descending where none counts."""
-    found: list[Path] = []
-    for folder, dirs, files in os.walk(tree):
-        dirs[:] = [
-            d for d in dirs if not d.startswith(".") and d not in _NOT_SOURCE and Path(folder, d) != skip
-        ]
-        found += [Path(folder, f) for f in files if _is_source(tree, Path(folder, f), skip)]
-    return sorted(found)
-
-
-def _files_digest(root: Path, files: Sequence[Path]) -> bytes:
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.digest()
-
-
-def _git_state(tree: Path) -> tuple[bytes, bytes, list[Path]] | None:
-    """The tree's git commit, a digest of its uncommitted changes to Python and config files, and its
-    untracked files (ignored ones aside); None outside git."""
-
-    def git(*args: str) -> bytes | None:
-        try:
-            proc = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
-    if head is None:
-        return None
-    changes = git("diff", "HEAD", "--binary", "--", *(f"*{suffix}" for suffix in _SOURCE_SUFFIXES))
-    changes = hashlib.sha256(changes or b"").digest()
-    names = (git("ls-files", "--others", "--exclude-standard", "-z") or b"").split(b"\0")
-    return head, changes, sorted(tree / os.fsdecode(n) for n in names if n)
 
 
 def execute(

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,6 +24,7 @@ import pytest
 from gemma2_regress import cli
 from gemma2_regress.builds import bisect, envs, runner, sources
 from gemma2_regress.builds.runner import Failure, Outcome, Selection, classify
+from gemma2_regress.builds.sources import BisectError
 
 # The fake project records verdicts with the suite's own report plugin, as every run of the suite does.
 CONFTEST = 'pytest_plugins = ["gemma2_regress.plugins.report"]\n'
@@ -256,6 +258,26 @@ def test_resume_after_interruption(fakes, tmp_path):
     assert any("resuming" in ln and "2 step(s)" in ln for ln in lines)
     assert sum(ln.startswith("[step") for ln in lines) == res["test_runs"] - 2  # the two are not re-run
     assert res["first_new"] == "1.6"
+
+
+def test_a_saved_bisect_of_other_code_is_not_resumed(fakes, tmp_path):
+    """Steps saved before the tests changed are not mixed with steps of the new tests: the same bisect
+    after an edit of the test folder stops before any step and says how to go on."""
+    proj = tmp_path / "proj"
+    shutil.copytree(fakes["proj"], proj)
+    work = tmp_path / "work"
+
+    def stop_after_one(line: str) -> None:
+        if line.startswith("[step"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_bisect({**fakes, "proj": proj}, "1.0", "1.9", work, log=stop_after_one).run()
+    assert len(json.loads((work / "state.json").read_text())["steps"]) == 1
+    (proj / "test_fake.py").write_text((proj / "test_fake.py").read_text() + "\n# edited\n")
+    again = make_bisect({**fakes, "proj": proj}, "1.0", "1.9", work)
+    with pytest.raises(BisectError, match=r"other code or packages.*--fresh"):
+        again.run()
 
 
 def test_k_gpus_test_k_candidates_at_once(fakes, tmp_path):
