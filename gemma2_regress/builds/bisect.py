@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -82,7 +83,6 @@ class Bisect:
     test_runner: Callable[..., RunResult] | None = None
     _search: Progress | None = dataclasses.field(default=None, init=False, repr=False)  # steps / bound
     _resumed: int = dataclasses.field(default=0, init=False, repr=False)  # steps already done on resume
-    _subject_digest: str | None = dataclasses.field(default=None, init=False, repr=False)
 
     # -- candidates and state ------------------------------------------------------------------
     def range(self) -> list[Candidate]:
@@ -108,11 +108,10 @@ class Bisect:
     def _state_path(self) -> Path:
         return self.workdir / "state.json"
 
+    @functools.cached_property
     def _subject(self) -> str:
         """What the steps' verdicts depend on besides the build (``builds.subject``), once per bisect."""
-        if self._subject_digest is None:
-            self._subject_digest = subject_digest(self.cwd, self.workdir)
-        return self._subject_digest
+        return subject_digest(self.cwd, self.workdir)
 
     def _load(self, cands: list[Candidate]) -> dict[str, Step]:
         p = self._state_path()
@@ -123,7 +122,7 @@ class Bisect:
             self.selection
         ):
             raise BisectError(f"{p} belongs to another bisect; pass another --workdir or delete it")
-        if st.get("subject") != self._subject():
+        if st.get("subject") != self._subject:
             raise BisectError(
                 f"{p} holds steps tested with other code or packages (the suite's tree or the stack changed "
                 "since): pass --fresh to test every step again, or --workdir to keep those steps apart"
@@ -139,7 +138,7 @@ class Bisect:
             {
                 "candidates": [c.ref for c in cands],
                 "selection": dataclasses.asdict(self.selection),
-                "subject": self._subject(),
+                "subject": self._subject,
                 "find_fix": self.find_fix,
                 "steps": {k: dataclasses.asdict(v) for k, v in steps.items()},
             },

@@ -137,13 +137,16 @@ def execute(
     for a run that produced no verdicts (its whole reason under the key ``""``)."""
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not fresh else {}
-    if state and state.get("key") != plan.key():
-        log(f"{state_path}: another plan's runs; starting over")
-    elif state and state.get("subject", "") != plan.subject:
-        log(
-            f"{state_path}: runs of other code or packages (the tree or the stack changed since); starting over"
-        )
-    if state.get("key") != plan.key() or state.get("subject", "") != plan.subject:
+    other = (
+        "another plan's runs"
+        if state.get("key") != plan.key()
+        else "runs of other code or packages (the tree or the stack changed since)"
+        if state.get("subject", "") != plan.subject
+        else None
+    )
+    if other:
+        if state:
+            log(f"{state_path}: {other}; starting over")
         shutil.rmtree(out, ignore_errors=True)
         state = {"key": plan.key(), "subject": plan.subject, "runs": {}}
     env = Env(sys.executable)

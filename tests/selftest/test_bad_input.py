@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.gitrepo import commit_all, git
 from gemma2_regress import cli
 from gemma2_regress.builds import bisect, envs, gate, install, runner
 from gemma2_regress.mutants import killmatrix
@@ -392,14 +393,9 @@ def test_perf_bad_arguments(cwd, capsys, args, needles):
 
 def _git_repo(path: Path) -> Path:
     path.mkdir(parents=True)
-
-    def git(*a: str) -> None:
-        subprocess.run(["git", "-C", str(path), *a], check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
+    git(path, "init", "-q", "-b", "main")
     for i in (1, 2):
         (path / "f.txt").write_text(str(i))
-        git("add", "f.txt")
-        git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", f"c{i}")
-        git("tag", f"v{i}")
+        commit_all(path, f"c{i}")
+        git(path, "tag", f"v{i}")
     return path

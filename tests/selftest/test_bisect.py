@@ -14,13 +14,13 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from fixtures.gitrepo import commit_all, git
 from gemma2_regress import cli
 from gemma2_regress.builds import bisect, envs, runner, sources
 from gemma2_regress.builds.runner import Failure, Outcome, Selection, classify
@@ -329,17 +329,11 @@ def test_git_commits_are_candidates(fakes, tmp_path):
     repo = tmp_path / "clone"
     (repo / "unsloth").mkdir(parents=True)
 
-    def git(*a: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *a], check=True, capture_output=True, text=True
-        ).stdout.strip()
-
-    git("init", "-q")
+    git(repo, "init", "-q")
     for i, b in enumerate(["good", "good", "crash", "crash"]):
         (repo / "unsloth" / "__init__.py").write_text(FAKE_INIT.format(b=b, v=f"c{i}"))
-        git("add", ".")
-        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", f"c{i} {b}")
-    shas = git("rev-list", "--reverse", "HEAD").split()
+        commit_all(repo, f"c{i} {b}")
+    shas = git(repo, "rev-list", "--reverse", "HEAD").split()
     here = envs.Env(sys.executable)
     src = sources.GitCheckout(repo, shas[0], shas[-1], base=lambda: here)
     sel = Selection(["-p", "hypothesis", "test_fake.py"])

@@ -4,12 +4,12 @@ and an end-to-end census over a test that flakes on purpose."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fixtures.gitrepo import commit_all, git
 from gemma2_regress import compile_check
 from gemma2_regress.builds import reruns
 
@@ -153,12 +153,8 @@ def test_a_changed_tree_runs_again_instead_of_resuming(
     if tree == "git":
         if shutil.which("git") is None:
             pytest.skip("git is not installed here; the plain-folder case covers the rest")
-        for cmd in (
-            ["init", "-q"],
-            ["add", "."],
-            ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"],
-        ):
-            subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+        git(tmp_path, "init", "-q")
+        commit_all(tmp_path, "t")
     monkeypatch.chdir(tmp_path)
     argv = ["portability", "--settings", "as-is", "--out", str(tmp_path / "out"), "--", "test_planted.py"]
     argv += ["-p", "no:xdist"]
