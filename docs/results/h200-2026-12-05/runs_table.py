@@ -1,4 +1,4 @@
-"""The table of docs/gpu.md's "The H200 runs of 2026-12-05" from this folder's files: per run, its
+"""The tables of docs/gpu.md's "The H200 runs of 2026-12-05" (machines 11 and 12) from this folder's files: per run, its
 workers, pytest's seconds and the tier's wall, the outcome, the test calls summed with their Dynamo /
 Inductor / autotuning seconds, FX-graph hits / misses, memory waits, and each worker's first test
 counted from the session start (every worker configured), from the startup probe's record.
@@ -15,11 +15,16 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 START, FIRST = "session start (every configure done)", "first test's set-up"
-# each run as commit-machine-name, in run order
-RUNS = [
-    f"bc277e3-m11-{run}"
-    for run in ("cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8")
-]
+# each machine's runs as commit-machine-name, in run order; machine 11 began from an empty compile cache,
+# machine 12 from the pack carried from 13400e7 (docs/gpu.md)
+SERIES = {
+    "m11": [
+        f"bc277e3-m11-{run}"
+        for run in ("cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8")
+    ],
+    "m12": [f"0bb335e-m12-{run}" for run in ("carried", "warm", "warm2", "warm3", "warm4", "warm5")],
+}
+RUNS = [run for runs in SERIES.values() for run in runs]
 
 
 def main() -> None:
