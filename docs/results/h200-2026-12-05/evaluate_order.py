@@ -22,8 +22,9 @@ def uses_a_trainer(test: str) -> bool:
     return ("evaluate" in test or "packing" in test) and ("float32" in test or "flash_evaluate" in test)
 
 
-for machine, runs in SERIES.items():
-    compiled: set[str] = set()  # a machine starts from its own cache (machine 12: 13400e7's pack, unseen here)
+for runs in SERIES.values():
+    # a machine starts from its own cache (machine 12: 13400e7's pack, which this folder does not show)
+    compiled: set[str] = set()
     for run in runs:
         with gzip.open(HERE / f"tier-{run}-costs.json.gz", "rt") as f:
             tests = sorted(json.load(f)["tests"], key=lambda t: t["start_s"])
