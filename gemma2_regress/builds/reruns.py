@@ -137,13 +137,11 @@ def execute(
     for a run that produced no verdicts (its whole reason under the key ``""``)."""
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not fresh else {}
-    other = (
-        "another plan's runs"
-        if state.get("key") != plan.key()
-        else "runs of other code or packages (the tree or the stack changed since)"
-        if state.get("subject", "") != plan.subject
-        else None
-    )
+    other = None
+    if state.get("key") != plan.key():
+        other = "another plan's runs"
+    elif state.get("subject", "") != plan.subject:
+        other = "runs of other code or packages (the tree or the stack changed since)"
     if other:
         if state:
             log(f"{state_path}: {other}; starting over")
