@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from gemma2_regress.atomic import write_json_atomic
+from gemma2_regress.suite import COMPILE_CACHE_ENV
 
 # The kinds, each a subfolder of the compile cache folder.
 VEC_ISA = "gemma2-regress-vec-isa"  # plugins.vec_isa: which CPU vector ISAs Inductor may use
@@ -28,7 +30,16 @@ GPU_TIER_PASSED = "gemma2-regress-gpu-tier-passed"  # noxfile: a whole gpu tier 
 
 def cache_folder() -> Path:
     """Inductor's cache folder in this process (``TORCHINDUCTOR_CACHE_DIR`` or torch's default): where the
-    records live. Imports torch."""
+    records live. Made if missing, and the variable set to it, as torch's ``cache_dir()`` does.
+
+    Where the variable is set (every tier sets it) torch is not imported: importing torch's helper imports
+    torch and Inductor (2 s of CPU), which a process that only reads records, such as an xdist controller
+    or a GPU plugin's self-test run, does not otherwise need."""
+    if os.environ.get(COMPILE_CACHE_ENV):
+        folder = os.path.abspath(os.environ[COMPILE_CACHE_ENV])
+        os.environ[COMPILE_CACHE_ENV] = folder
+        os.makedirs(folder, exist_ok=True)
+        return Path(folder)
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     return Path(cache_dir())
