@@ -78,9 +78,13 @@ def compare_tier(base: list[Outcome], cand: list[Outcome]) -> list[dict]:
 
 
 def cuda_devices(env: envs.Env) -> int:
-    """How many CUDA devices the torch of ``env`` sees (0 without one)."""
-    from gemma2_regress.gpu_check import cuda_device_count
+    """How many CUDA devices the torch of ``env`` sees (0 without one). Without a usable NVIDIA driver
+    (``gpu_check.driver_problem``, the rule of `nox -s gpu`) 0, without asking: ``env``'s Python would
+    import torch (a second of CPU) to answer the same."""
+    from gemma2_regress.gpu_check import cuda_device_count, driver_problem
 
+    if driver_problem() is not None:
+        return 0
     return cuda_device_count(env.python, env.environ())
 
 

@@ -117,3 +117,16 @@ def test_cli_gate_help_and_exit(fakes, tmp_path, monkeypatch, capsys):  # noqa: 
         "test_fake.py",
     ]
     assert cli.main(argv) == 1
+
+
+def test_gpus_are_asked_of_the_env_only_where_a_driver_is(monkeypatch):
+    """Without a usable NVIDIA driver the gate counts no GPU and starts no Python; with one, the count is
+    what the side's torch sees."""
+    from gemma2_regress import gpu_check
+
+    asked = []
+    monkeypatch.setattr(gpu_check, "cuda_device_count", lambda python, env: asked.append(python) or 2)
+    monkeypatch.setattr(gpu_check, "driver_problem", lambda: "no `nvidia-smi` on PATH")
+    assert gate.cuda_devices(envs.Env(python="/side/bin/python")) == 0 and asked == []
+    monkeypatch.setattr(gpu_check, "driver_problem", lambda: None)
+    assert gate.cuda_devices(envs.Env(python="/side/bin/python")) == 2 and asked == ["/side/bin/python"]
