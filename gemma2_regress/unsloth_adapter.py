@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import gc
 import importlib
 import importlib.metadata
 import inspect
@@ -285,21 +284,6 @@ def installed_version() -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the block, then back as it was. Importing Unsloth (with
-    transformers, TRL and their kin) makes several hundred thousand objects that live as long as the
-    process, and the collector's full passes scanned them again and again as they came: `import unsloth`
-    took 8.6 to 9.3 s of CPU with it on, 7.1 to 7.2 s with it off, on the 2-core machine."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
 @functools.cache
 def load() -> Unsloth:
     """Import the installed Unsloth once and return handles on its Gemma-2 attention code."""
@@ -317,7 +301,7 @@ def load() -> Unsloth:
     try:
         # Unsloth decides its flash path once, at import: it must see this machine's own flash-attn (or
         # none), never the suite's stand-in, which only ``unsloth_flash.flash_path`` binds, for a block.
-        with standins.flash_attn_standin_hidden(), _collector_paused():
+        with standins.flash_attn_standin_hidden():
             importlib.import_module("unsloth")
             kernels = importlib.import_module("unsloth.kernels.flex_attention")
             llama = importlib.import_module("unsloth.models.llama")

@@ -106,22 +106,3 @@ def test_unsloth_imported_after_collection_is_frozen_before_the_first_test(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(**({"passed": 1} if plugin else {"failed": 1}))
-
-
-def test_unsloths_import_runs_with_the_collector_paused_and_leaves_it_as_it_was() -> None:
-    """``unsloth_adapter.load`` imports Unsloth inside ``_collector_paused``: off within, as before after,
-    an error included."""
-    import gc
-
-    from gemma2_regress.unsloth_adapter import _collector_paused
-
-    was_on = gc.isenabled()
-    try:
-        for before in (True, False):
-            (gc.enable if before else gc.disable)()
-            with pytest.raises(RuntimeError), _collector_paused():
-                assert not gc.isenabled()
-                raise RuntimeError("an import that failed")
-            assert gc.isenabled() is before
-    finally:
-        (gc.enable if was_on else gc.disable)()
