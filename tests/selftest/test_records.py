@@ -37,9 +37,8 @@ def test_a_set_folder_is_torchs_own_and_is_found_without_importing_torch(
 
 
 def test_without_the_variable_it_is_torchs_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(
-        "TORCHINDUCTOR_CACHE_DIR", ""
-    )  # so that the test's end restores or removes what torch sets
+    # Set, then removed: the test's end puts back the value from before it, or none, over what torch sets.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # torch's default lives in the temporary folder
     monkeypatch.setattr("tempfile.tempdir", None)
