@@ -99,7 +99,7 @@ def setting_env(setting: Setting) -> dict[str, str]:
     environ = {**os.environ, **setting.env}
     if not environ.get(suite.ATEN_CAPABILITY_ENV):
         return dict(setting.env)
-    base = Path(os.environ.get(suite.COMPILE_CACHE_ENV) or records.cache_folder())
+    base = records.cache_folder()
     return {**setting.env, suite.COMPILE_CACHE_ENV: str(suite.compile_cache_for(base, environ))}
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+from fixtures import child
 from gemma2_regress import records
 
-ROOT = Path(__file__).resolve().parents[2]
-CHILD = (
-    "import sys\nfrom gemma2_regress import records\nprint(records.cache_folder(), 'torch' in sys.modules)\n"
-)
+CHILD = """
+import json, sys
+from gemma2_regress import records
+print(json.dumps({"folder": str(records.cache_folder()), "torch": "torch" in sys.modules}))
+"""
 
 
 def test_a_set_folder_is_torchs_own_and_is_found_without_importing_torch(
@@ -25,11 +25,7 @@ def test_a_set_folder_is_torchs_own_and_is_found_without_importing_torch(
     made), and a child that asks imports no torch."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "cache/inductor")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, check=True)
-    assert child.stdout.split() == [str(tmp_path / "cache" / "inductor"), "False"], (
-        child.stdout + child.stderr
-    )
+    assert child.run_json(CHILD) == {"folder": str(tmp_path / "cache" / "inductor"), "torch": False}
     ours = records.cache_folder()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ours) and ours.is_dir()  # set, as torch sets it
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "cache/inductor")
