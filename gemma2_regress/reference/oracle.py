@@ -90,8 +90,8 @@ def _block(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(softmax(capped Q K^T, masked) V, capped scores)`` for scaled queries and the keys ``vis`` covers."""
     scores = q @ k.transpose(-1, -2)
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
+    if softcap is not None:  # t * tanh(x / t), each step in place on the fresh product (the same roundings)
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
     if vis.dim() == 3:
         vis = vis[:, None]  # broadcast over heads
     softmax_dtype = torch.float64 if dtype == torch.float64 else torch.float32
