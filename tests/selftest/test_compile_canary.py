@@ -18,9 +18,11 @@ TESTS = "def test_one():\n    pass\n"
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """An inner suite of one test, with its own compile cache folder (where a passed canary is recorded)."""
+    """An inner suite of one test, with its own compile cache folder (where a passed canary is recorded), and
+    the canary on whatever the outer run was told: `nox -s flakes` turns it off for the runs it makes."""
     pytester.makepyfile(test_inner_suite=TESTS)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(pytester.path / "compile-cache"))
+    monkeypatch.delenv(compile_canary.OFF_ENV, raising=False)
     return pytester
 
 
