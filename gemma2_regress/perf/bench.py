@@ -96,7 +96,7 @@ class Runner:
         """``{impl: {mode: result}}`` for one cell; its tensors are freed before the next cell (when it returns;
         on CUDA the allocator's cache is emptied too)."""
         res = self._measure(cell)
-        if self.cuda:  # no allocator cache on CPU, nor memory measured; a full collection is ~0.1 s there
+        if self.cuda:  # CPU: no allocator cache nor memory measured; a collection costs 0.13 s (docs/perf.md)
             timing.release_memory()
         return res
 

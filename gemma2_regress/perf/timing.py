@@ -36,7 +36,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def release_memory() -> None:
-    """Give cached blocks back after an OOM so the next implementation starts clean."""
+    """Collect reference cycles and, on CUDA, give the allocator's cached blocks back, so that the next
+    implementation (after a failed call) or the next cell (``bench.Runner.measure``, on CUDA) starts clean."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
