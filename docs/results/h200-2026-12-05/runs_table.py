@@ -23,9 +23,7 @@ SERIES = {
         for run in ("cold6", "warm", "warm2", "warm-w8", "warm-w7", "again-w6", "again-w7", "again-w8")
     ],
     "m12": [f"0bb335e-m12-{run}" for run in ("carried", "warm", "warm2", "warm3", "warm4", "warm5")],
-    "m13": [
-        f"4f8ff95-m13-{run}" for run in ("cold", "second", "warm", "carried", "warm2", "warm3", "warm4")
-    ],
+    "m13": [f"4f8ff95-m13-{run}" for run in ("cold", "second", "warm", "carried", "warm2", "warm3", "warm4")],
 }
 RUNS = [run for runs in SERIES.values() for run in runs]
 
