@@ -8,8 +8,9 @@ used only where everything it was computed from is the same, so it is the value 
 - the inputs, byte for byte (q, k, v and the padding mask), and the case's scalar, softcap, window, dtype;
 - the code: every source file of ``gemma2_regress/reference/`` and the source of the functions that compute
   it (a function patched in at run time has another source, so another key);
-- what decides the CPU's roundings: torch's version, its thread count, ATen's CPU capability, ``MKL_CBWR``
-  and the CPU's flags.
+- what decides the CPU's roundings: torch's version, its thread count, ATen's CPU capability, the CPU's
+  flags and every variable a portability setting sets (``builds.reruns.SETTINGS``: ATen's, MKL's and
+  oneDNN's kernel choices, the thread counts).
 
 One file per key in the compile cache folder (``records.cache_folder``, under ``KIND``), written whole or
 not at all; a file that does not load or holds other shapes is computed anew and replaced. The folder is
@@ -55,15 +56,17 @@ def _sources_digest() -> str:
 
 
 def _stack() -> list[str]:
+    # The variables the portability settings set are those that change the CPU's kernels (builds.reruns).
+    from gemma2_regress.builds.reruns import SETTINGS
     from gemma2_regress.plugins.vec_isa import cpu_flags  # the flags the vec-ISA record is keyed by
 
     flags = cpu_flags()
+    names = sorted({name for setting in SETTINGS for name in setting.env})
     return [
         torch.__version__,
         str(torch.get_num_threads()),
         torch.backends.cpu.get_cpu_capability(),
-        os.environ.get("ATEN_CPU_CAPABILITY", ""),
-        os.environ.get("MKL_CBWR", ""),
+        *(f"{name}={os.environ.get(name, '')}" for name in names),
         " ".join(sorted(flags)) if flags else "",
     ]
 

@@ -63,9 +63,15 @@ def test_the_key_changes_with_what_the_reference_is_computed_from(monkeypatch) -
     assert _key(case=dataclasses.replace(CASE, dtype="float16")) != base, "dtype"
     assert _key(case=dataclasses.replace(CASE, scalar=256.0)) != base, "scalar"
     assert _key(code=(properties.reference, lambda *a, **k: None, tolerance.attention_floor)) != base, "code"
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    current = os.environ.get("ATEN_CPU_CAPABILITY")  # a portability run sets one: change it to another
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2" if current == "default" else "default")
     assert _key() != base, "ATen's CPU capability"
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.undo()
+    assert _key() == base, "the setting put back"
+    for name in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, os.environ.get(name, "") + "x")
+        assert _key() != base, name
+        monkeypatch.undo()
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
